@@ -1,0 +1,80 @@
+//! Per-forward context: activation taps, input injection and the test-only fault switch.
+//!
+//! A tap name is the PyTorch module path of the block, which is also the checkpoint key prefix and
+//! the report row. In *injected* mode the caller supplies the reference's input to a block and
+//! the block runs on that instead of the upstream Candle value.
+use crate::error::{input_err, Result};
+use candle_core::Tensor;
+use std::collections::{BTreeSet, HashMap};
+
+/// The faults a model accepts, checked at construction so a typo can never be a silent no-op.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(BTreeSet<String>);
+
+impl Faults {
+    pub fn new(names: &[String], known: &[&str], model: &str) -> Result<Faults> {
+        for n in names {
+            if !known.contains(&n.as_str()) {
+                return input_err(format!("unknown fault `{n}` for {model}; known faults: {known:?}"));
+            }
+        }
+        Ok(Faults(names.iter().cloned().collect()))
+    }
+    pub fn none() -> Faults {
+        Faults::default()
+    }
+    pub fn on(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    record: bool,
+    taps: Vec<(String, Tensor)>,
+    inject: HashMap<String, Tensor>,
+}
+
+impl Ctx {
+    pub fn new(record: bool, inject: HashMap<String, Tensor>) -> Ctx {
+        Ctx { record, taps: Vec::new(), inject }
+    }
+    pub fn plain() -> Ctx {
+        Ctx::default()
+    }
+    pub fn tap(&mut self, name: &str, t: &Tensor) {
+        if self.record {
+            self.taps.push((name.to_string(), t.clone()));
+        }
+    }
+    /// Runs one tapped block: its input is replaced by the injected tensor if one was given.
+    pub fn block<F>(&mut self, name: &str, x: &Tensor, f: F) -> Result<Tensor>
+    where
+        F: FnOnce(&Tensor) -> Result<Tensor>,
+    {
+        let y = match self.inject.remove(name) {
+            Some(inj) => {
+                if inj.dims() != x.dims() {
+                    return input_err(format!(
+                        "injected input for `{name}` has shape {:?}, the block expects {:?}",
+                        inj.dims(),
+                        x.dims()
+                    ));
+                }
+                f(&inj.to_dtype(x.dtype())?.to_device(x.device())?)?
+            }
+            None => f(x)?,
+        };
+        self.tap(name, &y);
+        Ok(y)
+    }
+    /// Fails if an injected input named a block that the forward never ran.
+    pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
+        if !self.inject.is_empty() {
+            let mut names: Vec<_> = self.inject.keys().cloned().collect();
+            names.sort();
+            return input_err(format!("injected inputs name unknown taps: {names:?}"));
+        }
+        Ok(self.taps)
+    }
+}

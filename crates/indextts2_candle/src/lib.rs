@@ -1,0 +1,14 @@
+//! Strict Candle implementations of the IndexTTS2 models.
+//!
+//! Every model is built from a config plus a [`store::Weights`] view of an official checkpoint
+//! (converted to safetensors with the official key names). Nothing here can create a weight that
+//! is not in the file.
+pub mod bigvgan;
+pub mod ctx;
+pub mod error;
+pub mod nn;
+pub mod registry;
+pub mod store;
+pub mod transforms;
+
+pub use error::{Error, Result};

@@ -1,0 +1,99 @@
+//! Small layers shared by the models. Each is built from tensors fetched through a strict
+//! [`Weights`] view; none has a default or random initialiser.
+use crate::error::Result;
+use crate::store::Weights;
+use crate::transforms::load_weight_norm;
+use candle_core::{Tensor, D};
+
+/// `nn.Linear`: weight `[out, in]`, optional bias.
+#[derive(Clone)]
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let weight = w.get((out_dim, in_dim), "weight")?;
+        let b = if bias { Some(w.get(out_dim, "bias")?) } else { None };
+        Ok(Linear { w: weight, b })
+    }
+    pub fn from_tensors(w: Tensor, b: Option<Tensor>) -> Linear {
+        Linear { w, b }
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.w.t()?)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// `nn.Conv1d` with zero padding. The weight may come from a weight-normed site.
+#[derive(Clone)]
+pub struct Conv1d {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+    pub padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Conv1d {
+    pub fn new(w: Tensor, b: Option<Tensor>, padding: usize, stride: usize, dilation: usize) -> Conv1d {
+        Conv1d { w, b, padding, stride, dilation, groups: 1 }
+    }
+    /// A plain conv: `weight` `[out, in/groups, k]` and optional `bias`.
+    pub fn load(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, stride: usize, dilation: usize) -> Result<Conv1d> {
+        let weight = w.get(shape, "weight")?;
+        let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
+        Ok(Conv1d::new(weight, b, padding, stride, dilation))
+    }
+    /// A weight-normed conv (`weight_g`/`weight_v`, or a fused `weight`).
+    pub fn load_wn(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, dilation: usize, skip_fold: bool) -> Result<Conv1d> {
+        let weight = load_weight_norm(w, shape, skip_fold)?;
+        let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
+        Ok(Conv1d::new(weight, b, padding, 1, dilation))
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv1d(&self.w, self.padding, self.stride, self.dilation, self.groups)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// LayerNorm over the last dim; `weight`/`bias` optional (elementwise_affine=False).
+pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    if let Some(w) = w {
+        y = y.broadcast_mul(w)?;
+    }
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    Ok(y)
+}
+
+/// `nn.LayerNorm` with affine parameters.
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm { w: w.get(dim, "weight")?, b: Some(w.get(dim, "bias")?), eps })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, Some(&self.w), self.b.as_ref(), self.eps)
+    }
+}

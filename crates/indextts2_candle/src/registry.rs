@@ -1,0 +1,60 @@
+//! The one place that maps a model kind to its Candle implementation. Adding a model = its file,
+//! one arm in `load`, one arm in `faults`. The bindings dispatch through here and never change.
+use crate::ctx::{Ctx, Faults};
+use crate::error::{input_err, Error, Result};
+use crate::store::Weights;
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+
+pub type Named = Vec<(String, Tensor)>;
+
+pub trait Runnable: Send + Sync {
+    /// Runs one entry point (`forward`, `get_conditioning`, …) on named inputs; returns named outputs.
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named>;
+}
+
+/// Fetches a required input and rejects the call if inputs were passed that the method ignores.
+pub fn take<'a>(inputs: &'a BTreeMap<String, Tensor>, method: &str, names: &[&str]) -> Result<Vec<&'a Tensor>> {
+    for k in inputs.keys() {
+        if !names.contains(&k.as_str()) {
+            return input_err(format!("`{method}` takes inputs {names:?}; got unexpected `{k}`"));
+        }
+    }
+    names
+        .iter()
+        .map(|n| inputs.get(*n).ok_or_else(|| Error::Input(format!("`{method}` needs input `{n}`"))))
+        .collect()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::Input(format!("invalid {kind} config: {e}")))
+}
+
+pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
+    Ok(match kind {
+        "bigvgan" => crate::bigvgan::FAULTS,
+        _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
+    })
+}
+
+pub const KINDS: &[&str] = &["bigvgan"];
+
+pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
+    let f = Faults::new(fault_names, faults(kind)?, kind)?;
+    Ok(match kind {
+        "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
+        _ => return input_err(format!("unknown model kind `{kind}`")),
+    })
+}
+
+impl Runnable for crate::bigvgan::BigVgan {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["mel"])?;
+                Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
+            }
+            _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}

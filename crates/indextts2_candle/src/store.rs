@@ -1,0 +1,218 @@
+//! Strict checkpoint store: a memory-mapped safetensors file that records every key it hands out.
+//!
+//! There is deliberately no way to obtain a tensor that is not in the file: a missing key is an
+//! error naming the key and the file, a shape or dtype mismatch is an error naming both, and a
+//! non-finite weight is an error. `unused_keys()` lists what the model never asked for, so the
+//! coverage test can be exact.
+use crate::error::{Error, Result};
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Shape, Tensor};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo, TensorView};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub struct Store {
+    path: String,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    infos: BTreeMap<String, TensorInfo>,
+    device: Device,
+    requested: Mutex<BTreeMap<String, String>>, // key -> dtype as stored in the file
+}
+
+fn st_dtype_name(d: StDtype) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+fn ckpt_err<T>(msg: String) -> Result<T> {
+    Err(Error::Checkpoint(msg))
+}
+
+impl Store {
+    pub fn open(path: impl AsRef<Path>, device: &Device) -> Result<Arc<Store>> {
+        let p = path.as_ref();
+        let path_s = p.display().to_string();
+        let file = std::fs::File::open(p)
+            .map_err(|e| Error::Checkpoint(format!("cannot open checkpoint {path_s}: {e}")))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < 8 {
+            return ckpt_err(format!(
+                "{path_s} is not a safetensors file: {len} bytes, shorter than the 8-byte header length"
+            ));
+        }
+        // SAFETY: the file is opened read-only and kept alive with the map; a concurrent writer
+        // would be a user error just as with candle's own mmap loader.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::Checkpoint(format!("cannot mmap {path_s}: {e}")))?;
+        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::Checkpoint(format!("{path_s}: corrupt or truncated safetensors header: {e:?}"))
+        })?;
+        let infos: BTreeMap<String, TensorInfo> = metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(Arc::new(Store {
+            path: path_s,
+            mmap,
+            data_start: 8 + n,
+            infos,
+            device: device.clone(),
+            requested: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn contains(&self, key: &str) -> bool {
+        self.infos.contains_key(key)
+    }
+    /// Every key in the file with its stored dtype and shape.
+    pub fn file_keys(&self) -> BTreeMap<String, (String, Vec<usize>)> {
+        self.infos
+            .iter()
+            .map(|(k, i)| (k.clone(), (st_dtype_name(i.dtype), i.shape.clone())))
+            .collect()
+    }
+    /// Keys handed out so far, with the dtype they had in the file.
+    pub fn requested_keys(&self) -> BTreeMap<String, String> {
+        self.requested.lock().expect("store lock").clone()
+    }
+    pub fn unused_keys(&self) -> Vec<String> {
+        let req = self.requested.lock().expect("store lock");
+        self.infos.keys().filter(|k| !req.contains_key(*k)).cloned().collect()
+    }
+
+    fn raw(&self, key: &str) -> Result<Tensor> {
+        let Some(info) = self.infos.get(key) else {
+            let hint = self.near_keys(key);
+            return ckpt_err(format!("missing key `{key}` in checkpoint {}{hint}", self.path));
+        };
+        let (s, e) = info.data_offsets;
+        let bytes = self
+            .mmap
+            .get(self.data_start + s..self.data_start + e)
+            .ok_or_else(|| Error::Checkpoint(format!("`{key}` in {}: data offsets outside the file (truncated?)", self.path)))?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: {e:?}", self.path)))?;
+        let t = view
+            .load(&self.device)
+            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: cannot load: {e}", self.path)))?;
+        self.requested
+            .lock()
+            .expect("store lock")
+            .insert(key.to_string(), st_dtype_name(info.dtype));
+        Ok(t)
+    }
+
+    fn near_keys(&self, key: &str) -> String {
+        let parent = key.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        let near: Vec<&String> = self
+            .infos
+            .keys()
+            .filter(|k| !parent.is_empty() && k.starts_with(parent))
+            .take(6)
+            .collect();
+        if near.is_empty() {
+            String::new()
+        } else {
+            format!(" (keys under `{parent}`: {near:?})")
+        }
+    }
+
+    /// A floating-point tensor of the given shape, converted to f32.
+    pub fn get_float(&self, key: &str, shape: &Shape) -> Result<Tensor> {
+        let info_dtype = self.infos.get(key).map(|i| i.dtype);
+        if let Some(d) = info_dtype {
+            if !matches!(d, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64) {
+                return ckpt_err(format!(
+                    "dtype mismatch for `{key}` in {}: file has {}, expected a float tensor (f32/f16/bf16)",
+                    self.path,
+                    st_dtype_name(d)
+                ));
+            }
+        }
+        let t = self.raw(key)?;
+        if t.shape() != shape {
+            return ckpt_err(format!(
+                "shape mismatch for `{key}` in {}: file has {:?}, model expects {:?}",
+                self.path,
+                t.dims(),
+                shape.dims()
+            ));
+        }
+        let t = t.to_dtype(DType::F32)?;
+        // NaN·0 and Inf·0 are NaN, any finite value times 0 is 0: one cheap exact reduction.
+        let probe = t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
+        if !probe.is_finite() {
+            return ckpt_err(format!("`{key}` in {} holds NaN or Inf values", self.path));
+        }
+        Ok(t)
+    }
+
+    /// An integer tensor (index buffers such as `input_pos`, BatchNorm `num_batches_tracked`).
+    pub fn get_int(&self, key: &str, shape: &Shape) -> Result<Tensor> {
+        if let Some(i) = self.infos.get(key) {
+            if !matches!(i.dtype, StDtype::I64 | StDtype::I32 | StDtype::U32 | StDtype::U8) {
+                return ckpt_err(format!(
+                    "dtype mismatch for `{key}` in {}: file has {}, expected an integer tensor",
+                    self.path,
+                    st_dtype_name(i.dtype)
+                ));
+            }
+        }
+        let t = self.raw(key)?;
+        if t.shape() != shape {
+            return ckpt_err(format!(
+                "shape mismatch for `{key}` in {}: file has {:?}, model expects {:?}",
+                self.path,
+                t.dims(),
+                shape.dims()
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// A prefixed view into a [`Store`], mirroring `vb.pp("module_path")` in candle-transformers.
+#[derive(Clone)]
+pub struct Weights {
+    store: Arc<Store>,
+    prefix: String,
+}
+
+impl Weights {
+    pub fn new(store: Arc<Store>) -> Self {
+        Weights { store, prefix: String::new() }
+    }
+    pub fn pp(&self, s: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() { s.to_string() } else { format!("{}.{s}", self.prefix) };
+        Weights { store: self.store.clone(), prefix }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.key(name))
+    }
+    pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        self.store.get_float(&self.key(name), &shape.into())
+    }
+    pub fn get_int<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        self.store.get_int(&self.key(name), &shape.into())
+    }
+}

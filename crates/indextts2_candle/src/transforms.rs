@@ -1,0 +1,95 @@
+//! Load-time transforms as small pure functions. Each one is unit-tested against values produced
+//! by PyTorch (see `tests/test_transforms.py`, which drives them through the bindings, and the
+//! Rust unit tests below for the algebra).
+use crate::error::Result;
+use crate::store::Weights;
+use candle_core::{Shape, Tensor, D};
+
+/// `torch.nn.utils.weight_norm` with dim 0: `w = g · v / ‖v‖`, the norm taken over every dim but 0.
+/// For a ConvTranspose1d weight `[Cin, Cout, k]` dim 0 is in_channels, so `g` is `[Cin, 1, 1]`.
+pub fn weight_norm_fold(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let rows = v.dim(0)?;
+    let flat = v.reshape((rows, ()))?;
+    let norm = flat.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?; // [rows, 1]
+    let g = g.reshape((rows, 1))?;
+    Ok(flat.broadcast_mul(&g.broadcast_div(&norm)?)?.reshape(v.shape())?)
+}
+
+/// Loads a weight-normed parameter: `weight_g` + `weight_v` folded, or an already fused `weight`
+/// (BigVGAN's `from_pretrained` accepts both). `skip_fold` is the fault switch that uses `v` as is.
+pub fn load_weight_norm<S: Into<Shape>>(w: &Weights, v_shape: S, skip_fold: bool) -> Result<Tensor> {
+    let v_shape: Shape = v_shape.into();
+    if w.contains("weight_v") || !w.contains("weight") {
+        let mut g_dims = vec![1usize; v_shape.rank()];
+        g_dims[0] = v_shape.dims()[0];
+        let g = w.get(g_dims, "weight_g")?;
+        let v = w.get(v_shape, "weight_v")?;
+        if skip_fold {
+            return Ok(v);
+        }
+        weight_norm_fold(&g, &v)
+    } else {
+        w.get(v_shape, "weight")
+    }
+}
+
+/// GPT-2 `Conv1D` stores its weight as `[in, out]`; a Linear wants `[out, in]`.
+pub fn conv1d_to_linear(w: &Tensor) -> Result<Tensor> {
+    Ok(w.t()?.contiguous()?)
+}
+
+/// Splits a fused tensor along `dim` into consecutive pieces of the given sizes, in stored order
+/// (e.g. `c_attn` q‖k‖v, Perceiver `to_kv` k‖v, DiT `wqkv`, AdaLN scale‖bias).
+pub fn split_fused(t: &Tensor, dim: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
+    let total: usize = sizes.iter().sum();
+    if t.dim(dim)? != total {
+        return crate::error::input_err(format!(
+            "cannot split dim {dim} of size {} into {sizes:?}",
+            t.dim(dim)?
+        ));
+    }
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut start = 0;
+    for &s in sizes {
+        out.push(t.narrow(dim, start, s)?.contiguous()?);
+        start += s;
+    }
+    Ok(out)
+}
+
+/// Snake/SnakeBeta store α and β on a log scale when `snake_logscale` is true.
+pub fn snake_param(stored: &Tensor, logscale: bool) -> Result<Tensor> {
+    Ok(if logscale { stored.exp()? } else { stored.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn weight_norm_rows_have_norm_g() {
+        let d = Device::Cpu;
+        let v = Tensor::new(&[[[3f32, 4.0]], [[1.0, 0.0]]], &d).unwrap(); // [2,1,2]
+        let g = Tensor::new(&[[[10f32]], [[2.0]]], &d).unwrap();
+        let w = weight_norm_fold(&g, &v).unwrap();
+        assert_eq!(w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![6.0, 8.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn split_keeps_stored_order() {
+        let d = Device::Cpu;
+        let t = Tensor::arange(0f32, 6.0, &d).unwrap();
+        let p = split_fused(&t, 0, &[2, 4]).unwrap();
+        assert_eq!(p[0].to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
+        assert_eq!(p[1].to_vec1::<f32>().unwrap(), vec![2.0, 3.0, 4.0, 5.0]);
+        assert!(split_fused(&t, 0, &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn conv1d_transpose_is_t() {
+        let d = Device::Cpu;
+        let t = Tensor::new(&[[1f32, 2.0, 3.0]], &d).unwrap(); // [in=1, out=3]
+        assert_eq!(conv1d_to_linear(&t).unwrap().dims(), &[3, 1]);
+    }
+}

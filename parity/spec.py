@@ -1,0 +1,46 @@
+"""What a registry row is. Adding a model = a Rust file + a reference file + one `ModelSpec`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    """One entry point compared between the two sides.
+
+    `name` appears in pytest ids, so it must not contain another model's `-k` word (e.g. no
+    "conditioning" in a GPT case: it contains "dit").
+    `make_inputs(cfg, seed)` returns numpy inputs keyed by the Rust method's input names.
+    `run_reference(module, inputs_as_torch, taps)` returns `{output_name: tensor}` and fills taps.
+    """
+
+    name: str
+    method: str
+    make_inputs: Callable[[dict, int], dict[str, np.ndarray]]
+    run_reference: Callable[[torch.nn.Module, dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
+    # Taps that the injected walk must not inject (e.g. a block whose input is not a single tensor).
+    no_inject: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # registry key = Rust kind = the word `pytest -k` selects
+    manifest: str  # file name under fixtures/manifests/
+    configs: dict[str, dict]  # "tiny" and "full" reference configs (plain JSON-able dicts)
+    build_reference: Callable[[dict], torch.nn.Module]
+    official_file: str  # file name in an official checkpoint directory
+    save_official: Callable[[dict[str, torch.Tensor], str], None]  # writes the official container
+    config_json: Callable[[dict], str]  # reference config -> JSON the Rust config struct parses
+    cases: tuple[Case, ...]
+    prefix: str = ""  # prefix of this model's keys in the converted safetensors (s2mel: "net.cfm")
+    manifest_prefix: str = ""  # prefix of the manifest keys relative to the module's state_dict
+    # fnmatch pattern -> why the key may stay unread by Candle. Anything else unused fails coverage.
+    allow_unused: dict[str, str] = field(default_factory=dict)
+    # fault name -> (case name, tap that must be reported as the FIRST divergence)
+    faults: dict[str, tuple[str, str]] = field(default_factory=dict)
+    seed: int = 0
+    init_overrides: dict = field(default_factory=dict)
