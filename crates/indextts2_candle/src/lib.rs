@@ -5,10 +5,14 @@
 //! is not in the file.
 pub mod bigvgan;
 pub mod ctx;
+pub mod dit;
 pub mod error;
+pub mod length_regulator;
 pub mod nn;
 pub mod registry;
+pub mod s2mel;
 pub mod store;
 pub mod transforms;
+pub mod wavenet;
 
 pub use error::{Error, Result};

@@ -33,16 +33,20 @@ fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
 pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     Ok(match kind {
         "bigvgan" => crate::bigvgan::FAULTS,
+        "dit" => crate::dit::FAULTS,
+        "length_regulator" => crate::length_regulator::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "length_regulator"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
     Ok(match kind {
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
+        "dit" => Box::new(crate::dit::Dit::load(w, parse(kind, config_json)?, f)?),
+        "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
