@@ -4,13 +4,13 @@ Select one model with `-k <name>`; each test id carries the model name and the c
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 
 import pytest
 import torch
 
+from parity.coverage import coverage
 from parity.registry import MODELS
 from parity.runner import layer_walk
 
@@ -52,15 +52,9 @@ def test_coverage(model, fixtures, candle_models):
     spec = MODELS[model]
     fx = fixtures(model)
     cm = candle_models(model)
-    file_keys = cm.file_keys()
-    requested = cm.requested_keys()
-    unused = cm.unused_keys()
-    assert requested, "Candle requested no key at all"
-    assert set(requested) <= set(file_keys)
-    not_allowed = [k for k in unused if not any(fnmatch.fnmatchcase(k, p) for p in spec.allow_unused)]
-    assert not not_allowed, f"unused keys not on {model}'s allow-list: {not_allowed}"
-    for k, dt in requested.items():
-        assert dt == file_keys[k][0], f"{k}: requested as {dt}, stored as {file_keys[k][0]}"
+    cov = coverage(spec, cm)
+    assert cov.ok, cov.summary()
+    file_keys = cov.file_keys
     pre = spec.prefix + "." if spec.prefix else ""
     ref_sd = fx.reference().state_dict()
     in_file = {k[len(pre):]: v for k, v in file_keys.items() if k.startswith(pre)}

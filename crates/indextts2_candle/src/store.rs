@@ -134,10 +134,14 @@ impl Store {
             .filter(|k| !parent.is_empty() && k.starts_with(parent))
             .take(6)
             .collect();
-        if near.is_empty() {
-            String::new()
-        } else {
-            format!(" (keys under `{parent}`: {near:?})")
+        if !near.is_empty() {
+            return format!(" (keys under `{parent}`: {near:?})");
+        }
+        // Wrong nesting shows up as the right key under another prefix.
+        let suffix = format!(".{key}");
+        match self.infos.keys().find(|k| k.ends_with(&suffix)) {
+            Some(k) => format!(" (the file has `{k}`: wrong nesting or prefix?)"),
+            None => String::new(),
         }
     }
 
