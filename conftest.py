@@ -93,3 +93,32 @@ def candle_models(fixtures):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def bench_fixtures(request):
+    """Benchmarks always run at official size (synthetic, or the user's files)."""
+    from parity import fixtures as fx
+    from parity.registry import MODELS
+
+    ckpt = request.config.getoption("--checkpoints")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = fx.get(MODELS[name], "full", ckpt)
+        return cache[name]
+
+    return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """Benchmarks are official-size and slow: they run only under --benchmark-only."""
+    if config.getoption("benchmark_only", False):
+        return
+    keep, dropped = [], []
+    for it in items:
+        (dropped if "benchmark" in getattr(it, "fixturenames", ()) else keep).append(it)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
