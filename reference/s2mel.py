@@ -400,3 +400,171 @@ class S2Mel(nn.Module):
 def build_full_on_meta() -> S2Mel:
     with torch.device("meta"):
         return S2Mel(copy.deepcopy(FULL_DIT), copy.deepcopy(FULL_LR))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry rows. Both kinds read `s2mel.pth`; each synthetic fixture holds only its own part.
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry rows live beside the model)
+
+
+def _nest(prefixes: dict[str, str], state_dict: dict) -> dict:
+    """{'net': {sub: sd}}: `prefixes` maps a module-key root to its entry under `net`."""
+    net: dict = {}
+    for k, v in state_dict.items():
+        for root, sub in prefixes.items():
+            if k.startswith(root):
+                net.setdefault(sub, {})[k[len(root):]] = v
+                break
+        else:
+            raise KeyError(f"state-dict key {k!r} has no place in s2mel.pth")
+    return {"net": net}
+
+
+def save_cfm(state_dict: dict, path: str) -> None:
+    torch.save(_nest({"": "cfm"}, state_dict), path)
+
+
+def save_regulator(state_dict: dict, path: str) -> None:
+    torch.save(_nest({"length_regulator.": "length_regulator", "gpt_layer.": "gpt_layer"}, state_dict), path)
+
+
+def build_cfm(cfg: dict) -> CFM:
+    return CFM(cfg).eval()
+
+
+def build_regulator(cfg: dict) -> RegulatorPair:
+    return RegulatorPair(cfg).eval()
+
+
+def _mel_like(rng, c: int, t: int) -> np.ndarray:
+    """Log-mel-like values (≈ −11 … 2), smooth in time and frequency."""
+    tt = np.linspace(0, 1, max(t, 1))[None, :t]
+    bands = np.linspace(0, 1, c)[:, None]
+    return (-5.0 + 3.0 * np.sin(2 * np.pi * (3 * tt + bands)) - 2.0 * bands + 0.3 * rng.standard_normal((c, t))).astype(np.float32)
+
+
+def estimator_inputs(cfg: dict, seed: int, frames: int = 21, prompt: int = 6) -> dict[str, np.ndarray]:
+    """Batch of 2 (as the CFG pass has), the second row shorter so the key/WaveNet masks matter."""
+    rng = np.random.default_rng(seed)
+    c = cfg["in_channels"]
+    px = np.zeros((2, c, frames), np.float32)
+    px[0, :, :prompt] = _mel_like(rng, c, prompt)
+    return {
+        "x": rng.standard_normal((2, c, frames)).astype(np.float32),
+        "prompt_x": px,
+        "x_lens": np.array([frames, frames - 3], np.int64),
+        "t": np.array([0.28, 0.76], np.float32),
+        "style": rng.standard_normal((2, cfg["style_dim"])).astype(np.float32),
+        "cond": rng.standard_normal((2, frames, cfg["content_dim"])).astype(np.float32),
+    }
+
+
+def run_estimator(model: CFM, inputs: dict, taps) -> dict:
+    i = inputs
+    return {"velocity": model.estimator(i["x"], i["prompt_x"], i["x_lens"], i["t"], i["style"], i["cond"], taps=taps)}
+
+
+def cfm_inputs(cfg: dict, seed: int, frames: int = 23, prompt: int = 7, steps: int = 25) -> dict[str, np.ndarray]:
+    """One utterance, B=1 as infer_v2: noise z given, t_span = torch.linspace(0, 1, steps + 1)."""
+    rng = np.random.default_rng(seed)
+    c = cfg["in_channels"]
+    return {
+        "z": rng.standard_normal((1, c, frames)).astype(np.float32),
+        "x_lens": np.array([frames], np.int64),
+        "prompt": _mel_like(rng, c, prompt)[None],
+        "mu": rng.standard_normal((1, frames, cfg["content_dim"])).astype(np.float32),
+        "style": rng.standard_normal((1, cfg["style_dim"])).astype(np.float32),
+        "t_span": torch.linspace(0, 1, steps + 1).numpy(),
+    }
+
+
+def run_cfm(model: CFM, inputs: dict, taps) -> dict:
+    i = inputs
+    final, states = model.solve_euler(i["z"], i["x_lens"], i["prompt"], i["mu"], i["style"], i["t_span"], taps=taps)
+    return {"mel": final, **{f"x_step_{k}": s for k, s in enumerate(states)}}
+
+
+def regulator_inputs(cfg: dict, seed: int, frames: int = 13, target: int = 22, batch: int = 1) -> dict[str, np.ndarray]:
+    """Semantic features [B, T, in_channels] and target lengths; 13 → 22 is a non-integer ratio (≈1.72)."""
+    rng = np.random.default_rng(seed)
+    ylens = np.array([target - 5 * b for b in range(batch)], np.int64)
+    return {"x": rng.standard_normal((batch, frames, cfg["in_channels"])).astype(np.float32), "ylens": ylens}
+
+
+def run_regulator(model: RegulatorPair, inputs: dict, taps) -> dict:
+    return {"out": model.length_regulator(inputs["x"], inputs["ylens"], taps=taps)}
+
+
+def latent_inputs(cfg: dict, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"latent": rng.standard_normal((2, 9, cfg["latent_dim"])).astype(np.float32)}
+
+
+def run_latent(model: RegulatorPair, inputs: dict, taps) -> dict:
+    return {"out": model.latent_proj(inputs["latent"], taps=taps)}
+
+
+_OTHER_KIND = "read by the other s2mel kind (only present in a real, complete s2mel.pth)"
+
+DIT_SPEC = ModelSpec(
+    name="dit",
+    manifest="s2mel.json",
+    configs={"tiny": TINY_DIT, "full": FULL_DIT},
+    build_reference=build_cfm,
+    official_file="s2mel.pth",
+    save_official=save_cfm,
+    config_json=json.dumps,
+    cases=(
+        Case("dit_estimator", "estimator", estimator_inputs, run_estimator),
+        Case("dit_cfm", "cfm", cfm_inputs, run_cfm),
+    ),
+    prefix="net.cfm",
+    manifest_prefix="net.cfm",
+    allow_unused={
+        "net.cfm.estimator.x_embedder.*": "DiT.forward feeds x through cond_x_merge_linear; x_embedder is never called",
+        "net.cfm.estimator.cond_embedder.weight": "discrete-content embedding; the forward always uses cond_projection",
+        "net.cfm.estimator.content_mask_embedder.weight": "training-only content dropout embedding",
+        "net.length_regulator.*": _OTHER_KIND,
+        "net.gpt_layer.*": _OTHER_KIND,
+    },
+    faults={
+        "adaln_swapped": ("dit_estimator", "estimator.transformer.layers.0"),
+        "final_no_plus_one": ("dit_estimator", "estimator.final_layer"),
+        "wqkv_split_order": ("dit_estimator", "estimator.transformer.layers.0"),
+        "rope_halves": ("dit_estimator", "estimator.transformer.layers.0"),
+        "uvit_skip_shifted": ("dit_estimator", f"estimator.transformer.layers.{TINY_DIT['depth'] // 2 + 1}"),
+        "wavenet_zero_pad": ("dit_estimator", "estimator.wavenet.in_layers.0"),
+        "skip_weight_norm": ("dit_estimator", "estimator.wavenet.cond_layer"),
+    },
+)
+
+LENGTH_REGULATOR_SPEC = ModelSpec(
+    name="length_regulator",
+    manifest="s2mel.json",
+    configs={"tiny": TINY_LR, "full": FULL_LR},
+    build_reference=build_regulator,
+    official_file="s2mel.pth",
+    save_official=save_regulator,
+    config_json=json.dumps,
+    cases=(
+        Case("length_regulator_upsample", "forward", regulator_inputs, run_regulator),
+        Case("length_regulator_batch", "forward", lambda cfg, seed: regulator_inputs(cfg, seed, 9, 17, 2), run_regulator),
+        Case("length_regulator_latent_proj", "latent_proj", latent_inputs, run_latent),
+    ),
+    prefix="net",
+    manifest_prefix="net",
+    allow_unused={
+        "net.length_regulator.embedding.weight": "discrete-token embedding; IndexTTS2 feeds continuous features (content_in_proj)",
+        "net.length_regulator.mask_token": "training-only token mask",
+        "net.cfm.*": _OTHER_KIND,
+    },
+    faults={
+        "interp_round": ("length_regulator_upsample", "length_regulator.model.0"),
+        "groupnorm_per_channel": ("length_regulator_upsample", "length_regulator.model.1"),
+    },
+)
