@@ -399,9 +399,9 @@ impl Dit {
             if tp == 0 {
                 return Ok(x.clone());
             }
-            Ok(Tensor::cat(&[&Tensor::zeros((b, c, tp), DType::F32, dev)?, &x.narrow(2, tp, tt - tp)?], 2)?)
+            Ok(Tensor::cat(&[&x.narrow(2, 0, tp)?.zeros_like()?, &x.narrow(2, tp, tt - tp)?], 2)?)
         };
-        let prompt_x = if tp == tt { prompt.clone() } else { Tensor::cat(&[prompt, &Tensor::zeros((b, c, tt - tp), DType::F32, dev)?], 2)? };
+        let prompt_x = if tp == tt { prompt.clone() } else { Tensor::cat(&[prompt, &z.narrow(2, tp, tt - tp)?.zeros_like()?], 2)? };
         let r = self.cfg.cfg_rate;
         let (px2, style2, mu2) = if r > 0.0 {
             (

@@ -17,7 +17,16 @@ pub fn reflect_pad(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
     }
     let t = x.dim(D::Minus1)?;
     let m = left.max(right);
-    let (x, extra) = if t <= m { (x.pad_with_zeros(D::Minus1, 0, m - t + 1)?, m - t + 1) } else { (x.clone(), 0) };
+    let (x, extra) = if t <= m {
+        let e = m - t + 1;
+        let mut dims = x.dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = e;
+        let ext = x.narrow(D::Minus1, 0, 1)?.zeros_like()?.broadcast_as(dims)?;
+        (Tensor::cat(&[x, &ext], last)?, e)
+    } else {
+        (x.clone(), 0)
+    };
     let len = t + extra;
     let keep = left + len + right - extra;
     let idx: Vec<u32> = (0..keep)
@@ -41,17 +50,17 @@ pub struct SConv1d {
 
 impl SConv1d {
     pub fn load(w: &Weights, cin: usize, cout: usize, k: usize, dilation: usize, skip_fold: bool, zero_pad: bool) -> Result<SConv1d> {
-        let conv = Conv1d::load_wn(&w.pp("conv.conv"), (cout, cin, k), true, 0, dilation, skip_fold)?;
         let total = (k - 1) * dilation;
+        // The fault trusts the `padding=` WN passes, i.e. the conv's own zero padding.
+        let conv_pad = if zero_pad { total / 2 } else { 0 };
+        let conv = Conv1d::load_wn(&w.pp("conv.conv"), (cout, cin, k), true, conv_pad, dilation, skip_fold)?;
         Ok(SConv1d { conv, left: total - total / 2, right: total / 2, zero_pad })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xp = if self.zero_pad {
-            x.pad_with_zeros(D::Minus1, self.left, self.right)?
-        } else {
-            reflect_pad(x, self.left, self.right)?
-        };
-        self.conv.forward(&xp)
+        if self.zero_pad {
+            return self.conv.forward(x);
+        }
+        self.conv.forward(&reflect_pad(x, self.left, self.right)?)
     }
 }
 
