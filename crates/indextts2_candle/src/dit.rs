@@ -436,3 +436,38 @@ impl Dit {
         Ok(states)
     }
 }
+
+/// `torch.linspace(0, 1, n_timesteps + 1)` in f32 as torch's CPU kernel computes it (the front
+/// half counts up from 0, the back half down from 1): the `t_span` of `cfm.inference`. Bit-exact
+/// for the official 25 steps (unit test below); the parity tests pass torch's own tensor.
+pub fn t_span(n_timesteps: usize) -> Vec<f32> {
+    let n = n_timesteps + 1;
+    if n_timesteps == 0 {
+        return vec![0.0];
+    }
+    let step = 1.0f32 / n_timesteps as f32;
+    (0..n)
+        .map(|i| if i < n / 2 { step * i as f32 } else { 1.0 - step * (n - 1 - i) as f32 })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn t_span_is_torch_linspace_for_25_steps() {
+        // torch.linspace(0, 1, 26).tolist() (torch 2.9.1, CPU, float32)
+        let torch: [f64; 26] = [
+            0.0, 0.03999999910593033, 0.07999999821186066, 0.11999999731779099, 0.1599999964237213,
+            0.19999998807907104, 0.23999999463558197, 0.2800000011920929, 0.3199999928474426,
+            0.35999998450279236, 0.3999999761581421, 0.4399999976158142, 0.47999998927116394,
+            0.5199999809265137, 0.5600000023841858, 0.6000000238418579, 0.6399999856948853,
+            0.6800000071525574, 0.7200000286102295, 0.7599999904632568, 0.800000011920929,
+            0.8400000333786011, 0.8799999952316284, 0.9200000166893005, 0.9599999785423279, 1.0,
+        ];
+        let ours = super::t_span(25);
+        assert_eq!(ours.len(), 26);
+        for (a, b) in ours.iter().zip(torch.iter()) {
+            assert_eq!(*a, *b as f32);
+        }
+    }
+}
