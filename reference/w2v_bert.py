@@ -1,0 +1,173 @@
+"""Wav2Vec-BERT 2.0 reference: transformers' own `Wav2Vec2BertModel` + `SeamlessM4TFeatureExtractor`.
+
+No hand-written copy of the model: the reference *is* the transformers class (pinned 4.52.1, the
+version the official package pins). This file only holds the configs, the IndexTTS2 read-out
+(`hidden_states[output_layer]`, official 17 = output of `encoder.layers[16]`) and the stats
+normalisation `(h − mean) / √var` (`wav2vec2bert_stats.pt` stores `var`, not `std`).
+
+Stats live in the same safetensors as the model, under `semantic_stats.{mean,var}` (the converter
+copies them from `wav2vec2bert_stats.pt`); they are not part of the official `model.safetensors`,
+so the manifest comparison drops that submodule.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+STATS = "semantic_stats"
+
+# Published w2v-bert-2.0 architecture (= transformers 4.52.1 Wav2Vec2BertConfig defaults).
+FULL = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "feature_projection_input_dim": 160,
+    "hidden_act": "swish",
+    "position_embeddings_type": "relative_key",
+    "left_max_position_embeddings": 64,
+    "right_max_position_embeddings": 8,
+    "conv_depthwise_kernel_size": 31,
+    "layer_norm_eps": 1e-5,
+    "add_adapter": False,
+    "use_intermediate_ffn_before_adapter": False,
+    "mask_time_prob": 0.05,
+    "mask_feature_prob": 0.0,
+    "output_layer": 17,  # hidden_states index IndexTTS2 reads
+}
+
+# Tiny: 3 layers, read-out after layer 1 of 0..2 (as 17 of 24: the last layer stays unused),
+# small relative window so that sequences of a few dozen frames hit both clamps.
+TINY = {
+    **FULL,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "left_max_position_embeddings": 6,
+    "right_max_position_embeddings": 3,
+    "conv_depthwise_kernel_size": 5,
+    "output_layer": 2,
+}
+
+# SeamlessM4TFeatureExtractor as published with facebook/w2v-bert-2.0 (padding_value 1, stride 2).
+FEATURES = {"feature_size": 80, "num_mel_bins": 80, "sampling_rate": 16000, "stride": 2, "padding_value": 1.0}
+
+_OURS = ("output_layer",)
+
+
+def hf_config(cfg: dict) -> Wav2Vec2BertConfig:
+    kw = {k: v for k, v in cfg.items() if k not in _OURS}
+    # Inference: no dropout anywhere (also set by .eval(), but keep the config honest).
+    kw.update(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+              conformer_conv_dropout=0.0, layerdrop=0.0, final_dropout=0.0)
+    return Wav2Vec2BertConfig(**kw)
+
+
+def feature_extractor() -> SeamlessM4TFeatureExtractor:
+    return SeamlessM4TFeatureExtractor(**FEATURES)
+
+
+def extract(audio: np.ndarray) -> dict[str, np.ndarray]:
+    """16 kHz float audio [N] -> {'input_features' [1,T,160] f32, 'attention_mask' [1,T] i64}."""
+    out = feature_extractor()(np.asarray(audio, np.float32), sampling_rate=16000, return_tensors="np")
+    return {"input_features": out["input_features"].astype(np.float32),
+            "attention_mask": out["attention_mask"].astype(np.int64)}
+
+
+class SemanticStats(nn.Module):
+    """(h − mean) / √var with the official stats file's `mean`/`var` [hidden]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        # Placeholder until a real stats file is loaded: deterministic and deliberately not the
+        # identity (var ≠ 1) so that "var used as std" cannot pass unnoticed in the fixtures.
+        i = torch.arange(dim, dtype=torch.float32)
+        self.register_buffer("mean", 0.3 * torch.sin(0.37 * i + 0.1))
+        self.register_buffer("var", 0.3 + 2.0 * (1.0 + torch.cos(0.71 * i)) / 2.0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.mean) / torch.sqrt(self.var)
+
+
+class W2vBertSemantic(Wav2Vec2BertModel):
+    """`Wav2Vec2BertModel` (same state-dict keys) plus the IndexTTS2 read-out and stats."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(hf_config(cfg))
+        self.output_layer = int(cfg["output_layer"])
+        setattr(self, STATS, SemanticStats(cfg["hidden_size"]))
+
+    def embed(self, input_features, attention_mask=None):
+        out = super().forward(input_features=input_features, attention_mask=attention_mask,
+                              output_hidden_states=True)
+        hidden = out.hidden_states[self.output_layer]
+        return {"hidden": hidden, "emb": getattr(self, STATS)(hidden)}
+
+
+def build(cfg: dict) -> W2vBertSemantic:
+    m = W2vBertSemantic(cfg)
+    return m.eval()
+
+
+def tap_names(cfg: dict) -> list[str]:
+    """Tapped module paths, in completion (forward-hook) order."""
+    names = ["feature_projection"]
+    for i in range(cfg["output_layer"]):
+        p = f"encoder.layers.{i}"
+        names += [f"{p}.ffn1", f"{p}.self_attn", f"{p}.conv_module", f"{p}.ffn2", p]
+    return names + [STATS]
+
+
+def _first(t):
+    return t[0] if isinstance(t, tuple) else t
+
+
+def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attention_mask, taps) -> dict:
+    """Runs `embed` with forward hooks on the tapped modules, feeding `taps.inputs/outputs`.
+
+    Layers past the read-out also run in transformers (it always runs them all); they are not
+    tapped and their outputs are never used.
+    """
+    mods = dict(model.named_modules())
+    wanted = set(tap_names({"output_layer": model.output_layer}))
+    handles = []
+
+    def hook(name):
+        def f(_m, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            taps.inputs[name] = x.detach().clone()
+            taps.outputs[name] = _first(out).detach().clone()
+        return f
+
+    if taps is not None:
+        for name in tap_names({"output_layer": model.output_layer}):
+            handles.append(mods[name].register_forward_hook(hook(name), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = model.embed(input_features, attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    if taps is not None:  # drop anything recorded past the read-out
+        for d in (taps.inputs, taps.outputs):
+            for k in [k for k in d if k not in wanted]:
+                del d[k]
+    return out
+
+
+def config_json(cfg: dict) -> str:
+    """What the Rust `W2vBertConfig` parses: model architecture, read-out, stats and front end."""
+    keys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "feature_projection_input_dim", "hidden_act", "position_embeddings_type",
+            "left_max_position_embeddings", "right_max_position_embeddings", "conv_depthwise_kernel_size",
+            "layer_norm_eps", "output_layer"]
+    d = {k: cfg[k] for k in keys}
+    d["stats"] = STATS
+    d["features"] = {"num_mel_bins": FEATURES["num_mel_bins"], "stride": FEATURES["stride"],
+                     "padding_value": FEATURES["padding_value"], "sampling_rate": FEATURES["sampling_rate"]}
+    return json.dumps(d)
