@@ -119,7 +119,8 @@ def tap_names(cfg: dict) -> list[str]:
     names = ["feature_projection"]
     for i in range(cfg["output_layer"]):
         p = f"encoder.layers.{i}"
-        names += [f"{p}.ffn1", f"{p}.self_attn", f"{p}.conv_module", f"{p}.ffn2", p]
+        # final_layer_norm's output is the layer's output (= hidden_states[i + 1]).
+        names += [f"{p}.ffn1", f"{p}.self_attn", f"{p}.conv_module", f"{p}.ffn2", f"{p}.final_layer_norm"]
     return names + [STATS]
 
 

@@ -120,7 +120,7 @@ impl SelfAttention {
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
         // Only left+right+1 distinct distances: score every query against each embedding once,
         // then pick the column for clamp(r − l) per (l, r).
-        let per_dist = q.matmul(&self.distance_embedding.t()?.contiguous()?)?; // [B, h, T, P]
+        let per_dist = q.broadcast_matmul(&self.distance_embedding.t()?.contiguous()?)?; // [B, h, T, P]
         let (l, r) = (self.left as i64, self.right as i64);
         let idx: Vec<u32> = (0..t as i64)
             .flat_map(|qi| (0..t as i64).map(move |ki| ((ki - qi).clamp(-l, r) + l) as u32))
