@@ -34,6 +34,15 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "conv_post", "cpu", "float32"): T(2e-4, 1e-4, 1.03e-4, "large pre-clamp values"),
     ("bigvgan", "output*", "cpu", "float32"): T(3e-4, 1e-4, 3.6e-5, "wav in [-1, 1]", min_snr_db=80.0),
     ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
+    # Wav2Vec-BERT. Front end: Candle's fbank/normalise/stack is bit-identical to transformers'
+    # SeamlessM4TFeatureExtractor on all four clips (max|Δ| 0: f64 spectrum rounded through
+    # complex64, numpy's float32 pairwise sums reproduced); atol only covers libm/FFT rounding on
+    # other platforms. Mask: integers, compared exactly. Model, tiny fixture (17 layers run):
+    # chained final_layer_norm ≤ 6.9e-6, ffn/conv/attn ≤ 4.1e-6, feature_projection 2.7e-6,
+    # hidden 1.8e-6, semantic_stats/emb 2.6e-6; injected every block ≤ 2.7e-6.
+    ("w2v_bert", "output:input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "bit-exact on CPU"),
+    ("w2v_bert", "output:attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
+    ("w2v_bert", "*", "cpu", "float32"): T(7e-5, 1e-5, 6.9e-6, "17 conformer layers, LayerNorm-bounded"),
 }
 
 

@@ -5,16 +5,20 @@ version the official package pins). This file only holds the configs, the IndexT
 (`hidden_states[output_layer]`, official 17 = output of `encoder.layers[16]`) and the stats
 normalisation `(h − mean) / √var` (`wav2vec2bert_stats.pt` stores `var`, not `std`).
 
-Stats live in the same safetensors as the model, under `semantic_stats.{mean,var}` (the converter
-copies them from `wav2vec2bert_stats.pt`); they are not part of the official `model.safetensors`,
-so the manifest comparison drops that submodule.
+Stats: when present they live in the same safetensors as the model, at the root under
+`semantic_stats.{mean,var}` (copy them there from `wav2vec2bert_stats.pt`). The official
+`model.safetensors` has none, so the full-size (manifest) config carries no stats submodule; the
+tiny fixture does, which tests the normalisation and its fault.
 """
 from __future__ import annotations
 
 import json
+import os
+import wave
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
@@ -38,26 +42,31 @@ FULL = {
     "mask_time_prob": 0.05,
     "mask_feature_prob": 0.0,
     "output_layer": 17,  # hidden_states index IndexTTS2 reads
+    # The official model.safetensors holds no stats (they come from wav2vec2bert_stats.pt), so the
+    # manifest-shaped full-size module carries none; real-file runs compare hidden_states[17].
+    "with_stats": False,
 }
 
-# Tiny: 3 layers, read-out after layer 1 of 0..2 (as 17 of 24: the last layer stays unused),
-# small relative window so that sequences of a few dozen frames hit both clamps.
+# Tiny: narrow (32 wide) but with the official read-out index 17 and one unused layer after it,
+# so the allow-list of unread layers (17+) is the same exact pattern at both sizes and tap names
+# match the official ones. Small relative window: a few dozen frames hit both clamps.
 TINY = {
     **FULL,
     "hidden_size": 32,
-    "num_hidden_layers": 3,
+    "num_hidden_layers": 18,
     "num_attention_heads": 4,
     "intermediate_size": 48,
     "left_max_position_embeddings": 6,
     "right_max_position_embeddings": 3,
     "conv_depthwise_kernel_size": 5,
-    "output_layer": 2,
+    "output_layer": 17,
+    "with_stats": True,
 }
 
 # SeamlessM4TFeatureExtractor as published with facebook/w2v-bert-2.0 (padding_value 1, stride 2).
 FEATURES = {"feature_size": 80, "num_mel_bins": 80, "sampling_rate": 16000, "stride": 2, "padding_value": 1.0}
 
-_OURS = ("output_layer",)
+_OURS = ("output_layer", "with_stats")
 
 
 def hf_config(cfg: dict) -> Wav2Vec2BertConfig:
@@ -100,12 +109,16 @@ class W2vBertSemantic(Wav2Vec2BertModel):
     def __init__(self, cfg: dict) -> None:
         super().__init__(hf_config(cfg))
         self.output_layer = int(cfg["output_layer"])
-        setattr(self, STATS, SemanticStats(cfg["hidden_size"]))
+        self.with_stats = bool(cfg["with_stats"])
+        if self.with_stats:
+            setattr(self, STATS, SemanticStats(cfg["hidden_size"]))
 
     def embed(self, input_features, attention_mask=None):
         out = super().forward(input_features=input_features, attention_mask=attention_mask,
                               output_hidden_states=True)
         hidden = out.hidden_states[self.output_layer]
+        if not self.with_stats:
+            return {"hidden": hidden}
         return {"hidden": hidden, "emb": getattr(self, STATS)(hidden)}
 
 
@@ -121,7 +134,7 @@ def tap_names(cfg: dict) -> list[str]:
         p = f"encoder.layers.{i}"
         # final_layer_norm's output is the layer's output (= hidden_states[i + 1]).
         names += [f"{p}.ffn1", f"{p}.self_attn", f"{p}.conv_module", f"{p}.ffn2", f"{p}.final_layer_norm"]
-    return names + [STATS]
+    return names + ([STATS] if cfg.get("with_stats") else [])
 
 
 def _first(t):
@@ -135,7 +148,8 @@ def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attentio
     tapped and their outputs are never used.
     """
     mods = dict(model.named_modules())
-    wanted = set(tap_names({"output_layer": model.output_layer}))
+    tcfg = {"output_layer": model.output_layer, "with_stats": model.with_stats}
+    wanted = set(tap_names(tcfg))
     handles = []
 
     def hook(name):
@@ -146,7 +160,7 @@ def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attentio
         return f
 
     if taps is not None:
-        for name in tap_names({"output_layer": model.output_layer}):
+        for name in tap_names(tcfg):
             handles.append(mods[name].register_forward_hook(hook(name), with_kwargs=True))
     try:
         with torch.no_grad():
@@ -168,7 +182,94 @@ def config_json(cfg: dict) -> str:
             "left_max_position_embeddings", "right_max_position_embeddings", "conv_depthwise_kernel_size",
             "layer_norm_eps", "output_layer"]
     d = {k: cfg[k] for k in keys}
-    d["stats"] = STATS
+    d["stats"] = STATS if cfg["with_stats"] else None
     d["features"] = {"num_mel_bins": FEATURES["num_mel_bins"], "stride": FEATURES["stride"],
                      "padding_value": FEATURES["padding_value"], "sampling_rate": FEATURES["sampling_rate"]}
     return json.dumps(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry row.
+
+AUDIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "audio")
+
+
+def load_clip(name: str) -> np.ndarray:
+    """A 16-bit mono clip from fixtures/audio as float32 in [-1, 1) (as librosa/torchaudio load it)."""
+    with wave.open(os.path.join(AUDIO_DIR, name)) as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError(f"{name}: expected mono int16")
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def save_official(state_dict: dict, path: str) -> None:
+    """`model.safetensors`, flat (tiny fixtures also carry `semantic_stats.*`, see the docstring)."""
+    save_file({k: v.detach().contiguous().clone() for k, v in state_dict.items()}, path, metadata={"format": "pt"})
+
+
+def _clip_features(clip: str):
+    def make(cfg: dict, seed: int) -> dict[str, np.ndarray]:
+        return extract(load_clip(clip))
+    return make
+
+
+def _clip_audio(clip: str):
+    def make(cfg: dict, seed: int) -> dict[str, np.ndarray]:
+        return {"audio": load_clip(clip)}
+    return make
+
+
+def make_random_features(cfg: dict, seed: int, frames: int = 37) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input_features": rng.standard_normal((1, frames, cfg["feature_projection_input_dim"])).astype(np.float32)}
+
+
+def run_masked(model, inputs: dict, taps) -> dict:
+    return run_with_taps(model, inputs["input_features"], inputs["attention_mask"], taps)
+
+
+def run_unmasked(model, inputs: dict, taps) -> dict:
+    return run_with_taps(model, inputs["input_features"], None, taps)
+
+
+def run_features(model, inputs: dict, taps) -> dict:
+    out = extract(inputs["audio"].cpu().numpy())
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def run_embed_audio(model, inputs: dict, taps) -> dict:
+    f = extract(inputs["audio"].cpu().numpy())
+    return run_with_taps(model, torch.from_numpy(f["input_features"]), torch.from_numpy(f["attention_mask"]), taps)
+
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+SPEC = ModelSpec(
+    name="w2v_bert",
+    manifest="w2v_bert.json",
+    configs={"tiny": TINY, "full": FULL},
+    build_reference=build,
+    official_file="model.safetensors",
+    save_official=save_official,
+    config_json=config_json,
+    cases=(
+        # speech: 585 fbank frames -> padded to 586, last stacked frame masked (IndexTTS2 passes the mask).
+        Case("w2v_bert_speech", "forward_masked", _clip_features("speech_16k.wav"), run_masked),
+        Case("w2v_bert_unmasked", "forward", make_random_features, run_unmasked),
+        Case("w2v_bert_features_speech", "features", _clip_audio("speech_16k.wav"), run_features),
+        Case("w2v_bert_features_short", "features", _clip_audio("short_16k.wav"), run_features),
+        Case("w2v_bert_features_silence", "features", _clip_audio("silence_16k.wav"), run_features),
+        Case("w2v_bert_features_odd", "features", _clip_audio("odd_16k.wav"), run_features),
+        Case("w2v_bert_embed_odd", "embed_audio", _clip_audio("odd_16k.wav"), run_embed_audio),
+    ),
+    allow_unused={
+        "masked_spec_embed": "SpecAugment mask vector, used only in training",
+        "encoder.layers.1[7-9].*": "layers after the hidden_states[17] read-out never run (IndexTTS2 reads layer 16's output)",
+        "encoder.layers.2[0-3].*": "layers after the hidden_states[17] read-out never run (IndexTTS2 reads layer 16's output)",
+    },
+    faults={
+        "hidden_off_by_one": ("w2v_bert_speech", STATS),
+        "var_as_std": ("w2v_bert_speech", STATS),
+        "symmetric_dw_padding": ("w2v_bert_speech", "encoder.layers.0.conv_module"),
+    },
+)

@@ -174,7 +174,7 @@ impl ConvModule {
         let y = self.pointwise_conv1.forward(&y)?;
         let y = (y.narrow(2, 0, h)? * candle_nn::ops::sigmoid(&y.narrow(2, h, h)?)?)?; // GLU
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
-        let yp = y.pad_with_zeros(1, pl, pr)?;
+        let yp = pad_time(&y, pl, pr)?;
         let mut acc: Option<Tensor> = None;
         for j in 0..self.k {
             let term = yp.narrow(1, j, t)?.broadcast_mul(&self.depthwise.get(j)?)?;
@@ -187,6 +187,21 @@ impl ConvModule {
         let y = self.depthwise_layer_norm.forward(&y)?.silu()?;
         self.pointwise_conv2.forward(&y)
     }
+}
+
+/// Zero padding along time of `[B, T, H]` (the zeros are padding, shaped from the activation).
+fn pad_time(y: &Tensor, left: usize, right: usize) -> Result<Tensor> {
+    let (b, _, h) = y.dims3()?;
+    let zero = y.narrow(1, 0, 1)?.zeros_like()?;
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        parts.push(zero.broadcast_as((b, left, h))?.contiguous()?);
+    }
+    parts.push(y.clone());
+    if right > 0 {
+        parts.push(zero.broadcast_as((b, right, h))?.contiguous()?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
 }
 
 struct Layer {
