@@ -39,7 +39,8 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     # complex64, numpy's float32 pairwise sums reproduced); atol only covers libm/FFT rounding on
     # other platforms. Mask: integers, compared exactly. Model, tiny fixture (17 layers run):
     # chained final_layer_norm ≤ 6.9e-6, ffn/conv/attn ≤ 4.1e-6, feature_projection 2.7e-6,
-    # hidden 1.8e-6, semantic_stats/emb 2.6e-6; injected every block ≤ 2.7e-6.
+    # hidden 1.8e-6, semantic_stats/emb 2.6e-6; injected every block ≤ 2.7e-6. Official-size
+    # synthetic fixture (1024 wide, 17 layers): chained ≤ 8.4e-6, injected ≤ 7.9e-6.
     ("w2v_bert", "output:input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "bit-exact on CPU"),
     ("w2v_bert", "output:attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
     ("w2v_bert", "*", "cpu", "float32"): T(7e-5, 1e-5, 6.9e-6, "17 conformer layers, LayerNorm-bounded"),
