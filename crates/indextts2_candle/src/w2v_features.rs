@@ -257,7 +257,7 @@ struct Fft {
 
 impl Fft {
     fn new(n: usize) -> Fft {
-        let bits = n.trailing_zeros();
+        let bits = n.ilog2(); // n is a power of two
         let rev = (0..n).map(|i| i.reverse_bits() >> (usize::BITS - bits)).collect();
         let (cos, sin) = (0..n / 2)
             .map(|k| {
