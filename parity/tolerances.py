@@ -35,8 +35,8 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "conv_pre", "cpu", "float32"): T(1e-5, 0.0, 9.5e-7, "one weight-normed conv"),
     ("bigvgan", "output*", "cpu", "float32"): T(2e-4, 0.0, 1.8e-5, "clamped wav", min_snr_db=80.0),
     ("bigvgan", "*", "cpu", "float32"): T(1e-4, 0.0, 1.06e-5, "chained through snake + kaiser filters"),
-    # Wav2Vec-BERT (absolute max|Δ|; the peak scaling only loosens these). Front end: Candle's fbank/normalise/stack is bit-identical to transformers'
-    # SeamlessM4TFeatureExtractor on all four clips (max|Δ| 0: f64 spectrum rounded through
+    # Wav2Vec-BERT (absolute max|Δ|; the peak scaling only loosens these). Front end: Candle's
+    # fbank/normalise/stack is bit-identical to transformers' SeamlessM4TFeatureExtractor on all four clips (max|Δ| 0: f64 spectrum rounded through
     # complex64, numpy's float32 pairwise sums reproduced); atol only covers libm/FFT rounding on
     # other platforms. Mask: integers, compared exactly. Model, tiny fixture (17 layers run):
     # chained final_layer_norm ≤ 6.9e-6, ffn/conv/attn ≤ 4.1e-6, feature_projection 2.7e-6,
