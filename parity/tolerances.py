@@ -1,7 +1,9 @@
 """THE tolerance table, keyed (model, tap pattern, device, dtype).
 
-A tap passes when |candle − reference| ≤ atol + rtol·|reference| elementwise (and, where set, its
-SNR is at least `min_snr_db`). Every value is justified by a measured error: `measured` is the
+A tap passes when |candle − reference| ≤ atol·max(1, peak) + rtol·|reference| elementwise, where
+peak = max|reference| over the tap (and, where set, its SNR is at least `min_snr_db`). Scaling atol by
+the peak once it exceeds 1 makes one row hold for tiny and official-size fixtures alike: fp32
+summation error grows with the magnitude of what is summed, not with the number of the layer. Every value is justified by a measured error: `measured` is the
 largest max|Δ| seen on that key (tiny fixtures, CPU fp32, chained walk, torch 2.9.1), and the
 tolerance sits about 10× above it so that it is not flaky but still catches every fault (the fault
 tests prove that: each fault's first error is orders of magnitude above these values).
@@ -27,15 +29,24 @@ class Tolerance:
 T = Tolerance
 # (model, tap pattern, device, dtype) -> Tolerance
 TABLE: dict[tuple[str, str, str, str], Tolerance] = {
-    # BigVGAN. Tiny fixture, chained walk: conv_pre 4.8e-6; ups/resblocks/activation_post ≤ 6.0e-5;
-    # conv_post 1.03e-4 abs on outputs of |x| up to ~1e3 (rtol needed 7.4e-8); clamped wav 3.6e-5
-    # (SNR 106.7 dB). Injected walk: every block ≤ 2.7e-5 on its own.
-    ("bigvgan", "conv_pre", "cpu", "float32"): T(5e-5, 1e-5, 4.8e-6, "one conv"),
-    ("bigvgan", "conv_post", "cpu", "float32"): T(2e-4, 1e-4, 1.03e-4, "large pre-clamp values"),
-    ("bigvgan", "output*", "cpu", "float32"): T(3e-4, 1e-4, 3.6e-5, "wav in [-1, 1]", min_snr_db=80.0),
-    ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
-    # s2mel DiT / CFM. Tiny fixture (5 layers, dim 32), chained and injected walks, seeds 0-2, values
-    # O(1-10): transformer layers ≤ 2.15e-6, wavenet convs ≤ 1.91e-6, other estimator blocks ≤ 1.67e-6
+    # BigVGAN, chained walk, peak-relative max|Δ| measured on tiny / official-size synthetic fixtures:
+    # conv_pre 3.3e-7 / 9.5e-7; ups, resblocks, activation_post, conv_post ≤ 1.6e-6 / 1.06e-5;
+    # clamped wav 3.2e-6 / 1.8e-5 (SNR 121 / 104 dB). Injected walk: every block ≤ 1.4e-6 on its own.
+    ("bigvgan", "conv_pre", "cpu", "float32"): T(1e-5, 0.0, 9.5e-7, "one weight-normed conv"),
+    ("bigvgan", "output*", "cpu", "float32"): T(2e-4, 0.0, 1.8e-5, "clamped wav", min_snr_db=80.0),
+    ("bigvgan", "*", "cpu", "float32"): T(1e-4, 0.0, 1.06e-5, "chained through snake + kaiser filters"),
+    # Wav2Vec-BERT (absolute max|Δ|; the peak scaling only loosens these). Front end: Candle's
+    # fbank/normalise/stack is bit-identical to transformers' SeamlessM4TFeatureExtractor on all four clips (max|Δ| 0: f64 spectrum rounded through
+    # complex64, numpy's float32 pairwise sums reproduced); atol only covers libm/FFT rounding on
+    # other platforms. Mask: integers, compared exactly. Model, tiny fixture (17 layers run):
+    # chained final_layer_norm ≤ 6.9e-6, ffn/conv/attn ≤ 4.1e-6, feature_projection 2.7e-6,
+    # hidden 1.8e-6, semantic_stats/emb 2.6e-6; injected every block ≤ 2.7e-6. Official-size
+    # synthetic fixture (1024 wide, 17 layers): chained ≤ 8.4e-6, injected ≤ 7.9e-6.
+    ("w2v_bert", "output:input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "bit-exact on CPU"),
+    ("w2v_bert", "output:attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
+    ("w2v_bert", "*", "cpu", "float32"): T(7e-5, 1e-5, 6.9e-6, "17 conformer layers, LayerNorm-bounded"),
+    # s2mel DiT / CFM (absolute max|Δ|; the peak scaling only loosens these). Tiny fixture (5 layers,
+    # dim 32), chained and injected walks, seeds 0-2, values O(1-10): transformer layers ≤ 2.15e-6, wavenet convs ≤ 1.91e-6, other estimator blocks ≤ 1.67e-6
     # (conv2), 25-step Euler states ≤ 9.5e-7. Faults give ≥ 1e-2 at their first tap. Official size
     # (13 layers, dim 512, T=64, synthetic weights) also passes: layers ≤ 1.48e-5, wavenet ≤ 1.19e-5,
     # velocity 6.5e-6, 25-step mel 2.3e-6 (the rtol term covers the larger activations there).

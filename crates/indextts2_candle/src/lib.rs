@@ -13,6 +13,8 @@ pub mod registry;
 pub mod s2mel;
 pub mod store;
 pub mod transforms;
+pub mod w2v_bert;
+pub mod w2v_features;
 pub mod wavenet;
 
 pub use error::{Error, Result};

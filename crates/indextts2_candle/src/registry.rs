@@ -43,11 +43,12 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "bigvgan" => crate::bigvgan::FAULTS,
         "dit" => crate::dit::FAULTS,
         "length_regulator" => crate::length_regulator::FAULTS,
+        "w2v_bert" => crate::w2v_bert::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "dit", "length_regulator"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "length_regulator", "w2v_bert"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -55,6 +56,7 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
         "dit" => Box::new(crate::dit::Dit::load(w, parse(kind, config_json)?, f)?),
         "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
+        "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
@@ -68,6 +70,41 @@ impl Runnable for crate::bigvgan::BigVgan {
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::w2v_bert::W2vBert {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        let named = |o: crate::w2v_bert::Output| {
+            let mut v: Named = vec![("hidden".into(), o.hidden)];
+            if let Some(e) = o.emb {
+                v.push(("emb".into(), e));
+            }
+            v
+        };
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["input_features"])?;
+                Ok(named(self.forward(i[0], None, ctx)?))
+            }
+            "forward_masked" => {
+                let i = take(inputs, method, &["input_features", "attention_mask"])?;
+                Ok(named(self.forward(i[0], Some(i[1]), ctx)?))
+            }
+            "features" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(vec![("input_features".into(), f), ("attention_mask".into(), m)])
+            }
+            "embed_audio" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(named(self.forward(&f, Some(&m), ctx)?))
+            }
+            _ => input_err(format!(
+                "w2v_bert has no method `{method}` (methods: [\"forward\", \"forward_masked\", \"features\", \"embed_audio\"])"
+            )),
         }
     }
 }
