@@ -30,7 +30,7 @@ FULL_DIT = dict(
     cfg_rate=0.7,
 )
 TINY_DIT = dict(
-    hidden_dim=32, num_heads=4, depth=5, in_channels=12, content_dim=24, style_dim=16,
+    hidden_dim=32, num_heads=4, depth=13, in_channels=12, content_dim=24, style_dim=16,
     content_codebook_size=8, block_size=512, rope_base=10000.0, norm_eps=1e-5, freq_dim=32,
     wavenet_hidden_dim=32, wavenet_num_layers=3, wavenet_kernel_size=5, wavenet_dilation_rate=1,
     cfg_rate=0.7,
@@ -380,6 +380,12 @@ class RegulatorPair(nn.Module):
         self.length_regulator = InterpolateRegulator(cfg)
         self.gpt_layer = make_latent_proj(cfg)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        # Loaded from a complete s2mel.pth under prefix `net`, the file also holds `cfm.*` (the dit
+        # kind's part); only that subtree is skipped, the rest stays strict.
+        own = {k: v for k, v in state_dict.items() if not k.startswith("cfm.")}
+        return super().load_state_dict(own, strict=strict, assign=assign)
+
     def latent_proj(self, latent, taps=None):
         taps = taps or NoTaps()
         for i, m in enumerate(self.gpt_layer):
@@ -537,7 +543,8 @@ DIT_SPEC = ModelSpec(
         "final_no_plus_one": ("dit_estimator", "estimator.final_layer"),
         "wqkv_split_order": ("dit_estimator", "estimator.transformer.layers.0"),
         "rope_halves": ("dit_estimator", "estimator.transformer.layers.0"),
-        "uvit_skip_shifted": ("dit_estimator", f"estimator.transformer.layers.{TINY_DIT['depth'] // 2 + 1}"),
+        # tiny keeps the official depth 13 so the U-ViT pairing (0-5 -> 12-7) and this tap hold for every size
+        "uvit_skip_shifted": ("dit_estimator", "estimator.transformer.layers.7"),
         "wavenet_zero_pad": ("dit_estimator", "estimator.wavenet.in_layers.0"),
         "skip_weight_norm": ("dit_estimator", "estimator.wavenet.cond_layer"),
     },
