@@ -6,6 +6,9 @@
 pub mod bigvgan;
 pub mod ctx;
 pub mod error;
+pub mod gpt;
+pub mod gpt_conformer;
+pub mod gpt_perceiver;
 pub mod nn;
 pub mod registry;
 pub mod store;

@@ -33,16 +33,18 @@ fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
 pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     Ok(match kind {
         "bigvgan" => crate::bigvgan::FAULTS,
+        "gpt" => crate::gpt::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan"];
+pub const KINDS: &[&str] = &["bigvgan", "gpt"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
     Ok(match kind {
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
+        "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
@@ -55,6 +57,46 @@ impl Runnable for crate::bigvgan::BigVgan {
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::gpt::UnifiedVoice {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        const LATENT: &[&str] = &["spk_latent", "emovec", "text"];
+        match method {
+            "spk_cond" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("latent".into(), self.spk_cond(i[0], i[1], ctx)?)])
+            }
+            "emo_cond" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("emo".into(), self.emo_cond(i[0], i[1], ctx)?)])
+            }
+            "emovec" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("emovec".into(), self.emovec(i[0], i[1], ctx)?)])
+            }
+            "merge_emovec" => {
+                let i = take(inputs, method, &["spk_x", "spk_lens", "emo_x", "emo_lens", "alpha"])?;
+                Ok(vec![("emovec".into(), self.merge_emovec(i[0], i[1], i[2], i[3], i[4], ctx)?)])
+            }
+            "forward_latent" => {
+                let i = take(inputs, method, &["spk_latent", "text", "text_lens", "codes", "code_lens", "emovec"])?;
+                Ok(vec![("latent".into(), self.forward_latent(i[0], i[1], i[2], i[3], i[4], i[5], ctx)?)])
+            }
+            "step_logits" | "step_logits_full" => {
+                let i = take(inputs, method, &[LATENT[0], LATENT[1], LATENT[2], "codes"])?;
+                let cached = method == "step_logits";
+                Ok(vec![("logits".into(), self.step_logits(i[0], i[1], i[2], i[3], cached, ctx)?)])
+            }
+            "greedy" => {
+                let i = take(inputs, method, &[LATENT[0], LATENT[1], LATENT[2], "max_tokens"])?;
+                Ok(vec![("codes".into(), self.greedy(i[0], i[1], i[2], i[3])?)])
+            }
+            _ => input_err(format!(
+                "gpt has no method `{method}` (methods: spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
+            )),
         }
     }
 }
