@@ -26,6 +26,14 @@ pub fn take<'a>(inputs: &'a BTreeMap<String, Tensor>, method: &str, names: &[&st
         .collect()
 }
 
+/// Float inputs must arrive as float32 (token ids as int64): a clear error instead of a Candle dtype panic.
+pub fn expect_float(t: &Tensor, name: &str) -> Result<()> {
+    if t.dtype() != candle_core::DType::F32 {
+        return input_err(format!("input `{name}` must be float32, got {:?}", t.dtype()));
+    }
+    Ok(())
+}
+
 fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| Error::Input(format!("invalid {kind} config: {e}")))
 }
@@ -54,6 +62,7 @@ impl Runnable for crate::bigvgan::BigVgan {
         match method {
             "forward" => {
                 let i = take(inputs, method, &["mel"])?;
+                expect_float(i[0], "mel")?;
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),

@@ -21,8 +21,24 @@ pub struct Store {
     requested: Mutex<BTreeMap<String, String>>, // key -> dtype as stored in the file
 }
 
+/// torch/numpy spelling of a safetensors dtype, so Python compares names directly.
 fn st_dtype_name(d: StDtype) -> String {
-    format!("{d:?}").to_lowercase()
+    match d {
+        StDtype::F64 => "float64",
+        StDtype::F32 => "float32",
+        StDtype::F16 => "float16",
+        StDtype::BF16 => "bfloat16",
+        StDtype::I64 => "int64",
+        StDtype::I32 => "int32",
+        StDtype::I16 => "int16",
+        StDtype::I8 => "int8",
+        StDtype::U8 => "uint8",
+        StDtype::U32 => "uint32",
+        StDtype::U64 => "uint64",
+        StDtype::BOOL => "bool",
+        other => return format!("{other:?}").to_lowercase(),
+    }
+    .to_string()
 }
 
 fn ckpt_err<T>(msg: String) -> Result<T> {
@@ -118,10 +134,14 @@ impl Store {
             .filter(|k| !parent.is_empty() && k.starts_with(parent))
             .take(6)
             .collect();
-        if near.is_empty() {
-            String::new()
-        } else {
-            format!(" (keys under `{parent}`: {near:?})")
+        if !near.is_empty() {
+            return format!(" (keys under `{parent}`: {near:?})");
+        }
+        // Wrong nesting shows up as the right key under another prefix.
+        let suffix = format!(".{key}");
+        match self.infos.keys().find(|k| k.ends_with(&suffix)) {
+            Some(k) => format!(" (the file has `{k}`: wrong nesting or prefix?)"),
+            None => String::new(),
         }
     }
 

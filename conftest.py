@@ -1,0 +1,124 @@
+"""Session-wide options and fixtures for the parity suite.
+
+--device {cpu,cuda,all}  which devices to parametrize (CUDA cases skip cleanly without a GPU)
+--full-size              synthetic checkpoints at the official size instead of tiny ones
+--checkpoints DIR        run on the user's official files instead of synthetic ones
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Parity needs IEEE fp32 on CUDA: TF32 would add ~1e-3 relative error to every matmul/conv.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cudnn.deterministic = True
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("parity")
+    g.addoption("--device", default="all", choices=["cpu", "cuda", "all"], help="devices to compare on")
+    g.addoption("--full-size", action="store_true", help="synthetic checkpoints at official size")
+    g.addoption("--checkpoints", default=None, metavar="DIR", help="directory with the official checkpoint files")
+
+
+def cuda_ready() -> tuple[bool, str]:
+    import indextts_candle
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    if not indextts_candle.cuda_available():
+        return False, "indextts_candle built without the `cuda` feature"
+    return True, ""
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        opt = metafunc.config.getoption("--device")
+        devs = ["cpu", "cuda"] if opt == "all" else [opt]
+        metafunc.parametrize("device", devs, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    if request.param == "cuda":
+        ok, why = cuda_ready()
+        if not ok:
+            pytest.skip(f"CUDA parity skipped: {why}")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def size(request) -> str:
+    if request.config.getoption("--checkpoints"):
+        return "real"
+    return "full" if request.config.getoption("--full-size") else "tiny"
+
+
+@pytest.fixture(scope="session")
+def fixtures(request):
+    """`fixtures(name)` → the model's Fixture (checkpoint in official format + converted), cached."""
+    from parity import fixtures as fx
+    from parity.registry import MODELS
+
+    ckpt = request.config.getoption("--checkpoints")
+    size = "full" if request.config.getoption("--full-size") else "tiny"
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            try:
+                cache[name] = fx.get(MODELS[name], size, ckpt)
+            except fx.MissingCheckpoints as e:
+                pytest.fail(str(e), pytrace=False)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def candle_models(fixtures):
+    """`candle_models(name, device, faults=())` → a loaded Candle model, cached per session."""
+    cache: dict = {}
+
+    def get(name: str, device: str = "cpu", faults: tuple = ()):
+        key = (name, device, tuple(faults))
+        if key not in cache:
+            cache[key] = fixtures(name).candle(device, list(faults))
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bench_fixtures(request):
+    """Benchmarks always run at official size (synthetic, or the user's files)."""
+    from parity import fixtures as fx
+    from parity.registry import MODELS
+
+    ckpt = request.config.getoption("--checkpoints")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = fx.get(MODELS[name], "full", ckpt)
+        return cache[name]
+
+    return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """Benchmarks are official-size and slow: they run only under --benchmark-only."""
+    if config.getoption("benchmark_only", False):
+        return
+    keep, dropped = [], []
+    for it in items:
+        (dropped if "benchmark" in getattr(it, "fixturenames", ()) else keep).append(it)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

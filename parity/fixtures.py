@@ -1,0 +1,107 @@
+"""Checkpoints for the parity runs, always in the official file format.
+
+* synthetic: the reference model at a config ("tiny" for the fast tier, "full" = official size),
+  filled by `synthetic_init` (deterministic per key), written with the official container
+  (`{'generator': …}`, nested s2mel, flat gpt.pth …), then converted like a real file;
+* real: the user's official files (`--checkpoints DIR`), converted once into a cache.
+Both sides then load the SAME converted file: Candle through its strict store, the reference
+through `load_state_dict(strict=True)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file
+
+from reference.common import synthetic_init
+from reference.convert import convert
+
+from .spec import ModelSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cache_dir() -> str:
+    return os.environ.get("INDEXTTS_FIXTURE_CACHE", os.path.join(ROOT, ".fixture_cache"))
+
+
+@dataclass
+class Fixture:
+    spec: ModelSpec
+    size: str  # "tiny" | "full" | "real"
+    cfg: dict
+    official_path: str
+    safetensors_path: str
+    _refs: dict = field(default_factory=dict)
+
+    def reference(self, device: str = "cpu") -> torch.nn.Module:
+        """The reference model with exactly the converted file's weights (strict load)."""
+        if device not in self._refs:
+            sd = load_file(self.safetensors_path)
+            pre = self.spec.prefix + "." if self.spec.prefix else ""
+            own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+            m = self.spec.build_reference(self.cfg)
+            m.load_state_dict(own, strict=True)
+            self._refs[device] = m.to(device).eval()
+        return self._refs[device]
+
+    def candle(self, device: str = "cpu", faults: list[str] | None = None):
+        from .candle import Model
+
+        return Model(self.spec.name, self.safetensors_path, self.spec.config_json(self.cfg), device,
+                     faults or [], self.spec.prefix)
+
+
+def _stamp(spec: ModelSpec, cfg: dict) -> str:
+    """Changes whenever the config, seed or the code that makes the weights changes."""
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    h.update(str(spec.seed).encode())
+    h.update(inspect.getsource(inspect.getmodule(spec.build_reference)).encode())
+    h.update(inspect.getsource(synthetic_init).encode())
+    return h.hexdigest()[:12]
+
+
+def synthetic(spec: ModelSpec, size: str) -> Fixture:
+    cfg = spec.configs[size]
+    d = os.path.join(cache_dir(), spec.name, f"{size}-{_stamp(spec, cfg)}")
+    official = os.path.join(d, spec.official_file)
+    st = os.path.join(d, "converted.safetensors")
+    if not os.path.exists(st):
+        os.makedirs(d, exist_ok=True)
+        model = spec.build_reference(cfg)
+        synthetic_init(model, spec.seed, spec.init_overrides)
+        tmp = official + f".{os.getpid()}.tmp"
+        spec.save_official(model.state_dict(), tmp)
+        os.replace(tmp, official)
+        convert(official, st + f".{os.getpid()}.tmp.safetensors", progress=False)
+        os.replace(st + f".{os.getpid()}.tmp.safetensors", st)  # atomic: safe across xdist workers
+    return Fixture(spec, size, cfg, official, st)
+
+
+class MissingCheckpoints(FileNotFoundError):
+    pass
+
+
+def real(spec: ModelSpec, directory: str) -> Fixture:
+    official = os.path.join(directory, spec.official_file)
+    if not os.path.isfile(official):
+        raise MissingCheckpoints(f"--checkpoints {directory}: `{spec.official_file}` (for {spec.name}) is missing")
+    st_stat = os.stat(official)
+    d = os.path.join(cache_dir(), "real", spec.name)
+    st = os.path.join(d, f"{st_stat.st_size}-{int(st_stat.st_mtime)}.safetensors")
+    if not os.path.exists(st):
+        os.makedirs(d, exist_ok=True)
+        if official.endswith(".safetensors"):
+            os.link(official, st) if os.stat(official).st_dev == os.stat(d).st_dev else __import__("shutil").copy(official, st)
+        else:
+            convert(official, st)
+    return Fixture(spec, "real", spec.configs["full"], official, st)
+
+
+def get(spec: ModelSpec, size: str, checkpoints: str | None = None) -> Fixture:
+    return real(spec, checkpoints) if checkpoints else synthetic(spec, size)

@@ -1,0 +1,10 @@
+"""The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
+from __future__ import annotations
+
+from reference import bigvgan
+
+from .spec import ModelSpec
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    bigvgan.SPEC,
+]}

@@ -1,0 +1,241 @@
+"""Reference BigVGAN v2 (NVIDIA `bigvgan.py`, resblock "1", Snake/SnakeBeta, alias-free activations).
+
+Written from the official behaviour, with the official module tree so that `state_dict()` keys
+equal `bigvgan_generator.pt`'s `generator` dict. Weight norm uses the old
+`torch.nn.utils.weight_norm`, as the official class does, so the keys are `weight_g`/`weight_v`.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import weight_norm
+
+from .common import NoTaps, Taps
+
+FULL = {  # architecture keys of nvidia/bigvgan_v2_22khz_80band_256x config.json
+    "resblock": "1",
+    "upsample_rates": [4, 4, 2, 2, 2, 2],
+    "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4],
+    "upsample_initial_channel": 1536,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "use_tanh_at_final": False,
+    "use_bias_at_final": False,
+    "activation": "snakebeta",
+    "snake_logscale": True,
+    "num_mels": 80,
+    "hop_size": 256,
+    "sampling_rate": 22050,
+    "n_fft": 1024,
+    "win_size": 1024,
+    "fmin": 0,
+    "fmax": None,
+}
+# Same structure, every stage kept (incl. the 4× ones and all three kernels), far fewer channels.
+TINY = {**FULL, "upsample_rates": [4, 2], "upsample_kernel_sizes": [8, 4], "upsample_initial_channel": 32, "num_mels": 16}
+
+
+def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
+    """Kaiser-windowed sinc lowpass, normalised to unit DC gain; shape [1, 1, kernel_size]."""
+    even = kernel_size % 2 == 0
+    half = kernel_size // 2
+    delta_f = 4 * half_width
+    atten = 2.285 * (half - 1) * math.pi * delta_f + 7.95
+    if atten > 50.0:
+        beta = 0.1102 * (atten - 8.7)
+    elif atten >= 21.0:
+        beta = 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21.0)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False)
+    t = (torch.arange(-half, half) + 0.5) if even else (torch.arange(kernel_size) - half)
+    filt = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
+    filt = filt / filt.sum()
+    return filt.view(1, 1, kernel_size)
+
+
+class SnakeBeta(nn.Module):
+    def __init__(self, channels: int, logscale: bool, beta: bool = True):
+        super().__init__()
+        self.logscale, self.has_beta = logscale, beta
+        init = torch.zeros(channels) if logscale else torch.ones(channels)
+        self.alpha = nn.Parameter(init.clone())
+        if beta:
+            self.beta = nn.Parameter(init.clone())
+
+    def forward(self, x):
+        a = self.alpha[None, :, None]
+        b = self.beta[None, :, None] if self.has_beta else a
+        if self.logscale:
+            a, b = torch.exp(a), torch.exp(b)
+        return x + (1.0 / (b + 1e-9)) * torch.sin(x * a).pow(2)
+
+
+class UpSample1d(nn.Module):
+    def __init__(self, ratio: int = 2):
+        super().__init__()
+        self.ratio = ratio
+        self.kernel_size = int(6 * ratio // 2) * 2
+        self.pad = self.kernel_size // ratio - 1
+        self.crop_l = self.pad * ratio + (self.kernel_size - ratio) // 2
+        self.crop_r = self.pad * ratio + (self.kernel_size - ratio + 1) // 2
+        self.register_buffer("filter", kaiser_sinc_filter1d(0.5 / ratio, 0.6 / ratio, self.kernel_size))
+
+    def forward(self, x):
+        c = x.shape[1]
+        x = F.pad(x, (self.pad, self.pad), mode="replicate")
+        x = self.ratio * F.conv_transpose1d(x, self.filter.expand(c, -1, -1), stride=self.ratio, groups=c)
+        return x[..., self.crop_l : -self.crop_r]
+
+
+class LowPassFilter1d(nn.Module):
+    def __init__(self, cutoff: float, half_width: float, stride: int, kernel_size: int):
+        super().__init__()
+        even = kernel_size % 2 == 0
+        self.pad_l, self.pad_r, self.stride = kernel_size // 2 - int(even), kernel_size // 2, stride
+        self.register_buffer("filter", kaiser_sinc_filter1d(cutoff, half_width, kernel_size))
+
+    def forward(self, x):
+        c = x.shape[1]
+        x = F.pad(x, (self.pad_l, self.pad_r), mode="replicate")
+        return F.conv1d(x, self.filter.expand(c, -1, -1), stride=self.stride, groups=c)
+
+
+class DownSample1d(nn.Module):
+    def __init__(self, ratio: int = 2):
+        super().__init__()
+        k = int(6 * ratio // 2) * 2
+        self.lowpass = LowPassFilter1d(0.5 / ratio, 0.6 / ratio, ratio, k)
+
+    def forward(self, x):
+        return self.lowpass(x)
+
+
+class Activation1d(nn.Module):
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act, self.upsample, self.downsample = act, UpSample1d(2), DownSample1d(2)
+
+    def forward(self, x):
+        return self.downsample(self.act(self.upsample(x)))
+
+
+def _pad(k: int, d: int) -> int:
+    return (k * d - d) // 2
+
+
+class AMPBlock1(nn.Module):
+    def __init__(self, cfg: dict, ch: int, k: int, dil: list[int]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, 1, dilation=d, padding=_pad(k, d))) for d in dil)
+        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, 1, dilation=1, padding=_pad(k, 1))) for _ in dil)
+        beta = cfg["activation"] == "snakebeta"
+        self.activations = nn.ModuleList(
+            Activation1d(SnakeBeta(ch, cfg["snake_logscale"], beta)) for _ in range(2 * len(dil))
+        )
+
+    def forward(self, x):
+        for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            xt = c2(self.activations[2 * j + 1](c1(self.activations[2 * j](x))))
+            x = xt + x
+        return x
+
+
+class BigVGAN(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        c0 = cfg["upsample_initial_channel"]
+        self.num_kernels = len(cfg["resblock_kernel_sizes"])
+        self.conv_pre = weight_norm(nn.Conv1d(cfg["num_mels"], c0, 7, 1, padding=3))
+        self.ups = nn.ModuleList()
+        for i, (u, k) in enumerate(zip(cfg["upsample_rates"], cfg["upsample_kernel_sizes"])):
+            conv = nn.ConvTranspose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            self.ups.append(nn.ModuleList([weight_norm(conv)]))
+        self.resblocks = nn.ModuleList()
+        for i in range(len(self.ups)):
+            ch = c0 // 2 ** (i + 1)
+            for k, d in zip(cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]):
+                self.resblocks.append(AMPBlock1(cfg, ch, k, d))
+        beta = cfg["activation"] == "snakebeta"
+        self.activation_post = Activation1d(SnakeBeta(ch, cfg["snake_logscale"], beta))
+        self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3, bias=cfg["use_bias_at_final"]))
+
+    def forward(self, mel: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        taps = taps or NoTaps()
+        x = taps.block("conv_pre", mel, self.conv_pre)
+        for i, up in enumerate(self.ups):
+            x = taps.block(f"ups.{i}", x, up[0])
+            xs = None
+            for j in range(self.num_kernels):
+                k = i * self.num_kernels + j
+                y = taps.block(f"resblocks.{k}", x, self.resblocks[k])
+                xs = y if xs is None else xs + y
+            x = xs / self.num_kernels
+        x = taps.block("activation_post", x, self.activation_post)
+        x = taps.block("conv_post", x, self.conv_post)
+        final = torch.tanh if self.cfg["use_tanh_at_final"] else (lambda v: torch.clamp(v, -1.0, 1.0))
+        return taps.block("output", x, final)
+
+
+def build(cfg: dict) -> BigVGAN:
+    return BigVGAN(cfg).eval()
+
+
+def save_official(state_dict: dict, path: str) -> None:
+    """`bigvgan_generator.pt` is `{'generator': state_dict}`."""
+    torch.save({"generator": state_dict}, path)
+
+
+def config_json(cfg: dict) -> str:
+    return json.dumps(cfg)
+
+
+def make_mel(cfg: dict, seed: int, frames: int = 24) -> dict[str, np.ndarray]:
+    """A smooth log-mel-like input: values in the range real log-mels take (≈ −11 … 2)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, frames)[None, :]
+    bands = np.linspace(0, 1, cfg["num_mels"])[:, None]
+    mel = -5.0 + 3.0 * np.sin(2 * np.pi * (3 * t + bands)) - 2.0 * bands + 0.3 * rng.standard_normal((cfg["num_mels"], frames))
+    return {"mel": mel[None].astype(np.float32)}
+
+
+def run_forward(model: BigVGAN, inputs: dict[str, torch.Tensor], taps: Taps) -> dict[str, torch.Tensor]:
+    return {"wav": model(inputs["mel"], taps)}
+
+
+def _wide_conv_post(key, rng, shape):
+    # Larger output gain so the tiny fixture's waveform exceeds ±1 and the final clamp is exercised.
+    return 4.0 * rng.standard_normal(shape)
+
+
+def _conv_post_gain(key, rng, shape):
+    return 3.0 + np.abs(rng.standard_normal(shape))
+
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+SPEC = ModelSpec(
+    name="bigvgan",
+    manifest="bigvgan.json",
+    configs={"tiny": TINY, "full": FULL},
+    build_reference=build,
+    official_file="bigvgan_generator.pt",
+    save_official=save_official,
+    config_json=config_json,
+    cases=(Case("bigvgan_vocode", "forward", make_mel, run_forward),),
+    allow_unused={},  # every stored tensor is used: the kaiser filters are read, not recomputed
+    faults={
+        "skip_weight_norm": ("bigvgan_vocode", "conv_pre"),
+        "ups_kernel_flipped": ("bigvgan_vocode", "ups.0"),
+        "swap_resblocks": ("bigvgan_vocode", "resblocks.0"),
+        "snake_no_exp": ("bigvgan_vocode", "resblocks.0"),
+        "no_final_clamp": ("bigvgan_vocode", "output"),
+    },
+    init_overrides={"conv_post.weight_g": _conv_post_gain},
+)

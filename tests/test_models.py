@@ -1,0 +1,94 @@
+"""Table-driven parity tests: every row of the registry gets all of these.
+
+Select one model with `-k <name>`; each test id carries the model name and the case name.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from parity.coverage import coverage
+from parity.registry import MODELS
+from parity.runner import layer_walk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = list(MODELS.values())
+CASES = [(s.name, c.name) for s in SPECS for c in s.cases]
+FAULTS = [(s.name, f) for s in SPECS for f in s.faults]
+
+
+def _case(model, case):
+    return next(c for c in MODELS[model].cases if c.name == case)
+
+
+def _manifest(spec):
+    with open(os.path.join(ROOT, "fixtures", "manifests", spec.manifest)) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("model", [s.name for s in SPECS])
+def test_manifest_full_size(model):
+    """The reference at the official config has exactly the official keys, shapes and dtypes."""
+    spec = MODELS[model]
+    with torch.device("meta"):
+        ref = spec.build_reference(spec.configs["full"])
+    pre = spec.manifest_prefix + "." if spec.manifest_prefix else ""
+    ours = {pre + k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in ref.state_dict().items()}
+    official = {t["key"]: (t["shape"], t["dtype"]) for t in _manifest(spec)["tensors"]}
+    missing = sorted(set(official) - set(ours))
+    extra = sorted(set(ours) - set(official))
+    assert not missing and not extra, f"missing {missing[:10]} ({len(missing)}), extra {extra[:10]} ({len(extra)})"
+    wrong = {k: (ours[k], official[k]) for k in official if ours[k] != official[k]}
+    assert not wrong, f"shape/dtype differ (ours, official): {dict(list(wrong.items())[:10])}"
+
+
+@pytest.mark.parametrize("model", [s.name for s in SPECS])
+def test_coverage(model, fixtures, candle_models):
+    """Candle read every key it needs from the file (missing = ∅ or load fails), left unread only
+    allow-listed keys, and the file holds exactly the reference's keys with their dtypes."""
+    spec = MODELS[model]
+    fx = fixtures(model)
+    cm = candle_models(model)
+    cov = coverage(spec, cm)
+    assert cov.ok, cov.summary()
+    file_keys = cov.file_keys
+    pre = spec.prefix + "." if spec.prefix else ""
+    ref_sd = fx.reference().state_dict()
+    in_file = {k[len(pre):]: v for k, v in file_keys.items() if k.startswith(pre)}
+    assert set(in_file) == set(ref_sd), "converted file and reference module disagree on keys"
+    for k, (dt, shape) in in_file.items():
+        assert list(ref_sd[k].shape) == shape, k
+    if fx.size != "real":
+        for k, v in ref_sd.items():
+            assert str(v.dtype).replace("torch.", "") == in_file[k][0], k
+
+
+@pytest.mark.parametrize("mode", ["chained", "injected"])
+@pytest.mark.parametrize("model,case", CASES, ids=[c for _, c in CASES])
+def test_layers(model, case, mode, device, fixtures, candle_models):
+    """Every tap within tolerance, in forward order; a failure names the first divergent tap."""
+    layer_walk(fixtures(model), candle_models(model, device), _case(model, case), mode, device).assert_ok()
+
+
+@pytest.mark.parametrize("model,fault", FAULTS, ids=[f"{m}-{f}" for m, f in FAULTS])
+def test_fault_is_caught(model, fault, fixtures, candle_models):
+    """Proof of teeth: each known bug class fails the walk, and the report names the right tap."""
+    spec = MODELS[model]
+    case_name, expected_tap = spec.faults[fault]
+    fx = fixtures(model)
+    w = layer_walk(fx, candle_models(model, "cpu", (fault,)), _case(model, case_name), "chained", "cpu")
+    assert not w.ok, f"fault `{fault}` was NOT detected:\n{w.table()}"
+    assert w.first_failure == expected_tap, f"fault `{fault}` detected at `{w.first_failure}`, expected `{expected_tap}`\n{w.table()}"
+    with pytest.raises(AssertionError, match=f"parity failed at `{expected_tap}`"):
+        w.assert_ok()
+
+
+@pytest.mark.parametrize("model", [s.name for s in SPECS])
+def test_unknown_fault_rejected(model, fixtures):
+    from parity.candle import InputError
+
+    with pytest.raises(InputError, match="unknown fault"):
+        fixtures(model).candle("cpu", ["no_such_fault"])
