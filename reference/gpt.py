@@ -294,3 +294,130 @@ def build_reference(cfg: dict) -> UnifiedVoice:
 
 def config_json(cfg: dict) -> str:
     return json.dumps(cfg)
+
+
+def save_official(state_dict: dict, path: str) -> None:
+    """`gpt.pth` is a flat state_dict."""
+    torch.save(state_dict, path)
+
+
+# ---- registry row ---------------------------------------------------------------------------------
+def _feats(cfg, rng, t):
+    return rng.standard_normal((2, cfg["cond_input_size"], t)).astype(np.float32)
+
+
+def spk_inputs(cfg: dict, seed: int) -> dict:
+    """Batch of 2 with a shorter second row, so the Conformer/Perceiver masks are exercised."""
+    rng = np.random.default_rng(seed)
+    return {"x": _feats(cfg, rng, 23), "lens": np.array([23, 16], np.int64)}
+
+
+def emo_inputs(cfg: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    return {"x": _feats(cfg, rng, 19), "lens": np.array([19, 14], np.int64)}
+
+
+def merge_inputs(cfg: dict, seed: int) -> dict:
+    s, e = spk_inputs(cfg, seed), emo_inputs(cfg, seed)
+    return {"spk_x": s["x"], "spk_lens": s["lens"], "emo_x": e["x"], "emo_lens": e["lens"],
+            "alpha": np.array([0.6], np.float32)}
+
+
+def _perceiver_inputs(cfg, seed, key, t, valid):
+    rng = np.random.default_rng(seed + 2)
+    ctx = rng.standard_normal((2, t, cfg[key]["output_size"])).astype(np.float32)
+    mask = (np.arange(t)[None] < np.array(valid)[:, None]).astype(np.int64)
+    return {"context": ctx, "mask": mask}
+
+
+def spk_perceiver_inputs(cfg, seed):
+    return _perceiver_inputs(cfg, seed, "condition_module", 11, [11, 7])
+
+
+def emo_perceiver_inputs(cfg, seed):
+    return _perceiver_inputs(cfg, seed, "emo_condition_module", 9, [9, 4])
+
+
+def _latents(cfg, rng, b):
+    d = cfg["model_dim"]
+    return (rng.standard_normal((b, cfg["condition_num_latent"], d)).astype(np.float32),
+            rng.standard_normal((b, d)).astype(np.float32))
+
+
+def latent_inputs(cfg: dict, seed: int, text_len: int = 7, code_len: int = 9) -> dict:
+    rng = np.random.default_rng(seed + 3)
+    spk, emo = _latents(cfg, rng, 2)
+    text = rng.integers(2, cfg["number_text_tokens"], (2, text_len))
+    codes = rng.integers(0, cfg["start_mel_token"], (2, code_len))
+    return {"spk_latent": spk, "text": text, "text_lens": np.array([text_len, max(1, text_len - 2)], np.int64),
+            "codes": codes, "code_lens": np.array([code_len, max(1, code_len - 3)], np.int64), "emovec": emo}
+
+
+def step_inputs(cfg: dict, seed: int, text_len: int = 6, code_len: int = 8) -> dict:
+    rng = np.random.default_rng(seed + 4)
+    spk, emo = _latents(cfg, rng, 1)
+    return {"spk_latent": spk, "emovec": emo, "text": rng.integers(2, cfg["number_text_tokens"], (1, text_len)),
+            "codes": rng.integers(0, cfg["start_mel_token"], (1, code_len))}
+
+
+def _conformer(emo):
+    def run(m, i, taps):
+        enc, name = (m.emo_conditioning_encoder, "emo_conditioning_encoder") if emo else (m.conditioning_encoder, "conditioning_encoder")
+        out, mask = enc(i["x"].transpose(1, 2), i["lens"], taps, name)
+        return {"out": out, "mask": mask.squeeze(1).long()}
+    return run
+
+
+def _perceiver(emo):
+    def run(m, i, taps):
+        p, name = (m.emo_perceiver_encoder, "emo_perceiver_encoder") if emo else (m.perceiver_encoder, "perceiver_encoder")
+        n = p.latents.size(0)
+        return {"latent": p(i["context"], F.pad(i["mask"].bool(), (n, 0), value=True), taps, name)}
+    return run
+
+
+def _alpha(i):
+    return float(i["alpha"].reshape(-1)[0])
+
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+CASES = (
+    Case("gpt_spk_conformer", "spk_conformer", spk_inputs, _conformer(False)),
+    Case("gpt_emo_conformer", "emo_conformer", emo_inputs, _conformer(True)),
+    Case("gpt_spk_perceiver", "spk_perceiver", spk_perceiver_inputs, _perceiver(False)),
+    Case("gpt_emo_perceiver", "emo_perceiver", emo_perceiver_inputs, _perceiver(True)),
+    Case("gpt_spk_cond", "spk_cond", spk_inputs, lambda m, i, t: {"latent": m.get_conditioning(i["x"], i["lens"], t)}),
+    Case("gpt_emo_cond", "emo_cond", emo_inputs, lambda m, i, t: {"emo": m.get_emo_conditioning(i["x"], i["lens"], t)}),
+    Case("gpt_emovec", "emovec", emo_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
+    Case("gpt_merge_emovec", "merge_emovec", merge_inputs,
+         lambda m, i, t: {"emovec": m.merge_emovec(i["spk_x"], i["emo_x"], i["spk_lens"], i["emo_lens"], _alpha(i), t)}),
+    Case("gpt_forward_latent", "forward_latent", latent_inputs,
+         lambda m, i, t: {"latent": m.forward_latent(i["spk_latent"], i["text"], i["text_lens"], i["codes"], i["code_lens"], i["emovec"], t)}),
+    Case("gpt_step_logits", "step_logits_full", step_inputs,
+         lambda m, i, t: {"logits": m.step_logits(i["spk_latent"], i["emovec"], i["text"], i["codes"], t)}),
+)
+
+SPEC = ModelSpec(
+    name="gpt",
+    manifest="gpt.json",
+    configs={"tiny": TINY, "full": FULL},
+    build_reference=build_reference,
+    official_file="gpt.pth",
+    save_official=save_official,
+    config_json=config_json,
+    cases=CASES,
+    allow_unused={
+        # UnifiedVoice builds text_head but inference and the latent path never call it
+        # (forward() returns latents; decoding uses mel_head only).
+        "text_head.*": "text logits head: stored, never used by v2 inference",
+    },
+    faults={
+        "c_attn_untransposed": ("gpt_forward_latent", "gpt.h.0"),
+        "to_kv_swapped": ("gpt_spk_perceiver", "perceiver_encoder.layers.0"),
+        "final_norm_skipped": ("gpt_forward_latent", "final_norm"),
+        "pos_bias_v_dropped": ("gpt_spk_conformer", "conditioning_encoder.encoders.0"),
+        "geglu_swapped": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0"),
+        "after_norm_skipped": ("gpt_spk_conformer", "conditioning_encoder.after_norm"),
+    },
+)

@@ -221,6 +221,26 @@ impl UnifiedVoice {
         self.perceiver.forward(&h, &keep, ctx)
     }
 
+    /// The speaker / emotion Conformer alone → (out [B, T', d], subsampled mask [B, T'] int64).
+    pub fn conformer(&self, emo: bool, x: &Tensor, lens: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        let (xs, l) = self.features(x, lens)?;
+        let enc = if emo { &self.emo_enc } else { &self.cond_enc };
+        let (h, keep) = enc.forward(&xs, &l, ctx)?;
+        Ok((h, keep.to_dtype(DType::I64)?))
+    }
+
+    /// The speaker / emotion Perceiver alone: context [B, T, d_ctx], mask [B, T] int64 (1 = valid).
+    pub fn perceiver(&self, emo: bool, context: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (md, mv) = ids(mask, "mask", 2)?;
+        let (cfgm, p) = if emo { (&self.cfg.emo_condition_module, &self.emo_perceiver) } else { (&self.cfg.condition_module, &self.perceiver) };
+        if context.rank() != 3 || context.dtype() != DType::F32 || context.dim(2)? != cfgm.output_size || md != context.dims()[..2] {
+            return input_err(format!("context [B, T, {}] float32 and mask [B, T] expected; got {:?} and {md:?}", cfgm.output_size, context.dims()));
+        }
+        let keep: Vec<u8> = mv.iter().map(|&v| u8::from(v != 0)).collect();
+        let keep = Tensor::from_vec(keep, (md[0], md[1]), context.device())?;
+        p.forward(context, &keep, ctx)
+    }
+
     /// `get_emo_conditioning` → [B, emo_dim].
     pub fn emo_cond(&self, x: &Tensor, lens: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (xs, l) = self.features(x, lens)?;

@@ -6,7 +6,7 @@ use crate::gpt_conformer::fill_masked;
 use crate::nn::Linear;
 use crate::store::Weights;
 use crate::transforms::split_fused;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 struct Layer {
     to_q: Linear,
@@ -102,7 +102,8 @@ impl Perceiver {
         }
         let n = self.latents.dim(0)?;
         // The latents are always attendable: pad the mask with N leading ones.
-        let keep = Tensor::cat(&[&Tensor::ones((b, n), keep.dtype(), keep.device())?, keep], 1)?;
+        let lead = Tensor::from_vec(vec![1u8; b * n], (b, n), keep.device())?;
+        let keep = Tensor::cat(&[&lead, &keep.to_dtype(DType::U8)?], 1)?;
         let x = ctx.block(&format!("{}.proj_context", self.name), context, |x| self.proj_context.forward(x))?;
         let mut lat = self.latents.unsqueeze(0)?.broadcast_as((b, n, self.dim))?.contiguous()?;
         for (i, l) in self.layers.iter().enumerate() {

@@ -78,6 +78,15 @@ impl Runnable for crate::gpt::UnifiedVoice {
                 let i = take(inputs, method, &["x", "lens"])?;
                 Ok(vec![("latent".into(), self.spk_cond(i[0], i[1], ctx)?)])
             }
+            "spk_conformer" | "emo_conformer" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                let (h, m) = self.conformer(method == "emo_conformer", i[0], i[1], ctx)?;
+                Ok(vec![("out".into(), h), ("mask".into(), m)])
+            }
+            "spk_perceiver" | "emo_perceiver" => {
+                let i = take(inputs, method, &["context", "mask"])?;
+                Ok(vec![("latent".into(), self.perceiver(method == "emo_perceiver", i[0], i[1], ctx)?)])
+            }
             "emo_cond" => {
                 let i = take(inputs, method, &["x", "lens"])?;
                 Ok(vec![("emo".into(), self.emo_cond(i[0], i[1], ctx)?)])
@@ -104,7 +113,7 @@ impl Runnable for crate::gpt::UnifiedVoice {
                 Ok(vec![("codes".into(), self.greedy(i[0], i[1], i[2], i[3])?)])
             }
             _ => input_err(format!(
-                "gpt has no method `{method}` (methods: spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
+                "gpt has no method `{method}` (methods: spk_conformer, emo_conformer, spk_perceiver, emo_perceiver, spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
             )),
         }
     }
