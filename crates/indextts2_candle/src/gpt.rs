@@ -419,6 +419,10 @@ impl UnifiedVoice {
             [m] if *m >= 0 => *m as usize,
             _ => return input_err("`max_tokens` must be one non-negative int64"),
         };
+        // The last token fed sits at mel position max_tokens (positions skip 1, see `mel_in`).
+        if max >= self.mel_pos.dim(0)? {
+            return input_err(format!("max_tokens {max} needs mel position {max}, beyond the position table ({})", self.mel_pos.dim(0)?));
+        }
         let pre = self.prefix(spk_latent, emovec, text)?;
         let dev = pre.device().clone();
         let off = pre.dim(1)?;

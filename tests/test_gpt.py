@@ -1,0 +1,281 @@
+"""GPT (UnifiedVoice v2) checks beyond the table-driven walk: greedy decoding with a near-tie rule,
+KV-cache decoding vs full recomputation, length properties, bad input, and the CPU benchmark."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parity import candle
+from parity.compare import compare
+from parity.registry import MODELS
+from parity.tolerances import lookup
+from reference.gpt import latent_inputs, spk_inputs, step_inputs
+
+SPEC = MODELS["gpt"]
+# Near-tie rule for greedy decoding: a flip is accepted only where the reference's top-2 logit
+# margin is below this. Logit errors measured on the tiny fixture are ≤ 1.5e-6, so 1e-4 leaves
+# ~70× headroom while any real bug moves logits by ≥ 1e-2.
+NEAR_TIE = 1e-4
+
+
+def _t(inputs):
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+
+
+def _tol(tap):
+    return lookup("gpt", tap, "cpu", "float32")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gpt_greedy_matches_reference(seed, fixtures, candle_models):
+    """Greedy codes equal the reference's; a differing token is accepted only at a near-tie, and
+    from there on decoding is checked teacher-forced on the reference's tokens."""
+    fx = fixtures("gpt")
+    ref, cm = fx.reference(), candle_models("gpt")
+    inp = step_inputs(fx.cfg, 100 + seed)
+    del inp["codes"]
+    max_tokens = fx.cfg["max_mel_tokens"] - 4
+    with torch.no_grad():
+        t = _t(inp)
+        ref_codes, margins = ref.greedy(t["spk_latent"], t["emovec"], t["text"], max_tokens)
+    ref_codes, margins = ref_codes.numpy()[0], margins.numpy()
+    got, _ = candle.run(cm, "greedy", dict(inp, max_tokens=np.array([max_tokens])))
+    got = got["codes"][0]
+    n = 0
+    while n < min(len(got), len(ref_codes)) and got[n] == ref_codes[n]:
+        n += 1
+    if n < max(len(got), len(ref_codes)):
+        assert n < len(margins) and margins[n] < NEAR_TIE, (
+            f"greedy diverges at step {n} (candle {got.tolist()}, reference {ref_codes.tolist()}), "
+            f"reference top-2 margin {margins[n] if n < len(margins) else 'n/a'} ≥ {NEAR_TIE}")
+    # Teacher-forced on the reference's tokens: every step's argmax agrees except at near-ties.
+    logits, _ = candle.run(cm, "step_logits", dict(inp, codes=ref_codes[None].astype(np.int64)))
+    expected = list(ref_codes) + [fx.cfg["stop_mel_token"]]
+    for j, m in enumerate(margins):
+        a = int(np.argmax(logits["logits"][0, j]))
+        assert a == expected[j] or m < NEAR_TIE, f"step {j}: candle argmax {a}, reference {expected[j]} (margin {m})"
+
+
+@pytest.mark.parametrize("code_len", [0, 1, 9])
+def test_gpt_kv_cache_equals_full_recompute(code_len, fixtures, candle_models):
+    """Incremental decoding through the KV cache equals one causal pass over the whole sequence,
+    and both equal the reference's per-step logits."""
+    fx = fixtures("gpt")
+    inp = step_inputs(fx.cfg, 7, code_len=code_len)
+    cm = candle_models("gpt")
+    cached, _ = candle.run(cm, "step_logits", inp)
+    full, _ = candle.run(cm, "step_logits_full", inp)
+    with torch.no_grad():
+        t = _t(inp)
+        ref = fx.reference().step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]).numpy()
+    assert cached["logits"].shape == (1, code_len + 1, fx.cfg["number_mel_codes"])
+    c = compare("output:logits cached vs full", full["logits"], cached["logits"], _tol("output:logits"))
+    assert c.ok, c.line()
+    c = compare("output:logits", ref, cached["logits"], _tol("output:logits"))
+    assert c.ok, c.line()
+
+
+def test_gpt_reference_kv_cache_equals_full(fixtures):
+    """The reference's own cached greedy loop sees the same logits as its single-pass path."""
+    fx = fixtures("gpt")
+    ref = fx.reference()
+    t = _t(step_inputs(fx.cfg, 3))
+    with torch.no_grad():
+        codes, margins = ref.greedy(t["spk_latent"], t["emovec"], t["text"], 12)
+        full = ref.step_logits(t["spk_latent"], t["emovec"], t["text"], codes)[0]
+    top2 = torch.topk(full, 2, dim=-1).values
+    np.testing.assert_allclose((top2[:, 0] - top2[:, 1])[: len(margins)].numpy(), margins.numpy(), atol=1e-5)
+    assert torch.equal(full.argmax(-1)[: codes.shape[1]], codes[0])
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(text_len=st.integers(1, 16), code_len=st.integers(1, 22), short=st.integers(0, 5), seed=st.integers(0, 2**16))
+def test_gpt_any_text_and_code_length(text_len, code_len, short, seed, fixtures, candle_models):
+    """Teacher-forced latents (batch 2, second row shorter) and cached step logits for any lengths
+    the position tables allow."""
+    fx = fixtures("gpt")
+    ref, cm = fx.reference(), candle_models("gpt")
+    inp = latent_inputs(fx.cfg, seed, text_len, code_len)
+    inp["text_lens"][1] = max(1, text_len - short)
+    inp["code_lens"][1] = max(1, code_len - short)
+    got, _ = candle.run(cm, "forward_latent", inp)
+    with torch.no_grad():
+        t = _t(inp)
+        want = ref.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"], t["code_lens"], t["emovec"]).numpy()
+    assert got["latent"].shape == (2, code_len, fx.cfg["model_dim"])
+    c = compare("output:latent", want, got["latent"], _tol("output:latent"))
+    assert c.ok, c.line()
+    sinp = {"spk_latent": inp["spk_latent"][:1], "emovec": inp["emovec"][:1], "text": inp["text"][:1],
+            "codes": inp["codes"][:1, : min(code_len, fx.cfg["max_mel_tokens"])]}
+    got, _ = candle.run(cm, "step_logits", sinp)
+    with torch.no_grad():
+        t = _t(sinp)
+        want = ref.step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]).numpy()
+    c = compare("output:logits", want, got["logits"], _tol("output:logits"))
+    assert c.ok, c.line()
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(frames=st.integers(3, 60), cut=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_gpt_conformer_perceiver_any_frames(frames, cut, seed, fixtures, candle_models):
+    """Speaker conditioning for any number of feature frames, with a padded second row."""
+    fx = fixtures("gpt")
+    rng = np.random.default_rng(seed)
+    inp = {"x": rng.standard_normal((2, fx.cfg["cond_input_size"], frames)).astype(np.float32),
+           "lens": np.array([frames, max(1, frames - cut)], np.int64)}
+    got, _ = candle.run(candle_models("gpt"), "spk_cond", inp)
+    with torch.no_grad():
+        t = _t(inp)
+        want = fx.reference().get_conditioning(t["x"], t["lens"]).numpy()
+    c = compare("output:latent", want, got["latent"], _tol("output:latent"))
+    assert c.ok, c.line()
+
+
+class TestGptBadInput:
+    """Wrong shapes, dtypes, lengths and token ids are InputError, never a panic."""
+
+    def _err(self, cm, method, inputs, match=None):
+        with pytest.raises(candle.InputError, match=match):
+            candle.run(cm, method, inputs)
+
+    def test_features(self, fixtures, candle_models):
+        fx, cm = fixtures("gpt"), candle_models("gpt")
+        good = spk_inputs(fx.cfg, 0)
+        self._err(cm, "spk_cond", dict(good, x=good["x"][:, :-1]), "features")
+        self._err(cm, "spk_cond", dict(good, x=good["x"][:, :, :2], lens=np.array([2, 2])), "T ≥ 3")
+        self._err(cm, "spk_cond", dict(good, lens=np.array([5])), "lengths")
+        self._err(cm, "spk_cond", dict(good, lens=good["lens"].astype(np.float32)), "int64")
+        self._err(cm, "emo_cond", dict(good, x=good["x"][0]))
+        long = np.zeros((1, fx.cfg["cond_input_size"], 2 * fx.cfg["pos_enc_max_len"] + 5), np.float32)
+        self._err(cm, "spk_cond", {"x": long, "lens": np.array([long.shape[2]])}, "positional table")
+        self._err(cm, "spk_perceiver", {"context": np.zeros((1, 4, 3), np.float32), "mask": np.ones((1, 4), np.int64)}, "context")
+
+    def test_tokens_and_lengths(self, fixtures, candle_models):
+        fx, cm = fixtures("gpt"), candle_models("gpt")
+        good = latent_inputs(fx.cfg, 0)
+        self._err(cm, "forward_latent", dict(good, text=good["text"] + 1000), "outside")
+        self._err(cm, "forward_latent", dict(good, codes=-good["codes"] - 1), "outside")
+        self._err(cm, "forward_latent", dict(good, text=np.ones((2, fx.cfg["max_text_tokens"] + 1), np.int64)), "position")
+        self._err(cm, "forward_latent", dict(good, code_lens=np.array([3])), "batch")
+        self._err(cm, "forward_latent", dict(good, emovec=good["emovec"][:, :-1]), "emovec")
+        self._err(cm, "forward_latent", dict(good, text=good["text"].astype(np.float32)), "int64")
+
+    def test_decoding(self, fixtures, candle_models):
+        fx, cm = fixtures("gpt"), candle_models("gpt")
+        good = step_inputs(fx.cfg, 0)
+        two = {k: np.concatenate([v, v]) for k, v in good.items()}
+        self._err(cm, "step_logits", two, "batch 1")
+        g = {k: v for k, v in good.items() if k != "codes"}
+        self._err(cm, "greedy", dict(g, max_tokens=np.array([-1])), "max_tokens")
+        self._err(cm, "greedy", dict(g, max_tokens=np.array([1, 2])), "max_tokens")
+        too_long = np.zeros((1, fx.cfg["max_mel_tokens"] + 3), np.int64)
+        self._err(cm, "step_logits", dict(good, codes=too_long), "position")
+        self._err(cm, "greedy", dict(g, max_tokens=np.array([10_000])), "position")
+        self._err(cm, "merge_emovec", {"spk_x": np.zeros((1, 20, 9), np.float32), "spk_lens": np.array([9]),
+                                       "emo_x": np.zeros((1, 20, 9), np.float32), "emo_lens": np.array([9]),
+                                       "alpha": np.array([0.5, 0.5], np.float32)}, "alpha")
+
+
+# ---- benchmark (official size, CPU; only under --benchmark-only) ----------------------------------
+BENCH_FRAMES = 250  # 5 s of 50 Hz w2v-bert features
+BENCH_TEXT, BENCH_CODES, BENCH_NEW = 40, 100, 16
+
+
+def _bench_inputs(cfg):
+    rng = np.random.default_rng(0)
+    d, n = cfg["model_dim"], cfg["condition_num_latent"]
+    spk = {"x": rng.standard_normal((1, cfg["cond_input_size"], BENCH_FRAMES)).astype(np.float32),
+           "lens": np.array([BENCH_FRAMES], np.int64)}
+    lat = {"spk_latent": rng.standard_normal((1, n, d)).astype(np.float32),
+           "text": rng.integers(2, cfg["number_text_tokens"], (1, BENCH_TEXT)),
+           "text_lens": np.array([BENCH_TEXT], np.int64),
+           "codes": rng.integers(0, cfg["start_mel_token"], (1, BENCH_CODES)),
+           "code_lens": np.array([BENCH_CODES], np.int64),
+           "emovec": rng.standard_normal((1, d)).astype(np.float32)}
+    return spk, lat
+
+
+def _side(side, fx):
+    if side == "candle":
+        return fx.candle("cpu"), None
+    return None, fx.reference("cpu")
+
+
+@pytest.mark.benchmark(group="gpt")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_gpt_spk_cond(side, benchmark, bench_fixtures):
+    """Speaker conditioning (Conformer + Perceiver) on 5 s of features."""
+    fx = bench_fixtures("gpt")
+    cm, ref = _side(side, fx)
+    spk, _ = _bench_inputs(fx.cfg)
+    if cm is not None:
+        fn = lambda: candle.run(cm, "spk_cond", spk)  # noqa: E731
+    else:
+        t = _t(spk)
+
+        def fn():
+            with torch.no_grad():
+                return ref.get_conditioning(t["x"], t["lens"])
+    fn()
+    benchmark.pedantic(fn, rounds=2, iterations=1)
+    benchmark.extra_info.update({"frames": BENCH_FRAMES, "threads": torch.get_num_threads()})
+
+
+@pytest.mark.benchmark(group="gpt")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_gpt_forward_latent(side, benchmark, bench_fixtures):
+    """Teacher-forced forward: 34 conditioning + 42 text + 102 mel positions."""
+    fx = bench_fixtures("gpt")
+    cm, ref = _side(side, fx)
+    _, lat = _bench_inputs(fx.cfg)
+    if cm is not None:
+        fn = lambda: candle.run(cm, "forward_latent", lat)  # noqa: E731
+    else:
+        t = _t(lat)
+
+        def fn():
+            with torch.no_grad():
+                return ref.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"], t["code_lens"], t["emovec"])
+    fn()
+    benchmark.pedantic(fn, rounds=2, iterations=1)
+    benchmark.extra_info.update({"positions": 34 + BENCH_TEXT + 2 + BENCH_CODES + 2, "threads": torch.get_num_threads()})
+
+
+@pytest.mark.benchmark(group="gpt")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_gpt_greedy(side, benchmark, bench_fixtures):
+    """Greedy decoding with a KV cache: prefix of 34 + 42 positions, then BENCH_NEW steps
+    (teacher-forced through `step_logits`, so both sides run exactly BENCH_NEW + 1 steps)."""
+    fx = bench_fixtures("gpt")
+    cm, ref = _side(side, fx)
+    _, lat = _bench_inputs(fx.cfg)
+    inp = {"spk_latent": lat["spk_latent"], "emovec": lat["emovec"], "text": lat["text"],
+           "codes": lat["codes"][:, :BENCH_NEW]}
+    if cm is not None:
+        fn = lambda: candle.run(cm, "step_logits", inp)  # noqa: E731
+    else:
+        t = _t(inp)
+
+        def fn():  # the reference's cached loop, fed the same tokens
+            with torch.no_grad():
+                caches = [dict() for _ in ref.gpt.h]
+                pre = ref._prefix(t["spk_latent"], t["emovec"], t["text"])
+                toks = torch.cat([torch.tensor([[fx.cfg["start_mel_token"]]]), t["codes"]], 1)
+                x = torch.cat([pre, ref._mel_in(toks[:, :1], 0)], 1)
+                for s in range(toks.shape[1]):
+                    h = ref.gpt(x, None, caches)[:, -1:]
+                    ref.mel_head(ref.final_norm(h))
+                    if s + 1 < toks.shape[1]:
+                        x = ref._mel_in(toks[:, s + 1:s + 2], s + 1)
+    fn()
+    t0 = time.perf_counter()
+    benchmark.pedantic(fn, rounds=2, iterations=1)
+    benchmark.extra_info.update({"tokens": BENCH_NEW + 1, "threads": torch.get_num_threads(),
+                                 "tokens_per_s": (BENCH_NEW + 1) * 2 / (time.perf_counter() - t0)})
