@@ -35,10 +35,10 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "output*", "cpu", "float32"): T(3e-4, 1e-4, 3.6e-5, "wav in [-1, 1]", min_snr_db=80.0),
     ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
     # GPT (UnifiedVoice v2), tiny fixture: conv2d2 subsampling output (|x| ≤ 13 after ×√d) 3.8e-6;
-    # every later tap (conformer blocks, perceiver layers, GPT-2 blocks, final_norm, logits) ≤ 1.9e-6
+    # every later tap (conformer blocks, perceiver layers, GPT-2 blocks, ln_f, final_norm, logits) ≤ 2.4e-6
     # chained, ≤ 1e-6 injected. Faults move their first tap by ≥ 1.4e-2.
     ("gpt", "*embed", "cpu", "float32"): T(4e-5, 1e-5, 3.8e-6, "3x3 conv + 7-bin flatten Linear, ×√d"),
-    ("gpt", "*", "cpu", "float32"): T(2e-5, 1e-5, 1.9e-6, "fp32 matmul order; LayerNorm renormalises"),
+    ("gpt", "*", "cpu", "float32"): T(2e-5, 1e-5, 2.4e-6, "fp32 matmul order; LayerNorm renormalises"),
 }
 
 
