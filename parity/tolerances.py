@@ -36,7 +36,9 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
     # GPT (UnifiedVoice v2), tiny fixture: conv2d2 subsampling output (|x| ≤ 13 after ×√d) 3.8e-6;
     # every later tap (conformer blocks, perceiver layers, GPT-2 blocks, ln_f, final_norm, logits) ≤ 2.4e-6
-    # chained, ≤ 1e-6 injected. Faults move their first tap by ≥ 1.4e-2.
+    # chained, ≤ 1.5e-6 injected. Faults move their first tap by ≥ 1.4e-2. Official size (--full-size,
+    # synthetic): embed 8.8e-5 (the 261632-wide flatten Linear), gpt.h.N 2.1e-5 chained on growing
+    # residuals, every other tap ≤ 8.1e-6; all pass these rows.
     ("gpt", "*embed", "cpu", "float32"): T(4e-5, 1e-5, 3.8e-6, "3x3 conv + 7-bin flatten Linear, ×√d"),
     ("gpt", "*", "cpu", "float32"): T(2e-5, 1e-5, 2.4e-6, "fp32 matmul order; LayerNorm renormalises"),
 }

@@ -183,6 +183,28 @@ class TestGptBadInput:
                                        "alpha": np.array([0.5, 0.5], np.float32)}, "alpha")
 
 
+    def test_empty_never_panics(self, fixtures, candle_models):
+        """Zero-sized batches / sequences: an InputError or a valid (empty) result, never a Rust panic."""
+        import indextts_candle
+
+        fx, cm = fixtures("gpt"), candle_models("gpt")
+        c, d, n = fx.cfg["cond_input_size"], fx.cfg["model_dim"], fx.cfg["condition_num_latent"]
+        calls = [
+            ("spk_cond", {"x": np.zeros((0, c, 9), np.float32), "lens": np.zeros(0, np.int64)}),
+            ("spk_perceiver", {"context": np.zeros((1, 0, fx.cfg["condition_module"]["output_size"]), np.float32),
+                               "mask": np.zeros((1, 0), np.int64)}),
+            ("forward_latent", dict(latent_inputs(fx.cfg, 0), spk_latent=np.zeros((0, n, d), np.float32))),
+            ("forward_latent", dict(latent_inputs(fx.cfg, 0), codes=np.zeros((2, 0), np.int64))),
+            ("step_logits", dict(step_inputs(fx.cfg, 0), text=np.zeros((1, 0), np.int64))),
+            ("greedy", dict({k: v for k, v in step_inputs(fx.cfg, 0).items() if k != "codes"}, max_tokens=np.array([0]))),
+        ]
+        for method, inp in calls:
+            try:
+                candle.run(cm, method, inp)
+            except (candle.InputError, indextts_candle.CandleError):
+                pass
+
+
 # ---- benchmark (official size, CPU; only under --benchmark-only) ----------------------------------
 BENCH_FRAMES = 250  # 5 s of 50 Hz w2v-bert features
 BENCH_TEXT, BENCH_CODES, BENCH_NEW = 40, 100, 16

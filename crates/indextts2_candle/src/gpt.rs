@@ -208,7 +208,7 @@ impl UnifiedVoice {
     fn features(&self, x: &Tensor, lens: &Tensor) -> Result<(Tensor, Vec<i64>)> {
         let (b, c, _) = x.dims3().or_else(|_| input_err(format!("features must be [B, {}, T], got {:?}", self.cfg.cond_input_size, x.dims())))?;
         let (ld, l) = ids(lens, "lens", 1)?;
-        if c != self.cfg.cond_input_size || ld[0] != b || x.dtype() != DType::F32 {
+        if b == 0 || c != self.cfg.cond_input_size || ld[0] != b || x.dtype() != DType::F32 {
             return input_err(format!("features [B, {}, T] float32 with B lengths expected; got {:?} and {:?}", self.cfg.cond_input_size, x.dims(), ld));
         }
         Ok((x.transpose(1, 2)?.contiguous()?, l))
@@ -233,7 +233,7 @@ impl UnifiedVoice {
     pub fn perceiver(&self, emo: bool, context: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (md, mv) = ids(mask, "mask", 2)?;
         let (cfgm, p) = if emo { (&self.cfg.emo_condition_module, &self.emo_perceiver) } else { (&self.cfg.condition_module, &self.perceiver) };
-        if context.rank() != 3 || context.dtype() != DType::F32 || context.dim(2)? != cfgm.output_size || md != context.dims()[..2] {
+        if context.rank() != 3 || context.dims()[0] == 0 || context.dtype() != DType::F32 || context.dim(2)? != cfgm.output_size || md != context.dims()[..2] {
             return input_err(format!("context [B, T, {}] float32 and mask [B, T] expected; got {:?} and {md:?}", cfgm.output_size, context.dims()));
         }
         let keep: Vec<u8> = mv.iter().map(|&v| u8::from(v != 0)).collect();
@@ -271,6 +271,7 @@ impl UnifiedVoice {
         let d = self.cfg.model_dim;
         let n = self.cfg.condition_num_latent;
         let ok = spk_latent.rank() == 3
+            && spk_latent.dim(0)? > 0
             && spk_latent.dim(1)? == n
             && spk_latent.dim(2)? == d
             && emovec.dims() == [spk_latent.dim(0)?, d]
