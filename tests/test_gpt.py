@@ -61,6 +61,39 @@ def test_gpt_greedy_matches_reference(seed, fixtures, candle_models):
         assert a == expected[j] or m < NEAR_TIE, f"step {j}: candle argmax {a}, reference {expected[j]} (margin {m})"
 
 
+def test_gpt_greedy_stops_at_stop_token(tmp_path, fixtures):
+    """With `mel_head.bias[stop]` raised so that the stop token wins mid-sequence, both sides end
+    decoding at the same step and exclude the stop token."""
+    from safetensors.torch import load_file, save_file
+
+    from reference.gpt import build_reference
+
+    fx = fixtures("gpt")
+    stop = fx.cfg["stop_mel_token"]
+    inp = step_inputs(fx.cfg, 100)
+    del inp["codes"]
+    t = _t(inp)
+    ref = fx.reference()
+    with torch.no_grad():
+        codes, _ = ref.greedy(t["spk_latent"], t["emovec"], t["text"], 12)
+        logits = ref.step_logits(t["spk_latent"], t["emovec"], t["text"], codes)[0]
+    gap = (logits.max(-1).values - logits[:, stop])[3:12]
+    j = int(torch.argmin(gap)) + 3
+    sd = load_file(fx.safetensors_path)
+    sd["mel_head.bias"] = sd["mel_head.bias"].clone()
+    sd["mel_head.bias"][stop] += float(gap.min()) + 0.05
+    path = str(tmp_path / "stop.safetensors")
+    save_file(sd, path)
+    ref2 = build_reference(fx.cfg)
+    ref2.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        want, _ = ref2.greedy(t["spk_latent"], t["emovec"], t["text"], 12)
+    assert 1 <= want.shape[1] <= j < 12, (want.shape, j)
+    cm = candle.Model("gpt", path, SPEC.config_json(fx.cfg), "cpu", [], SPEC.prefix)
+    got, _ = candle.run(cm, "greedy", dict(inp, max_tokens=np.array([12])))
+    assert got["codes"].tolist() == want.tolist()
+
+
 @pytest.mark.parametrize("code_len", [0, 1, 9])
 def test_gpt_kv_cache_equals_full_recompute(code_len, fixtures, candle_models):
     """Incremental decoding through the KV cache equals one causal pass over the whole sequence,
