@@ -206,8 +206,9 @@ class UnifiedVoice(nn.Module):
         return self.emo_perceiver_encoder(h, m, taps, "emo_perceiver_encoder").squeeze(1)
 
     def get_emovec(self, x, lens, taps=None):
+        """x [B, T, 1024] channels-last, as the official `get_emovec` / `merge_emovec` take it."""
         taps = taps or NoTaps()
-        e = self.get_emo_conditioning(x, lens, taps)
+        e = self.get_emo_conditioning(x.transpose(1, 2), lens, taps)
         e = taps.block("emovec_layer", e, self.emovec_layer)
         return taps.block("emo_layer", e, self.emo_layer)
 
@@ -317,10 +318,16 @@ def emo_inputs(cfg: dict, seed: int) -> dict:
     return {"x": _feats(cfg, rng, 19), "lens": np.array([19, 14], np.int64)}
 
 
+def emovec_inputs(cfg: dict, seed: int) -> dict:
+    """Channels-last features [B, T, 1024]: `get_emovec` / `merge_emovec` take w2v-bert output as is."""
+    e = emo_inputs(cfg, seed)
+    return {"x": np.ascontiguousarray(e["x"].transpose(0, 2, 1)), "lens": e["lens"]}
+
+
 def merge_inputs(cfg: dict, seed: int) -> dict:
-    s, e = spk_inputs(cfg, seed), emo_inputs(cfg, seed)
-    return {"spk_x": s["x"], "spk_lens": s["lens"], "emo_x": e["x"], "emo_lens": e["lens"],
-            "alpha": np.array([0.6], np.float32)}
+    s, e = spk_inputs(cfg, seed), emovec_inputs(cfg, seed)
+    return {"spk_x": np.ascontiguousarray(s["x"].transpose(0, 2, 1)), "spk_lens": s["lens"], "emo_x": e["x"],
+            "emo_lens": e["lens"], "alpha": np.array([0.6], np.float32)}
 
 
 def _perceiver_inputs(cfg, seed, key, t, valid):
@@ -389,7 +396,7 @@ CASES = (
     Case("gpt_emo_perceiver", "emo_perceiver", emo_perceiver_inputs, _perceiver(True)),
     Case("gpt_spk_cond", "spk_cond", spk_inputs, lambda m, i, t: {"latent": m.get_conditioning(i["x"], i["lens"], t)}),
     Case("gpt_emo_cond", "emo_cond", emo_inputs, lambda m, i, t: {"emo": m.get_emo_conditioning(i["x"], i["lens"], t)}),
-    Case("gpt_emovec", "emovec", emo_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
+    Case("gpt_emovec", "emovec", emovec_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
     Case("gpt_merge_emovec", "merge_emovec", merge_inputs,
          lambda m, i, t: {"emovec": m.merge_emovec(i["spk_x"], i["emo_x"], i["spk_lens"], i["emo_lens"], _alpha(i), t)}),
     Case("gpt_forward_latent", "forward_latent", latent_inputs,

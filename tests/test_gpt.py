@@ -186,6 +186,7 @@ class TestGptBadInput:
         self._err(cm, "spk_cond", dict(good, lens=np.array([5])), "lengths")
         self._err(cm, "spk_cond", dict(good, lens=good["lens"].astype(np.float32)), "int64")
         self._err(cm, "emo_cond", dict(good, x=good["x"][0]))
+        self._err(cm, "emovec", good, "channels last")  # get_emovec takes [B, T, 1024]
         long = np.zeros((1, fx.cfg["cond_input_size"], 2 * fx.cfg["pos_enc_max_len"] + 5), np.float32)
         self._err(cm, "spk_cond", {"x": long, "lens": np.array([long.shape[2]])}, "positional table")
         self._err(cm, "spk_perceiver", {"context": np.zeros((1, 4, 3), np.float32), "mask": np.ones((1, 4), np.int64)}, "context")
@@ -211,8 +212,8 @@ class TestGptBadInput:
         too_long = np.zeros((1, fx.cfg["max_mel_tokens"] + 3), np.int64)
         self._err(cm, "step_logits", dict(good, codes=too_long), "position")
         self._err(cm, "greedy", dict(g, max_tokens=np.array([10_000])), "position")
-        self._err(cm, "merge_emovec", {"spk_x": np.zeros((1, 20, 9), np.float32), "spk_lens": np.array([9]),
-                                       "emo_x": np.zeros((1, 20, 9), np.float32), "emo_lens": np.array([9]),
+        self._err(cm, "merge_emovec", {"spk_x": np.zeros((1, 9, 20), np.float32), "spk_lens": np.array([9]),
+                                       "emo_x": np.zeros((1, 9, 20), np.float32), "emo_lens": np.array([9]),
                                        "alpha": np.array([0.5, 0.5], np.float32)}, "alpha")
 
 

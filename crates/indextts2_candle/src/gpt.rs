@@ -248,9 +248,13 @@ impl UnifiedVoice {
         Ok(self.emo_perceiver.forward(&h, &keep, ctx)?.squeeze(1)?)
     }
 
-    /// `get_emovec` = emo_layer(emovec_layer(emo_cond)) → [B, D].
+    /// `get_emovec` = emo_layer(emovec_layer(emo_cond)) → [B, D]. Like the official method it
+    /// takes channels-last features x [B, T, 1024] (w2v-bert output as is).
     pub fn emovec(&self, x: &Tensor, lens: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let e = self.emo_cond(x, lens, ctx)?;
+        if x.rank() != 3 || x.dim(2)? != self.cfg.cond_input_size {
+            return input_err(format!("emovec features must be [B, T, {}] (channels last), got {:?}", self.cfg.cond_input_size, x.dims()));
+        }
+        let e = self.emo_cond(&x.transpose(1, 2)?, lens, ctx)?;
         let e = ctx.block("emovec_layer", &e, |e| self.emovec_layer.forward(e))?;
         ctx.block("emo_layer", &e, |e| self.emo_layer.forward(e))
     }
