@@ -171,6 +171,33 @@ def test_gpt_conformer_perceiver_any_frames(frames, cut, seed, fixtures, candle_
     assert c.ok, c.line()
 
 
+def test_gpt2_stack_matches_transformers(fixtures):
+    """The hand-written GPT-2 stack equals transformers' GPT2Model set up as IndexTTS does
+    (wpe replaced by zeros, wte unused, inputs_embeds), in one pass and through its KV cache."""
+    transformers = pytest.importorskip("transformers")
+    fx = fixtures("gpt")
+    ref, cfg = fx.reference(), fx.cfg
+    hf_cfg = transformers.GPT2Config(vocab_size=256, n_positions=64, n_ctx=64, n_embd=cfg["model_dim"],
+                                     n_layer=cfg["layers"], n_head=cfg["heads"])
+    hf = transformers.GPT2Model(hf_cfg).eval()
+    del hf.wpe  # IndexTTS replaces the module by a function returning zeros
+    hf.wpe = lambda pos: torch.zeros(*pos.shape, cfg["model_dim"])
+    own = {k[len("gpt."):]: v for k, v in ref.state_dict().items() if k.startswith("gpt.")}
+    missing, unexpected = hf.load_state_dict(own, strict=False)
+    assert not unexpected and all(k.startswith(("wte.", "wpe.")) or k.endswith("attn.bias") for k in missing), missing
+    emb = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 13, cfg["model_dim"])).astype(np.float32))
+    with torch.no_grad():
+        want = hf(inputs_embeds=emb).last_hidden_state
+        got = ref.gpt(emb)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-5)
+        out = hf(inputs_embeds=emb[:, :9], use_cache=True)
+        step = hf(inputs_embeds=emb[:, 9:10], past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+        caches = [dict() for _ in ref.gpt.h]
+        ref.gpt(emb[:, :9], None, caches)
+        np.testing.assert_allclose(ref.gpt(emb[:, 9:10], None, caches).numpy(), step.numpy(), atol=2e-5)
+        np.testing.assert_allclose(step.numpy(), want[:, 9:10].numpy(), atol=2e-5)
+
+
 class TestGptBadInput:
     """Wrong shapes, dtypes, lengths and token ids are InputError, never a panic."""
 
