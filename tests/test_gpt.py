@@ -198,6 +198,77 @@ def test_gpt2_stack_matches_transformers(fixtures):
         np.testing.assert_allclose(step.numpy(), want[:, 9:10].numpy(), atol=2e-5)
 
 
+def _official_unified_voice():
+    """The official UnifiedVoice class from the PyPI snapshot of index-tts (`pip install --no-deps
+    tts-webui-index-tts==2.0.1 einops`); skipped when absent. Its GPT code never touches
+    torchaudio, which only its utils module imports, so a bare stand-in module suffices."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
+        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
+    if importlib.util.find_spec("torchaudio") is None:
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+        sys.modules.setdefault("torchaudio", stub)
+    from indextts.gpt.model_v2 import UnifiedVoice
+
+    return UnifiedVoice
+
+
+def test_gpt_reference_matches_official_code():
+    """Our reference against the official model_v2 code itself, same synthetic weights (official
+    constructor ⇒ input width and emo perceiver width 1024, dim_head 64, pe 5000): key names load
+    strictly, conditioning / emovec / teacher-forced latents agree, and official `inference_speech`
+    greedy decoding (KV cache, its mel-position quirk) yields our greedy codes."""
+    import copy
+
+    from reference.common import synthetic_init
+    from reference.gpt import TINY, build_reference
+
+    official_cls = _official_unified_voice()
+    cfg = copy.deepcopy(TINY)
+    cfg.update(cond_input_size=1024, emo_dim=1024, perceiver_dim_head=64, pos_enc_max_len=5000)
+    off = official_cls(
+        layers=cfg["layers"], model_dim=cfg["model_dim"], heads=cfg["heads"], max_text_tokens=cfg["max_text_tokens"],
+        max_mel_tokens=cfg["max_mel_tokens"], number_text_tokens=cfg["number_text_tokens"],
+        number_mel_codes=cfg["number_mel_codes"], start_mel_token=cfg["start_mel_token"],
+        stop_mel_token=cfg["stop_mel_token"], start_text_token=cfg["start_text_token"],
+        stop_text_token=cfg["stop_text_token"], condition_num_latent=cfg["condition_num_latent"],
+        condition_type="conformer_perceiver",
+        condition_module=dict(cfg["condition_module"], input_layer="conv2d2"),
+        emo_condition_module=dict(cfg["emo_condition_module"], input_layer="conv2d2")).eval()
+    synthetic_init(off, 0)
+    ref = build_reference(cfg)
+    ref.load_state_dict(off.state_dict(), strict=True)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((2, 1024, 23)).astype(np.float32))
+    lens = torch.tensor([23, 16])
+    xl = x.transpose(1, 2).contiguous()
+    text = torch.from_numpy(rng.integers(2, cfg["number_text_tokens"], (2, 7)))
+    codes = torch.from_numpy(rng.integers(0, cfg["start_mel_token"], (2, 9)))
+    tl, cl = torch.tensor([7, 5]), torch.tensor([9, 6])
+    with torch.no_grad():
+        spk = off.get_conditioning(x, lens)
+        np.testing.assert_allclose(ref.get_conditioning(x, lens).numpy(), spk.numpy(), atol=1e-5)
+        np.testing.assert_allclose(ref.get_emo_conditioning(x, lens).numpy(), off.get_emo_conditioning(x, lens).numpy(), atol=1e-5)
+        ev = off.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6)
+        np.testing.assert_allclose(ref.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6).numpy(), ev.numpy(), atol=1e-5)
+        want = off(spk, text.clone(), tl, codes.clone(), cl, xl, emo_vec=ev, use_speed=torch.zeros(2, dtype=torch.long))
+        np.testing.assert_allclose(ref.forward_latent(spk, text, tl, codes, cl, ev).numpy(), want.numpy(), atol=1e-5)
+        off.post_init_gpt2_config(kv_cache=True)
+        n = cfg["max_mel_tokens"] - 4
+        official_codes, _ = off.inference_speech(xl[:1], text[:1], xl[:1], cond_lengths=lens[:1], emo_cond_lengths=lens[:1],
+                                                 emo_vec=ev[:1], do_sample=False, num_beams=1, max_generate_length=n)
+        ours, _ = ref.greedy(spk[:1], ev[:1], text[:1], n)
+    official_codes = official_codes[0].tolist()
+    if cfg["stop_mel_token"] in official_codes:  # generate() keeps the stop token; we stop before it
+        official_codes = official_codes[: official_codes.index(cfg["stop_mel_token"])]
+    assert ours[0].tolist() == official_codes
+
+
 class TestGptBadInput:
     """Wrong shapes, dtypes, lengths and token ids are InputError, never a panic."""
 
