@@ -172,7 +172,7 @@ fn rows(table: &Tensor, idx: &[i64], dev: &Device, what: &str) -> Result<Tensor>
 impl UnifiedVoice {
     pub fn load(w: &Weights, cfg: GptConfig, faults: Faults) -> Result<Self> {
         let d = cfg.model_dim;
-        if cfg.heads == 0 || d % cfg.heads != 0 || cfg.condition_num_latent == 0 {
+        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) || cfg.condition_num_latent == 0 {
             return input_err(format!("GPT config: heads {} must divide model_dim {d}", cfg.heads));
         }
         let (cm, em) = (&cfg.condition_module, &cfg.emo_condition_module);

@@ -176,7 +176,7 @@ pub struct ConformerEncoder {
 impl ConformerEncoder {
     pub fn load(w: &Weights, idim: usize, cfg: &ConformerCfg, kernel: usize, max_len: usize, faults: &Faults) -> Result<Self> {
         let d = cfg.output_size;
-        if idim < 3 || d == 0 || cfg.attention_heads == 0 || d % cfg.attention_heads != 0 || kernel % 2 == 0 {
+        if idim < 3 || d == 0 || cfg.attention_heads == 0 || !d.is_multiple_of(cfg.attention_heads) || kernel.is_multiple_of(2) {
             return input_err(format!("Conformer config: idim {idim} ≥ 3, heads {} dividing {d}, odd kernel {kernel} required", cfg.attention_heads));
         }
         let f = (idim - 1) / 2;
