@@ -1,11 +1,12 @@
 """The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
 from __future__ import annotations
 
-from reference import bigvgan, gpt
+from reference import bigvgan, gpt, w2v_bert
 
 from .spec import ModelSpec
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     bigvgan.SPEC,
     gpt.SPEC,
+    w2v_bert.SPEC,
 ]}

@@ -13,5 +13,7 @@ pub mod nn;
 pub mod registry;
 pub mod store;
 pub mod transforms;
+pub mod w2v_bert;
+pub mod w2v_features;
 
 pub use error::{Error, Result};

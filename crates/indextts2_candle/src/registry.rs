@@ -42,17 +42,19 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     Ok(match kind {
         "bigvgan" => crate::bigvgan::FAULTS,
         "gpt" => crate::gpt::FAULTS,
+        "w2v_bert" => crate::w2v_bert::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "gpt"];
+pub const KINDS: &[&str] = &["bigvgan", "gpt", "w2v_bert"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
     Ok(match kind {
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
+        "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
@@ -66,6 +68,41 @@ impl Runnable for crate::bigvgan::BigVgan {
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::w2v_bert::W2vBert {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        let named = |o: crate::w2v_bert::Output| {
+            let mut v: Named = vec![("hidden".into(), o.hidden)];
+            if let Some(e) = o.emb {
+                v.push(("emb".into(), e));
+            }
+            v
+        };
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["input_features"])?;
+                Ok(named(self.forward(i[0], None, ctx)?))
+            }
+            "forward_masked" => {
+                let i = take(inputs, method, &["input_features", "attention_mask"])?;
+                Ok(named(self.forward(i[0], Some(i[1]), ctx)?))
+            }
+            "features" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(vec![("input_features".into(), f), ("attention_mask".into(), m)])
+            }
+            "embed_audio" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(named(self.forward(&f, Some(&m), ctx)?))
+            }
+            _ => input_err(format!(
+                "w2v_bert has no method `{method}` (methods: [\"forward\", \"forward_masked\", \"features\", \"embed_audio\"])"
+            )),
         }
     }
 }
