@@ -408,6 +408,63 @@ def build_full_on_meta() -> S2Mel:
         return S2Mel(copy.deepcopy(FULL_DIT), copy.deepcopy(FULL_LR))
 
 
+
+def official_classes():
+    """(CFM, InterpolateRegulator) from the installed official index-tts snapshot (PyPI
+    `tts-webui-index-tts==2.0.1`, --no-deps), for cross-checks of this reference; None if absent.
+    Their modules import `munch` and the DAC package (-> audiotools) only for names the inference
+    path never uses, so those imports get bare stand-ins for the duration of the import."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("indextts") is None:
+        return None
+
+    def stand_in(name, **attrs):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        m.__path__ = []
+        m.__dict__.update(attrs)
+        return m
+
+    class Munch(dict):
+        __getattr__ = dict.__getitem__
+
+    added = {}
+    if importlib.util.find_spec("munch") is None and "munch" not in sys.modules:
+        added["munch"] = stand_in("munch", Munch=Munch)
+    for name, attrs in [("indextts.s2mel.dac", {}), ("indextts.s2mel.dac.nn", {}),
+                        ("indextts.s2mel.dac.nn.quantize", {"VectorQuantize": None})]:
+        if name not in sys.modules:
+            added[name] = stand_in(name, **attrs)
+    sys.modules.update(added)
+    try:
+        from indextts.s2mel.modules.flow_matching import CFM as OfficialCFM
+        from indextts.s2mel.modules.length_regulator import InterpolateRegulator as OfficialRegulator
+    finally:
+        for name in added:
+            if name.startswith("indextts.s2mel.dac"):
+                sys.modules.pop(name, None)
+    return OfficialCFM, OfficialRegulator
+
+
+def official_args(cfg: dict):
+    """The attribute-style `args` (config.yaml s2mel section) the official CFM/DiT constructors read."""
+    from types import SimpleNamespace as ns
+
+    return ns(reg_loss_type="l1", dit_type="DiT", style_encoder=ns(dim=cfg["style_dim"]),
+              DiT=ns(hidden_dim=cfg["hidden_dim"], num_heads=cfg["num_heads"], depth=cfg["depth"],
+                     in_channels=cfg["in_channels"], content_dim=cfg["content_dim"],
+                     content_codebook_size=cfg["content_codebook_size"], content_type="discrete", is_causal=False,
+                     long_skip_connection=True, zero_prompt_speech_token=False, time_as_token=False,
+                     style_as_token=False, uvit_skip_connection=True, style_condition=True,
+                     final_layer_type="wavenet", class_dropout_prob=0.1, block_size=8192),
+              wavenet=ns(hidden_dim=cfg["wavenet_hidden_dim"], num_layers=cfg["wavenet_num_layers"],
+                         kernel_size=cfg["wavenet_kernel_size"], dilation_rate=cfg["wavenet_dilation_rate"],
+                         p_dropout=0.2, style_condition=True))
+
 # --------------------------------------------------------------------------------------------
 # Registry rows. Both kinds read `s2mel.pth`; each synthetic fixture holds only its own part.
 

@@ -101,3 +101,28 @@ def test_length_regulator_bad_input(what, fixtures, candle_models):
     }[what]
     with pytest.raises(InputError):
         candle.run(candle_models("length_regulator"), method, bad)
+
+
+def test_length_regulator_reference_matches_official_code():
+    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights: the
+    state dict loads strictly and outputs agree bit for bit, masks and non-integer ratios included."""
+    from reference.common import synthetic_init
+
+    classes = R.official_classes()
+    if classes is None:
+        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
+    cfg = R.TINY_LR
+    off = classes[1](channels=cfg["channels"], sampling_ratios=cfg["sampling_ratios"], is_discrete=False,
+                     in_channels=cfg["in_channels"], vector_quantize=False, codebook_size=cfg["codebook_size"],
+                     n_codebooks=1, quantizer_dropout=0.0, f0_condition=False).eval()
+    synthetic_init(off, 0)
+    ours = R.build_regulator(cfg)
+    ours.length_regulator.load_state_dict(off.state_dict(), strict=True)
+    rng = np.random.default_rng(0)
+    for t_in, t_out in LENGTHS:
+        x = torch.from_numpy(rng.standard_normal((2, t_in, cfg["in_channels"])).astype(np.float32))
+        yl = torch.tensor([t_out, max(1, t_out - 2)])
+        with torch.no_grad():
+            want = off(x, yl, n_quantizers=3)[0]
+            got = ours.length_regulator(x, yl)
+        assert torch.equal(got, want), (t_in, t_out, (got - want).abs().max())
