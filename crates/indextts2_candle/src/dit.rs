@@ -46,7 +46,7 @@ pub const FAULTS: &[&str] = &[
 /// gpt_fast ModelArgs default FFN width: 2/3 of 4·dim rounded up to a multiple of 256.
 fn intermediate_size(dim: usize) -> usize {
     let n = 2 * 4 * dim / 3;
-    if n % 256 == 0 { n } else { n + 256 - n % 256 }
+    n.div_ceil(256) * 256
 }
 
 struct AdaLn {
@@ -253,10 +253,10 @@ pub struct Dit {
 
 impl Dit {
     pub fn load(w: &Weights, cfg: DitConfig, faults: Faults) -> Result<Dit> {
-        if cfg.num_heads == 0 || cfg.hidden_dim % cfg.num_heads != 0 || (cfg.hidden_dim / cfg.num_heads) % 2 != 0 {
+        if cfg.num_heads == 0 || !cfg.hidden_dim.is_multiple_of(cfg.num_heads) || !(cfg.hidden_dim / cfg.num_heads).is_multiple_of(2) {
             return input_err(format!("DiT config: hidden_dim {} must split into {} heads of even size", cfg.hidden_dim, cfg.num_heads));
         }
-        if cfg.depth == 0 || cfg.wavenet_num_layers == 0 || cfg.wavenet_kernel_size % 2 == 0 || cfg.freq_dim % 2 != 0 {
+        if cfg.depth == 0 || cfg.wavenet_num_layers == 0 || cfg.wavenet_kernel_size.is_multiple_of(2) || !cfg.freq_dim.is_multiple_of(2) {
             return input_err("DiT config: needs depth ≥ 1, wavenet layers ≥ 1, an odd wavenet kernel and an even freq_dim");
         }
         if cfg.wavenet_hidden_dim != cfg.hidden_dim {
@@ -331,6 +331,7 @@ impl Dit {
 
     /// The estimator: x, prompt_x `[B, C, T]`, x_lens (B or 1 lengths), t `[B]`, style `[B, S]`,
     /// cond `[B, T, content]` → velocity `[B, C, T]`. Taps are `estimator.…` module paths.
+    #[allow(clippy::too_many_arguments)] // the official estimator signature
     pub fn forward(&self, x: &Tensor, prompt_x: &Tensor, x_lens: &[i64], t: &Tensor, style: &Tensor, cond: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (b, tt) = self.check(x, prompt_x, x_lens, t, style, cond)?;
         let p = "estimator";
@@ -385,6 +386,7 @@ impl Dit {
     /// `solve_euler` with CFG: z `[B, C, T]` (the initial noise, given), prompt `[B, C, Tp]`,
     /// mu `[B, T, content]`, style `[B, S]`, t_span `[N+1]`. Returns the N per-step states (the
     /// last is the result). Each step is tap `solve_euler.step.k`; the estimator runs untapped.
+    #[allow(clippy::too_many_arguments)] // the official solve_euler signature
     pub fn solve_euler(&self, z: &Tensor, x_lens: &[i64], prompt: &Tensor, mu: &Tensor, style: &Tensor, t_span: &[f32], ctx: &mut Ctx) -> Result<Vec<Tensor>> {
         let (b, c, tt) = z.dims3().or_else(|_| input_err(format!("z must be [B, C, T], got {:?}", z.dims())))?;
         let (pb, pc, tp) = prompt.dims3().or_else(|_| input_err(format!("prompt must be [B, C, Tp], got {:?}", prompt.dims())))?;

@@ -95,7 +95,7 @@ impl Regulator {
         if cin != self.cfg.in_channels || t == 0 || b == 0 {
             return input_err(format!("regulator x must be [B, T>0, {}], got {:?}", self.cfg.in_channels, x.dims()));
         }
-        if ylens.len() != b || ylens.iter().any(|&l| l < 1 || l > 1 << 20) {
+        if ylens.len() != b || ylens.iter().any(|l| !(1..=1 << 20).contains(l)) {
             return input_err(format!("ylens must hold {b} lengths in 1..=2^20, got {ylens:?}"));
         }
         let t_out = ylens.iter().copied().max().unwrap_or(1) as usize;
