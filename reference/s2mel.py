@@ -84,7 +84,8 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Ten
     """[T, head_dim/2, 2] (cos, sin) of position·θ_i, θ_i = base^(-2i/head_dim), as gpt_fast builds it."""
     freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
     ang = torch.outer(positions.float(), freqs)
-    return torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
+    rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: they differ by an ulp
+    return torch.stack([rot.real, rot.imag], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
