@@ -1,0 +1,181 @@
+"""Stage-by-stage parity of the whole IndexTTS2 pipeline (reference/pipeline.py ↔ Candle kinds).
+
+Two walks, both in pipeline order:
+* forced: every Candle stage gets the REFERENCE output of the previous stage, so each row measures
+  that stage's own error (the codes are the reference's: teacher forcing);
+* chained: Candle feeds itself end to end (a near-tie flip of a greedy code is accepted, and the
+  walk then continues on the reference codes, as parity-practice.md prescribes).
+Each stage output is compared with the ONE compare function against the row
+("pipeline", "<stage>.<output>" or "chained:<stage>.<output>", device, dtype). The walk names the
+FIRST stage out of tolerance. The final waveform of the chained walk also goes through the audio
+gate (SNR dB, log-mel L1, max|Δ|; thresholds in tolerances.AUDIO_GATE).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reference import pipeline as P
+
+from . import candle
+from .audio import AudioMetrics, audio_metrics
+from .compare import Comparison, compare
+from .fixtures import Fixture, real, synthetic
+from .registry import MODELS
+from .tolerances import AUDIO_GATE, NEAR_TIE, lookup
+
+KINDS = tuple(dict.fromkeys(st.kind for st in P.STAGES))
+
+
+def spec_for(kind: str, size: str):
+    """The registry row with the pipeline's consistent config in place of the model's own."""
+    spec = MODELS[kind]
+    return dataclasses.replace(spec, configs={**spec.configs, size: P.CONFIGS[size][kind]})
+
+
+def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fixture]:
+    if checkpoints:
+        return {k: real(MODELS[k], checkpoints) for k in KINDS}
+    return {k: synthetic(spec_for(k, size), size) for k in KINDS}
+
+
+def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str, list[str]] | None = None) -> dict:
+    faults = faults or {}
+    return {k: fx.candle(device, faults.get(k, [])) for k, fx in fxs.items()}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    kind: str
+    rows: list[Comparison] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.ok for r in self.rows)
+
+
+@dataclass
+class PipelineWalk:
+    mode: str  # "forced" | "chained"
+    device: str
+    stages: list[StageResult] = field(default_factory=list)
+    audio: AudioMetrics | None = None
+    audio_fail: str = ""
+    ref_state: dict = field(default_factory=dict, repr=False)
+    candle_state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def first_failure(self) -> str | None:
+        for s in self.stages:
+            if not s.ok:
+                return s.stage
+        if len(self.stages) < len(P.STAGES):
+            return P.STAGES[len(self.stages)].name
+        return "audio_gate" if self.audio_fail else None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_failure is None
+
+    def table(self) -> str:
+        lines = [f"[pipeline / {self.mode} / {self.device}]"]
+        for s in self.stages:
+            lines += [f"{s.stage:<12} {r.line()}" for r in s.rows]
+            if s.note:
+                lines.append(f"{s.stage:<12} note: {s.note}")
+        if self.audio is not None:
+            a = self.audio
+            lines.append(f"audio gate   samples {a.samples} SNR {a.snr_db:.1f} dB  log-mel L1 {a.log_mel_l1:.3e}  "
+                         f"max|Δ| {a.max_abs:.3e}  {'FAIL ' + self.audio_fail if self.audio_fail else 'ok'}")
+        if not self.ok:
+            lines.append(f"FIRST DIVERGENT STAGE: {self.first_failure}")
+        return "\n".join(lines)
+
+    def assert_ok(self) -> None:
+        if not self.ok:
+            raise AssertionError(f"pipeline parity failed at stage `{self.first_failure}`\n{self.table()}")
+
+    def rows(self) -> list[dict]:
+        return [{"stage": s.stage, "kind": s.kind, "note": s.note, **r.row()} for s in self.stages for r in s.rows]
+
+
+def _codes_row(name: str, ref: dict, got: np.ndarray, tol) -> tuple[Comparison, str, bool]:
+    """Integer codes with the near-tie rule: a flip is accepted at the first differing step when the
+    reference's top-2 logit margin there is below NEAR_TIE. Returns (row, note, flipped)."""
+    rc, margins = ref["codes"], ref["margins"]
+    c = compare(name, rc, got, tol)
+    if c.ok:
+        return c, "", False
+    n = min(rc.shape[1], got.shape[1] if got.ndim == 2 else 0)
+    diff = [i for i in range(n) if rc[0, i] != got[0, i]]
+    k = diff[0] if diff else n  # length differs: the flip is at the step where one side stopped
+    m = float(margins[k]) if k < len(margins) else float("inf")
+    if m < NEAR_TIE:
+        c.ok, c.reason = True, f"near-tie flip accepted at step {k} (reference top-2 margin {m:.2e} < {NEAR_TIE})"
+        return c, c.reason + "; continuing on the reference codes", True
+    c.reason += f"; first differing step {k}, reference top-2 margin {m:.3e} ≥ {NEAR_TIE}"
+    return c, "", False
+
+
+def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: str = "cpu",
+         ref: tuple[dict, dict] | None = None) -> PipelineWalk:
+    """`ref` = a previous `reference/pipeline.run` result (the reference is deterministic; reuse it)."""
+    if mode not in ("forced", "chained"):
+        raise ValueError(mode)
+    if ref is None:
+        ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+    per_stage, _ = ref
+    w = PipelineWalk(mode, device)
+    ref_state = dict(inputs)
+    c_state = dict(inputs)
+    for st in P.STAGES:
+        res = StageResult(st.name, st.kind)
+        r_outs = per_stage[st.name]
+        src = ref_state if mode == "forced" else c_state
+        key = st.name if mode == "forced" else f"chained:{st.name}"
+        w.stages.append(res)
+        try:
+            got, _ = candle.run(cms[st.kind], st.method, st.inputs(src))
+        except Exception as e:  # a Candle error (shape, bad input) is this stage's failure
+            res.note = f"candle raised {type(e).__name__}: {e}"
+            ref_state.update(st.post(r_outs, ref_state))
+            break
+        flipped = False
+        for o in st.compare:
+            tol = lookup("pipeline", f"{key}.{o}", device, "float32")
+            if o not in got:
+                res.note = f"candle returned no `{o}`"
+                continue
+            if st.name == "codes":
+                row, note, flipped = _codes_row(f"{st.name}.{o}", r_outs, got[o], tol)
+                res.note = note
+            else:
+                row = compare(f"{st.name}.{o}", r_outs[o], got[o], tol)
+            res.rows.append(row)
+        if mode == "chained":
+            # after an accepted near-tie flip the chained run is teacher-forced on the reference codes
+            c_state.update(st.post(r_outs if flipped else got, c_state))
+        ref_state.update(st.post(r_outs, ref_state))
+        if mode == "chained" and not res.ok:
+            break  # downstream of a broken chained stage nothing is meaningful
+    w.ref_state, w.candle_state = ref_state, c_state
+    if mode == "chained" and w.first_failure is None:
+        w.audio = audio_metrics(ref_state["wav"], c_state["wav"])
+        w.audio_fail = audio_gate_failure(w.audio)
+    return w
+
+
+def audio_gate_failure(a: AudioMetrics) -> str:
+    g = AUDIO_GATE
+    bad = []
+    if not a.snr_db >= g["min_snr_db"]:
+        bad.append(f"SNR {a.snr_db:.1f} dB < {g['min_snr_db']}")
+    if not a.log_mel_l1 <= g["max_log_mel_l1"]:
+        bad.append(f"log-mel L1 {a.log_mel_l1:.3e} > {g['max_log_mel_l1']}")
+    if not a.max_abs <= g["max_abs"]:
+        bad.append(f"max|Δ| {a.max_abs:.3e} > {g['max_abs']}")
+    return "; ".join(bad)
