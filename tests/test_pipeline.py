@@ -1,0 +1,145 @@
+"""End-to-end pipeline parity, stage by stage (parity/pipeline.py): forced and chained walks, the
+final audio gate, the near-tie rule, and proof of teeth (a broken stage is the one named).
+
+Test ids carry only pipeline stage names (never a model's `-k` word), so `-k pipeline` selects this
+file and nothing else.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity import pipeline as PP
+from parity.audio import audio_metrics
+from parity.tolerances import AUDIO_GATE, NEAR_TIE, lookup
+from reference import pipeline as P
+
+STAGE_ORDER = ["fbank", "semantic_emb", "spk_latent", "emovec", "codes", "code_logits", "latent", "s_infer",
+               "prompt_cond", "target_cond", "cfm_mel", "wav"]
+
+# (registry kind, existing fault switch, the stage the walk must name)
+FAULTS = [
+    ("w2v_bert", "var_as_std", "semantic_emb"),
+    ("gpt", "pos_bias_v_dropped", "spk_latent"),
+    ("gpt", "final_norm_skipped", "codes"),
+    ("length_regulator", "interp_round", "prompt_cond"),
+    ("dit", "adaln_swapped", "cfm_mel"),
+    ("bigvgan", "skip_weight_norm", "wav"),
+]
+
+
+@pytest.fixture(scope="session")
+def pipe(request, device):
+    ckpt = request.config.getoption("--checkpoints")
+    size = "full" if (ckpt or request.config.getoption("--full-size")) else "tiny"
+    from parity.fixtures import MissingCheckpoints
+
+    try:
+        fxs = PP.fixtures(size, ckpt)
+    except MissingCheckpoints as e:
+        pytest.fail(str(e), pytrace=False)
+    inputs = P.make_inputs(P.CONFIGS[size], 0)
+    ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+    return fxs, PP.candle_models(fxs, device), inputs, ref, device
+
+
+def test_pipeline_stage_order():
+    assert [s.name for s in P.STAGES] == STAGE_ORDER
+
+
+@pytest.mark.parametrize("size", ["tiny", "full"])
+def test_pipeline_configs_consistent(size):
+    P.check_consistent(P.CONFIGS[size])
+    bad = {k: dict(v) for k, v in P.CONFIGS[size].items()}
+    bad["bigvgan"]["num_mels"] += 1
+    with pytest.raises(ValueError, match="BigVGAN num_mels"):
+        P.check_consistent(bad)
+
+
+def test_pipeline_every_stage_has_a_row():
+    for st in P.STAGES:
+        for o in st.compare:
+            for key in (f"{st.name}.{o}", f"chained:{st.name}.{o}"):
+                assert lookup("pipeline", key, "cpu", "float32") is not None
+
+
+@pytest.mark.parametrize("mode", ["forced", "chained"])
+def test_pipeline_stages(mode, pipe):
+    """Every stage within its tolerance row; a failure names the first stage out of tolerance."""
+    fxs, cms, inputs, ref, device = pipe
+    w = PP.walk(fxs, cms, inputs, mode, device, ref=ref)
+    print(w.table())
+    assert [s.stage for s in w.stages] == STAGE_ORDER
+    w.assert_ok()
+
+
+def test_pipeline_wave_gate(pipe):
+    """Final waveform of the chained run: SNR, log-mel L1 and max|Δ| within AUDIO_GATE."""
+    fxs, cms, inputs, ref, device = pipe
+    w = PP.walk(fxs, cms, inputs, "chained", device, ref=ref)
+    assert w.audio is not None, w.table()
+    assert w.audio.samples > 1024, "too short for the log-mel metric"
+    assert not w.audio_fail, w.table()
+    # teeth: 1e-3 of noise on the same wav fails the gate
+    wav = w.ref_state["wav"]
+    noisy = wav + 1e-3 * np.random.default_rng(0).standard_normal(wav.shape).astype(np.float32)
+    assert PP.audio_gate_failure(audio_metrics(wav, noisy))
+
+
+@pytest.mark.parametrize("kind,fault,stage", FAULTS, ids=[f"fault_at_{s}" for _, _, s in FAULTS])
+def test_pipeline_fault_named(kind, fault, stage, pipe):
+    fxs, cms, inputs, ref, device = pipe
+    broken = dict(cms)
+    broken[kind] = fxs[kind].candle(device, [fault])
+    for mode in ("forced", "chained"):
+        w = PP.walk(fxs, broken, inputs, mode, device, ref=ref)
+        assert w.first_failure == stage, f"{mode}: fault `{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
+        with pytest.raises(AssertionError, match=f"pipeline parity failed at stage `{stage}`"):
+            w.assert_ok()
+
+
+def test_pipeline_near_tie_rule():
+    tol = lookup("pipeline", "codes.codes", "cpu", "float32")
+    ref = {"codes": np.array([[3, 4, 5, 6]]), "margins": np.array([1.0, 1.0, NEAR_TIE / 10, 1.0])}
+    row, note, flipped = PP._codes_row("codes.codes", ref, np.array([[3, 4, 9, 9]]), tol)
+    assert row.ok and flipped and "step 2" in note
+    row, _, flipped = PP._codes_row("codes.codes", ref, np.array([[3, 7, 5, 6]]), tol)
+    assert not row.ok and not flipped and "step 1" in row.reason
+    # early stop on one side = a flip at the step where it stopped
+    row, _, flipped = PP._codes_row("codes.codes", ref, np.array([[3, 4]]), tol)
+    assert row.ok and flipped
+    row, _, _ = PP._codes_row("codes.codes", ref, np.array([[3, 4, 5, 6]]), tol)
+    assert row.ok
+
+
+def test_pipeline_chained_continues_on_reference_codes_after_a_near_tie(pipe, monkeypatch):
+    """A flipped code (accepted as a near tie) must not break the stages after it."""
+    fxs, cms, inputs, ref, device = pipe
+    per_stage = {k: dict(v) for k, v in ref[0].items()}
+    per_stage["codes"]["margins"] = np.zeros_like(per_stage["codes"]["margins"])  # every step a tie
+    real_run = PP.candle.run
+
+    def flip(model, method, ins, **kw):
+        outs, taps = real_run(model, method, ins, **kw)
+        if method == "greedy":
+            outs["codes"] = outs["codes"][:, :-1]  # Candle "stopped" one step early
+        return outs, taps
+
+    monkeypatch.setattr(PP.candle, "run", flip)
+    w = PP.walk(fxs, cms, inputs, "chained", device, ref=(per_stage, ref[1]))
+    assert "near-tie" in w.stages[STAGE_ORDER.index("codes")].note
+    w.assert_ok()
+
+
+def test_pipeline_candle_error_names_stage(pipe, monkeypatch):
+    fxs, cms, inputs, ref, device = pipe
+    real_run = PP.candle.run
+
+    def boom(model, method, ins, **kw):
+        if method == "latent_proj":
+            raise PP.candle.InputError("latent: wrong width")
+        return real_run(model, method, ins, **kw)
+
+    monkeypatch.setattr(PP.candle, "run", boom)
+    w = PP.walk(fxs, cms, inputs, "forced", device, ref=ref)
+    assert w.first_failure == "s_infer" and "wrong width" in w.table()
