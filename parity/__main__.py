@@ -2,8 +2,9 @@
 
     python -m parity report --out report/            # embedded tiny fixtures, CPU
     python -m parity report --checkpoints DIR        # the user's official files
-Writes report/summary.md and summary.json (per-tap table: every model, case and walk mode),
-errors.png (max|Δ| per tap in forward order), and the vocoder's reference and Candle wavs.
+Writes report/summary.md and summary.json (per-tap table: every model, case and walk mode; the
+pipeline's per-stage table), errors.png (max|Δ| per tap in forward order), pipeline_mels.png
+(reference vs Candle vs difference spectrograms), the vocoder's and the pipeline's wavs.
 Exit code 0 only if every tap of every model is within tolerance and coverage is exact — so CI can
 gate on it.
 """
@@ -63,10 +64,12 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     os.makedirs(out, exist_ok=True)
-    names = models or list(MODELS)
+    names = models or [*MODELS, "pipeline"]
+    with_pipeline = "pipeline" in names
+    names = [n for n in names if n != "pipeline"]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
-        print(f"unknown models {unknown}; known: {list(MODELS)}", file=sys.stderr)
+        print(f"unknown models {unknown}; known: {[*MODELS, 'pipeline']}", file=sys.stderr)
         return 2
     result = {"environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                               "platform": platform.platform(), "device": device, "size": "real" if checkpoints else size,
@@ -113,6 +116,12 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
             md += [f"Audio (vocoder, {m.samples} samples): SNR {m.snr_db:.1f} dB, max|Δ| {m.max_abs:.2e}, "
                    f"log-mel L1 {m.log_mel_l1:.2e}; wavs: `bigvgan_reference.wav`, `bigvgan_candle.wav`", ""]
         result["models"][name] = entry
+    if with_pipeline:
+        from .pipeline import report_section
+
+        result["pipeline"], pmd, pfailed = report_section(out, size, checkpoints, device, _write_wav)
+        md += pmd
+        failed += pfailed
     _plot(walks, os.path.join(out, "errors.png"))
     result["ok"] = not failed
     result["failures"] = failed
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("report", help="run every model's parity walk and write the report")
     r.add_argument("--out", default="report")
-    r.add_argument("--models", nargs="*", help="subset of registry names")
+    r.add_argument("--models", nargs="*", help="subset of registry names (and `pipeline`)")
     r.add_argument("--full-size", action="store_true", help="synthetic checkpoints at official size")
     r.add_argument("--checkpoints", metavar="DIR", help="official checkpoint directory")
     r.add_argument("--device", default="cpu")

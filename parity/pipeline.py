@@ -13,6 +13,7 @@ gate (SNR dB, log-mel L1, max|Δ|; thresholds in tolerances.AUDIO_GATE).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,3 +180,76 @@ def audio_gate_failure(a: AudioMetrics) -> str:
     if not a.max_abs <= g["max_abs"]:
         bad.append(f"max|Δ| {a.max_abs:.3e} > {g['max_abs']}")
     return "; ".join(bad)
+
+
+# ---- report section (python -m parity report) -----------------------------------------------------
+def _plot_mels(ref_mel: np.ndarray, got_mel: np.ndarray, ref_wav: np.ndarray, got_wav: np.ndarray, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .audio import log_mel
+
+    rows = [("CFM mel (target part)", ref_mel[0], got_mel[0]),
+            ("log-mel of the wav (80 bands)", log_mel(ref_wav.ravel()), log_mel(got_wav.ravel()))]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6))
+    for (title, r, g), ax in zip(rows, axes):
+        lo, hi = float(min(r.min(), g.min())), float(max(r.max(), g.max()))
+        for a, img, name in ((ax[0], r, "reference"), (ax[1], g, "Candle")):
+            im = a.imshow(img, origin="lower", aspect="auto", vmin=lo, vmax=hi)
+            a.set_title(f"{title}: {name}", fontsize=9)
+            fig.colorbar(im, ax=a)
+        im = ax[2].imshow(g - r, origin="lower", aspect="auto", cmap="coolwarm")
+        ax[2].set_title(f"Candle − reference (max |Δ| {float(np.abs(g - r).max()):.1e})", fontsize=9)
+        fig.colorbar(im, ax=ax[2])
+    for a in axes[-1]:
+        a.set_xlabel("frame")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_section(out: str, size: str, checkpoints: str | None, device: str, write_wav) -> tuple[dict, list[str], list[str]]:
+    """Runs both walks; returns (JSON entry, markdown lines, failures) and writes the pipeline wavs
+    and pipeline_mels.png under `out`."""
+    fxs = fixtures(size, checkpoints)
+    cms = candle_models(fxs, device)
+    inputs = P.make_inputs(P.CONFIGS[size], 0)
+    ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+    entry, failed = {"walks": []}, []
+    md = ["## pipeline (stage by stage)", "",
+          "forced: each Candle stage gets the reference's previous output (its own error); "
+          "chained: Candle end to end.", ""]
+    chained = None
+    for mode in ("forced", "chained"):
+        w = walk(fxs, cms, inputs, mode, device, ref=ref)
+        chained = w if mode == "chained" else chained
+        entry["walks"].append({"mode": mode, "ok": w.ok, "first_failure": w.first_failure, "rows": w.rows(),
+                               "audio": None if w.audio is None else w.audio.row(), "audio_fail": w.audio_fail})
+        md += [f"### pipeline — {mode}: {'OK' if w.ok else 'FAIL at stage `' + str(w.first_failure) + '`'}", "",
+               "| stage | kind | output | shape | max abs Δ | mean abs Δ | cosine | SNR dB | tol (atol/rtol) | ok |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for s in w.stages:
+            for r in s.rows:
+                tol = f"{r.tol.atol:.0e}/{r.tol.rtol:.0e}" if r.tol else "-"
+                md.append(f"| {s.stage} | {s.kind} | `{r.name}` | {list(r.shape)} | {r.max_abs:.3e} | {r.mean_abs:.3e} | "
+                          f"{r.cosine:.8f} | {r.snr_db:.1f} | {tol} | {'✓' if r.ok else '✗'} |")
+            if s.note:
+                md.append(f"| {s.stage} | {s.kind} | note | {s.note} | | | | | | |")
+        md.append("")
+        if w.audio is not None:
+            a = w.audio
+            md += [f"Audio gate ({a.samples} samples): SNR {a.snr_db:.1f} dB (≥ {AUDIO_GATE['min_snr_db']}), "
+                   f"log-mel L1 {a.log_mel_l1:.2e} (≤ {AUDIO_GATE['max_log_mel_l1']}), max|Δ| {a.max_abs:.2e} "
+                   f"(≤ {AUDIO_GATE['max_abs']}): {'OK' if not w.audio_fail else 'FAIL ' + w.audio_fail}", ""]
+        if not w.ok:
+            failed.append(f"pipeline/{mode}: first divergent stage `{w.first_failure}`")
+    if chained is not None and "wav" in chained.candle_state and "wav" in chained.ref_state:
+        sr = fxs["bigvgan"].cfg["sampling_rate"]
+        write_wav(os.path.join(out, "pipeline_reference.wav"), chained.ref_state["wav"], sr)
+        write_wav(os.path.join(out, "pipeline_candle.wav"), chained.candle_state["wav"], sr)
+        _plot_mels(chained.ref_state["mel"], chained.candle_state["mel"], chained.ref_state["wav"],
+                   chained.candle_state["wav"], os.path.join(out, "pipeline_mels.png"))
+        md += ["Wavs: `pipeline_reference.wav`, `pipeline_candle.wav`; spectrograms: `pipeline_mels.png`.", ""]
+    return entry, md, failed
