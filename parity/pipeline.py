@@ -182,6 +182,84 @@ def audio_gate_failure(a: AudioMetrics) -> str:
     return "; ".join(bad)
 
 
+# ---- the Rust `pipeline` kind (crates/indextts2_candle/src/pipeline.rs) ---------------------------
+# Prefix of each component's converted keys in the one pipeline safetensors (= pipeline.rs PREFIXES;
+# the two s2mel kinds share `s2mel.` + their `net.…` keys).
+RUST_PREFIX = {"w2v_bert": "w2v_bert.", "gpt": "gpt.", "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan."}
+SYNTH_INPUTS = ("audio_16k", "ref_mel", "text", "max_tokens", "style", "vq_table", "z_pool", "t_span")
+
+
+def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
+    """(one safetensors with every component under its prefix, the pipeline config JSON), cached."""
+    import hashlib
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from .fixtures import cache_dir
+
+    h = hashlib.sha256("|".join(fxs[k].safetensors_path for k in KINDS).encode()).hexdigest()[:12]
+    d = os.path.join(cache_dir(), "pipeline")
+    path = os.path.join(d, f"pipeline-{h}.safetensors")
+    if not os.path.exists(path):
+        os.makedirs(d, exist_ok=True)
+        merged: dict = {}
+        for k in KINDS:
+            for key, v in load_file(fxs[k].safetensors_path).items():
+                merged.setdefault(RUST_PREFIX[k] + key, v)
+        tmp = path + f".{os.getpid()}.tmp.safetensors"
+        save_file(merged, tmp)
+        os.replace(tmp, path)  # atomic: safe across xdist workers
+    cfg = {k: json.loads(fxs[k].spec.config_json(fxs[k].cfg)) for k in KINDS}
+    if cfg["w2v_bert"].get("stats"):  # stats are read from the store's root: give their full key
+        cfg["w2v_bert"]["stats"] = RUST_PREFIX["w2v_bert"] + cfg["w2v_bert"]["stats"]
+    return path, json.dumps(cfg)
+
+
+def rust_pipeline(fxs: dict[str, Fixture], device: str = "cpu", faults: list[str] | None = None):
+    """faults: `<kind>:<fault>` names (the components' own switches)."""
+    path, cfg = rust_files(fxs)
+    return candle.Model("pipeline", path, cfg, device, faults or [], "")
+
+
+def rust_walk(model, inputs: dict, ref: tuple[dict, dict], device: str = "cpu") -> PipelineWalk:
+    """The Rust pipeline end to end (chained by construction) against the reference, same rows as
+    the Python-composed chained walk. It cannot be teacher-forced: a near-tie flip of a code is
+    reported as accepted but the stages after it then differ in length."""
+    per_stage, ref_state = ref
+    w = PipelineWalk("rust", device)
+    try:
+        outs, _ = candle.run(model, "synthesize", {k: inputs[k] for k in SYNTH_INPUTS})
+    except Exception as e:
+        w.stages.append(StageResult(P.STAGES[0].name, "pipeline", note=f"candle raised {type(e).__name__}: {e}"))
+        return w
+    c_state = dict(inputs)
+    for st in P.STAGES:
+        res = StageResult(st.name, st.kind)
+        w.stages.append(res)
+        for o in st.compare:
+            got = outs.get(f"{st.name}.{o}")
+            if got is None:
+                res.note = f"the Rust pipeline returned no `{st.name}.{o}`"
+                continue
+            tol = lookup("pipeline", f"chained:{st.name}.{o}", device, "float32")
+            if st.name == "codes":
+                row, res.note, _ = _codes_row(f"{st.name}.{o}", per_stage[st.name], got, tol)
+            else:
+                row = compare(f"{st.name}.{o}", per_stage[st.name][o], got, tol)
+            res.rows.append(row)
+        if not res.ok:
+            break
+    if "wav.wav" in outs:
+        c_state["wav"] = outs["wav.wav"]
+        c_state["mel"] = outs["cfm_mel.mel"][:, :, inputs["ref_mel"].shape[2]:]
+    w.ref_state, w.candle_state = ref_state, c_state
+    if w.first_failure is None:
+        w.audio = audio_metrics(ref_state["wav"], c_state["wav"])
+        w.audio_fail = audio_gate_failure(w.audio)
+    return w
+
+
 # ---- report section (python -m parity report) -----------------------------------------------------
 def _plot_mels(ref_mel: np.ndarray, got_mel: np.ndarray, ref_wav: np.ndarray, got_wav: np.ndarray, path: str) -> None:
     import matplotlib

@@ -143,3 +143,55 @@ def test_pipeline_candle_error_names_stage(pipe, monkeypatch):
     monkeypatch.setattr(PP.candle, "run", boom)
     w = PP.walk(fxs, cms, inputs, "forced", device, ref=ref)
     assert w.first_failure == "s_infer" and "wrong width" in w.table()
+
+
+# ---- the Rust `pipeline` kind (crates/indextts2_candle/src/pipeline.rs) -----------------------------
+@pytest.fixture(scope="session")
+def rust_pipe(pipe):
+    fxs, _, _, _, device = pipe
+    return PP.rust_pipeline(fxs, device)
+
+
+def test_pipeline_rust_end_to_end(pipe, rust_pipe):
+    """The Candle-composed pipeline (one Rust call) against the reference, stage by stage + audio gate."""
+    fxs, _, inputs, ref, device = pipe
+    w = PP.rust_walk(rust_pipe, inputs, ref, device)
+    print(w.table())
+    assert [s.stage for s in w.stages] == STAGE_ORDER
+    w.assert_ok()
+    assert w.audio is not None and not w.audio_fail
+
+
+def test_pipeline_rust_coverage(pipe, rust_pipe):
+    """Every key of the pipeline file is read except the components' own allow-listed ones."""
+    import fnmatch
+
+    from parity.registry import MODELS
+
+    allowed = [PP.RUST_PREFIX[k] + pat for k in PP.KINDS for pat, why in MODELS[k].allow_unused.items()
+               if "other s2mel kind" not in why]
+    bad = [k for k in rust_pipe.unused_keys() if not any(fnmatch.fnmatchcase(k, p) for p in allowed)]
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("kind,fault,stage", FAULTS, ids=[f"rust_fault_at_{s}" for _, _, s in FAULTS])
+def test_pipeline_rust_fault_named(kind, fault, stage, pipe):
+    fxs, _, inputs, ref, device = pipe
+    w = PP.rust_walk(PP.rust_pipeline(fxs, device, [f"{kind}:{fault}"]), inputs, ref, device)
+    assert w.first_failure == stage, f"fault `{kind}:{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
+
+
+def test_pipeline_rust_bad_input(pipe, rust_pipe):
+    from parity import candle
+    from parity.candle import InputError
+
+    fxs, _, inputs, _, device = pipe
+    ins = {k: inputs[k] for k in PP.SYNTH_INPUTS}
+    with pytest.raises(InputError, match="needs input `t_span`"):
+        candle.run(rust_pipe, "synthesize", {k: v for k, v in ins.items() if k != "t_span"})
+    with pytest.raises(InputError, match="z_pool"):
+        candle.run(rust_pipe, "synthesize", {**ins, "z_pool": ins["z_pool"][:, :, :3]})
+    with pytest.raises(InputError, match="no method"):
+        candle.run(rust_pipe, "speak", ins)
+    with pytest.raises(InputError, match="unknown fault"):
+        PP.rust_pipeline(fxs, device, ["adaln_swapped"])  # must be `<kind>:<fault>`

@@ -12,6 +12,7 @@ pub mod gpt_conformer;
 pub mod gpt_perceiver;
 pub mod length_regulator;
 pub mod nn;
+pub mod pipeline;
 pub mod registry;
 pub mod s2mel;
 pub mod store;

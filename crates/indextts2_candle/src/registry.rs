@@ -45,11 +45,12 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "length_regulator" => crate::length_regulator::FAULTS,
         "gpt" => crate::gpt::FAULTS,
         "w2v_bert" => crate::w2v_bert::FAULTS,
+        "pipeline" => crate::pipeline::faults(),
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "pipeline"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -59,6 +60,7 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
         "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
+        "pipeline" => Box::new(crate::pipeline::Pipeline::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
