@@ -4,10 +4,13 @@
 //! (converted to safetensors with the official key names). Nothing here can create a weight that
 //! is not in the file.
 pub mod bigvgan;
+pub mod campplus;
 pub mod ctx;
 pub mod error;
+pub mod mel;
 pub mod nn;
 pub mod registry;
+pub mod semantic_codec;
 pub mod store;
 pub mod transforms;
 

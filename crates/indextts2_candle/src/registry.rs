@@ -41,16 +41,22 @@ fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
 pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     Ok(match kind {
         "bigvgan" => crate::bigvgan::FAULTS,
+        "semantic_codec" => crate::semantic_codec::FAULTS,
+        "campplus" => crate::campplus::FAULTS,
+        "mel_spectrogram" => crate::mel::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan"];
+pub const KINDS: &[&str] = &["bigvgan", "semantic_codec", "campplus", "mel_spectrogram"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
     Ok(match kind {
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
+        "semantic_codec" => Box::new(crate::semantic_codec::SemanticCodec::load(w, parse(kind, config_json)?, f)?),
+        "campplus" => Box::new(crate::campplus::CampPlus::load(w, parse(kind, config_json)?, f)?),
+        "mel_spectrogram" => Box::new(crate::mel::MelSpectrogram::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
@@ -64,6 +70,51 @@ impl Runnable for crate::bigvgan::BigVgan {
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::semantic_codec::SemanticCodec {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "quantize" => {
+                let i = take(inputs, method, &["x"])?;
+                let (codes, emb) = self.quantize(i[0], ctx)?;
+                Ok(vec![("codes".into(), codes), ("emb".into(), emb)])
+            }
+            "vq2emb" => {
+                let i = take(inputs, method, &["codes"])?;
+                Ok(vec![("emb".into(), self.vq2emb(i[0], ctx)?)])
+            }
+            _ => input_err(format!("semantic_codec has no method `{method}` (methods: [\"quantize\", \"vq2emb\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::campplus::CampPlus {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["feat"])?;
+                Ok(vec![("embedding".into(), self.forward(i[0], ctx)?)])
+            }
+            "fbank" => {
+                let i = take(inputs, method, &["wav"])?;
+                Ok(vec![("feat".into(), self.fbank(i[0], ctx)?)])
+            }
+            _ => input_err(format!("campplus has no method `{method}` (methods: [\"forward\", \"fbank\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::mel::MelSpectrogram {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["wav"])?;
+                Ok(vec![("mel".into(), self.forward(i[0], ctx)?)])
+            }
+            _ => input_err(format!("mel_spectrogram has no method `{method}` (methods: [\"forward\"])")),
         }
     }
 }
