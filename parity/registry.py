@@ -1,10 +1,12 @@
 """The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
 from __future__ import annotations
 
-from reference import bigvgan
+from reference import bigvgan, campplus, semantic_codec
 
 from .spec import ModelSpec
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     bigvgan.SPEC,
+    semantic_codec.SPEC,
+    campplus.SPEC,
 ]}

@@ -31,6 +31,13 @@ class ConversionError(ValueError):
 def load_official(path: str) -> Any:
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
+    if path.endswith(".safetensors"):  # already flat safetensors (RepCodec, w2v-BERT): keys as stored
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ConversionError(f"{path}: not a readable safetensors file: {type(e).__name__}: {e}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
