@@ -34,10 +34,27 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "conv_post", "cpu", "float32"): T(2e-4, 1e-4, 1.03e-4, "large pre-clamp values"),
     ("bigvgan", "output*", "cpu", "float32"): T(3e-4, 1e-4, 3.6e-5, "wav in [-1, 1]", min_snr_db=80.0),
     ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
-    # FRONTEND-PLACEHOLDER
-    ("semantic_codec", "*", "cpu", "float32"): T(1e-2, 1e-2, 0.0, "placeholder"),
-    ("campplus", "*", "cpu", "float32"): T(1e-2, 1e-2, 0.0, "placeholder"),
-    ("mel_spectrogram", "*", "cpu", "float32"): T(1e-2, 1e-2, 0.0, "placeholder"),
+    # Semantic codec (RepCodec). Codes are integers: compared exactly (any differing code fails).
+    # Full size, 500 frames, chained: encoder taps ≤ 1.47e-5 (convnext.11; tiny ≤ 1.9e-6),
+    # in_project 5.2e-6, out_project / emb 3.8e-6 (vq2emb, full). Injected: every block ≤ 4.8e-6.
+    ("semantic_codec", "quantizer.quantizers.0.codebook", "cpu", "float32"): T(0.0, 0.0, 0.0, "codes: exact"),
+    ("semantic_codec", "output:codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "codes: exact"),
+    ("semantic_codec", "quantizer.quantizers.0.out_project", "cpu", "float32"): T(4e-5, 1e-5, 3.8e-6, "one 1×1 projection of raw codebook rows"),
+    ("semantic_codec", "output:emb", "cpu", "float32"): T(4e-5, 1e-5, 3.8e-6, "= out_project"),
+    ("semantic_codec", "*", "cpu", "float32"): T(1.5e-4, 1e-5, 1.47e-5, "12 ConvNeXt blocks, exact GELU, LayerNorm eps 1e-6"),
+    # CAMPPlus. Kaldi fbank: the reference runs its FFT in f32 (as upstream), Candle in f64; the log of
+    # low-energy bins magnifies the f32 rounding: max 2.88e-4 (speech clip, 80 bins, bin 1), short
+    # 6.9e-5, ±1-LSB silence 2.9e-5; mean-removed feat 2.86e-4. Network, full size on the whole
+    # speech clip (585 frames): chained ≤ 2.19e-5 (head.layer2.1), embedding 2.4e-7; injected ≤ 1.8e-5.
+    ("campplus", "fbank", "cpu", "float32"): T(3e-3, 1e-5, 2.88e-4, "log energies, f32 vs f64 FFT"),
+    ("campplus", "output:feat", "cpu", "float32"): T(3e-3, 1e-5, 2.86e-4, "fbank minus its time mean"),
+    ("campplus", "*", "cpu", "float32"): T(2e-4, 1e-5, 2.19e-5, "eval BatchNorm, dense CAM blocks"),
+    # s2mel mel spectrogram (not a registry row: tests/test_mel_spectrogram.py). Speech 22 kHz, the
+    # 16 kHz clips, short, silence, odd: |STFT| ≤ 7.6e-6 (magnitudes up to ~1e2), mel energies
+    # ≤ 2.4e-7, log-mel chained 4.1e-4 (quiet bands: log magnifies the f32 FFT rounding), injected 9.5e-7.
+    ("mel_spectrogram", "stft", "cpu", "float32"): T(8e-5, 1e-5, 7.6e-6, "f32 torch.stft vs f64 FFT"),
+    ("mel_spectrogram", "mel_basis", "cpu", "float32"): T(3e-6, 1e-5, 2.4e-7, "Slaney filterbank matmul"),
+    ("mel_spectrogram", "*", "cpu", "float32"): T(4e-3, 1e-5, 4.1e-4, "log(clamp 1e-5) of the above"),
 }
 
 

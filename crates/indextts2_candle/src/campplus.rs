@@ -277,6 +277,9 @@ impl CampPlus {
     /// `head.conv2`, `xvector.tdnn`, `xvector.blockN.tdnndJ`, `xvector.transitN`,
     /// `xvector.out_nonlinear`, `xvector.stats`, `xvector.dense`.
     pub fn forward(&self, feat: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if feat.rank() != 3 {
+            return input_err(format!("CAMPPlus expects feat [B, T≥3, {}], got {:?}", self.cfg.feat_dim, feat.dims()));
+        }
         let (_, t, fd) = feat.dims3()?;
         // The stride-2 TDNN keeps ⌈T/2⌉ frames; the unbiased std needs at least 2.
         if fd != self.cfg.feat_dim || t < 3 {
@@ -356,7 +359,7 @@ fn kaldi_mel_banks(bins: usize, padded: usize, sr: f64) -> Vec<Vec<f64>> {
 pub fn kaldi_fbank(wav: &Tensor, bins: usize, sr: f64) -> Result<Tensor> {
     let win = (sr * 0.025) as usize;
     let shift = (sr * 0.010) as usize;
-    let (c, n) = wav.dims2()?;
+    let (c, n) = if wav.rank() == 2 { wav.dims2()? } else { (0, 0) };
     if c != 1 || n < win || win < 2 || shift == 0 {
         return input_err(format!("fbank expects wav [1, N ≥ {win}] (one 25 ms frame), got {:?}", wav.dims()));
     }

@@ -152,6 +152,9 @@ impl SemanticCodec {
     /// Taps: `encoder.0.{embed,norm,convnext.i,final_layer_norm}`, `encoder.1`,
     /// `quantizer.quantizers.0.{in_project,codebook,out_project}`.
     pub fn quantize(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        if x.rank() != 3 {
+            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
+        }
         let (_, t, h) = x.dims3()?;
         if h != self.cfg.hidden_size || t == 0 {
             return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
