@@ -1,6 +1,6 @@
 """CAMPPlus and its Kaldi fbank front end, beyond the table-driven walk: the fbank port against
 torchaudio, fbank parity on real clips (speech, very short, silence, odd length), the full-size
-wav → embedding pipeline, any audio length, bad input, benchmark."""
+wav → embedding chain, any audio length, bad input, benchmark."""
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +63,7 @@ def test_campplus_digital_zeros(full):
     assert np.abs(got["feat"]).max() <= 1e-5
 
 
-def test_campplus_full_size_speech_pipeline(full):
+def test_campplus_full_size_speech_chain(full):
     """infer_v2 step 6 at official size on real speech: Candle fbank → Candle CAMPPlus vs the
     reference fbank → reference CAMPPlus; then the layer walk on the reference features."""
     fx, cm = full

@@ -49,7 +49,7 @@ pub fn rfft(x: &[f64]) -> (Vec<f64>, Vec<f64>) {
         }
         return (re, im);
     }
-    let bits = n.trailing_zeros();
+    let bits = n.ilog2(); // n is a power of two
     let mut re = vec![0.0; n];
     let mut im = vec![0.0; n];
     for (i, v) in x.iter().enumerate() {
