@@ -48,6 +48,9 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     # speech clip (585 frames): chained ≤ 2.19e-5 (head.layer2.1), embedding 2.4e-7; injected ≤ 1.8e-5.
     ("campplus", "fbank", "cpu", "float32"): T(3e-3, 1e-5, 2.88e-4, "log energies, f32 vs f64 FFT"),
     ("campplus", "output:feat", "cpu", "float32"): T(3e-3, 1e-5, 2.86e-4, "fbank minus its time mean"),
+    ("campplus", "xvector.stats", "cpu", "float32"): T(4e-6, 1e-5, 3.6e-7, "mean ‖ unbiased std over time"),
+    ("campplus", "xvector.dense", "cpu", "float32"): T(4e-6, 1e-5, 2.8e-7, "speaker embedding"),
+    ("campplus", "output:embedding", "cpu", "float32"): T(4e-6, 1e-5, 2.4e-7, "speaker embedding"),
     ("campplus", "*", "cpu", "float32"): T(2e-4, 1e-5, 2.19e-5, "eval BatchNorm, dense CAM blocks"),
     # s2mel mel spectrogram (not a registry row: tests/test_mel_spectrogram.py). Speech 22 kHz, the
     # 16 kHz clips, short, silence, odd: |STFT| ≤ 7.6e-6 (magnitudes up to ~1e2), mel energies

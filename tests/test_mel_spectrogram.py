@@ -122,3 +122,23 @@ def test_mel_spectrogram_any_length(n, start, mel_models):
 def test_mel_spectrogram_bad_input(inputs, match, mel_models):
     with pytest.raises(candle.InputError, match=match):
         candle.run(mel_models(), "forward", inputs)
+
+
+@pytest.mark.benchmark(group="mel_spectrogram")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_mel_spectrogram(side, benchmark, mel_models):
+    """10 s of 22.05 kHz speech → 861 log-mel frames, CPU fp32."""
+    speech = load_wav("speech_22k.wav")
+    wav = np.ascontiguousarray(np.tile(speech, (1, 2))[:, :220500])
+    if side == "candle":
+        cm = mel_models()
+        fn = lambda: candle.run(cm, "forward", {"wav": wav})  # noqa: E731
+    else:
+        t = torch.from_numpy(wav)
+
+        def fn():
+            with torch.no_grad():
+                return mel_spectrogram(t, FULL)
+    fn()
+    benchmark.pedantic(fn, rounds=5, iterations=1)
+    benchmark.extra_info.update({"audio_s": 10.0, "device": "cpu", "dtype": "float32", "threads": torch.get_num_threads()})
