@@ -23,7 +23,7 @@ class Comparison:
     mean_abs: float
     cosine: float
     snr_db: float
-    atol_needed: float  # smallest atol that passes with rtol = 0
+    atol_needed: float  # smallest atol (in the table's units, see tolerances.py) that passes with rtol = 0
     rtol_needed: float  # smallest rtol that passes with the table's atol
     tol: Tolerance | None = None
     ok: bool = False
@@ -71,15 +71,16 @@ def compare(name: str, ref, got, tol: Tolerance | None) -> Comparison:
     err = float(np.sum((r - g) ** 2))
     sig = float(np.sum(r**2))
     snr = float("inf") if err == 0 else (10 * np.log10(sig / err) if sig > 0 else float("-inf"))
-    atol = tol.atol if tol else 0.0
+    scale = max(1.0, float(np.max(np.abs(r))))  # atol is relative to the tap's peak once it exceeds 1
+    atol = (tol.atol if tol else 0.0) * scale
     excess = np.maximum(d - atol, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(excess > 0, excess / np.abs(r), 0.0)
     rtol_needed = float(np.max(rel)) if rel.size else 0.0
     c = Comparison(name, got.shape, ref.shape, max_abs, tuple(int(v) for v in np.unravel_index(i, d.shape)),
-                   float(d.mean()), cosine, snr, max_abs, rtol_needed, tol)
+                   float(d.mean()), cosine, snr, max_abs / scale, rtol_needed, tol)
     if tol is not None:
-        c.ok = bool(np.all(d <= tol.atol + tol.rtol * np.abs(r)))
+        c.ok = bool(np.all(d <= atol + tol.rtol * np.abs(r)))
         if c.ok and tol.min_snr_db is not None and snr < tol.min_snr_db:
             c.ok, c.reason = False, f"SNR {snr:.1f} dB below {tol.min_snr_db} dB"
     return c

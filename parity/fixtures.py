@@ -74,7 +74,8 @@ def synthetic(spec: ModelSpec, size: str) -> Fixture:
     if not os.path.exists(st):
         os.makedirs(d, exist_ok=True)
         model = spec.build_reference(cfg)
-        synthetic_init(model, spec.seed, spec.init_overrides)
+        ov = spec.init_overrides(cfg) if callable(spec.init_overrides) else spec.init_overrides
+        synthetic_init(model, spec.seed, ov)
         tmp = official + f".{os.getpid()}.tmp"
         spec.save_official(model.state_dict(), tmp)
         os.replace(tmp, official)

@@ -43,4 +43,5 @@ class ModelSpec:
     # fault name -> (case name, tap that must be reported as the FIRST divergence)
     faults: dict[str, tuple[str, str]] = field(default_factory=dict)
     seed: int = 0
-    init_overrides: dict = field(default_factory=dict)
+    # key suffix -> filler(key, rng, shape) for synthetic_init, or a function cfg -> such a dict
+    init_overrides: Any = field(default_factory=dict)

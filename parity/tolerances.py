@@ -1,7 +1,9 @@
 """THE tolerance table, keyed (model, tap pattern, device, dtype).
 
-A tap passes when |candle − reference| ≤ atol + rtol·|reference| elementwise (and, where set, its
-SNR is at least `min_snr_db`). Every value is justified by a measured error: `measured` is the
+A tap passes when |candle − reference| ≤ atol·max(1, peak) + rtol·|reference| elementwise, where
+peak = max|reference| over the tap (and, where set, its SNR is at least `min_snr_db`). Scaling atol by
+the peak once it exceeds 1 makes one row hold for tiny and official-size fixtures alike: fp32
+summation error grows with the magnitude of what is summed, not with the number of the layer. Every value is justified by a measured error: `measured` is the
 largest max|Δ| seen on that key (tiny fixtures, CPU fp32, chained walk, torch 2.9.1), and the
 tolerance sits about 10× above it so that it is not flaky but still catches every fault (the fault
 tests prove that: each fault's first error is orders of magnitude above these values).
@@ -27,13 +29,12 @@ class Tolerance:
 T = Tolerance
 # (model, tap pattern, device, dtype) -> Tolerance
 TABLE: dict[tuple[str, str, str, str], Tolerance] = {
-    # BigVGAN. Tiny fixture, chained walk: conv_pre 4.8e-6; ups/resblocks/activation_post ≤ 6.0e-5;
-    # conv_post 1.03e-4 abs on outputs of |x| up to ~1e3 (rtol needed 7.4e-8); clamped wav 3.6e-5
-    # (SNR 106.7 dB). Injected walk: every block ≤ 2.7e-5 on its own.
-    ("bigvgan", "conv_pre", "cpu", "float32"): T(5e-5, 1e-5, 4.8e-6, "one conv"),
-    ("bigvgan", "conv_post", "cpu", "float32"): T(2e-4, 1e-4, 1.03e-4, "large pre-clamp values"),
-    ("bigvgan", "output*", "cpu", "float32"): T(3e-4, 1e-4, 3.6e-5, "wav in [-1, 1]", min_snr_db=80.0),
-    ("bigvgan", "*", "cpu", "float32"): T(5e-4, 1e-4, 6.0e-5, "chained through snake + kaiser filters"),
+    # BigVGAN, chained walk, peak-relative max|Δ| measured on tiny / official-size synthetic fixtures:
+    # conv_pre 3.3e-7 / 9.5e-7; ups, resblocks, activation_post, conv_post ≤ 1.6e-6 / 1.06e-5;
+    # clamped wav 3.2e-6 / 1.8e-5 (SNR 121 / 104 dB). Injected walk: every block ≤ 1.4e-6 on its own.
+    ("bigvgan", "conv_pre", "cpu", "float32"): T(1e-5, 0.0, 9.5e-7, "one weight-normed conv"),
+    ("bigvgan", "output*", "cpu", "float32"): T(2e-4, 0.0, 1.8e-5, "clamped wav", min_snr_db=80.0),
+    ("bigvgan", "*", "cpu", "float32"): T(1e-4, 0.0, 1.06e-5, "chained through snake + kaiser filters"),
     # Semantic codec (RepCodec). Codes are integers: compared exactly (any differing code fails).
     # Full size, 500 frames, chained: encoder taps ≤ 1.47e-5 (convnext.11; tiny ≤ 1.9e-6),
     # in_project 5.2e-6, out_project / emb 3.8e-6 (vq2emb, full). Injected: every block ≤ 4.8e-6.

@@ -145,6 +145,19 @@ impl Store {
         }
     }
 
+    fn raw_shaped(&self, key: &str, shape: &Shape) -> Result<Tensor> {
+        let t = self.raw(key)?;
+        if t.shape() != shape {
+            return ckpt_err(format!(
+                "shape mismatch for `{key}` in {}: file has {:?}, model expects {:?}",
+                self.path,
+                t.dims(),
+                shape.dims()
+            ));
+        }
+        Ok(t)
+    }
+
     /// A floating-point tensor of the given shape, converted to f32.
     pub fn get_float(&self, key: &str, shape: &Shape) -> Result<Tensor> {
         let info_dtype = self.infos.get(key).map(|i| i.dtype);
@@ -157,15 +170,7 @@ impl Store {
                 ));
             }
         }
-        let t = self.raw(key)?;
-        if t.shape() != shape {
-            return ckpt_err(format!(
-                "shape mismatch for `{key}` in {}: file has {:?}, model expects {:?}",
-                self.path,
-                t.dims(),
-                shape.dims()
-            ));
-        }
+        let t = self.raw_shaped(key, shape)?;
         let t = t.to_dtype(DType::F32)?;
         // NaN·0 and Inf·0 are NaN, any finite value times 0 is 0: one cheap exact reduction.
         let probe = t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
@@ -186,15 +191,7 @@ impl Store {
                 ));
             }
         }
-        let t = self.raw(key)?;
-        if t.shape() != shape {
-            return ckpt_err(format!(
-                "shape mismatch for `{key}` in {}: file has {:?}, model expects {:?}",
-                self.path,
-                t.dims(),
-                shape.dims()
-            ));
-        }
+        let t = self.raw_shaped(key, shape)?;
         Ok(t)
     }
 }

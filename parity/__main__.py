@@ -1,0 +1,143 @@
+"""The main job: parity run + report.
+
+    python -m parity report --out report/            # embedded tiny fixtures, CPU
+    python -m parity report --checkpoints DIR        # the user's official files
+Writes report/summary.md and summary.json (per-tap table: every model, case and walk mode),
+errors.png (max|Δ| per tap in forward order), and the vocoder's reference and Candle wavs.
+Exit code 0 only if every tap of every model is within tolerance and coverage is exact — so CI can
+gate on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import wave
+
+import numpy as np
+
+
+def _write_wav(path: str, wav: np.ndarray, sr: int) -> None:
+    pcm = (np.clip(np.asarray(wav, np.float64).ravel(), -1, 1) * 32767).astype("<i2")
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+
+
+def _plot(walks, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for w in walks:
+        ys = [max(r.max_abs, 1e-12) for r in w.rows if np.isfinite(r.max_abs)]
+        ax.semilogy(range(len(ys)), ys, marker=".", label=f"{w.model}/{w.case}/{w.mode}")
+    ax.set_xlabel("tap index (forward order)")
+    ax.set_ylabel("max |candle − reference|")
+    ax.set_title("Error per layer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(out: str, models: list[str] | None, size: str, checkpoints: str | None, device: str) -> int:
+    import torch
+
+    import indextts_candle
+
+    from . import candle
+    from .audio import audio_metrics
+    from .coverage import coverage
+    from .fixtures import get
+    from .registry import MODELS
+    from .runner import layer_walk, run_reference
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    os.makedirs(out, exist_ok=True)
+    names = models or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        print(f"unknown models {unknown}; known: {list(MODELS)}", file=sys.stderr)
+        return 2
+    result = {"environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                              "platform": platform.platform(), "device": device, "size": "real" if checkpoints else size,
+                              "candle_cuda": indextts_candle.cuda_available()},
+              "models": {}}
+    walks, md, failed = [], ["# IndexTTS2 Candle ↔ PyTorch parity report", ""], []
+    md += [f"- {k}: `{v}`" for k, v in result["environment"].items()] + [""]
+    for name in names:
+        spec = MODELS[name]
+        fx = get(spec, size, checkpoints)
+        cm = fx.candle(device)
+        cov = coverage(spec, cm)
+        entry = {"coverage": {"ok": cov.ok, "file_keys": len(cov.file_keys), "read": len(cov.requested),
+                              "allowed_unused": cov.allowed_unused, "problems": cov.problems}, "walks": []}
+        md += [f"## {name}", "", f"Coverage: {'OK' if cov.ok else 'FAIL'} — {cov.summary()}", ""]
+        if not cov.ok:
+            failed.append(f"{name}: coverage")
+        for case in spec.cases:
+            for mode in ("chained", "injected"):
+                w = layer_walk(fx, cm, case, mode, device)
+                walks.append(w)
+                entry["walks"].append({"case": case.name, "mode": mode, "ok": w.ok, "first_failure": w.first_failure,
+                                       "missing": w.missing, "extra": w.extra, "rows": [r.row() for r in w.rows]})
+                md += [f"### {case.name} — {mode}: {'OK' if w.ok else 'FAIL at `' + str(w.first_failure) + '`'}", "",
+                       "| tap | shape | max abs Δ | at | mean abs Δ | cosine | SNR dB | atol needed | tol (atol/rtol) | ok |",
+                       "|---|---|---|---|---|---|---|---|---|---|"]
+                for r in w.rows:
+                    tol = f"{r.tol.atol:.0e}/{r.tol.rtol:.0e}" if r.tol else "-"
+                    md.append(f"| `{r.name}` | {list(r.shape)} | {r.max_abs:.3e} | {list(r.argmax)} | {r.mean_abs:.3e} | "
+                              f"{r.cosine:.8f} | {r.snr_db:.1f} | {r.atol_needed:.1e} | {tol} | {'✓' if r.ok else '✗'} |")
+                md.append("")
+                if not w.ok:
+                    failed.append(f"{name}/{case.name}/{mode}: first divergent tap `{w.first_failure}`")
+        if name == "bigvgan":
+            case = spec.cases[0]
+            mel = np.concatenate([case.make_inputs(fx.cfg, s)["mel"] for s in range(8)], axis=2)
+            ref, _ = run_reference(fx, case, {"mel": mel}, device)
+            got, _ = candle.run(cm, "forward", {"mel": mel})
+            sr = fx.cfg["sampling_rate"]
+            _write_wav(os.path.join(out, "bigvgan_reference.wav"), ref["wav"], sr)
+            _write_wav(os.path.join(out, "bigvgan_candle.wav"), got["wav"], sr)
+            m = audio_metrics(ref["wav"], got["wav"], sr)
+            entry["audio"] = m.row()
+            md += [f"Audio (vocoder, {m.samples} samples): SNR {m.snr_db:.1f} dB, max|Δ| {m.max_abs:.2e}, "
+                   f"log-mel L1 {m.log_mel_l1:.2e}; wavs: `bigvgan_reference.wav`, `bigvgan_candle.wav`", ""]
+        result["models"][name] = entry
+    _plot(walks, os.path.join(out, "errors.png"))
+    result["ok"] = not failed
+    result["failures"] = failed
+    md = md[:2] + ["**Result: " + ("PASS" if not failed else "FAIL — " + "; ".join(failed)) + "**", ""] + md[2:]
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"report written to {out}/ (summary.md, summary.json, errors.png, wavs)")
+    print("PASS" if not failed else "FAIL:\n  " + "\n  ".join(failed))
+    return 0 if not failed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("report", help="run every model's parity walk and write the report")
+    r.add_argument("--out", default="report")
+    r.add_argument("--models", nargs="*", help="subset of registry names")
+    r.add_argument("--full-size", action="store_true", help="synthetic checkpoints at official size")
+    r.add_argument("--checkpoints", metavar="DIR", help="official checkpoint directory")
+    r.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set-up + the two jobs. `./run.sh report` = the main job, `./run.sh test` = the test suite.
+# Both build the Rust extension (release, abi3 wheel) and install it with the Python deps first;
+# pip's and cargo's caches make the second run fast. Set INDEXTTS_CUDA=1 to build Candle with CUDA.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
+
+setup() {
+  "$PY" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2"
+  local features=()
+  [ "${INDEXTTS_CUDA:-0}" = "1" ] && features=(--features cuda)
+  rm -rf target/wheels-local
+  "$PY" -m maturin build --release -q -m rust_bindings/Cargo.toml -o target/wheels-local "${features[@]}"
+  local whl
+  whl=$(ls target/wheels-local/*.whl)
+  # The wheel's metadata carries the dependency ranges of pyproject.toml; [test] adds the test tools.
+  "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$whl"
+  "$PY" -m pip install -q --disable-pip-version-check "${whl}[test]"
+}
+
+case "${1:-}" in
+  report)
+    shift
+    setup
+    exec "$PY" -m parity report "$@"
+    ;;
+  test)
+    shift
+    setup
+    cargo test --release -q -p indextts2_candle
+    exec "$PY" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh report [--out DIR] [--checkpoints DIR] | ./run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac
