@@ -214,3 +214,47 @@ impl MelSpectrogram {
         ctx.block("log", &mel, |m| Ok(m.maximum(1e-5)?.log()?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let n = x.len();
+        (0..=n / 2)
+            .map(|k| {
+                x.iter().enumerate().fold((0.0, 0.0), |(r, i), (t, v)| {
+                    let a = -2.0 * PI * (k * t) as f64 / n as f64;
+                    (r + v * a.cos(), i + v * a.sin())
+                })
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn radix2_equals_direct_dft() {
+        for n in [1usize, 2, 8, 64, 512] {
+            let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 13) as f64 - 6.0 + 0.25 * (i as f64).sin()).collect();
+            let (r1, i1) = rfft(&x);
+            let (r2, i2) = naive(&x);
+            for k in 0..=n / 2 {
+                assert!((r1[k] - r2[k]).abs() < 1e-9 && (i1[k] - i2[k]).abs() < 1e-9, "n={n} k={k}");
+            }
+        }
+        let (r, i) = rfft(&[1.0, 2.0, 3.0]); // non power of two: direct sum
+        assert!((r[0] - 6.0).abs() < 1e-12 && (r[1] + 1.5).abs() < 1e-12 && (i[1] - 0.866_025_403_784_438_6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn slaney_filters_known_values() {
+        // Below 1 kHz the Slaney scale is linear (f / (200/3)); band edges of 80 bands up to 11025 Hz.
+        assert!((hz_to_mel(1000.0, false) - 15.0).abs() < 1e-12);
+        assert!((mel_to_hz(hz_to_mel(4321.0, false), false) - 4321.0).abs() < 1e-9);
+        let f = mel_filters(22050.0, 1024, 80, 0.0, None, false);
+        assert_eq!((f.len(), f[0].len()), (80, 513));
+        assert_eq!(f[0][0], 0.0);
+        assert!(f.iter().all(|row| row.iter().all(|v| *v >= 0.0)) && f[79][512] == 0.0);
+        let htk = mel_filters(22050.0, 1024, 80, 0.0, None, true);
+        assert!(f.iter().zip(&htk).any(|(a, b)| a != b));
+    }
+}
