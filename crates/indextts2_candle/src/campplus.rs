@@ -8,7 +8,7 @@
 //! `fbank(wav[1,N])` → `[frames, F]` log mel energies minus their time mean (infer_v2 step 6).
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
-use crate::mel::rfft;
+use crate::mel::Rfft;
 use crate::nn::Conv1d;
 use crate::store::Weights;
 use candle_core::{Tensor, D};
@@ -69,8 +69,9 @@ impl BatchNorm {
     }
 }
 
-/// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1): candle has one stride for both
-/// axes, so a frequency stride of 2 runs at stride 1 and keeps every second row (same values).
+/// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1). Candle's conv2d has one stride
+/// for both axes, so a frequency stride s > 1 runs as a sum over kernel rows kh of a 1×k conv on
+/// the input rows s·i + kh (zero-padded): the same sum, without computing the dropped rows.
 struct Conv2d {
     w: Tensor,
     pad: usize,
@@ -82,14 +83,25 @@ impl Conv2d {
         Ok(Conv2d { w: w.get((cout, cin, k, k), "weight")?, pad: (k - 1) / 2, freq_stride })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.w, self.pad, 1, 1, 1)?;
-        if self.freq_stride == 1 {
-            return Ok(y);
+        let s = self.freq_stride;
+        if s == 1 {
+            return Ok(x.conv2d(&self.w, self.pad, 1, 1, 1)?);
         }
-        let h = y.dim(2)?;
-        let rows: Vec<u32> = (0..h as u32).step_by(self.freq_stride).collect();
-        let idx = Tensor::new(rows.as_slice(), y.device())?;
-        Ok(y.index_select(&idx, 2)?)
+        let (_, _, h, _) = x.dims4()?;
+        let (k, p) = (self.w.dim(2)?, self.pad);
+        let hout = (h + 2 * p - k) / s + 1;
+        let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let mut y: Option<Tensor> = None;
+        for kh in 0..k {
+            let rows: Vec<u32> = (0..hout).map(|i| (i * s + kh) as u32).collect();
+            let idx = Tensor::new(rows.as_slice(), x.device())?;
+            let part = xp.index_select(&idx, 2)?.conv2d(&self.w.narrow(2, kh, 1)?.contiguous()?, 0, 1, 1, 1)?;
+            y = Some(match y {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+        y.ok_or_else(|| crate::error::Error::Input("conv2d with an empty kernel".into()))
     }
 }
 
@@ -373,6 +385,7 @@ pub fn kaldi_fbank(wav: &Tensor, bins: usize, sr: f64) -> Result<Tensor> {
         .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (win - 1) as f64).cos()).powf(0.85))
         .collect();
     let banks = kaldi_mel_banks(bins, padded, sr);
+    let fft = Rfft::new(padded);
     let eps = f32::EPSILON as f64;
     let mut out = Vec::with_capacity(frames * bins);
     let mut buf = vec![0f64; padded];
@@ -387,7 +400,7 @@ pub fn kaldi_fbank(wav: &Tensor, bins: usize, sr: f64) -> Result<Tensor> {
         for b in buf.iter_mut().skip(win) {
             *b = 0.0;
         }
-        let (re, im) = rfft(&buf);
+        let (re, im) = fft.run(&buf);
         let power: Vec<f64> = re.iter().zip(&im).map(|(r, i)| r * r + i * i).collect();
         for row in &banks {
             let e: f64 = row.iter().zip(&power).map(|(a, p)| a * p).sum();

@@ -29,56 +29,74 @@ pub const FAULTS: &[&str] = &[
     "htk_mel_scale", // HTK mel scale (2595·log10(1+f/700)) instead of librosa's default Slaney scale
 ];
 
-/// Real-input DFT of `x` (length n): bins 0..=n/2 as (re, im). Radix-2 when n is a power of two,
-/// a direct O(n²) sum otherwise.
+/// Real-input DFT of size n with its twiddles precomputed: bins 0..=n/2 as (re, im). Radix-2 when
+/// n is a power of two, a direct O(n²) sum otherwise.
+pub struct Rfft {
+    n: usize,
+    cos: Vec<f64>, // cos(2πk/n), k < n
+    sin: Vec<f64>,
+}
+
+impl Rfft {
+    pub fn new(n: usize) -> Rfft {
+        let (cos, sin) = (0..n).map(|k| (2.0 * PI * k as f64 / n as f64).sin_cos()).map(|(s, c)| (c, s)).unzip();
+        Rfft { n, cos, sin }
+    }
+
+    pub fn run(&self, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let n = self.n.min(x.len());
+        let nb = n / 2 + 1;
+        if n == 0 {
+            return (vec![0.0], vec![0.0]);
+        }
+        if !n.is_power_of_two() || n != self.n {
+            let mut re = vec![0.0; nb];
+            let mut im = vec![0.0; nb];
+            for k in 0..nb {
+                for (t, v) in x.iter().take(n).enumerate() {
+                    let a = -2.0 * PI * ((k * t) % n) as f64 / n as f64;
+                    re[k] += v * a.cos();
+                    im[k] += v * a.sin();
+                }
+            }
+            return (re, im);
+        }
+        let bits = n.ilog2(); // n is a power of two
+        let mut re = vec![0.0; n];
+        let mut im = vec![0.0; n];
+        for (i, v) in x.iter().take(n).enumerate() {
+            let j = if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) };
+            re[j] = *v;
+        }
+        let mut len = 2;
+        while len <= n {
+            let half = len / 2;
+            let step = n / len;
+            for k in 0..half {
+                let (wr, wi) = (self.cos[k * step], -self.sin[k * step]);
+                let mut s = 0;
+                while s < n {
+                    let (i, j) = (s + k, s + k + half);
+                    let tr = re[j] * wr - im[j] * wi;
+                    let ti = re[j] * wi + im[j] * wr;
+                    re[j] = re[i] - tr;
+                    im[j] = im[i] - ti;
+                    re[i] += tr;
+                    im[i] += ti;
+                    s += len;
+                }
+            }
+            len <<= 1;
+        }
+        re.truncate(nb);
+        im.truncate(nb);
+        (re, im)
+    }
+}
+
+/// One-off real DFT (plans its twiddles each call).
 pub fn rfft(x: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let n = x.len();
-    let nb = n / 2 + 1;
-    if n == 0 {
-        return (vec![0.0], vec![0.0]);
-    }
-    if !n.is_power_of_two() {
-        let mut re = vec![0.0; nb];
-        let mut im = vec![0.0; nb];
-        for k in 0..nb {
-            for (t, v) in x.iter().enumerate() {
-                let a = -2.0 * PI * ((k * t) % n) as f64 / n as f64;
-                re[k] += v * a.cos();
-                im[k] += v * a.sin();
-            }
-        }
-        return (re, im);
-    }
-    let bits = n.ilog2(); // n is a power of two
-    let mut re = vec![0.0; n];
-    let mut im = vec![0.0; n];
-    for (i, v) in x.iter().enumerate() {
-        let j = if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) };
-        re[j] = *v;
-    }
-    let mut len = 2;
-    while len <= n {
-        let half = len / 2;
-        for k in 0..half {
-            let a = -2.0 * PI * k as f64 / len as f64;
-            let (wr, wi) = (a.cos(), a.sin());
-            let mut s = 0;
-            while s < n {
-                let (i, j) = (s + k, s + k + half);
-                let tr = re[j] * wr - im[j] * wi;
-                let ti = re[j] * wi + im[j] * wr;
-                re[j] = re[i] - tr;
-                im[j] = im[i] - ti;
-                re[i] += tr;
-                im[i] += ti;
-                s += len;
-            }
-        }
-        len <<= 1;
-    }
-    re.truncate(nb);
-    im.truncate(nb);
-    (re, im)
+    Rfft::new(x.len()).run(x)
 }
 
 const F_SP: f64 = 200.0 / 3.0;
@@ -135,12 +153,13 @@ pub fn mel_filters(sr: f64, n_fft: usize, n_mels: usize, fmin: f64, fmax: Option
 
 pub struct MelSpectrogram {
     cfg: MelConfig,
-    basis: Vec<Vec<f64>>,
+    basis: Tensor, // [mels, n_fft/2 + 1] f32, as librosa returns it
+    fft: Rfft,
     window: Vec<f64>, // periodic Hann of win_size, centred in n_fft (torch.stft's window padding)
 }
 
 impl MelSpectrogram {
-    pub fn load(_w: &Weights, cfg: MelConfig, faults: Faults) -> Result<MelSpectrogram> {
+    pub fn load(w: &Weights, cfg: MelConfig, faults: Faults) -> Result<MelSpectrogram> {
         if cfg.n_fft < 2 || cfg.hop_size == 0 || cfg.hop_size > cfg.n_fft || cfg.win_size == 0 || cfg.win_size > cfg.n_fft || cfg.num_mels == 0 {
             return input_err(format!("mel config: need 0 < hop ≤ n_fft, 0 < win ≤ n_fft, mels > 0; got {cfg:?}"));
         }
@@ -150,7 +169,11 @@ impl MelSpectrogram {
         for i in 0..cfg.win_size {
             window[left + i] = 0.5 - 0.5 * (2.0 * PI * i as f64 / cfg.win_size as f64).cos();
         }
-        Ok(MelSpectrogram { cfg, basis, window })
+        let nb = cfg.n_fft / 2 + 1;
+        let flat: Vec<f32> = basis.iter().flatten().map(|v| *v as f32).collect();
+        let basis = Tensor::from_vec(flat, (cfg.num_mels, nb), w.device())?;
+        let fft = Rfft::new(cfg.n_fft);
+        Ok(MelSpectrogram { cfg, basis, fft, window })
     }
 
     fn magnitude(&self, y: &Tensor) -> Result<Tensor> {
@@ -176,7 +199,7 @@ impl MelSpectrogram {
                 for (k, v) in buf.iter_mut().enumerate() {
                     *v = at(f * hop + k) * self.window[k];
                 }
-                let (re, im) = rfft(&buf);
+                let (re, im) = self.fft.run(&buf);
                 for k in 0..nb {
                     out[(bi * nb + k) * frames + f] = (re[k] * re[k] + im[k] * im[k] + 1e-9).sqrt() as f32;
                 }
@@ -186,22 +209,13 @@ impl MelSpectrogram {
     }
 
     fn apply_basis(&self, mag: &Tensor) -> Result<Tensor> {
-        let (b, nb, frames) = mag.dims3()?;
+        let (b, nb, _) = mag.dims3()?;
         if nb != self.cfg.n_fft / 2 + 1 {
             return input_err(format!("mel_basis expects [B, {}, T], got {:?}", self.cfg.n_fft / 2 + 1, mag.dims()));
         }
-        let m = mag.to_dtype(DType::F64)?.to_vec3::<f64>()?;
-        let nm = self.basis.len();
-        let mut out = vec![0f32; b * nm * frames];
-        for (bi, spec) in m.iter().enumerate() {
-            for (mi, filt) in self.basis.iter().enumerate() {
-                for f in 0..frames {
-                    let s: f64 = filt.iter().zip(spec.iter()).map(|(w, row)| w * row[f]).sum();
-                    out[(bi * nm + mi) * frames + f] = s as f32;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(out, (b, nm, frames), mag.device())?)
+        // f32 matmul, as torch.matmul(mel_basis, spec) upstream.
+        let basis = self.basis.to_device(mag.device())?.unsqueeze(0)?.broadcast_as((b, self.cfg.num_mels, nb))?.contiguous()?;
+        Ok(basis.matmul(&mag.to_dtype(DType::F32)?.contiguous()?)?)
     }
 
     /// Taps: `stft` (magnitude `[B, n_fft/2+1, T]`), `mel_basis` (`[B, mels, T]`), `log`.

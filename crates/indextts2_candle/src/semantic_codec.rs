@@ -27,7 +27,8 @@ pub const FAULTS: &[&str] = &[
 ];
 
 struct ConvNeXt {
-    dwconv: Conv1d,
+    dw_taps: Vec<Tensor>, // dwconv.weight[:, 0, k] as [1, dim, 1]
+    dw_bias: Tensor,      // [1, dim, 1]
     norm: LayerNorm,
     pwconv1: Linear,
     pwconv2: Linear,
@@ -36,18 +37,34 @@ struct ConvNeXt {
 
 impl ConvNeXt {
     fn load(w: &Weights, dim: usize, inter: usize) -> Result<ConvNeXt> {
-        let mut dwconv = Conv1d::load(&w.pp("dwconv"), (dim, 1, 7), true, 3, 1, 1)?;
-        dwconv.groups = dim;
+        let dw = Conv1d::load(&w.pp("dwconv"), (dim, 1, 7), true, 3, 1, 1)?;
+        let dw_taps = (0..7).map(|k| Ok(dw.w.narrow(2, k, 1)?.reshape((1, dim, 1))?)).collect::<Result<Vec<_>>>()?;
+        let dw_bias = match &dw.b {
+            Some(b) => b.reshape((1, dim, 1))?,
+            None => return input_err("dwconv without bias"),
+        };
         Ok(ConvNeXt {
-            dwconv,
+            dw_taps,
+            dw_bias,
             norm: LayerNorm::load(&w.pp("norm"), dim, 1e-6)?,
             pwconv1: Linear::load(&w.pp("pwconv1"), dim, inter, true)?,
             pwconv2: Linear::load(&w.pp("pwconv2"), inter, dim, true)?,
             gamma: w.get(dim, "gamma")?,
         })
     }
+    /// Depthwise k=7 conv (pad 3) as seven shifted scalings: candle runs grouped convs one group
+    /// at a time, which is ~dim× slower for dim groups of one channel.
+    fn dwconv(&self, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let xp = x.pad_with_zeros(2, 3, 3)?;
+        let mut y = xp.narrow(2, 0, t)?.broadcast_mul(&self.dw_taps[0])?;
+        for (k, wk) in self.dw_taps.iter().enumerate().skip(1) {
+            y = (y + xp.narrow(2, k, t)?.broadcast_mul(wk)?)?;
+        }
+        Ok(y.broadcast_add(&self.dw_bias)?)
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.dwconv.forward(x)?.transpose(1, 2)?;
+        let h = self.dwconv(x)?.transpose(1, 2)?;
         let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
         let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
         Ok((x + h.transpose(1, 2)?)?)
