@@ -69,39 +69,43 @@ impl BatchNorm {
     }
 }
 
-/// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1). Candle's conv2d has one stride
-/// for both axes, so a frequency stride s > 1 runs as a sum over kernel rows kh of a 1×k conv on
-/// the input rows s·i + kh (zero-padded): the same sum, without computing the dropped rows.
+/// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1), as one im2col matmul: the k·k
+/// shifted (and, for s > 1, row-subsampled) views of the zero-padded input are stacked along
+/// channels and multiplied by the weight laid out as [cout, (kh, kw, cin)]. Candle's conv2d has one
+/// stride for both axes, and its tiled CPU kernel is several times slower on these shapes.
 struct Conv2d {
-    w: Tensor,
+    w: Tensor, // [cout, k·k·cin]
+    k: usize,
     pad: usize,
     freq_stride: usize,
 }
 
 impl Conv2d {
     fn load(w: &Weights, cout: usize, cin: usize, k: usize, freq_stride: usize) -> Result<Conv2d> {
-        Ok(Conv2d { w: w.get((cout, cin, k, k), "weight")?, pad: (k - 1) / 2, freq_stride })
+        let wt = w.get((cout, cin, k, k), "weight")?.permute((0, 2, 3, 1))?.reshape((cout, k * k * cin))?;
+        Ok(Conv2d { w: wt, k, pad: (k - 1) / 2, freq_stride })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let s = self.freq_stride;
-        if s == 1 {
-            return Ok(x.conv2d(&self.w, self.pad, 1, 1, 1)?);
-        }
-        let (_, _, h, _) = x.dims4()?;
-        let (k, p) = (self.w.dim(2)?, self.pad);
+        let (b, c, h, wd) = x.dims4()?;
+        let (k, p, s) = (self.k, self.pad, self.freq_stride);
         let hout = (h + 2 * p - k) / s + 1;
+        let wout = wd + 2 * p - k + 1;
         let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-        let mut y: Option<Tensor> = None;
+        let mut cols = Vec::with_capacity(k * k);
         for kh in 0..k {
-            let rows: Vec<u32> = (0..hout).map(|i| (i * s + kh) as u32).collect();
-            let idx = Tensor::new(rows.as_slice(), x.device())?;
-            let part = xp.index_select(&idx, 2)?.conv2d(&self.w.narrow(2, kh, 1)?.contiguous()?, 0, 1, 1, 1)?;
-            y = Some(match y {
-                Some(acc) => (acc + part)?,
-                None => part,
-            });
+            let rows = if s == 1 {
+                xp.narrow(2, kh, hout)?
+            } else {
+                let idx: Vec<u32> = (0..hout).map(|i| (i * s + kh) as u32).collect();
+                xp.index_select(&Tensor::new(idx.as_slice(), x.device())?, 2)?
+            };
+            for kw in 0..k {
+                cols.push(rows.narrow(3, kw, wout)?);
+            }
         }
-        y.ok_or_else(|| crate::error::Error::Input("conv2d with an empty kernel".into()))
+        let cols = Tensor::cat(&cols, 1)?.reshape((b, k * k * c, hout * wout))?;
+        let outs = (0..b).map(|i| Ok(self.w.matmul(&cols.get(i)?)?)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&outs, 0)?.reshape((b, (), hout, wout))?)
     }
 }
 
