@@ -18,6 +18,9 @@ setup() {
   # The wheel's metadata carries the dependency ranges of pyproject.toml; [test] adds the test tools.
   "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$whl"
   "$PY" -m pip install -q --disable-pip-version-check "${whl}[test]"
+  # The official index-tts code (PyPI snapshot), used only by cross-checks of our references against
+  # it. --no-deps: its own pins (gradio, deepspeed, …) are not needed to import the model modules.
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "tts-webui-index-tts==2.0.1" "einops>=0.8,<0.9"
 }
 
 case "${1:-}" in

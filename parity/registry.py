@@ -1,7 +1,7 @@
 """The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
 from __future__ import annotations
 
-from reference import bigvgan, campplus, semantic_codec
+from reference import bigvgan, campplus, gpt, semantic_codec, w2v_bert
 
 from .spec import ModelSpec
 
@@ -9,4 +9,6 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     bigvgan.SPEC,
     semantic_codec.SPEC,
     campplus.SPEC,
+    gpt.SPEC,
+    w2v_bert.SPEC,
 ]}

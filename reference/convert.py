@@ -31,7 +31,7 @@ class ConversionError(ValueError):
 def load_official(path: str) -> Any:
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
-    if path.endswith(".safetensors"):  # already flat safetensors (RepCodec, w2v-BERT): keys as stored
+    if path.endswith(".safetensors"):  # already tensors only (w2v-bert, MaskGCT codec): no pickle
         from safetensors.torch import load_file
 
         try:

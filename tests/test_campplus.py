@@ -139,3 +139,18 @@ def test_bench_campplus(side, benchmark, bench_fixtures):
     fn()
     benchmark.pedantic(fn, rounds=5, iterations=1)
     benchmark.extra_info.update({"audio_s": 10.0, "device": "cpu", "dtype": "float32", "threads": torch.get_num_threads()})
+
+
+def test_campplus_reference_matches_official_code(full):
+    """Our reference against the official CAMPPlus class itself (PyPI snapshot of index-tts,
+    `pip install --no-deps tts-webui-index-tts==2.0.1`; skipped when absent): the synthetic
+    state dict (BatchNorm stats included) loads strictly and the embeddings agree on real speech."""
+    dtdnn = pytest.importorskip("indextts.s2mel.modules.campplus.DTDNN")
+    fx, _ = full
+    ours = fx.reference()
+    off = dtdnn.CAMPPlus(feat_dim=80, embedding_size=192).eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    feat = campplus_features(torch.from_numpy(load_wav("speech_16k.wav")), 80, 16000.0)[None]
+    with torch.no_grad():
+        a, b = ours(feat), off(feat)
+    assert (a - b).abs().max().item() <= 1e-6

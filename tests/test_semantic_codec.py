@@ -103,3 +103,47 @@ def test_semantic_codec_vq2emb_matches_quantize_emb(fixtures, candle_models):
     v, _ = candle.run(cm, "vq2emb", {"codes": q["codes"]})
     np.testing.assert_allclose(v["emb"].transpose(0, 2, 1), q["emb"], atol=1e-5)
     assert make_codes(fx.cfg, 0)["codes"].max() < fx.cfg["codebook_size"]
+
+
+def _official_repcodec():
+    """The official RepCodec class from the PyPI snapshot of index-tts (`pip install --no-deps
+    tts-webui-index-tts==2.0.1 einops`); skipped when absent. Its vocos module imports scipy and
+    torchaudio for classes RepCodec never builds, so bare stand-in modules suffice when missing."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
+        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
+    for name in ("scipy", "torchaudio", "torchaudio.functional", "torchaudio.functional.functional"):
+        if name.split(".")[0] in sys.modules or importlib.util.find_spec(name.split(".")[0]) is None:
+            if name not in sys.modules:
+                stub = types.ModuleType(name)
+                stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+                sys.modules[name] = stub
+    fn = sys.modules.get("torchaudio.functional.functional")
+    if fn is not None and not hasattr(fn, "_hz_to_mel"):
+        fn._hz_to_mel = fn._mel_to_hz = None
+    from indextts.utils.maskgct.models.codec.kmeans.repcodec_model import RepCodec
+
+    return RepCodec
+
+
+def test_semantic_codec_reference_matches_official_code(fixtures):
+    """Our reference against the official RepCodec itself: same keys (strict load), same codes,
+    same embeddings (quantize and vq2emb)."""
+    official = _official_repcodec()
+    fx = fixtures("semantic_codec")
+    ours = fx.reference()
+    off = official(cfg=type("Cfg", (), dict(fx.cfg))()).eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.from_numpy(make_features(fx.cfg, 7, frames=64)["x"])
+    with torch.no_grad():
+        c1, e1 = ours.quantize(x)
+        c2, e2 = off.quantize(x)
+        assert torch.equal(c1, c2.reshape(c1.shape))
+        assert (e1 - e2).abs().max().item() <= 1e-6
+        v1 = ours.quantizer.quantizers[0].vq2emb(c1)
+        v2 = off.quantizer.vq2emb(c1.unsqueeze(0))
+        assert (v1 - v2).abs().max().item() <= 1e-6

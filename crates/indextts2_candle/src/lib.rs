@@ -8,10 +8,15 @@ pub mod campplus;
 pub mod ctx;
 pub mod error;
 pub mod mel;
+pub mod gpt;
+pub mod gpt_conformer;
+pub mod gpt_perceiver;
 pub mod nn;
 pub mod registry;
 pub mod semantic_codec;
 pub mod store;
 pub mod transforms;
+pub mod w2v_bert;
+pub mod w2v_features;
 
 pub use error::{Error, Result};

@@ -44,11 +44,13 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "semantic_codec" => crate::semantic_codec::FAULTS,
         "campplus" => crate::campplus::FAULTS,
         "mel_spectrogram" => crate::mel::FAULTS,
+        "gpt" => crate::gpt::FAULTS,
+        "w2v_bert" => crate::w2v_bert::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "semantic_codec", "campplus", "mel_spectrogram"];
+pub const KINDS: &[&str] = &["bigvgan", "gpt", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -57,6 +59,8 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "semantic_codec" => Box::new(crate::semantic_codec::SemanticCodec::load(w, parse(kind, config_json)?, f)?),
         "campplus" => Box::new(crate::campplus::CampPlus::load(w, parse(kind, config_json)?, f)?),
         "mel_spectrogram" => Box::new(crate::mel::MelSpectrogram::load(w, parse(kind, config_json)?, f)?),
+        "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
+        "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
 }
@@ -70,6 +74,90 @@ impl Runnable for crate::bigvgan::BigVgan {
                 Ok(vec![("wav".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("bigvgan has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::w2v_bert::W2vBert {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        let named = |o: crate::w2v_bert::Output| {
+            let mut v: Named = vec![("hidden".into(), o.hidden)];
+            if let Some(e) = o.emb {
+                v.push(("emb".into(), e));
+            }
+            v
+        };
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["input_features"])?;
+                Ok(named(self.forward(i[0], None, ctx)?))
+            }
+            "forward_masked" => {
+                let i = take(inputs, method, &["input_features", "attention_mask"])?;
+                Ok(named(self.forward(i[0], Some(i[1]), ctx)?))
+            }
+            "features" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(vec![("input_features".into(), f), ("attention_mask".into(), m)])
+            }
+            "embed_audio" => {
+                let i = take(inputs, method, &["audio"])?;
+                let (f, m) = self.features(i[0])?;
+                Ok(named(self.forward(&f, Some(&m), ctx)?))
+            }
+            _ => input_err(format!(
+                "w2v_bert has no method `{method}` (methods: [\"forward\", \"forward_masked\", \"features\", \"embed_audio\"])"
+            )),
+        }
+    }
+}
+
+impl Runnable for crate::gpt::UnifiedVoice {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        const LATENT: &[&str] = &["spk_latent", "emovec", "text"];
+        match method {
+            "spk_cond" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("latent".into(), self.spk_cond(i[0], i[1], ctx)?)])
+            }
+            "spk_conformer" | "emo_conformer" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                let (h, m) = self.conformer(method == "emo_conformer", i[0], i[1], ctx)?;
+                Ok(vec![("out".into(), h), ("mask".into(), m)])
+            }
+            "spk_perceiver" | "emo_perceiver" => {
+                let i = take(inputs, method, &["context", "mask"])?;
+                Ok(vec![("latent".into(), self.perceiver(method == "emo_perceiver", i[0], i[1], ctx)?)])
+            }
+            "emo_cond" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("emo".into(), self.emo_cond(i[0], i[1], ctx)?)])
+            }
+            "emovec" => {
+                let i = take(inputs, method, &["x", "lens"])?;
+                Ok(vec![("emovec".into(), self.emovec(i[0], i[1], ctx)?)])
+            }
+            "merge_emovec" => {
+                let i = take(inputs, method, &["spk_x", "spk_lens", "emo_x", "emo_lens", "alpha"])?;
+                Ok(vec![("emovec".into(), self.merge_emovec(i[0], i[1], i[2], i[3], i[4], ctx)?)])
+            }
+            "forward_latent" => {
+                let i = take(inputs, method, &["spk_latent", "text", "text_lens", "codes", "code_lens", "emovec"])?;
+                Ok(vec![("latent".into(), self.forward_latent(i[0], i[1], i[2], i[3], i[4], i[5], ctx)?)])
+            }
+            "step_logits" | "step_logits_full" => {
+                let i = take(inputs, method, &[LATENT[0], LATENT[1], LATENT[2], "codes"])?;
+                let cached = method == "step_logits";
+                Ok(vec![("logits".into(), self.step_logits(i[0], i[1], i[2], i[3], cached, ctx)?)])
+            }
+            "greedy" => {
+                let i = take(inputs, method, &[LATENT[0], LATENT[1], LATENT[2], "max_tokens"])?;
+                Ok(vec![("codes".into(), self.greedy(i[0], i[1], i[2], i[3])?)])
+            }
+            _ => input_err(format!(
+                "gpt has no method `{method}` (methods: spk_conformer, emo_conformer, spk_perceiver, emo_perceiver, spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
+            )),
         }
     }
 }

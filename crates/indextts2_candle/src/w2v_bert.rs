@@ -1,0 +1,382 @@
+//! Wav2Vec-BERT 2.0 (`facebook/w2v-bert-2.0`, transformers `Wav2Vec2BertModel`) as IndexTTS2 uses it.
+//!
+//! features `[B, T, 160]` (+ optional 0/1 mask `[B, T]`) → `hidden_states[output_layer]` `[B, T, H]`
+//! (official 17 = output of `encoder.layers[16]`; later layers are never loaded) and, when the
+//! store holds stats, `emb = (hidden − mean) / √var`.
+//!
+//! Layer = conformer block: ½·FFN (swish) → self-attention with `relative_key` distance
+//! embeddings (clamped to [−left, right]) → conv module (LN, pointwise+GLU, causal depthwise conv
+//! padded k−1 on the left, LN, swish, pointwise) → ½·FFN → LayerNorm.
+//!
+//! Stats: the same safetensors holds `<stats>.mean` / `<stats>.var` (`[H]`, copied from the official
+//! `wav2vec2bert_stats.pt`), read from the root of the store, outside any model prefix.
+use crate::ctx::{Ctx, Faults};
+use crate::error::{input_err, Result};
+use crate::nn::{LayerNorm, Linear};
+use crate::store::Weights;
+use crate::w2v_features::{FeatureConfig, FeatureExtractor, Features};
+use candle_core::{DType, Tensor};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct W2vBertConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub feature_projection_input_dim: usize,
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+    #[serde(default = "d_pos")]
+    pub position_embeddings_type: String,
+    pub left_max_position_embeddings: usize,
+    pub right_max_position_embeddings: usize,
+    pub conv_depthwise_kernel_size: usize,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    /// Index into transformers' `hidden_states` (0 = encoder input); IndexTTS2 reads 17.
+    pub output_layer: usize,
+    /// Key prefix of `mean`/`var` at the root of the store; `None` = no normalisation.
+    #[serde(default)]
+    pub stats: Option<String>,
+    #[serde(default)]
+    pub features: FeatureConfig,
+}
+
+fn d_act() -> String {
+    "swish".into()
+}
+fn d_pos() -> String {
+    "relative_key".into()
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+
+pub const FAULTS: &[&str] = &[
+    "hidden_off_by_one",    // reads hidden_states[output_layer − 1] (the input of the last layer run)
+    "var_as_std",           // stats normalisation divides by var instead of √var
+    "symmetric_dw_padding", // depthwise conv padded (k−1)/2 on both sides instead of k−1 on the left
+];
+
+struct FeedForward {
+    intermediate_dense: Linear,
+    output_dense: Linear,
+}
+
+impl FeedForward {
+    fn load(w: &Weights, h: usize, inner: usize) -> Result<FeedForward> {
+        Ok(FeedForward {
+            intermediate_dense: Linear::load(&w.pp("intermediate_dense"), h, inner, true)?,
+            output_dense: Linear::load(&w.pp("output_dense"), inner, h, true)?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.output_dense.forward(&self.intermediate_dense.forward(x)?.silu()?)
+    }
+}
+
+struct SelfAttention {
+    linear_q: Linear,
+    linear_k: Linear,
+    linear_v: Linear,
+    linear_out: Linear,
+    distance_embedding: Tensor, // [left + right + 1, head]
+    heads: usize,
+    head: usize,
+    left: usize,
+    right: usize,
+}
+
+impl SelfAttention {
+    fn load(w: &Weights, cfg: &W2vBertConfig) -> Result<SelfAttention> {
+        let h = cfg.hidden_size;
+        let head = h / cfg.num_attention_heads;
+        let (left, right) = (cfg.left_max_position_embeddings, cfg.right_max_position_embeddings);
+        Ok(SelfAttention {
+            linear_q: Linear::load(&w.pp("linear_q"), h, h, true)?,
+            linear_k: Linear::load(&w.pp("linear_k"), h, h, true)?,
+            linear_v: Linear::load(&w.pp("linear_v"), h, h, true)?,
+            linear_out: Linear::load(&w.pp("linear_out"), h, h, true)?,
+            distance_embedding: w.pp("distance_embedding").get((left + right + 1, head), "weight")?,
+            heads: cfg.num_attention_heads,
+            head,
+            left,
+            right,
+        })
+    }
+
+    fn split(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        Ok(x.reshape((b, t, self.heads, self.head))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// `bias`: additive key mask `[B, 1, 1, T]` (0 or f32::MIN), as transformers builds it.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let q = self.split(&self.linear_q.forward(x)?, b, t)?;
+        let k = self.split(&self.linear_k.forward(x)?, b, t)?;
+        let v = self.split(&self.linear_v.forward(x)?, b, t)?;
+        let scale = 1.0 / (self.head as f64).sqrt();
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        // Only left+right+1 distinct distances: score every query against each embedding once,
+        // then pick the column for clamp(r − l) per (l, r).
+        let per_dist = q.broadcast_matmul(&self.distance_embedding.t()?.contiguous()?)?; // [B, h, T, P]
+        let (l, r) = (self.left as i64, self.right as i64);
+        let idx: Vec<u32> = (0..t as i64)
+            .flat_map(|qi| (0..t as i64).map(move |ki| ((ki - qi).clamp(-l, r) + l) as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, (1, 1, t, t), x.device())?.broadcast_as((b, self.heads, t, t))?.contiguous()?;
+        let rel = per_dist.gather(&idx, 3)?;
+        let mut scores = (scores + (rel * scale)?)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        self.linear_out.forward(&y)
+    }
+}
+
+struct ConvModule {
+    layer_norm: LayerNorm,
+    pointwise_conv1: Linear, // [2H, H, 1] as a Linear
+    depthwise: Tensor,       // [k, 1, 1, H]: tap j as a broadcastable row
+    depthwise_layer_norm: LayerNorm,
+    pointwise_conv2: Linear,
+    k: usize,
+    symmetric: bool,
+}
+
+impl ConvModule {
+    fn load(w: &Weights, cfg: &W2vBertConfig, faults: &Faults) -> Result<ConvModule> {
+        let (h, k, eps) = (cfg.hidden_size, cfg.conv_depthwise_kernel_size, cfg.layer_norm_eps);
+        let pw1 = w.pp("pointwise_conv1").get((2 * h, h, 1), "weight")?.reshape((2 * h, h))?;
+        let pw2 = w.pp("pointwise_conv2").get((h, h, 1), "weight")?.reshape((h, h))?;
+        let dw = w.pp("depthwise_conv").get((h, 1, k), "weight")?;
+        Ok(ConvModule {
+            layer_norm: LayerNorm::load(&w.pp("layer_norm"), h, eps)?,
+            pointwise_conv1: Linear::from_tensors(pw1, None),
+            depthwise: dw.reshape((h, k))?.t()?.reshape((k, 1, 1, h))?.contiguous()?,
+            depthwise_layer_norm: LayerNorm::load(&w.pp("depthwise_layer_norm"), h, eps)?,
+            pointwise_conv2: Linear::from_tensors(pw2, None),
+            k,
+            symmetric: faults.on("symmetric_dw_padding"),
+        })
+    }
+
+    /// `x` `[B, T, H]`; `keep` `[B, T, 1]` zeroes padded frames before the convolutions.
+    fn forward(&self, x: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
+        let (_, t, h) = x.dims3()?;
+        let mut y = self.layer_norm.forward(x)?;
+        if let Some(keep) = keep {
+            y = y.broadcast_mul(keep)?;
+        }
+        let y = self.pointwise_conv1.forward(&y)?;
+        let y = (y.narrow(2, 0, h)? * candle_nn::ops::sigmoid(&y.narrow(2, h, h)?)?)?; // GLU
+        let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
+        let yp = pad_time(&y, pl, pr)?;
+        let mut acc: Option<Tensor> = None;
+        for j in 0..self.k {
+            let term = yp.narrow(1, j, t)?.broadcast_mul(&self.depthwise.get(j)?)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+        let Some(y) = acc else { return input_err("depthwise kernel size is 0") };
+        let y = self.depthwise_layer_norm.forward(&y)?.silu()?;
+        self.pointwise_conv2.forward(&y)
+    }
+}
+
+/// Zero padding along time of `[B, T, H]` (the zeros are padding, shaped from the activation).
+fn pad_time(y: &Tensor, left: usize, right: usize) -> Result<Tensor> {
+    let (b, _, h) = y.dims3()?;
+    let zero = y.narrow(1, 0, 1)?.zeros_like()?;
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        parts.push(zero.broadcast_as((b, left, h))?.contiguous()?);
+    }
+    parts.push(y.clone());
+    if right > 0 {
+        parts.push(zero.broadcast_as((b, right, h))?.contiguous()?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+struct Layer {
+    name: String,
+    ffn1_layer_norm: LayerNorm,
+    ffn1: FeedForward,
+    self_attn_layer_norm: LayerNorm,
+    self_attn: SelfAttention,
+    conv_module: ConvModule,
+    ffn2_layer_norm: LayerNorm,
+    ffn2: FeedForward,
+    final_layer_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(w: &Weights, name: String, cfg: &W2vBertConfig, faults: &Faults) -> Result<Layer> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Layer {
+            ffn1_layer_norm: LayerNorm::load(&w.pp("ffn1_layer_norm"), h, eps)?,
+            ffn1: FeedForward::load(&w.pp("ffn1"), h, cfg.intermediate_size)?,
+            self_attn_layer_norm: LayerNorm::load(&w.pp("self_attn_layer_norm"), h, eps)?,
+            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg)?,
+            conv_module: ConvModule::load(&w.pp("conv_module"), cfg, faults)?,
+            ffn2_layer_norm: LayerNorm::load(&w.pp("ffn2_layer_norm"), h, eps)?,
+            ffn2: FeedForward::load(&w.pp("ffn2"), h, cfg.intermediate_size)?,
+            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), h, eps)?,
+            name,
+        })
+    }
+
+    /// Taps `<layer>.{ffn1, self_attn, conv_module, ffn2, final_layer_norm}` (the last = layer output).
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, keep: Option<&Tensor>, ctx: &mut Ctx) -> Result<Tensor> {
+        let n = &self.name;
+        let h = ctx.block(&format!("{n}.ffn1"), &self.ffn1_layer_norm.forward(x)?, |h| self.ffn1.forward(h))?;
+        let x = ((h * 0.5)? + x)?;
+        let h = ctx.block(&format!("{n}.self_attn"), &self.self_attn_layer_norm.forward(&x)?, |h| self.self_attn.forward(h, bias))?;
+        let x = (h + x)?;
+        let h = ctx.block(&format!("{n}.conv_module"), &x, |x| self.conv_module.forward(x, keep))?;
+        let x = (x + h)?;
+        let h = ctx.block(&format!("{n}.ffn2"), &self.ffn2_layer_norm.forward(&x)?, |h| self.ffn2.forward(h))?;
+        let x = ((h * 0.5)? + x)?;
+        ctx.block(&format!("{n}.final_layer_norm"), &x, |x| self.final_layer_norm.forward(x))
+    }
+}
+
+struct Stats {
+    mean: Tensor,
+    std: Tensor,
+}
+
+pub struct W2vBert {
+    cfg: W2vBertConfig,
+    fp_layer_norm: LayerNorm,
+    fp_projection: Linear,
+    layers: Vec<Layer>,
+    stats: Option<Stats>,
+    features: FeatureExtractor,
+    faults: Faults,
+}
+
+pub struct Output {
+    pub hidden: Tensor,
+    pub emb: Option<Tensor>,
+}
+
+impl W2vBert {
+    pub fn load(w: &Weights, cfg: W2vBertConfig, faults: Faults) -> Result<W2vBert> {
+        if cfg.hidden_act != "swish" && cfg.hidden_act != "silu" {
+            return input_err(format!("Wav2Vec-BERT hidden_act {:?} is not supported (w2v-bert-2.0 uses swish)", cfg.hidden_act));
+        }
+        if cfg.position_embeddings_type != "relative_key" {
+            return input_err(format!("Wav2Vec-BERT position_embeddings_type {:?} is not supported (w2v-bert-2.0 uses relative_key)", cfg.position_embeddings_type));
+        }
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return input_err("Wav2Vec-BERT config: hidden_size must be a multiple of num_attention_heads");
+        }
+        if cfg.conv_depthwise_kernel_size % 2 == 0 {
+            return input_err("Wav2Vec-BERT config: conv_depthwise_kernel_size must be odd");
+        }
+        if cfg.output_layer == 0 || cfg.output_layer > cfg.num_hidden_layers {
+            return input_err(format!(
+                "Wav2Vec-BERT output_layer {} must be in 1..={} (index into hidden_states)",
+                cfg.output_layer, cfg.num_hidden_layers
+            ));
+        }
+        let (h, fin, eps) = (cfg.hidden_size, cfg.feature_projection_input_dim, cfg.layer_norm_eps);
+        let fp = w.pp("feature_projection");
+        let fp_layer_norm = LayerNorm::load(&fp.pp("layer_norm"), fin, eps)?;
+        let fp_projection = Linear::load(&fp.pp("projection"), fin, h, true)?;
+        // Only the layers up to the read-out: the rest are dead weight for IndexTTS2.
+        let layers = (0..cfg.output_layer)
+            .map(|i| {
+                let name = format!("encoder.layers.{i}");
+                Layer::load(&w.pp(&name), name, &cfg, &faults)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stats = match &cfg.stats {
+            Some(p) => {
+                let sw = Weights::new(w.store().clone()).pp(p);
+                let var = sw.get(h, "var")?;
+                Some(Stats { mean: sw.get(h, "mean")?, std: if faults.on("var_as_std") { var } else { var.sqrt()? } })
+            }
+            None => None,
+        };
+        if cfg.features.num_mel_bins * cfg.features.stride != fin {
+            return input_err(format!(
+                "Wav2Vec-BERT config: features give {}·{} values per frame, the projection takes {fin}",
+                cfg.features.num_mel_bins, cfg.features.stride
+            ));
+        }
+        let features = FeatureExtractor::new(cfg.features.clone())?;
+        Ok(W2vBert { cfg, fp_layer_norm, fp_projection, layers, stats, features, faults })
+    }
+
+    pub fn config(&self) -> &W2vBertConfig {
+        &self.cfg
+    }
+
+    /// Taps: `feature_projection`, per layer `encoder.layers.i.{ffn1, self_attn, conv_module, ffn2,
+    /// final_layer_norm}`, then `semantic_stats` (or the configured stats prefix).
+    pub fn forward(&self, features: &Tensor, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Output> {
+        let fin = self.cfg.feature_projection_input_dim;
+        let (b, t, f) = match features.dims() {
+            [b, t, f] => (*b, *t, *f),
+            d => return input_err(format!("Wav2Vec-BERT expects input_features [B, T, {fin}], got {d:?}")),
+        };
+        if f != fin || t == 0 || b == 0 {
+            return input_err(format!("Wav2Vec-BERT expects input_features [B, T>0, {fin}], got {:?}", features.dims()));
+        }
+        let features = features.to_dtype(DType::F32)?;
+        let keep = match mask {
+            Some(m) => {
+                if m.dims() != [b, t] {
+                    return input_err(format!("attention_mask must be [{b}, {t}], got {:?}", m.dims()));
+                }
+                Some(m.to_dtype(DType::F32)?.ne(0f32)?.to_dtype(DType::F32)?.reshape((b, t, 1))?)
+            }
+            None => None,
+        };
+        // transformers: (1 − mask)·finfo.min added to the scores of padded keys.
+        let bias = match &keep {
+            Some(k) => Some(((k.reshape((b, 1, 1, t))? - 1.0)? * -(f32::MIN as f64))?),
+            None => None,
+        };
+        let mut x = ctx.block("feature_projection", &features, |x| {
+            self.fp_projection.forward(&self.fp_layer_norm.forward(x)?)
+        })?;
+        if let Some(k) = &keep {
+            x = x.broadcast_mul(k)?;
+        }
+        let mut before_last = x.clone();
+        for layer in &self.layers {
+            before_last = x.clone();
+            x = layer.forward(&x, bias.as_ref(), keep.as_ref(), ctx)?;
+        }
+        let hidden = if self.faults.on("hidden_off_by_one") { before_last } else { x };
+        let emb = match (&self.stats, &self.cfg.stats) {
+            (Some(s), Some(name)) => Some(ctx.block(name, &hidden, |h| {
+                Ok(h.broadcast_sub(&s.mean)?.broadcast_div(&s.std)?)
+            })?),
+            _ => None,
+        };
+        Ok(Output { hidden, emb })
+    }
+
+    /// The SeamlessM4T front end on one clip `[N]` (or `[1, N]`) of 16 kHz float audio.
+    pub fn features(&self, audio: &Tensor) -> Result<(Tensor, Tensor)> {
+        let a = match audio.dims() {
+            [_] => audio.clone(),
+            [1, _] => audio.squeeze(0)?,
+            d => return input_err(format!("audio must be [N] or [1, N] (one clip), got {d:?}")),
+        };
+        let v = a.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let Features { data, frames, dim, mask } = self.features.extract(&v)?;
+        let dev = audio.device();
+        Ok((Tensor::from_vec(data, (1, frames, dim), dev)?, Tensor::from_vec(mask, (1, frames), dev)?))
+    }
+}

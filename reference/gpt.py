@@ -1,0 +1,430 @@
+"""PyTorch reference of IndexTTS2's GPT "UnifiedVoice v2" (official `indextts/gpt/model_v2.py`).
+
+Written afresh from the official behaviour (spec: official-architecture.md §3.1–3.3, §5 steps 10–13):
+- conditioning: Conformer → Perceiver (32 latents); emotion: Conformer → Perceiver (1 latent);
+  emovec = emo_layer(emovec_layer(·)); merge_emovec = base + α·(emo − base);
+- decoder: GPT-2 blocks with no internal positions (wpe is a zero function), eps 1e-5, gelu_new,
+  Conv1D weights stored [in, out]; text/mel learned positions; final_norm; mel_head.
+- inference positions reproduce the official KV-cache path: the start token sits at mel position 0,
+  the k-th generated token (k ≥ 1) is fed at position k + 1 (attention_mask.shape[1] − mel_len).
+Attribute names reproduce the 665 keys of gpt.pth exactly (no `attn.bias` buffers, no `wte`/`wpe`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import NoTaps
+from .gpt_conformer import ConformerEncoder
+from .gpt_perceiver import PerceiverResampler
+
+FULL = {
+    "model_dim": 1280,
+    "heads": 20,
+    "layers": 24,
+    "max_text_tokens": 600,
+    "max_mel_tokens": 1815,
+    "max_conditioning_inputs": 1,
+    "number_text_tokens": 12000,
+    "types": 1,
+    "number_mel_codes": 8194,
+    "start_mel_token": 8192,
+    "stop_mel_token": 8193,
+    "start_text_token": 0,
+    "stop_text_token": 1,
+    "condition_num_latent": 32,
+    "cond_input_size": 1024,  # w2v-bert features (hard-coded 1024 in the official constructor)
+    "emo_dim": 1024,  # emo perceiver width (hard-coded 1024 officially)
+    "perceiver_dim_head": 64,
+    "perceiver_depth": 2,
+    "pos_enc_max_len": 5000,
+    "cnn_module_kernel": 15,
+    "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6, "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4, "perceiver_mult": 2},
+}
+
+# Odd, mutually distinct sizes so that a transposed or mis-split weight cannot pass by symmetry.
+TINY = {
+    "model_dim": 48,
+    "heads": 4,
+    "layers": 3,
+    "max_text_tokens": 16,
+    "max_mel_tokens": 24,
+    "max_conditioning_inputs": 1,
+    "number_text_tokens": 30,
+    "types": 1,
+    "number_mel_codes": 26,
+    "start_mel_token": 24,
+    "stop_mel_token": 25,
+    "start_text_token": 0,
+    "stop_text_token": 1,
+    "condition_num_latent": 5,
+    "cond_input_size": 20,
+    "emo_dim": 40,
+    "perceiver_dim_head": 8,
+    "perceiver_depth": 2,
+    "pos_enc_max_len": 64,
+    "cnn_module_kernel": 15,
+    "condition_module": {"output_size": 24, "linear_units": 40, "attention_heads": 2, "num_blocks": 2, "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 24, "linear_units": 36, "attention_heads": 3, "num_blocks": 2, "perceiver_mult": 2},
+}
+
+
+class Conv1D(nn.Module):
+    """GPT-2's Conv1D: a Linear whose weight is stored transposed, [in, out]."""
+
+    def __init__(self, nx: int, nf: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).reshape(*x.shape[:-1], -1)
+
+
+def gelu_new(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = Conv1D(d, 3 * d)
+        self.c_proj = Conv1D(d, d)
+
+    def forward(self, x, cache=None):
+        b, t, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        if cache is not None and "k" in cache:
+            k = torch.cat([cache["k"], k], dim=2)
+            v = torch.cat([cache["v"], v], dim=2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        w = (q @ k.transpose(-1, -2)) / (v.size(-1) ** 0.5)
+        tk = k.size(2)
+        causal = torch.ones(tk, tk, dtype=torch.bool, device=x.device).tril()[tk - t:]
+        w = torch.where(causal, w, torch.finfo(w.dtype).min)
+        out = torch.softmax(w, dim=-1) @ v
+        return self.c_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.c_fc = Conv1D(d, 4 * d)
+        self.c_proj = Conv1D(4 * d, d)
+
+    def forward(self, x):
+        return self.c_proj(gelu_new(self.c_fc(x)))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d, eps=1e-5)
+        self.attn = GPT2Attention(d, heads)
+        self.ln_2 = nn.LayerNorm(d, eps=1e-5)
+        self.mlp = GPT2MLP(d)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Stack(nn.Module):
+    """transformers.GPT2Model minus wte/wpe (IndexTTS deletes both: inputs_embeds carry positions)."""
+
+    def __init__(self, d: int, layers: int, heads: int):
+        super().__init__()
+        self.h = nn.ModuleList([GPT2Block(d, heads) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+
+    def forward(self, x, taps=None, caches=None):
+        taps = taps or NoTaps()
+        for i, blk in enumerate(self.h):
+            c = caches[i] if caches is not None else None
+            x = taps.block(f"gpt.h.{i}", x, lambda x, blk=blk, c=c: blk(x, c))
+        return taps.block("gpt.ln_f", x, self.ln_f)
+
+
+class LearnedPositionEmbeddings(nn.Module):
+    def __init__(self, seq_len: int, d: int):
+        super().__init__()
+        self.emb = nn.Embedding(seq_len, d)
+
+    def rows(self, idx):
+        if int(idx.max()) >= self.emb.num_embeddings:
+            raise ValueError(f"position {int(idx.max())} beyond the table ({self.emb.num_embeddings})")
+        return self.emb(idx)
+
+
+class UnifiedVoice(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg["model_dim"]
+        cm, em = cfg["condition_module"], cfg["emo_condition_module"]
+        kern, pml = cfg["cnn_module_kernel"], cfg["pos_enc_max_len"]
+        self.conditioning_encoder = ConformerEncoder(cfg["cond_input_size"], cm["output_size"], cm["attention_heads"],
+                                                     cm["linear_units"], cm["num_blocks"], kern, pml)
+        self.perceiver_encoder = PerceiverResampler(d, cfg["perceiver_depth"], cm["output_size"], cfg["condition_num_latent"],
+                                                    cfg["perceiver_dim_head"], cm["attention_heads"], cm["perceiver_mult"])
+        self.emo_conditioning_encoder = ConformerEncoder(cfg["cond_input_size"], em["output_size"], em["attention_heads"],
+                                                         em["linear_units"], em["num_blocks"], kern, pml)
+        self.emo_perceiver_encoder = PerceiverResampler(cfg["emo_dim"], cfg["perceiver_depth"], em["output_size"], 1,
+                                                        cfg["perceiver_dim_head"], em["attention_heads"], em["perceiver_mult"])
+        self.text_embedding = nn.Embedding(cfg["number_text_tokens"] * cfg["types"] + 1, d)
+        self.emo_layer = nn.Linear(d, d)
+        self.emovec_layer = nn.Linear(cfg["emo_dim"], d)
+        self.mel_embedding = nn.Embedding(cfg["number_mel_codes"], d)
+        self.gpt = GPT2Stack(d, cfg["layers"], cfg["heads"])
+        self.mel_pos_embedding = LearnedPositionEmbeddings(cfg["max_mel_tokens"] + 2 + cfg["max_conditioning_inputs"], d)
+        self.text_pos_embedding = LearnedPositionEmbeddings(cfg["max_text_tokens"] + 2, d)
+        self.final_norm = nn.LayerNorm(d)
+        self.text_head = nn.Linear(d, cfg["number_text_tokens"] * cfg["types"] + 1)  # stored, unused
+        self.mel_head = nn.Linear(d, cfg["number_mel_codes"])
+        self.speed_emb = nn.Embedding(2, d)
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def get_conditioning(self, x, lens, taps=None):
+        """x [B, 1024, T] (w2v-bert features, channels first), lens [B] → [B, 32, D]."""
+        h, mask = self.conditioning_encoder(x.transpose(1, 2), lens, taps, "conditioning_encoder")
+        m = F.pad(mask.squeeze(1), (self.cfg["condition_num_latent"], 0), value=True)
+        return self.perceiver_encoder(h, m, taps, "perceiver_encoder")
+
+    def get_emo_conditioning(self, x, lens, taps=None):
+        h, mask = self.emo_conditioning_encoder(x.transpose(1, 2), lens, taps, "emo_conditioning_encoder")
+        m = F.pad(mask.squeeze(1), (1, 0), value=True)
+        return self.emo_perceiver_encoder(h, m, taps, "emo_perceiver_encoder").squeeze(1)
+
+    def get_emovec(self, x, lens, taps=None):
+        """x [B, T, 1024] channels-last, as the official `get_emovec` / `merge_emovec` take it."""
+        taps = taps or NoTaps()
+        e = self.get_emo_conditioning(x.transpose(1, 2), lens, taps)
+        e = taps.block("emovec_layer", e, self.emovec_layer)
+        return taps.block("emo_layer", e, self.emo_layer)
+
+    def merge_emovec(self, spk_x, emo_x, spk_lens, emo_lens, alpha, taps=None):
+        # Taps follow the emotion pass only: the base pass runs the same modules again.
+        emo = self.get_emovec(emo_x, emo_lens, taps)
+        base = self.get_emovec(spk_x, spk_lens, None)
+        return base + alpha * (emo - base)
+
+    # ---- decoder ------------------------------------------------------------------------------
+    def _conds(self, spk_latent, emovec):
+        b = spk_latent.size(0)
+        one = self.speed_emb.weight[1].expand(b, 1, -1)
+        zero = self.speed_emb.weight[0].expand(b, 1, -1)
+        return torch.cat((spk_latent + emovec.unsqueeze(1), one, zero), 1)
+
+    def _lm(self, emb, taps, offset, caches=None):
+        h = self.gpt(emb, taps, caches)
+        return taps.block("final_norm", h[:, offset:], self.final_norm)
+
+    def forward_latent(self, spk_latent, text, text_lens, codes, code_lens, emovec, taps=None):
+        """Teacher-forced `UnifiedVoice.forward(..., emo_vec=emovec)` → latent [B, M, D]."""
+        taps = taps or NoTaps()
+        c = self.cfg
+        text, codes = text.clone(), codes.clone()
+        t_idx = torch.arange(text.size(1))[None]
+        text[t_idx >= text_lens[:, None]] = c["stop_text_token"]
+        m_idx = torch.arange(codes.size(1))[None]
+        codes[m_idx >= code_lens[:, None]] = c["stop_mel_token"]
+        text = F.pad(F.pad(text, (0, 1), value=c["stop_text_token"]), (1, 0), value=c["start_text_token"])
+        codes = F.pad(F.pad(codes, (0, 1), value=c["stop_mel_token"]), (1, 0), value=c["start_mel_token"])
+        conds = self._conds(spk_latent, emovec)
+        text_emb = self.text_embedding(text) + self.text_pos_embedding.rows(torch.arange(text.size(1)))
+        mel_emb = self.mel_embedding(codes) + self.mel_pos_embedding.rows(torch.arange(codes.size(1)))
+        enc = self._lm(torch.cat([conds, text_emb, mel_emb], 1), taps, conds.size(1))
+        return enc[:, -codes.size(1):][:, :-2]
+
+    def _prefix(self, spk_latent, emovec, text):
+        """[conds ‖ text_embedding(start, ids without start/stop, stop) + positions], B = 1."""
+        c = self.cfg
+        ids = text[0]
+        ids = ids[(ids != c["stop_text_token"]) & (ids != c["start_text_token"])]
+        ids = torch.cat([torch.tensor([c["start_text_token"]]), ids, torch.tensor([c["stop_text_token"]])])
+        text_emb = self.text_embedding(ids) + self.text_pos_embedding.rows(torch.arange(ids.numel()))
+        return torch.cat([self._conds(spk_latent, emovec), text_emb.unsqueeze(0)], 1)
+
+    def _mel_in(self, tokens, start_pos: int):
+        """Embeddings of mel tokens fed at decode steps start_pos.. (step 0 → position 0, step s ≥ 1 → s + 1)."""
+        steps = torch.arange(start_pos, start_pos + tokens.size(1))
+        pos = torch.where(steps == 0, steps, steps + 1)
+        return self.mel_embedding(tokens) + self.mel_pos_embedding.rows(pos)
+
+    def step_logits(self, spk_latent, emovec, text, codes, taps=None):
+        """Logits of every decode step when `codes` [1, K] are fed after the start token: [1, K+1, V]."""
+        taps = taps or NoTaps()
+        pre = self._prefix(spk_latent, emovec, text)
+        toks = torch.cat([torch.tensor([[self.cfg["start_mel_token"]]]), codes], 1)
+        enc = self._lm(torch.cat([pre, self._mel_in(toks, 0)], 1), taps, pre.size(1))
+        return self.mel_head(enc)
+
+    def greedy(self, spk_latent, emovec, text, max_tokens: int):
+        """Greedy decoding with a KV cache → (codes [1, N] without the stop token, top-2 margin per step)."""
+        c = self.cfg
+        caches = [dict() for _ in self.gpt.h]
+        pre = self._prefix(spk_latent, emovec, text)
+        x = torch.cat([pre, self._mel_in(torch.tensor([[c["start_mel_token"]]]), 0)], 1)
+        out, margins = [], []
+        for step in range(max_tokens):
+            h = self.gpt(x, None, caches)[:, -1:]
+            logits = self.mel_head(self.final_norm(h))[0, -1]
+            top2 = torch.topk(logits, 2).values
+            margins.append(float(top2[0] - top2[1]))
+            tok = int(torch.argmax(logits))
+            if tok == c["stop_mel_token"]:
+                break
+            out.append(tok)
+            x = self._mel_in(torch.tensor([[tok]]), step + 1)
+        return torch.tensor([out], dtype=torch.long), torch.tensor(margins)
+
+
+def build_reference(cfg: dict) -> UnifiedVoice:
+    return UnifiedVoice(copy.deepcopy(cfg)).eval()
+
+
+def config_json(cfg: dict) -> str:
+    return json.dumps(cfg)
+
+
+def save_official(state_dict: dict, path: str) -> None:
+    """`gpt.pth` is a flat state_dict."""
+    torch.save(state_dict, path)
+
+
+# ---- registry row ---------------------------------------------------------------------------------
+def _feats(cfg, rng, t):
+    return rng.standard_normal((2, cfg["cond_input_size"], t)).astype(np.float32)
+
+
+def spk_inputs(cfg: dict, seed: int) -> dict:
+    """Batch of 2 with a shorter second row, so the Conformer/Perceiver masks are exercised."""
+    rng = np.random.default_rng(seed)
+    return {"x": _feats(cfg, rng, 23), "lens": np.array([23, 16], np.int64)}
+
+
+def emo_inputs(cfg: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    return {"x": _feats(cfg, rng, 19), "lens": np.array([19, 14], np.int64)}
+
+
+def emovec_inputs(cfg: dict, seed: int) -> dict:
+    """Channels-last features [B, T, 1024]: `get_emovec` / `merge_emovec` take w2v-bert output as is."""
+    e = emo_inputs(cfg, seed)
+    return {"x": np.ascontiguousarray(e["x"].transpose(0, 2, 1)), "lens": e["lens"]}
+
+
+def merge_inputs(cfg: dict, seed: int) -> dict:
+    s, e = spk_inputs(cfg, seed), emovec_inputs(cfg, seed)
+    return {"spk_x": np.ascontiguousarray(s["x"].transpose(0, 2, 1)), "spk_lens": s["lens"], "emo_x": e["x"],
+            "emo_lens": e["lens"], "alpha": np.array([0.6], np.float32)}
+
+
+def _perceiver_inputs(cfg, seed, key, t, valid):
+    rng = np.random.default_rng(seed + 2)
+    ctx = rng.standard_normal((2, t, cfg[key]["output_size"])).astype(np.float32)
+    mask = (np.arange(t)[None] < np.array(valid)[:, None]).astype(np.int64)
+    return {"context": ctx, "mask": mask}
+
+
+def spk_perceiver_inputs(cfg, seed):
+    return _perceiver_inputs(cfg, seed, "condition_module", 11, [11, 7])
+
+
+def emo_perceiver_inputs(cfg, seed):
+    return _perceiver_inputs(cfg, seed, "emo_condition_module", 9, [9, 4])
+
+
+def _latents(cfg, rng, b):
+    d = cfg["model_dim"]
+    return (rng.standard_normal((b, cfg["condition_num_latent"], d)).astype(np.float32),
+            rng.standard_normal((b, d)).astype(np.float32))
+
+
+def latent_inputs(cfg: dict, seed: int, text_len: int = 7, code_len: int = 9) -> dict:
+    rng = np.random.default_rng(seed + 3)
+    spk, emo = _latents(cfg, rng, 2)
+    text = rng.integers(2, cfg["number_text_tokens"], (2, text_len))
+    codes = rng.integers(0, cfg["start_mel_token"], (2, code_len))
+    return {"spk_latent": spk, "text": text, "text_lens": np.array([text_len, max(1, text_len - 2)], np.int64),
+            "codes": codes, "code_lens": np.array([code_len, max(1, code_len - 3)], np.int64), "emovec": emo}
+
+
+def step_inputs(cfg: dict, seed: int, text_len: int = 6, code_len: int = 8) -> dict:
+    rng = np.random.default_rng(seed + 4)
+    spk, emo = _latents(cfg, rng, 1)
+    return {"spk_latent": spk, "emovec": emo, "text": rng.integers(2, cfg["number_text_tokens"], (1, text_len)),
+            "codes": rng.integers(0, cfg["start_mel_token"], (1, code_len))}
+
+
+def _conformer(emo):
+    def run(m, i, taps):
+        enc, name = (m.emo_conditioning_encoder, "emo_conditioning_encoder") if emo else (m.conditioning_encoder, "conditioning_encoder")
+        out, mask = enc(i["x"].transpose(1, 2), i["lens"], taps, name)
+        return {"out": out, "mask": mask.squeeze(1).long()}
+    return run
+
+
+def _perceiver(emo):
+    def run(m, i, taps):
+        p, name = (m.emo_perceiver_encoder, "emo_perceiver_encoder") if emo else (m.perceiver_encoder, "perceiver_encoder")
+        n = p.latents.size(0)
+        return {"latent": p(i["context"], F.pad(i["mask"].bool(), (n, 0), value=True), taps, name)}
+    return run
+
+
+def _alpha(i):
+    return float(i["alpha"].reshape(-1)[0])
+
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+CASES = (
+    Case("gpt_spk_conformer", "spk_conformer", spk_inputs, _conformer(False)),
+    Case("gpt_emo_conformer", "emo_conformer", emo_inputs, _conformer(True)),
+    Case("gpt_spk_perceiver", "spk_perceiver", spk_perceiver_inputs, _perceiver(False)),
+    Case("gpt_emo_perceiver", "emo_perceiver", emo_perceiver_inputs, _perceiver(True)),
+    Case("gpt_spk_cond", "spk_cond", spk_inputs, lambda m, i, t: {"latent": m.get_conditioning(i["x"], i["lens"], t)}),
+    Case("gpt_emo_cond", "emo_cond", emo_inputs, lambda m, i, t: {"emo": m.get_emo_conditioning(i["x"], i["lens"], t)}),
+    Case("gpt_emovec", "emovec", emovec_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
+    Case("gpt_merge_emovec", "merge_emovec", merge_inputs,
+         lambda m, i, t: {"emovec": m.merge_emovec(i["spk_x"], i["emo_x"], i["spk_lens"], i["emo_lens"], _alpha(i), t)}),
+    Case("gpt_forward_latent", "forward_latent", latent_inputs,
+         lambda m, i, t: {"latent": m.forward_latent(i["spk_latent"], i["text"], i["text_lens"], i["codes"], i["code_lens"], i["emovec"], t)}),
+    Case("gpt_step_logits", "step_logits_full", step_inputs,
+         lambda m, i, t: {"logits": m.step_logits(i["spk_latent"], i["emovec"], i["text"], i["codes"], t)}),
+)
+
+SPEC = ModelSpec(
+    name="gpt",
+    manifest="gpt.json",
+    configs={"tiny": TINY, "full": FULL},
+    build_reference=build_reference,
+    official_file="gpt.pth",
+    save_official=save_official,
+    config_json=config_json,
+    cases=CASES,
+    allow_unused={
+        # UnifiedVoice builds text_head but inference and the latent path never call it
+        # (forward() returns latents; decoding uses mel_head only).
+        "text_head.*": "text logits head: stored, never used by v2 inference",
+    },
+    faults={
+        "c_attn_untransposed": ("gpt_forward_latent", "gpt.h.0"),
+        "to_kv_swapped": ("gpt_spk_perceiver", "perceiver_encoder.layers.0"),
+        "final_norm_skipped": ("gpt_forward_latent", "final_norm"),
+        "pos_bias_v_dropped": ("gpt_spk_conformer", "conditioning_encoder.encoders.0"),
+        "geglu_swapped": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0"),
+        "after_norm_skipped": ("gpt_spk_conformer", "conditioning_encoder.after_norm"),
+    },
+)
