@@ -116,15 +116,25 @@ def _official_repcodec():
 
     if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
         pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
-    for name in ("scipy", "torchaudio", "torchaudio.functional", "torchaudio.functional.functional"):
-        if name.split(".")[0] in sys.modules or importlib.util.find_spec(name.split(".")[0]) is None:
+
+    def stub(name):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        sys.modules[name] = m
+        return m
+
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        stub("scipy")
+    try:
+        from torchaudio.functional.functional import _hz_to_mel  # noqa: F401
+    except ImportError:
+        for name in ("torchaudio", "torchaudio.functional", "torchaudio.functional.functional"):
             if name not in sys.modules:
-                stub = types.ModuleType(name)
-                stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
-                sys.modules[name] = stub
-    fn = sys.modules.get("torchaudio.functional.functional")
-    if fn is not None and not hasattr(fn, "_hz_to_mel"):
-        fn._hz_to_mel = fn._mel_to_hz = None
+                stub(name)
+        f = sys.modules["torchaudio.functional.functional"]
+        f._hz_to_mel = f._mel_to_hz = None
     from indextts.utils.maskgct.models.codec.kmeans.repcodec_model import RepCodec
 
     return RepCodec
