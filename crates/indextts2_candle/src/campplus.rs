@@ -184,7 +184,8 @@ struct DenseTdnnLayer {
 }
 
 impl DenseTdnnLayer {
-    fn load(w: &Weights, cin: usize, cout: usize, bn_ch: usize, k: usize, dil: usize, seg_len: usize, f: &Faults) -> Result<Self> {
+    fn load(w: &Weights, cfg: &CampPlusConfig, cin: usize, k: usize, dil: usize, f: &Faults) -> Result<Self> {
+        let (cout, bn_ch, seg_len) = (cfg.growth_rate, cfg.bn_size * cfg.growth_rate, cfg.seg_len);
         let c = w.pp("cam_layer");
         Ok(DenseTdnnLayer {
             bn1: BatchNorm::load(&w.pp("nonlinear1.batchnorm"), cin, true, f)?,
@@ -230,13 +231,13 @@ pub struct CampPlus {
 impl CampPlus {
     pub fn load(w: &Weights, cfg: CampPlusConfig, f: Faults) -> Result<CampPlus> {
         let nb = cfg.block_layers.len();
-        if cfg.feat_dim == 0 || cfg.feat_dim % 8 != 0 {
+        if cfg.feat_dim == 0 || !cfg.feat_dim.is_multiple_of(8) {
             return input_err(format!("CAMPPlus feat_dim must be a positive multiple of 8, got {}", cfg.feat_dim));
         }
         if nb == 0 || cfg.kernel_sizes.len() != nb || cfg.dilations.len() != nb {
             return input_err("CAMPPlus config: block_layers / kernel_sizes / dilations must have the same non-zero length");
         }
-        if cfg.kernel_sizes.iter().any(|k| k % 2 == 0) || cfg.seg_len == 0 || cfg.sample_rate < 100 {
+        if cfg.kernel_sizes.iter().any(|k| k.is_multiple_of(2)) || cfg.seg_len == 0 || cfg.sample_rate < 100 {
             return input_err("CAMPPlus config: kernel sizes must be odd, seg_len > 0, sample_rate ≥ 100");
         }
         let h = w.pp("head");
@@ -259,7 +260,7 @@ impl CampPlus {
         for (i, ((&n, &k), &d)) in cfg.block_layers.iter().zip(&cfg.kernel_sizes).zip(&cfg.dilations).enumerate() {
             let bw = x.pp(format!("block{}", i + 1));
             let layers = (0..n)
-                .map(|j| DenseTdnnLayer::load(&bw.pp(format!("tdnnd{}", j + 1)), ch + j * g, g, cfg.bn_size * g, k, d, cfg.seg_len, &f))
+                .map(|j| DenseTdnnLayer::load(&bw.pp(format!("tdnnd{}", j + 1)), &cfg, ch + j * g, k, d, &f))
                 .collect::<Result<Vec<_>>>()?;
             ch += n * g;
             let tw = x.pp(format!("transit{}", i + 1));
