@@ -6,17 +6,21 @@
 pub mod bigvgan;
 pub mod campplus;
 pub mod ctx;
+pub mod dit;
 pub mod error;
 pub mod mel;
 pub mod gpt;
 pub mod gpt_conformer;
 pub mod gpt_perceiver;
+pub mod length_regulator;
 pub mod nn;
 pub mod registry;
 pub mod semantic_codec;
+pub mod s2mel;
 pub mod store;
 pub mod transforms;
 pub mod w2v_bert;
 pub mod w2v_features;
+pub mod wavenet;
 
 pub use error::{Error, Result};

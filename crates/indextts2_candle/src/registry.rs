@@ -44,13 +44,15 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "semantic_codec" => crate::semantic_codec::FAULTS,
         "campplus" => crate::campplus::FAULTS,
         "mel_spectrogram" => crate::mel::FAULTS,
+        "dit" => crate::dit::FAULTS,
+        "length_regulator" => crate::length_regulator::FAULTS,
         "gpt" => crate::gpt::FAULTS,
         "w2v_bert" => crate::w2v_bert::FAULTS,
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "gpt", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -59,6 +61,8 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "semantic_codec" => Box::new(crate::semantic_codec::SemanticCodec::load(w, parse(kind, config_json)?, f)?),
         "campplus" => Box::new(crate::campplus::CampPlus::load(w, parse(kind, config_json)?, f)?),
         "mel_spectrogram" => Box::new(crate::mel::MelSpectrogram::load(w, parse(kind, config_json)?, f)?),
+        "dit" => Box::new(crate::dit::Dit::load(w, parse(kind, config_json)?, f)?),
+        "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
         "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),

@@ -1,0 +1,635 @@
+"""PyTorch reference for IndexTTS2's s2mel (`s2mel.pth`): length regulator, gpt_layer, DiT + WaveNet, CFM.
+
+Written afresh from the official behaviour (index-tts `indextts/s2mel/modules/{length_regulator,
+flow_matching,diffusion_transformer,wavenet,encodec,commons}.py`, `gpt_fast/model.py`). Attribute names
+reproduce the official state-dict keys exactly; the checkpoint nests them as
+`net.{cfm,length_regulator,gpt_layer}.<key>`.
+
+Tap names are module paths relative to the registry row's prefix: `estimator.…` under `net.cfm`,
+`length_regulator.…` / `gpt_layer.…` under `net`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import weight_norm
+
+from .common import NoTaps
+
+# --------------------------------------------------------------------------------------------
+# Configs. "full" = official config.yaml s2mel section (DiT ModelArgs block_size 16384).
+
+FULL_DIT = dict(
+    hidden_dim=512, num_heads=8, depth=13, in_channels=80, content_dim=512, style_dim=192,
+    content_codebook_size=1024, block_size=16384, rope_base=10000.0, norm_eps=1e-5, freq_dim=256,
+    wavenet_hidden_dim=512, wavenet_num_layers=8, wavenet_kernel_size=5, wavenet_dilation_rate=1,
+    cfg_rate=0.7,
+)
+TINY_DIT = dict(
+    hidden_dim=32, num_heads=4, depth=13, in_channels=12, content_dim=24, style_dim=16,
+    content_codebook_size=8, block_size=512, rope_base=10000.0, norm_eps=1e-5, freq_dim=32,
+    wavenet_hidden_dim=32, wavenet_num_layers=3, wavenet_kernel_size=5, wavenet_dilation_rate=1,
+    cfg_rate=0.7,
+)
+FULL_LR = dict(channels=512, in_channels=1024, sampling_ratios=[1, 1, 1, 1], codebook_size=2048,
+               latent_dim=1280, latent_hidden=[256, 128])
+TINY_LR = dict(channels=16, in_channels=24, sampling_ratios=[1, 1, 1, 1], codebook_size=8,
+               latent_dim=20, latent_hidden=[12, 8])
+
+
+def intermediate_size(dim: int) -> int:
+    """gpt_fast ModelArgs default: 2/3 of 4·dim rounded up to a multiple of 256."""
+    n = int(2 * (4 * dim) / 3)
+    return n if n % 256 == 0 else n + 256 - n % 256
+
+
+def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+    if max_length is None:
+        max_length = int(lengths.max())
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# gpt_fast transformer with AdaLN (the DiT backbone).
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """scale·RMSNorm(x) + bias with (scale, bias) = project_layer(c), scale first."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.project_layer = nn.Linear(dim, 2 * dim)
+        self.norm = RMSNorm(dim, eps)
+        self.dim = dim
+
+    def forward(self, x, c):
+        scale, bias = self.project_layer(c).split(self.dim, dim=-1)
+        return scale * self.norm(x) + bias
+
+
+def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """[T, head_dim/2, 2] (cos, sin) of position·θ_i, θ_i = base^(-2i/head_dim), as gpt_fast builds it."""
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    ang = torch.outer(positions.float(), freqs)
+    rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: they differ by an ulp
+    return torch.stack([rot.real, rot.imag], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotates interleaved pairs (2i, 2i+1) of x [B, T, H, D] by the table [T, D/2, 2]."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos = table[None, :, None, :, 0]
+    sin = table[None, :, None, :, 1]
+    out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], -1)
+    return out.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int):
+        super().__init__()
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)  # fused q ‖ k ‖ v
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.n_head = n_head
+        self.head_dim = dim // n_head
+        self.dim = dim
+
+    def forward(self, x, table, mask):
+        b, t, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.dim] * 3, dim=-1)
+        q = apply_rope(q.view(b, t, self.n_head, self.head_dim), table).transpose(1, 2)
+        k = apply_rope(k.view(b, t, self.n_head, self.head_dim), table).transpose(1, 2)
+        v = v.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
+        return self.wo(y.transpose(1, 2).reshape(b, t, self.dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, n_head: int, eps: float):
+        super().__init__()
+        self.attention = Attention(dim, n_head)
+        self.feed_forward = FeedForward(dim, intermediate_size(dim))
+        self.ffn_norm = AdaptiveLayerNorm(dim, eps)
+        self.attention_norm = AdaptiveLayerNorm(dim, eps)
+        self.skip_in_linear = nn.Linear(2 * dim, dim)  # stored for every layer, used by the receivers
+
+    def forward(self, x, c, table, mask, skip=None):
+        if skip is not None:
+            x = self.skip_in_linear(torch.cat([x, skip], dim=-1))
+        h = x + self.attention(self.attention_norm(x, c), table, mask)
+        return h + self.feed_forward(self.ffn_norm(h, c))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        d = cfg["hidden_dim"]
+        self.layers = nn.ModuleList(TransformerBlock(d, cfg["num_heads"], cfg["norm_eps"]) for _ in range(cfg["depth"]))
+        self.norm = AdaptiveLayerNorm(d, cfg["norm_eps"])
+        self.head_dim = d // cfg["num_heads"]
+        self.rope_base = cfg["rope_base"]
+        n = cfg["depth"]
+        # U-ViT: the first half pushes, the second half (past the middle layer) pops, LIFO.
+        self.emit = {i for i in range(n) if i < n // 2}
+        self.receive = {i for i in range(n) if i > n // 2}
+
+    def forward(self, x, c, input_pos, mask, taps, prefix):
+        table = rope_table(input_pos, self.head_dim, self.rope_base)
+        stack = []
+        for i, layer in enumerate(self.layers):
+            skip = stack.pop() if i in self.receive else None
+            x = taps.block(f"{prefix}.layers.{i}", x, lambda x, layer=layer, skip=skip: layer(x, c, table, mask, skip))
+            if i in self.emit:
+                stack.append(x)
+        return taps.block(f"{prefix}.norm", x, lambda x: self.norm(x, c))
+
+
+# --------------------------------------------------------------------------------------------
+# Timestep embedder, WaveNet post-net, final layer.
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden: int, freq_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        half = freq_dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half))
+
+    def forward(self, t):
+        args = 1000 * t[:, None].float() * self.freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class _NormConv1d(nn.Module):
+    def __init__(self, cin, cout, k, dilation):
+        super().__init__()
+        self.conv = weight_norm(nn.Conv1d(cin, cout, k, dilation=dilation))
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """encodec's pad1d(mode='reflect'): zero-extends short inputs on the right first, then crops it off."""
+    length = x.shape[-1]
+    extra = 0
+    m = max(left, right)
+    if length <= m:
+        extra = m - length + 1
+        x = F.pad(x, (0, extra))
+    y = F.pad(x, (left, right), mode="reflect")
+    return y[..., : y.shape[-1] - extra]
+
+
+class SConv1d(nn.Module):
+    """Weight-normed conv with reflect 'same' padding (stride 1); any `padding=` the caller meant is ignored."""
+
+    def __init__(self, cin, cout, k, dilation=1):
+        super().__init__()
+        self.conv = _NormConv1d(cin, cout, k, dilation)
+        total = (k - 1) * dilation
+        self.pad = (total - total // 2, total // 2)
+
+    def forward(self, x):
+        return self.conv(reflect_pad(x, *self.pad))
+
+
+class WN(nn.Module):
+    def __init__(self, hidden: int, k: int, dilation_rate: int, n_layers: int, gin: int):
+        super().__init__()
+        self.hidden = hidden
+        self.n_layers = n_layers
+        self.in_layers = nn.ModuleList()
+        self.res_skip_layers = nn.ModuleList()
+        self.cond_layer = SConv1d(gin, 2 * hidden * n_layers, 1)
+        for i in range(n_layers):
+            self.in_layers.append(SConv1d(hidden, 2 * hidden, k, dilation=dilation_rate ** i))
+            out = 2 * hidden if i < n_layers - 1 else hidden
+            self.res_skip_layers.append(SConv1d(hidden, out, 1))
+
+    def forward(self, x, x_mask, g, taps, prefix):
+        h = self.hidden
+        output = torch.zeros_like(x)
+        g = taps.block(f"{prefix}.cond_layer", g, self.cond_layer)
+        for i in range(self.n_layers):
+            a = taps.block(f"{prefix}.in_layers.{i}", x, self.in_layers[i])
+            a = a + g[:, 2 * h * i: 2 * h * (i + 1)]
+            acts = torch.tanh(a[:, :h]) * torch.sigmoid(a[:, h:])
+            rs = taps.block(f"{prefix}.res_skip_layers.{i}", acts, self.res_skip_layers[i])
+            if i < self.n_layers - 1:
+                x = (x + rs[:, :h]) * x_mask
+                output = output + rs[:, h:]
+            else:
+                output = output + rs
+        return output * x_mask
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = weight_norm(nn.Linear(hidden, out))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # shift first (DiT convention)
+        return self.linear(self.norm_final(x) * (1 + scale[:, None]) + shift[:, None])
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        d, wn = cfg["hidden_dim"], cfg["wavenet_hidden_dim"]
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        self.in_channels = cfg["in_channels"]
+        self.x_embedder = weight_norm(nn.Linear(cfg["in_channels"], d))  # stored, never used
+        self.cond_embedder = nn.Embedding(cfg["content_codebook_size"], d)  # stored, never used
+        self.cond_projection = nn.Linear(cfg["content_dim"], d)
+        self.t_embedder = TimestepEmbedder(d, cfg["freq_dim"])
+        self.register_buffer("input_pos", torch.arange(cfg["block_size"]))
+        self.t_embedder2 = TimestepEmbedder(wn, cfg["freq_dim"])
+        self.conv1 = nn.Linear(d, wn)
+        self.conv2 = nn.Conv1d(wn, cfg["in_channels"], 1)
+        self.wavenet = WN(wn, cfg["wavenet_kernel_size"], cfg["wavenet_dilation_rate"], cfg["wavenet_num_layers"], wn)
+        self.final_layer = FinalLayer(wn, wn)
+        self.res_projection = nn.Linear(d, wn)
+        self.content_mask_embedder = nn.Embedding(1, d)  # stored, never used
+        self.skip_linear = nn.Linear(d + cfg["in_channels"], d)
+        self.cond_x_merge_linear = nn.Linear(d + 2 * cfg["in_channels"] + cfg["style_dim"], d)
+
+    def forward(self, x, prompt_x, x_lens, t, style, cond, taps=None, prefix="estimator"):
+        taps = taps or NoTaps()
+        b, _, T = x.shape
+        t1 = taps.block(f"{prefix}.t_embedder", t, self.t_embedder)
+        cond = taps.block(f"{prefix}.cond_projection", cond, self.cond_projection)
+        xt = x.transpose(1, 2)
+        x_in = torch.cat([xt, prompt_x.transpose(1, 2), cond, style[:, None, :].repeat(1, T, 1)], dim=-1)
+        x_in = taps.block(f"{prefix}.cond_x_merge_linear", x_in, self.cond_x_merge_linear)
+        x_mask = sequence_mask(x_lens).unsqueeze(1)  # [B, 1, T]
+        attn_mask = x_mask[:, None, :].repeat(1, 1, T, 1)  # keys masked, every query row
+        x_res = self.transformer(x_in, t1[:, None], self.input_pos[:T], attn_mask, taps, f"{prefix}.transformer")
+        x_res = taps.block(f"{prefix}.skip_linear", torch.cat([x_res, xt], dim=-1), self.skip_linear)
+        h = taps.block(f"{prefix}.conv1", x_res, self.conv1).transpose(1, 2)
+        t2 = taps.block(f"{prefix}.t_embedder2", t, self.t_embedder2)
+        w = self.wavenet(h, x_mask.to(h.dtype), t2[:, :, None], taps, f"{prefix}.wavenet").transpose(1, 2)
+        out = w + taps.block(f"{prefix}.res_projection", x_res, self.res_projection)
+        out = taps.block(f"{prefix}.final_layer", out, lambda o: self.final_layer(o, t1)).transpose(1, 2)
+        return taps.block(f"{prefix}.conv2", out, self.conv2)
+
+
+class CFM(nn.Module):
+    """Conditional flow matching: Euler ODE solve with classifier-free guidance (`solve_euler`)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.estimator = DiT(cfg)
+        self.cfg_rate = cfg["cfg_rate"]
+
+    def solve_euler(self, z, x_lens, prompt, mu, style, t_span, taps=None):
+        """z: initial noise [B, C, T] (given, not drawn); returns (final x, per-step states)."""
+        taps = taps or NoTaps()
+        x = z.clone()
+        p = prompt.shape[-1]
+        prompt_x = torch.zeros_like(x)
+        prompt_x[..., :p] = prompt[..., :p]
+        x[..., :p] = 0
+        t = t_span[0]
+        states = []
+        for step in range(1, len(t_span)):
+            dt = t_span[step] - t_span[step - 1]
+
+            def euler(x, t=t, dt=dt):
+                if self.cfg_rate > 0:
+                    v = self.estimator(
+                        torch.cat([x, x]), torch.cat([prompt_x, torch.zeros_like(prompt_x)]), x_lens,
+                        torch.cat([t.reshape(1).expand(x.shape[0])] * 2),
+                        torch.cat([style, torch.zeros_like(style)]), torch.cat([mu, torch.zeros_like(mu)]))
+                    vc, vu = v.chunk(2, dim=0)
+                    v = (1.0 + self.cfg_rate) * vc - self.cfg_rate * vu
+                else:
+                    v = self.estimator(x, prompt_x, x_lens, t.reshape(1).expand(x.shape[0]), style, mu)
+                y = x + dt * v
+                y[:, :, :p] = 0  # the prompt region is re-zeroed after every step
+                return y
+
+            x = taps.block(f"solve_euler.step.{step - 1}", x, euler)
+            t = t + dt
+            states.append(x)
+        return x, states
+
+
+# --------------------------------------------------------------------------------------------
+# Length regulator and gpt_layer.
+
+class InterpolateRegulator(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        c = cfg["channels"]
+        layers = []
+        for _ in cfg["sampling_ratios"]:
+            layers += [nn.Conv1d(c, c, 3, 1, 1), nn.GroupNorm(1, c), nn.Mish()]
+        layers.append(nn.Conv1d(c, c, 1, 1))
+        self.mask_token = nn.Parameter(torch.zeros(1, c))  # stored, never used (continuous input)
+        self.model = nn.Sequential(*layers)
+        self.embedding = nn.Embedding(cfg["codebook_size"], c)  # stored, never used
+        self.content_in_proj = nn.Linear(cfg["in_channels"], c)
+
+    def forward(self, x, ylens, taps=None, prefix="length_regulator"):
+        taps = taps or NoTaps()
+        x = taps.block(f"{prefix}.content_in_proj", x, self.content_in_proj)
+        mask = sequence_mask(ylens).unsqueeze(-1).to(x.dtype)
+        x = F.interpolate(x.transpose(1, 2).contiguous(), size=int(ylens.max()), mode="nearest")
+        for i, m in enumerate(self.model):
+            x = taps.block(f"{prefix}.model.{i}", x, m)
+        return x.transpose(1, 2) * mask
+
+
+def make_latent_proj(cfg: dict) -> nn.Sequential:
+    dims = [cfg["latent_dim"], *cfg["latent_hidden"], cfg["in_channels"]]
+    return nn.Sequential(*[nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])  # no activations
+
+
+class RegulatorPair(nn.Module):
+    """`net.length_regulator` + `net.gpt_layer` (the semantic-side pieces of s2mel)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.length_regulator = InterpolateRegulator(cfg)
+        self.gpt_layer = make_latent_proj(cfg)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        # Loaded from a complete s2mel.pth under prefix `net`, the file also holds `cfm.*` (the dit
+        # kind's part); only that subtree is skipped, the rest stays strict.
+        own = {k: v for k, v in state_dict.items() if not k.startswith("cfm.")}
+        return super().load_state_dict(own, strict=strict, assign=assign)
+
+    def latent_proj(self, latent, taps=None):
+        taps = taps or NoTaps()
+        for i, m in enumerate(self.gpt_layer):
+            latent = taps.block(f"gpt_layer.{i}", latent, m)
+        return latent
+
+
+class S2Mel(nn.Module):
+    """The whole `s2mel.pth`: `net = {cfm, length_regulator, gpt_layer}`."""
+
+    def __init__(self, dit_cfg: dict, lr_cfg: dict):
+        super().__init__()
+        pair = RegulatorPair(lr_cfg)
+        self.net = nn.ModuleDict({"cfm": CFM(dit_cfg), "length_regulator": pair.length_regulator,
+                                  "gpt_layer": pair.gpt_layer})
+
+
+def build_full_on_meta() -> S2Mel:
+    with torch.device("meta"):
+        return S2Mel(copy.deepcopy(FULL_DIT), copy.deepcopy(FULL_LR))
+
+
+
+def official_classes():
+    """(CFM, InterpolateRegulator) from the installed official index-tts snapshot (PyPI
+    `tts-webui-index-tts==2.0.1`, --no-deps), for cross-checks of this reference; None if absent.
+    Their modules import `munch` and the DAC package (-> audiotools) only for names the inference
+    path never uses, so those imports get bare stand-ins for the duration of the import."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("indextts") is None:
+        return None
+
+    def stand_in(name, **attrs):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        m.__path__ = []
+        m.__dict__.update(attrs)
+        return m
+
+    class Munch(dict):
+        __getattr__ = dict.__getitem__
+
+    added = {}
+    if importlib.util.find_spec("munch") is None and "munch" not in sys.modules:
+        added["munch"] = stand_in("munch", Munch=Munch)
+    for name, attrs in [("indextts.s2mel.dac", {}), ("indextts.s2mel.dac.nn", {}),
+                        ("indextts.s2mel.dac.nn.quantize", {"VectorQuantize": None})]:
+        if name not in sys.modules:
+            added[name] = stand_in(name, **attrs)
+    sys.modules.update(added)
+    try:
+        from indextts.s2mel.modules.flow_matching import CFM as OfficialCFM
+        from indextts.s2mel.modules.length_regulator import InterpolateRegulator as OfficialRegulator
+    finally:
+        for name in added:
+            if name.startswith("indextts.s2mel.dac"):
+                sys.modules.pop(name, None)
+    return OfficialCFM, OfficialRegulator
+
+
+def official_args(cfg: dict):
+    """The attribute-style `args` (config.yaml s2mel section) the official CFM/DiT constructors read."""
+    from types import SimpleNamespace as ns
+
+    return ns(reg_loss_type="l1", dit_type="DiT", style_encoder=ns(dim=cfg["style_dim"]),
+              DiT=ns(hidden_dim=cfg["hidden_dim"], num_heads=cfg["num_heads"], depth=cfg["depth"],
+                     in_channels=cfg["in_channels"], content_dim=cfg["content_dim"],
+                     content_codebook_size=cfg["content_codebook_size"], content_type="discrete", is_causal=False,
+                     long_skip_connection=True, zero_prompt_speech_token=False, time_as_token=False,
+                     style_as_token=False, uvit_skip_connection=True, style_condition=True,
+                     final_layer_type="wavenet", class_dropout_prob=0.1, block_size=8192),
+              wavenet=ns(hidden_dim=cfg["wavenet_hidden_dim"], num_layers=cfg["wavenet_num_layers"],
+                         kernel_size=cfg["wavenet_kernel_size"], dilation_rate=cfg["wavenet_dilation_rate"],
+                         p_dropout=0.2, style_condition=True))
+
+# --------------------------------------------------------------------------------------------
+# Registry rows. Both kinds read `s2mel.pth`; each synthetic fixture holds only its own part.
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry rows live beside the model)
+
+
+def _nest(prefixes: dict[str, str], state_dict: dict) -> dict:
+    """{'net': {sub: sd}}: `prefixes` maps a module-key root to its entry under `net`."""
+    net: dict = {}
+    for k, v in state_dict.items():
+        for root, sub in prefixes.items():
+            if k.startswith(root):
+                net.setdefault(sub, {})[k[len(root):]] = v
+                break
+        else:
+            raise KeyError(f"state-dict key {k!r} has no place in s2mel.pth")
+    return {"net": net}
+
+
+def save_cfm(state_dict: dict, path: str) -> None:
+    torch.save(_nest({"": "cfm"}, state_dict), path)
+
+
+def save_regulator(state_dict: dict, path: str) -> None:
+    torch.save(_nest({"length_regulator.": "length_regulator", "gpt_layer.": "gpt_layer"}, state_dict), path)
+
+
+def build_cfm(cfg: dict) -> CFM:
+    return CFM(cfg).eval()
+
+
+def build_regulator(cfg: dict) -> RegulatorPair:
+    return RegulatorPair(cfg).eval()
+
+
+def _mel_like(rng, c: int, t: int) -> np.ndarray:
+    """Log-mel-like values (≈ −11 … 2), smooth in time and frequency."""
+    tt = np.linspace(0, 1, max(t, 1))[None, :t]
+    bands = np.linspace(0, 1, c)[:, None]
+    return (-5.0 + 3.0 * np.sin(2 * np.pi * (3 * tt + bands)) - 2.0 * bands + 0.3 * rng.standard_normal((c, t))).astype(np.float32)
+
+
+def estimator_inputs(cfg: dict, seed: int, frames: int = 21, prompt: int = 6) -> dict[str, np.ndarray]:
+    """Batch of 2 (as the CFG pass has), the second row shorter so the key/WaveNet masks matter."""
+    rng = np.random.default_rng(seed)
+    c = cfg["in_channels"]
+    px = np.zeros((2, c, frames), np.float32)
+    px[0, :, :prompt] = _mel_like(rng, c, prompt)
+    return {
+        "x": rng.standard_normal((2, c, frames)).astype(np.float32),
+        "prompt_x": px,
+        "x_lens": np.array([frames, frames - 3], np.int64),
+        "t": np.array([0.28, 0.76], np.float32),
+        "style": rng.standard_normal((2, cfg["style_dim"])).astype(np.float32),
+        "cond": rng.standard_normal((2, frames, cfg["content_dim"])).astype(np.float32),
+    }
+
+
+def run_estimator(model: CFM, inputs: dict, taps) -> dict:
+    i = inputs
+    return {"velocity": model.estimator(i["x"], i["prompt_x"], i["x_lens"], i["t"], i["style"], i["cond"], taps=taps)}
+
+
+def cfm_inputs(cfg: dict, seed: int, frames: int = 23, prompt: int = 7, steps: int = 25) -> dict[str, np.ndarray]:
+    """One utterance, B=1 as infer_v2: noise z given, t_span = torch.linspace(0, 1, steps + 1)."""
+    rng = np.random.default_rng(seed)
+    c = cfg["in_channels"]
+    return {
+        "z": rng.standard_normal((1, c, frames)).astype(np.float32),
+        "x_lens": np.array([frames], np.int64),
+        "prompt": _mel_like(rng, c, prompt)[None],
+        "mu": rng.standard_normal((1, frames, cfg["content_dim"])).astype(np.float32),
+        "style": rng.standard_normal((1, cfg["style_dim"])).astype(np.float32),
+        "t_span": torch.linspace(0, 1, steps + 1).numpy(),
+    }
+
+
+def run_cfm(model: CFM, inputs: dict, taps) -> dict:
+    i = inputs
+    final, states = model.solve_euler(i["z"], i["x_lens"], i["prompt"], i["mu"], i["style"], i["t_span"], taps=taps)
+    return {"mel": final, **{f"x_step_{k}": s for k, s in enumerate(states)}}
+
+
+def regulator_inputs(cfg: dict, seed: int, frames: int = 13, target: int = 22, batch: int = 1) -> dict[str, np.ndarray]:
+    """Semantic features [B, T, in_channels] and target lengths; 13 → 22 is a non-integer ratio (≈1.72)."""
+    rng = np.random.default_rng(seed)
+    ylens = np.array([target - 5 * b for b in range(batch)], np.int64)
+    return {"x": rng.standard_normal((batch, frames, cfg["in_channels"])).astype(np.float32), "ylens": ylens}
+
+
+def run_regulator(model: RegulatorPair, inputs: dict, taps) -> dict:
+    return {"out": model.length_regulator(inputs["x"], inputs["ylens"], taps=taps)}
+
+
+def latent_inputs(cfg: dict, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"latent": rng.standard_normal((2, 9, cfg["latent_dim"])).astype(np.float32)}
+
+
+def run_latent(model: RegulatorPair, inputs: dict, taps) -> dict:
+    return {"out": model.latent_proj(inputs["latent"], taps=taps)}
+
+
+_OTHER_KIND = "read by the other s2mel kind (only present in a real, complete s2mel.pth)"
+
+DIT_SPEC = ModelSpec(
+    name="dit",
+    manifest="s2mel.json",
+    configs={"tiny": TINY_DIT, "full": FULL_DIT},
+    build_reference=build_cfm,
+    official_file="s2mel.pth",
+    save_official=save_cfm,
+    config_json=json.dumps,
+    cases=(
+        Case("dit_estimator", "estimator", estimator_inputs, run_estimator),
+        Case("dit_cfm", "cfm", cfm_inputs, run_cfm),
+    ),
+    prefix="net.cfm",
+    manifest_prefix="net.cfm",
+    allow_unused={
+        "net.cfm.estimator.x_embedder.*": "DiT.forward feeds x through cond_x_merge_linear; x_embedder is never called",
+        "net.cfm.estimator.cond_embedder.weight": "discrete-content embedding; the forward always uses cond_projection",
+        "net.cfm.estimator.content_mask_embedder.weight": "training-only content dropout embedding",
+        "net.length_regulator.*": _OTHER_KIND,
+        "net.gpt_layer.*": _OTHER_KIND,
+    },
+    faults={
+        "adaln_swapped": ("dit_estimator", "estimator.transformer.layers.0"),
+        "final_no_plus_one": ("dit_estimator", "estimator.final_layer"),
+        "wqkv_split_order": ("dit_estimator", "estimator.transformer.layers.0"),
+        "rope_halves": ("dit_estimator", "estimator.transformer.layers.0"),
+        # tiny keeps the official depth 13 so the U-ViT pairing (0-5 -> 12-7) and this tap hold for every size
+        "uvit_skip_shifted": ("dit_estimator", "estimator.transformer.layers.7"),
+        "wavenet_zero_pad": ("dit_estimator", "estimator.wavenet.in_layers.0"),
+        "skip_weight_norm": ("dit_estimator", "estimator.wavenet.cond_layer"),
+    },
+)
+
+LENGTH_REGULATOR_SPEC = ModelSpec(
+    name="length_regulator",
+    manifest="s2mel.json",
+    configs={"tiny": TINY_LR, "full": FULL_LR},
+    build_reference=build_regulator,
+    official_file="s2mel.pth",
+    save_official=save_regulator,
+    config_json=json.dumps,
+    cases=(
+        Case("length_regulator_upsample", "forward", regulator_inputs, run_regulator),
+        Case("length_regulator_batch", "forward", lambda cfg, seed: regulator_inputs(cfg, seed, 9, 17, 2), run_regulator),
+        Case("length_regulator_latent_proj", "latent_proj", latent_inputs, run_latent),
+    ),
+    prefix="net",
+    manifest_prefix="net",
+    allow_unused={
+        "net.length_regulator.embedding.weight": "discrete-token embedding; IndexTTS2 feeds continuous features (content_in_proj)",
+        "net.length_regulator.mask_token": "training-only token mask",
+        "net.cfm.*": _OTHER_KIND,
+    },
+    faults={
+        "interp_round": ("length_regulator_upsample", "length_regulator.model.0"),
+        "groupnorm_per_channel": ("length_regulator_upsample", "length_regulator.model.1"),
+    },
+)

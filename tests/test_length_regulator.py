@@ -1,0 +1,128 @@
+"""s2mel length regulator (+ gpt_layer) checks beyond the table-driven walk: many target lengths
+(integer and non-integer ratios, shrinking), torch's floor-nearest indices, the infer_v2 step-14
+composition, a property test over lengths, and bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parity import candle
+from parity.candle import InputError
+from parity.compare import compare
+from parity.registry import MODELS
+from parity.runner import layer_walk, run_reference
+from parity.tolerances import lookup
+from reference import s2mel as R
+
+SPEC = MODELS["length_regulator"]
+CASE = next(c for c in SPEC.cases if c.name == "length_regulator_upsample")
+LATENT = next(c for c in SPEC.cases if c.name == "length_regulator_latent_proj")
+
+# (source frames, target frames): ×1, ×2, the ×1.72 of infer_v2 (37 codes → 63 frames), odd
+# non-integer ratios, shrinking, a single source frame.
+LENGTHS = [(7, 7), (5, 10), (37, 63), (13, 22), (11, 19), (17, 29), (9, 4), (30, 13), (1, 5), (50, 86)]
+
+
+@pytest.mark.parametrize("mode", ["chained", "injected"])
+@pytest.mark.parametrize("t_in,t_out", LENGTHS, ids=[f"{a}to{b}" for a, b in LENGTHS])
+def test_length_regulator_target_lengths(t_in, t_out, mode, fixtures, candle_models):
+    fx = fixtures("length_regulator")
+    inputs = R.regulator_inputs(fx.cfg, t_in, frames=t_in, target=t_out)
+    w = layer_walk(fx, candle_models("length_regulator"), CASE, mode, "cpu", inputs=inputs)
+    w.assert_ok()
+
+
+@pytest.mark.parametrize("t_in,t_out", [(1000, 1721), (997, 1999), (613, 1054), (1500, 2580)])
+def test_length_regulator_long_nearest_is_torch_floor(t_in, t_out, fixtures, candle_models):
+    """Long sequences, where f32 rounding of j·(in/out) decides the source frame: torch picks
+    floor(j·in/out) in f32; a different index would move whole frames, far beyond tolerance."""
+    fx = fixtures("length_regulator")
+    src = torch.arange(t_in, dtype=torch.float32)[None, None]
+    want = F.interpolate(src, size=t_out, mode="nearest")[0, 0].long().numpy()
+    f32 = np.minimum(np.floor(np.arange(t_out, dtype=np.float32) * np.float32(np.float32(t_in) / np.float32(t_out))), t_in - 1)
+    np.testing.assert_array_equal(f32.astype(np.int64), want)  # the rule the Rust side implements
+    inputs = R.regulator_inputs(fx.cfg, 0, frames=t_in, target=t_out)
+    ref, _ = run_reference(fx, CASE, inputs)
+    got, _ = candle.run(candle_models("length_regulator"), "forward", inputs)
+    c = compare("output:out", ref["out"], got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
+    assert c.ok, c.line()
+
+
+def test_length_regulator_infer_step14(fixtures, candle_models):
+    """S_infer = vq_emb + gpt_layer(latent); cond = LR(S_infer, ylens=int(Lc·1.72)), as infer_v2."""
+    fx = fixtures("length_regulator")
+    cm = candle_models("length_regulator")
+    rng = np.random.default_rng(5)
+    lc = 29
+    latent = rng.standard_normal((1, lc, fx.cfg["latent_dim"])).astype(np.float32)
+    vq = rng.standard_normal((1, lc, fx.cfg["in_channels"])).astype(np.float32)
+    target = int(lc * 1.72)
+    got_p, _ = candle.run(cm, "latent_proj", {"latent": latent})
+    got, _ = candle.run(cm, "forward", {"x": vq + got_p["out"], "ylens": np.array([target], np.int64)})
+    ref_model = fx.reference()
+    with torch.no_grad():
+        s = torch.from_numpy(vq) + ref_model.latent_proj(torch.from_numpy(latent))
+        ref = ref_model.length_regulator(s, torch.tensor([target]))
+    assert got["out"].shape == (1, target, fx.cfg["channels"])
+    c = compare("output:out", ref.numpy(), got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
+    assert c.ok, c.line()
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(t_in=st.integers(1, 40), t_out=st.integers(1, 80), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_length_regulator_any_lengths(t_in, t_out, batch, seed, fixtures, candle_models):
+    fx = fixtures("length_regulator")
+    rng = np.random.default_rng(seed)
+    ylens = np.array([t_out] + list(rng.integers(1, t_out + 1, batch - 1)), np.int64)
+    inputs = {"x": rng.standard_normal((batch, t_in, fx.cfg["in_channels"])).astype(np.float32), "ylens": ylens}
+    ref, _ = run_reference(fx, CASE, inputs)
+    got, _ = candle.run(candle_models("length_regulator"), "forward", inputs)
+    c = compare("output:out", ref["out"], got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
+    assert c.ok, c.line()
+    for b, n in enumerate(ylens):  # frames past each length are exactly zero
+        assert not got["out"][b, n:].any()
+
+
+@pytest.mark.parametrize("what", ["ylens_zero", "ylens_count", "channels", "ylens_float", "latent_dim"])
+def test_length_regulator_bad_input(what, fixtures, candle_models):
+    fx = fixtures("length_regulator")
+    i = CASE.make_inputs(fx.cfg, 0)
+    method = "latent_proj" if what == "latent_dim" else "forward"
+    bad = {
+        "ylens_zero": {**i, "ylens": np.array([0], np.int64)},
+        "ylens_count": {**i, "ylens": np.array([5, 6], np.int64)},
+        "channels": {**i, "x": i["x"][..., :-1]},
+        "ylens_float": {**i, "ylens": np.array([5.0], np.float32)},
+        "latent_dim": {"latent": LATENT.make_inputs(fx.cfg, 0)["latent"][..., :-1]},
+    }[what]
+    with pytest.raises(InputError):
+        candle.run(candle_models("length_regulator"), method, bad)
+
+
+def test_length_regulator_reference_matches_official_code():
+    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights: the
+    state dict loads strictly and outputs agree bit for bit, masks and non-integer ratios included."""
+    from reference.common import synthetic_init
+
+    classes = R.official_classes()
+    if classes is None:
+        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
+    cfg = R.TINY_LR
+    off = classes[1](channels=cfg["channels"], sampling_ratios=cfg["sampling_ratios"], is_discrete=False,
+                     in_channels=cfg["in_channels"], vector_quantize=False, codebook_size=cfg["codebook_size"],
+                     n_codebooks=1, quantizer_dropout=0.0, f0_condition=False).eval()
+    synthetic_init(off, 0)
+    ours = R.build_regulator(cfg)
+    ours.length_regulator.load_state_dict(off.state_dict(), strict=True)
+    rng = np.random.default_rng(0)
+    for t_in, t_out in LENGTHS:
+        x = torch.from_numpy(rng.standard_normal((2, t_in, cfg["in_channels"])).astype(np.float32))
+        yl = torch.tensor([t_out, max(1, t_out - 2)])
+        with torch.no_grad():
+            want = off(x, yl, n_quantizers=3)[0]
+            got = ours.length_regulator(x, yl)
+        assert torch.equal(got, want), (t_in, t_out, (got - want).abs().max())
