@@ -35,6 +35,31 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("bigvgan", "conv_pre", "cpu", "float32"): T(1e-5, 0.0, 9.5e-7, "one weight-normed conv"),
     ("bigvgan", "output*", "cpu", "float32"): T(2e-4, 0.0, 1.8e-5, "clamped wav", min_snr_db=80.0),
     ("bigvgan", "*", "cpu", "float32"): T(1e-4, 0.0, 1.06e-5, "chained through snake + kaiser filters"),
+    # Semantic codec (RepCodec), peak-relative max|Δ| over tiny + official size (500 frames), both
+    # walks: encoder taps and in_project ≤ 1.95e-6; out_project / emb 3.3e-7.
+    # Codes are integers and compared exactly: any differing code fails.
+    ("semantic_codec", "quantizer.quantizers.0.codebook", "cpu", "float32"): T(0.0, 0.0, 0.0, "codes: exact"),
+    ("semantic_codec", "output:codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "codes: exact"),
+    ("semantic_codec", "quantizer.quantizers.0.out_project", "cpu", "float32"): T(4e-6, 0.0, 3.3e-7, "1×1 projection of raw codebook rows"),
+    ("semantic_codec", "output:emb", "cpu", "float32"): T(4e-6, 0.0, 3.3e-7, "= out_project"),
+    ("semantic_codec", "*", "cpu", "float32"): T(2e-5, 0.0, 1.95e-6, "ConvNeXt blocks, exact GELU, LayerNorm eps 1e-6"),
+    # CAMPPlus, peak-relative, tiny + official size, the four clips and the whole speech clip (585
+    # frames), both walks. Kaldi fbank: the reference FFT runs in f32 (as upstream), Candle's in f64;
+    # log of low-energy bins magnifies the f32 rounding: fbank 1.81e-5, mean-removed feat 2.33e-5
+    # (absolute 2.9e-4 on |log E| ≤ 16). Network taps ≤ 1.65e-6 (block3); stats/dense/embedding ≤ 2.6e-7.
+    ("campplus", "fbank", "cpu", "float32"): T(2e-4, 0.0, 1.81e-5, "log energies, f32 vs f64 FFT"),
+    ("campplus", "output:feat", "cpu", "float32"): T(2.5e-4, 0.0, 2.33e-5, "fbank minus its time mean"),
+    ("campplus", "xvector.stats", "cpu", "float32"): T(3e-6, 0.0, 2.6e-7, "mean ‖ unbiased std over time"),
+    ("campplus", "xvector.dense", "cpu", "float32"): T(3e-6, 0.0, 1.9e-7, "speaker embedding"),
+    ("campplus", "output:embedding", "cpu", "float32"): T(3e-6, 0.0, 1.6e-7, "speaker embedding"),
+    ("campplus", "*", "cpu", "float32"): T(2e-5, 0.0, 1.65e-6, "eval BatchNorm, dense CAM blocks"),
+    # s2mel mel spectrogram (no weights, so not a registry row: tests/test_mel_spectrogram.py).
+    # Peak-relative over speech 22 kHz, the 16 kHz clips, short, ±1-LSB silence, odd length, both
+    # walks: |STFT| 1.9e-7, mel energies 1.1e-7, log-mel chained 3.6e-5 (quiet bands: the log
+    # magnifies the f32 torch.stft rounding; absolute 4.1e-4), injected 8.5e-8.
+    ("mel_spectrogram", "stft", "cpu", "float32"): T(2e-6, 0.0, 1.9e-7, "f32 torch.stft vs f64 FFT"),
+    ("mel_spectrogram", "mel_basis", "cpu", "float32"): T(1.5e-6, 0.0, 1.1e-7, "Slaney filterbank matmul"),
+    ("mel_spectrogram", "*", "cpu", "float32"): T(4e-4, 0.0, 3.6e-5, "log(clamp 1e-5) of the above"),
     # GPT (UnifiedVoice v2), absolute max|Δ| (peak-relative is smaller). Tiny fixture: conv2d2
     # subsampling output (|x| ≤ 13 after ×√d) 3.8e-6; every later tap (conformer blocks, perceiver
     # layers, GPT-2 blocks, ln_f, final_norm, logits) ≤ 2.4e-6 chained, ≤ 1.5e-6 injected. Faults

@@ -4,9 +4,11 @@
 //! (converted to safetensors with the official key names). Nothing here can create a weight that
 //! is not in the file.
 pub mod bigvgan;
+pub mod campplus;
 pub mod ctx;
 pub mod dit;
 pub mod error;
+pub mod mel;
 pub mod gpt;
 pub mod gpt_conformer;
 pub mod gpt_perceiver;
@@ -14,6 +16,7 @@ pub mod length_regulator;
 pub mod nn;
 pub mod pipeline;
 pub mod registry;
+pub mod semantic_codec;
 pub mod s2mel;
 pub mod store;
 pub mod transforms;

@@ -41,6 +41,9 @@ fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
 pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     Ok(match kind {
         "bigvgan" => crate::bigvgan::FAULTS,
+        "semantic_codec" => crate::semantic_codec::FAULTS,
+        "campplus" => crate::campplus::FAULTS,
+        "mel_spectrogram" => crate::mel::FAULTS,
         "dit" => crate::dit::FAULTS,
         "length_regulator" => crate::length_regulator::FAULTS,
         "gpt" => crate::gpt::FAULTS,
@@ -50,12 +53,15 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "pipeline"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram", "pipeline"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
     Ok(match kind {
         "bigvgan" => Box::new(crate::bigvgan::BigVgan::load(w, parse(kind, config_json)?, f)?),
+        "semantic_codec" => Box::new(crate::semantic_codec::SemanticCodec::load(w, parse(kind, config_json)?, f)?),
+        "campplus" => Box::new(crate::campplus::CampPlus::load(w, parse(kind, config_json)?, f)?),
+        "mel_spectrogram" => Box::new(crate::mel::MelSpectrogram::load(w, parse(kind, config_json)?, f)?),
         "dit" => Box::new(crate::dit::Dit::load(w, parse(kind, config_json)?, f)?),
         "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
@@ -158,6 +164,51 @@ impl Runnable for crate::gpt::UnifiedVoice {
             _ => input_err(format!(
                 "gpt has no method `{method}` (methods: spk_conformer, emo_conformer, spk_perceiver, emo_perceiver, spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
             )),
+        }
+    }
+}
+
+impl Runnable for crate::semantic_codec::SemanticCodec {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "quantize" => {
+                let i = take(inputs, method, &["x"])?;
+                let (codes, emb) = self.quantize(i[0], ctx)?;
+                Ok(vec![("codes".into(), codes), ("emb".into(), emb)])
+            }
+            "vq2emb" => {
+                let i = take(inputs, method, &["codes"])?;
+                Ok(vec![("emb".into(), self.vq2emb(i[0], ctx)?)])
+            }
+            _ => input_err(format!("semantic_codec has no method `{method}` (methods: [\"quantize\", \"vq2emb\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::campplus::CampPlus {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["feat"])?;
+                Ok(vec![("embedding".into(), self.forward(i[0], ctx)?)])
+            }
+            "fbank" => {
+                let i = take(inputs, method, &["wav"])?;
+                Ok(vec![("feat".into(), self.fbank(i[0], ctx)?)])
+            }
+            _ => input_err(format!("campplus has no method `{method}` (methods: [\"forward\", \"fbank\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::mel::MelSpectrogram {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["wav"])?;
+                Ok(vec![("mel".into(), self.forward(i[0], ctx)?)])
+            }
+            _ => input_err(format!("mel_spectrogram has no method `{method}` (methods: [\"forward\"])")),
         }
     }
 }

@@ -1,0 +1,202 @@
+//! RepCodec semantic codec (MaskGCT `repcodec_model.py`, vendored by IndexTTS2) — encoder + quantizer.
+//!
+//! `quantize(x[B,T,hidden])` → codes `[B,T]` (i64) and emb `[B,T,hidden]`: Vocos encoder, Linear,
+//! weight-normed 1×1 `in_project` to `codebook_dim`, argmax cosine similarity against the codebook
+//! (both sides L2-normalised), then `out_project` of the RAW codebook row. `vq2emb(codes[B,T])` →
+//! `[B,hidden,T]`. The decoder is stored in the official file but never used by IndexTTS2.
+use crate::ctx::{Ctx, Faults};
+use crate::error::{input_err, Result};
+use crate::nn::{Conv1d, LayerNorm, Linear};
+use crate::store::Weights;
+use crate::transforms::load_weight_norm;
+use candle_core::{DType, Tensor, D};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SemanticCodecConfig {
+    pub codebook_size: usize,
+    pub hidden_size: usize,
+    pub codebook_dim: usize,
+    pub vocos_dim: usize,
+    pub vocos_intermediate_dim: usize,
+    pub vocos_num_layers: usize,
+}
+
+pub const FAULTS: &[&str] = &[
+    "codebook_unnormalised", // nearest code by raw euclidean distance, no L2 normalisation
+];
+
+struct ConvNeXt {
+    dw_taps: Vec<Tensor>, // dwconv.weight[:, 0, k] as [1, dim, 1]
+    dw_bias: Tensor,      // [1, dim, 1]
+    norm: LayerNorm,
+    pwconv1: Linear,
+    pwconv2: Linear,
+    gamma: Tensor,
+}
+
+impl ConvNeXt {
+    fn load(w: &Weights, dim: usize, inter: usize) -> Result<ConvNeXt> {
+        let dw = Conv1d::load(&w.pp("dwconv"), (dim, 1, 7), true, 3, 1, 1)?;
+        let dw_taps = (0..7).map(|k| Ok(dw.w.narrow(2, k, 1)?.reshape((1, dim, 1))?)).collect::<Result<Vec<_>>>()?;
+        let dw_bias = match &dw.b {
+            Some(b) => b.reshape((1, dim, 1))?,
+            None => return input_err("dwconv without bias"),
+        };
+        Ok(ConvNeXt {
+            dw_taps,
+            dw_bias,
+            norm: LayerNorm::load(&w.pp("norm"), dim, 1e-6)?,
+            pwconv1: Linear::load(&w.pp("pwconv1"), dim, inter, true)?,
+            pwconv2: Linear::load(&w.pp("pwconv2"), inter, dim, true)?,
+            gamma: w.get(dim, "gamma")?,
+        })
+    }
+    /// Depthwise k=7 conv (pad 3) as seven shifted scalings: candle runs grouped convs one group
+    /// at a time, which is ~dim× slower for dim groups of one channel.
+    fn dwconv(&self, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let xp = x.pad_with_zeros(2, 3, 3)?;
+        let mut y = xp.narrow(2, 0, t)?.broadcast_mul(&self.dw_taps[0])?;
+        for (k, wk) in self.dw_taps.iter().enumerate().skip(1) {
+            y = (y + xp.narrow(2, k, t)?.broadcast_mul(wk)?)?;
+        }
+        Ok(y.broadcast_add(&self.dw_bias)?)
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.dwconv(x)?.transpose(1, 2)?;
+        let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
+        let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
+        Ok((x + h.transpose(1, 2)?)?)
+    }
+}
+
+struct Vocos {
+    embed: Conv1d,
+    norm: LayerNorm,
+    convnext: Vec<ConvNeXt>,
+    final_layer_norm: LayerNorm,
+}
+
+impl Vocos {
+    fn load(w: &Weights, cfg: &SemanticCodecConfig) -> Result<Vocos> {
+        let d = cfg.vocos_dim;
+        Ok(Vocos {
+            embed: Conv1d::load(&w.pp("embed"), (d, cfg.hidden_size, 7), true, 3, 1, 1)?,
+            norm: LayerNorm::load(&w.pp("norm"), d, 1e-6)?,
+            convnext: (0..cfg.vocos_num_layers)
+                .map(|i| ConvNeXt::load(&w.pp(format!("convnext.{i}")), d, cfg.vocos_intermediate_dim))
+                .collect::<Result<_>>()?,
+            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, 1e-6)?,
+        })
+    }
+    /// `[B, Cin, T]` → `[B, T, dim]`.
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
+        let x = ctx.block(&format!("{p}.embed"), x, |x| self.embed.forward(x))?;
+        let mut x = ctx.block(&format!("{p}.norm"), &x, |x| {
+            Ok(self.norm.forward(&x.transpose(1, 2)?)?.transpose(1, 2)?)
+        })?;
+        for (i, blk) in self.convnext.iter().enumerate() {
+            x = ctx.block(&format!("{p}.convnext.{i}"), &x, |x| blk.forward(x))?;
+        }
+        ctx.block(&format!("{p}.final_layer_norm"), &x, |x| self.final_layer_norm.forward(&x.transpose(1, 2)?))
+    }
+}
+
+pub struct SemanticCodec {
+    cfg: SemanticCodecConfig,
+    encoder: Vocos,
+    encoder_proj: Linear,
+    in_project: Linear,  // weight-normed Conv1d k=1 folded to [codebook_dim, hidden]
+    out_project: Linear, // [hidden, codebook_dim]
+    codebook: Tensor,    // [K, codebook_dim], raw
+    codebook_unit: Tensor,
+    codebook_sq: Tensor, // [1, K]: Σ c², kept as the official distance expression has it
+    faults: Faults,
+}
+
+/// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12).
+fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&n)?)
+}
+
+const Q: &str = "quantizer.quantizers.0";
+
+impl SemanticCodec {
+    pub fn load(w: &Weights, cfg: SemanticCodecConfig, faults: Faults) -> Result<SemanticCodec> {
+        if cfg.codebook_size == 0 || cfg.codebook_dim == 0 || cfg.hidden_size == 0 || cfg.vocos_dim == 0 {
+            return input_err("semantic codec config: sizes must be positive");
+        }
+        let (h, d) = (cfg.hidden_size, cfg.codebook_dim);
+        let encoder = Vocos::load(&w.pp("encoder.0"), &cfg)?;
+        let encoder_proj = Linear::load(&w.pp("encoder.1"), cfg.vocos_dim, h, true)?;
+        let q = w.pp(Q);
+        let inw = load_weight_norm(&q.pp("in_project"), (d, h, 1), false)?.reshape((d, h))?;
+        let in_project = Linear::from_tensors(inw, Some(q.pp("in_project").get(d, "bias")?));
+        let outw = load_weight_norm(&q.pp("out_project"), (h, d, 1), false)?.reshape((h, d))?;
+        let out_project = Linear::from_tensors(outw, Some(q.pp("out_project").get(h, "bias")?));
+        let codebook = q.pp("codebook").get((cfg.codebook_size, d), "weight")?;
+        let codebook_unit = if faults.on("codebook_unnormalised") { codebook.clone() } else { l2_normalize(&codebook)? };
+        let codebook_sq = codebook_unit.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        Ok(SemanticCodec { cfg, encoder, encoder_proj, in_project, out_project, codebook, codebook_unit, codebook_sq, faults })
+    }
+
+    /// z_e `[B, d, T]` → codes `[B, T]` (i64): argmin of the squared distance between unit vectors.
+    fn search(&self, z_e: &Tensor) -> Result<Tensor> {
+        let (b, d, t) = z_e.dims3()?;
+        let enc = z_e.transpose(1, 2)?.reshape((b * t, d))?;
+        let enc = if self.faults.on("codebook_unnormalised") { enc } else { l2_normalize(&enc)? };
+        let dist = enc
+            .sqr()?
+            .sum_keepdim(1)?
+            .broadcast_sub(&(enc.matmul(&self.codebook_unit.t()?)? * 2.0)?)?
+            .broadcast_add(&self.codebook_sq)?;
+        Ok(dist.neg()?.argmax(1)?.to_dtype(DType::I64)?.reshape((b, t))?)
+    }
+
+    /// Raw codebook rows for codes `[B, T]` → `[B, T, d]`; rejects out-of-range codes.
+    fn lookup(&self, codes: &Tensor) -> Result<Tensor> {
+        let (b, t) = codes.dims2()?;
+        let flat = codes.to_dtype(DType::I64)?.flatten_all()?;
+        let v = flat.to_vec1::<i64>()?;
+        if let Some(bad) = v.iter().find(|&&c| c < 0 || c as usize >= self.cfg.codebook_size) {
+            return input_err(format!("code {bad} outside the codebook [0, {})", self.cfg.codebook_size));
+        }
+        Ok(self.codebook.index_select(&flat, 0)?.reshape((b, t, self.cfg.codebook_dim))?)
+    }
+
+    /// Taps: `encoder.0.{embed,norm,convnext.i,final_layer_norm}`, `encoder.1`,
+    /// `quantizer.quantizers.0.{in_project,codebook,out_project}`.
+    pub fn quantize(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        if x.rank() != 3 {
+            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
+        }
+        let (_, t, h) = x.dims3()?;
+        if h != self.cfg.hidden_size || t == 0 {
+            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
+        }
+        let y = self.encoder.forward(&x.transpose(1, 2)?, ctx, "encoder.0")?;
+        let y = ctx.block("encoder.1", &y, |y| self.encoder_proj.forward(y))?;
+        let z_e = ctx.block(&format!("{Q}.in_project"), &y, |y| Ok(self.in_project.forward(y)?.transpose(1, 2)?))?;
+        let codes = ctx.block(&format!("{Q}.codebook"), &z_e, |z| self.search(z))?;
+        let emb = ctx.block(&format!("{Q}.out_project"), &codes, |c| {
+            let z_q = self.lookup(c)?.transpose(1, 2)?;
+            if z_q.dims() != z_e.dims() {
+                return input_err(format!("codes {:?} do not match z_e {:?}", c.dims(), z_e.dims()));
+            }
+            // Straight-through form z_e + (z_q − z_e), as upstream computes it.
+            let st = (&z_e + (z_q - &z_e)?)?;
+            self.out_project.forward(&st.transpose(1, 2)?)
+        })?;
+        Ok((codes, emb))
+    }
+
+    /// `quantizer.vq2emb(codes.unsqueeze(1))`: codes `[B, T]` → `[B, hidden, T]`.
+    pub fn vq2emb(&self, codes: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if codes.rank() != 2 || codes.dim(1)? == 0 {
+            return input_err(format!("vq2emb expects codes [B, T>0], got {:?}", codes.dims()));
+        }
+        ctx.block(&format!("{Q}.out_project"), codes, |c| Ok(self.out_project.forward(&self.lookup(c)?)?.transpose(1, 2)?))
+    }
+}

@@ -1,0 +1,174 @@
+"""Reference RepCodec semantic codec (MaskGCT `repcodec_model.py` as vendored by IndexTTS2).
+
+Module tree = the official one, so `state_dict()` keys equal `semantic_codec/model.safetensors`:
+`encoder` = Sequential(VocosBackbone, Linear), `decoder` = the same (stored, never used by IndexTTS2),
+`quantizer.quantizers.0` = FactorizedVectorQuantize with weight-normed 1×1 in/out projections.
+`quantize(x[B,T,hidden])` → codes [B,T] and emb [B,T,hidden]: the code is the argmax cosine
+similarity (search on L2-normalised vectors), the embedding projects the RAW codebook row.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import weight_norm
+
+from .common import NoTaps, Taps
+
+FULL = {  # config.yaml semantic_codec (num_quantizers 1, downsample_scale 1 by default)
+    "codebook_size": 8192,
+    "hidden_size": 1024,
+    "codebook_dim": 8,
+    "vocos_dim": 384,
+    "vocos_intermediate_dim": 2048,
+    "vocos_num_layers": 12,
+}
+TINY = {"codebook_size": 64, "hidden_size": 32, "codebook_dim": 8, "vocos_dim": 16,
+        "vocos_intermediate_dim": 40, "vocos_num_layers": 3}
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, inter: int, layer_scale: float):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, inter)
+        self.pwconv2 = nn.Linear(inter, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x):  # [B, C, T] -> [B, C, T]
+        h = self.norm(self.dwconv(x).transpose(1, 2))
+        h = self.pwconv2(F.gelu(self.pwconv1(h)))  # exact (erf) GELU
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+class VocosBackbone(nn.Module):
+    def __init__(self, cin: int, dim: int, inter: int, layers: int):
+        super().__init__()
+        self.embed = nn.Conv1d(cin, dim, kernel_size=7, padding=3)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.convnext = nn.ModuleList([ConvNeXtBlock(dim, inter, 1.0 / layers) for _ in range(layers)])
+        self.final_layer_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x, taps: Taps, prefix: str):  # [B, Cin, T] -> [B, T, dim]
+        x = taps.block(f"{prefix}.embed", x, self.embed)
+        x = taps.block(f"{prefix}.norm", x, lambda v: self.norm(v.transpose(1, 2)).transpose(1, 2))
+        for i, blk in enumerate(self.convnext):
+            x = taps.block(f"{prefix}.convnext.{i}", x, blk)
+        return taps.block(f"{prefix}.final_layer_norm", x, lambda v: self.final_layer_norm(v.transpose(1, 2)))
+
+
+class FactorizedVectorQuantize(nn.Module):
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int):
+        super().__init__()
+        self.in_project = weight_norm(nn.Conv1d(input_dim, codebook_dim, kernel_size=1))
+        self.out_project = weight_norm(nn.Conv1d(codebook_dim, input_dim, kernel_size=1))
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+
+    def search(self, z_e):  # [B, d, T] -> codes [B, T]
+        b = z_e.shape[0]
+        enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+        cb = F.normalize(self.codebook.weight)
+        # Same expression as the official squared distance (on unit vectors = cosine distance).
+        dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ cb.t() + cb.pow(2).sum(1, keepdim=True).t()
+        return (-dist).max(1)[1].reshape(b, -1)
+
+    def vq2emb(self, codes):  # [B, T] -> [B, hidden, T]; raw (unnormalised) codebook rows
+        return self.out_project(F.embedding(codes, self.codebook.weight).transpose(1, 2))
+
+
+class ResidualVQ(nn.Module):
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, n: int = 1):
+        super().__init__()
+        self.quantizers = nn.ModuleList([FactorizedVectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n)])
+
+
+class RepCodec(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        h, d = cfg["hidden_size"], cfg["vocos_dim"]
+        inter, n = cfg["vocos_intermediate_dim"], cfg["vocos_num_layers"]
+        self.encoder = nn.Sequential(VocosBackbone(h, d, inter, n), nn.Linear(d, h))
+        self.decoder = nn.Sequential(VocosBackbone(h, d, inter, n), nn.Linear(d, h))
+        self.quantizer = ResidualVQ(h, cfg["codebook_size"], cfg["codebook_dim"])
+
+    def quantize(self, x: torch.Tensor, taps: Taps | None = None):
+        """x [B, T, hidden] → (codes [B, T] int64, emb [B, T, hidden])."""
+        taps = taps or NoTaps()
+        y = self.encoder[0](x.transpose(1, 2), taps, "encoder.0")
+        y = taps.block("encoder.1", y, self.encoder[1])
+        q = self.quantizer.quantizers[0]
+        p = "quantizer.quantizers.0"
+        z_e = taps.block(f"{p}.in_project", y, lambda v: q.in_project(v.transpose(1, 2)))
+        codes = taps.block(f"{p}.codebook", z_e, q.search)
+        # Official straight-through form z_e + (z_q − z_e): same value, same rounding as upstream.
+        emb = taps.block(f"{p}.out_project", codes, lambda c: q.out_project(z_e + (q.codebook(c).transpose(1, 2) - z_e)).transpose(1, 2))
+        return codes, emb
+
+
+def build(cfg: dict) -> RepCodec:
+    return RepCodec(cfg).eval()
+
+
+def save_official(state_dict: dict, path: str) -> None:
+    """The official file is already a flat safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().clone() for k, v in state_dict.items()}, path)
+
+
+def config_json(cfg: dict) -> str:
+    return json.dumps(cfg)
+
+
+def make_features(cfg: dict, seed: int, frames: int = 37) -> dict[str, np.ndarray]:
+    """Normalised w2v-BERT-like features: zero mean, unit variance, smooth in time."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, frames + 4, cfg["hidden_size"]))
+    x = (x[:, :-4] + x[:, 1:-3] + x[:, 2:-2] + x[:, 3:-1] + x[:, 4:]) / np.sqrt(5.0)
+    return {"x": x.astype(np.float32)}
+
+
+def make_codes(cfg: dict, seed: int, frames: int = 29) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"codes": rng.integers(0, cfg["codebook_size"], (1, frames)).astype(np.int64)}
+
+
+def run_quantize(model: RepCodec, inputs: dict, taps: Taps) -> dict:
+    codes, emb = model.quantize(inputs["x"], taps)
+    return {"codes": codes, "emb": emb}
+
+
+def run_vq2emb(model: RepCodec, inputs: dict, taps: Taps) -> dict:
+    # infer_v2: quantizer.vq2emb(codes.unsqueeze(1)) → vq[0] → [B, hidden, T]
+    emb = taps.block("quantizer.quantizers.0.out_project", inputs["codes"],
+                     lambda c: model.quantizer.quantizers[0].vq2emb(c))
+    return {"emb": emb}
+
+
+def _codebook(key, rng, shape):
+    # Rows of different lengths, so a search on unnormalised vectors picks different codes.
+    return rng.standard_normal(shape) * rng.uniform(0.2, 3.0, (shape[0], 1))
+
+
+from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+SPEC = ModelSpec(
+    name="semantic_codec",
+    manifest="semantic_codec.json",
+    configs={"tiny": TINY, "full": FULL},
+    build_reference=build,
+    official_file="model.safetensors",
+    save_official=save_official,
+    config_json=config_json,
+    cases=(
+        Case("semantic_codec_quantize", "quantize", make_features, run_quantize),
+        Case("semantic_codec_vq2emb", "vq2emb", make_codes, run_vq2emb),
+    ),
+    allow_unused={"decoder.*": "RepCodec decoder: stored in the official file, never called by IndexTTS2 (quantize/vq2emb only)"},
+    faults={"codebook_unnormalised": ("semantic_codec_quantize", "quantizer.quantizers.0.codebook")},
+    init_overrides={"codebook.weight": _codebook},
+)

@@ -1,0 +1,159 @@
+"""RepCodec semantic codec checks beyond the table-driven walk: full-size exact codes, any length,
+bad input, benchmark."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parity import candle
+from parity import fixtures as fxm
+from parity.compare import compare
+from parity.registry import MODELS
+from parity.runner import layer_walk, run_reference
+from parity.tolerances import lookup
+from reference.semantic_codec import make_codes, make_features
+
+SPEC = MODELS["semantic_codec"]
+QUANTIZE = next(c for c in SPEC.cases if c.method == "quantize")
+
+
+def test_semantic_codec_full_size_codes_exact():
+    """Official size (8192 codes of dim 8, 12 ConvNeXt layers): 10 s of features (500 frames);
+    every code equal, every tap within tolerance, in both walks."""
+    fx = fxm.synthetic(SPEC, "full")
+    cm = fx.candle("cpu")
+    inputs = make_features(fx.cfg, 3, frames=500)
+    for mode in ("chained", "injected"):
+        w = layer_walk(fx, cm, QUANTIZE, mode, "cpu", inputs=inputs)
+        w.assert_ok()
+    codes = next(r for r in w.rows if r.name == "quantizer.quantizers.0.codebook")
+    assert codes.max_abs == 0.0
+
+
+def test_semantic_codec_batch_rows_independent(fixtures, candle_models):
+    """B=2: each row's codes equal the B=1 result for that row (no cross-batch leakage)."""
+    fx = fixtures("semantic_codec")
+    cm = candle_models("semantic_codec")
+    a, b = make_features(fx.cfg, 1)["x"], make_features(fx.cfg, 2)["x"]
+    both, _ = candle.run(cm, "quantize", {"x": np.concatenate([a, b])})
+    one, _ = candle.run(cm, "quantize", {"x": b})
+    np.testing.assert_array_equal(both["codes"][1:], one["codes"])
+    ref, _ = run_reference(fx, QUANTIZE, {"x": np.concatenate([a, b])})
+    np.testing.assert_array_equal(both["codes"], ref["codes"])
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(frames=st.integers(1, 160), seed=st.integers(0, 2**16))
+def test_semantic_codec_any_length(frames, seed, fixtures, candle_models):
+    fx = fixtures("semantic_codec")
+    inputs = make_features(fx.cfg, seed, frames)
+    ref, _ = run_reference(fx, QUANTIZE, inputs)
+    got, _ = candle.run(candle_models("semantic_codec"), "quantize", inputs)
+    np.testing.assert_array_equal(got["codes"], ref["codes"])
+    c = compare("output:emb", ref["emb"], got["emb"], lookup("semantic_codec", "output:emb", "cpu", "float32"))
+    assert c.ok, c.line()
+
+
+@pytest.mark.parametrize("method,inputs,match", [
+    ("quantize", {"x": np.zeros((1, 5, 7), np.float32)}, "expects x"),
+    ("quantize", {"x": np.zeros((1, 0, 32), np.float32)}, "expects x"),
+    ("quantize", {"x": np.zeros((5, 32), np.float32)}, "expects x"),
+    ("vq2emb", {"codes": np.array([[0, 64]], np.int64)}, "outside the codebook"),
+    ("vq2emb", {"codes": np.array([[-1]], np.int64)}, "outside the codebook"),
+    ("vq2emb", {"codes": np.zeros((1, 2, 3), np.int64)}, "expects codes"),
+    ("decode", {"x": np.zeros((1, 5, 32), np.float32)}, "no method"),
+], ids=["semantic_codec-wrong_dim", "semantic_codec-empty", "semantic_codec-rank2", "semantic_codec-code_too_big",
+        "semantic_codec-negative_code", "semantic_codec-codes_rank3", "semantic_codec-no_decoder"])
+def test_semantic_codec_bad_input(method, inputs, match, candle_models):
+    with pytest.raises(candle.InputError, match=match):
+        candle.run(candle_models("semantic_codec"), method, inputs)
+
+
+@pytest.mark.benchmark(group="semantic_codec")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_semantic_codec(side, benchmark, bench_fixtures):
+    """10 s of 16 kHz audio = 500 w2v-BERT frames (50 Hz), official size, CPU fp32, quantize()."""
+    fx = bench_fixtures("semantic_codec")
+    x = make_features(fx.cfg, 0, frames=500)["x"]
+    if side == "candle":
+        cm = fx.candle("cpu")
+        fn = lambda: candle.run(cm, "quantize", {"x": x})  # noqa: E731
+    else:
+        ref = fx.reference("cpu")
+        t = torch.from_numpy(x)
+
+        def fn():
+            with torch.no_grad():
+                return ref.quantize(t)
+    fn()
+    benchmark.pedantic(fn, rounds=5, iterations=1)
+    benchmark.extra_info.update({"audio_s": 10.0, "frames": 500, "device": "cpu", "dtype": "float32",
+                                 "threads": torch.get_num_threads()})
+
+
+def test_semantic_codec_vq2emb_matches_quantize_emb(fixtures, candle_models):
+    """vq2emb(codes) (the GPT-code path, [B, hidden, T]) equals quantize's emb for the same codes."""
+    fx = fixtures("semantic_codec")
+    cm = candle_models("semantic_codec")
+    q, _ = candle.run(cm, "quantize", make_features(fx.cfg, 5))
+    v, _ = candle.run(cm, "vq2emb", {"codes": q["codes"]})
+    np.testing.assert_allclose(v["emb"].transpose(0, 2, 1), q["emb"], atol=1e-5)
+    assert make_codes(fx.cfg, 0)["codes"].max() < fx.cfg["codebook_size"]
+
+
+def _official_repcodec():
+    """The official RepCodec class from the PyPI snapshot of index-tts (`pip install --no-deps
+    tts-webui-index-tts==2.0.1 einops`); skipped when absent. Its vocos module imports scipy and
+    torchaudio for classes RepCodec never builds, so bare stand-in modules suffice when missing."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
+        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
+
+    def stub(name):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        sys.modules[name] = m
+        return m
+
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        stub("scipy")
+    try:
+        from torchaudio.functional.functional import _hz_to_mel  # noqa: F401
+    except ImportError:
+        for name in ("torchaudio", "torchaudio.functional", "torchaudio.functional.functional"):
+            if name not in sys.modules:
+                stub(name)
+        f = sys.modules["torchaudio.functional.functional"]
+        f._hz_to_mel = f._mel_to_hz = None
+    from indextts.utils.maskgct.models.codec.kmeans.repcodec_model import RepCodec
+
+    return RepCodec
+
+
+def test_semantic_codec_reference_matches_official_code(fixtures):
+    """Our reference against the official RepCodec itself: same keys (strict load), same codes,
+    same embeddings (quantize and vq2emb)."""
+    official = _official_repcodec()
+    fx = fixtures("semantic_codec")
+    ours = fx.reference()
+    off = official(cfg=type("Cfg", (), dict(fx.cfg))()).eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.from_numpy(make_features(fx.cfg, 7, frames=64)["x"])
+    with torch.no_grad():
+        c1, e1 = ours.quantize(x)
+        c2, e2 = off.quantize(x)
+        assert torch.equal(c1, c2.reshape(c1.shape))
+        assert (e1 - e2).abs().max().item() <= 1e-6
+        v1 = ours.quantizer.quantizers[0].vq2emb(c1)
+        v2 = off.quantizer.vq2emb(c1.unsqueeze(0))
+        assert (v1 - v2).abs().max().item() <= 1e-6
