@@ -27,7 +27,22 @@ from .fixtures import Fixture, real, synthetic
 from .registry import MODELS
 from .tolerances import AUDIO_GATE, NEAR_TIE, lookup
 
-KINDS = tuple(dict.fromkeys(st.kind for st in P.STAGES))
+WEIGHTLESS = ("mel_spectrogram",)  # no checkpoint and no registry row: a config only
+KINDS = tuple(k for k in dict.fromkeys(st.kind for st in P.STAGES) if k not in WEIGHTLESS)
+
+
+def _size(fxs: dict[str, Fixture]) -> str:
+    return "tiny" if next(iter(fxs.values())).size == "tiny" else "full"
+
+
+def references(fxs: dict[str, Fixture], device: str = "cpu") -> dict:
+    mods = {k: fx.reference(device) for k, fx in fxs.items()}
+    mods["mel_spectrogram"] = P.MelRef(P.CONFIGS[_size(fxs)]["mel_spectrogram"])
+    return mods
+
+
+def reference_run(fxs: dict[str, Fixture], inputs: dict, device: str = "cpu") -> tuple[dict, dict]:
+    return P.run(references(fxs, device), inputs)
 
 
 def spec_for(kind: str, size: str):
@@ -43,8 +58,15 @@ def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fi
 
 
 def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str, list[str]] | None = None) -> dict:
+    import json
+
     faults = faults or {}
-    return {k: fx.candle(device, faults.get(k, [])) for k, fx in fxs.items()}
+    cms = {k: fx.candle(device, faults.get(k, [])) for k, fx in fxs.items()}
+    # weightless: any store will do (it reads no key); the vocoder's file is always there
+    cms["mel_spectrogram"] = candle.Model("mel_spectrogram", fxs["bigvgan"].safetensors_path,
+                                          json.dumps(P.CONFIGS[_size(fxs)]["mel_spectrogram"]), device,
+                                          faults.get("mel_spectrogram", []), "")
+    return cms
 
 
 @dataclass
@@ -128,7 +150,7 @@ def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: st
     if mode not in ("forced", "chained"):
         raise ValueError(mode)
     if ref is None:
-        ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+        ref = reference_run(fxs, inputs, device)
     per_stage, _ = ref
     w = PipelineWalk(mode, device)
     ref_state = dict(inputs)
@@ -185,8 +207,9 @@ def audio_gate_failure(a: AudioMetrics) -> str:
 # ---- the Rust `pipeline` kind (crates/indextts2_candle/src/pipeline.rs) ---------------------------
 # Prefix of each component's converted keys in the one pipeline safetensors (= pipeline.rs PREFIXES;
 # the two s2mel kinds share `s2mel.` + their `net.…` keys).
-RUST_PREFIX = {"w2v_bert": "w2v_bert.", "gpt": "gpt.", "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan."}
-SYNTH_INPUTS = ("audio_16k", "ref_mel", "text", "max_tokens", "style", "vq_table", "z_pool", "t_span")
+RUST_PREFIX = {"w2v_bert": "w2v_bert.", "semantic_codec": "semantic_codec.", "campplus": "campplus.", "gpt": "gpt.",
+               "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan."}
+SYNTH_INPUTS = ("audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span")
 
 
 def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
@@ -211,6 +234,7 @@ def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
         save_file(merged, tmp)
         os.replace(tmp, path)  # atomic: safe across xdist workers
     cfg = {k: json.loads(fxs[k].spec.config_json(fxs[k].cfg)) for k in KINDS}
+    cfg["mel_spectrogram"] = P.CONFIGS[_size(fxs)]["mel_spectrogram"]
     if cfg["w2v_bert"].get("stats"):  # stats are read from the store's root: give their full key
         cfg["w2v_bert"]["stats"] = RUST_PREFIX["w2v_bert"] + cfg["w2v_bert"]["stats"]
     return path, json.dumps(cfg)
@@ -252,7 +276,7 @@ def rust_walk(model, inputs: dict, ref: tuple[dict, dict], device: str = "cpu") 
             break
     if "wav.wav" in outs:
         c_state["wav"] = outs["wav.wav"]
-        c_state["mel"] = outs["cfm_mel.mel"][:, :, inputs["ref_mel"].shape[2]:]
+        c_state["mel"] = outs["cfm_mel.mel"][:, :, outs["ref_mel.mel"].shape[2]:]
     w.ref_state, w.candle_state = ref_state, c_state
     if w.first_failure is None:
         w.audio = audio_metrics(ref_state["wav"], c_state["wav"])
@@ -294,7 +318,7 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
     fxs = fixtures(size, checkpoints)
     cms = candle_models(fxs, device)
     inputs = P.make_inputs(P.CONFIGS[size], 0)
-    ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+    ref = reference_run(fxs, inputs, device)
     entry, failed = {"walks": []}, []
     md = ["## pipeline (stage by stage)", "",
           "forced: each Candle stage gets the reference's previous output (its own error); "

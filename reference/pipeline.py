@@ -9,14 +9,12 @@ Configs: one mutually consistent set per size, each model's own config dict with
 connect them made equal:
   w2v hidden  = GPT cond_input_size = LR in_channels (codec width)
   GPT model_dim = LR latent_dim (gpt_layer input)
-  LR channels = DiT content_dim;  DiT in_channels = BigVGAN num_mels;  DiT style_dim = CAMPPlus width
+  LR channels = DiT content_dim;  DiT in_channels = BigVGAN num_mels = mel num_mels;
+  DiT style_dim = CAMPPlus embedding_size
 The official ("full") configs already agree; the tiny set is built from each model's TINY.
 
-Not landed yet (feat-frontend): semantic codec, CAMPPlus, mel front end. Until then the pipeline
-starts at the semantic embedding for the prompt side (S_ref := spk_cond_emb, as the codec's
-quantize would return a same-shaped embedding), the vq2emb term of S_infer is a fixed table lookup
-given as an input (`vq_table[codes]`), `style` is a given vector and `ref_mel` is the log-mel of
-the 22.05 kHz clip from `parity.audio.log_mel` with the pipeline's band count.
+Emotion reference = the speaker clip (the default), emo_alpha 1 ⇒ emovec = get_emovec(emotion
+embedding). Text ids are given (no SentencePiece). B = 1 throughout, as infer_v2.
 """
 from __future__ import annotations
 
@@ -27,12 +25,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import bigvgan, gpt, s2mel, w2v_bert
+from . import bigvgan, campplus, gpt, mel, s2mel, semantic_codec, w2v_bert
 
 # ---- configs --------------------------------------------------------------------------------------
 _H = 32  # w2v hidden = codec width (tiny)
 TINY = {
     "w2v_bert": {**w2v_bert.TINY, "hidden_size": _H},
+    "semantic_codec": {**semantic_codec.TINY, "hidden_size": _H},
+    "campplus": {**campplus.TINY, "embedding_size": s2mel.TINY_DIT["style_dim"]},
+    "mel_spectrogram": {**mel.FULL, "num_mels": s2mel.TINY_DIT["in_channels"]},
     "gpt": {**copy.deepcopy(gpt.TINY), "cond_input_size": _H},
     "length_regulator": {**s2mel.TINY_LR, "in_channels": _H, "latent_dim": gpt.TINY["model_dim"],
                          "channels": s2mel.TINY_DIT["content_dim"]},
@@ -43,6 +44,9 @@ TINY = {
 }
 FULL = {
     "w2v_bert": copy.deepcopy(w2v_bert.FULL),
+    "semantic_codec": copy.deepcopy(semantic_codec.FULL),
+    "campplus": copy.deepcopy(campplus.FULL),
+    "mel_spectrogram": copy.deepcopy(mel.FULL),
     "gpt": copy.deepcopy(gpt.FULL),
     "length_regulator": copy.deepcopy(s2mel.FULL_LR),
     "dit": copy.deepcopy(s2mel.FULL_DIT),
@@ -55,7 +59,10 @@ def check_consistent(c: dict) -> None:
     """The widths that connect the stages must agree (a wrong set would fail deep inside a stage)."""
     pairs = [
         ("w2v hidden", c["w2v_bert"]["hidden_size"], "GPT cond_input_size", c["gpt"]["cond_input_size"]),
-        ("w2v hidden", c["w2v_bert"]["hidden_size"], "LR in_channels", c["length_regulator"]["in_channels"]),
+        ("w2v hidden", c["w2v_bert"]["hidden_size"], "codec hidden_size", c["semantic_codec"]["hidden_size"]),
+        ("codec hidden_size", c["semantic_codec"]["hidden_size"], "LR in_channels", c["length_regulator"]["in_channels"]),
+        ("mel num_mels", c["mel_spectrogram"]["num_mels"], "DiT in_channels", c["dit"]["in_channels"]),
+        ("CAMPPlus embedding_size", c["campplus"]["embedding_size"], "DiT style_dim", c["dit"]["style_dim"]),
         ("GPT model_dim", c["gpt"]["model_dim"], "LR latent_dim", c["length_regulator"]["latent_dim"]),
         ("LR channels", c["length_regulator"]["channels"], "DiT content_dim", c["dit"]["content_dim"]),
         ("DiT in_channels", c["dit"]["in_channels"], "BigVGAN num_mels", c["bigvgan"]["num_mels"]),
@@ -79,27 +86,33 @@ def hop(c: dict) -> int:
 
 def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6, max_tokens: int = 20,
                 steps: int = 25) -> dict[str, np.ndarray]:
-    """Everything the pipeline consumes: clips, token ids, CFM noise, the stand-ins listed above."""
-    from parity.audio import log_mel
-
+    """Everything the pipeline consumes: the speaker clip at 16 and 22.05 kHz, token ids, CFM noise.
+    `seed` picks the token ids and the noise."""
     rng = np.random.default_rng(seed)
     a16 = w2v_bert.load_clip("speech_16k.wav")[: int(seconds * SR_16K)]
     a22 = w2v_bert.load_clip("speech_22k.wav")[: int(seconds * SR_22K)]
-    n_mels = c["dit"]["in_channels"]
-    ref_mel = log_mel(a22, SR_22K, 1024, 256, n_mels)[None].astype(np.float32)  # [1, C, Tm]
     g = c["gpt"]
+    n_mels = c["dit"]["in_channels"]
     return {
         "audio_16k": a16.astype(np.float32),
-        "ref_mel": ref_mel,
+        "audio_22k": a22.astype(np.float32),
         "text": rng.integers(2, g["number_text_tokens"], (1, text_len)).astype(np.int64),
         "max_tokens": np.array([max_tokens], np.int64),
-        "style": rng.standard_normal((1, c["dit"]["style_dim"])).astype(np.float32),
-        # stands in for semantic_codec.vq2emb until the codec lands: one row per code
-        "vq_table": (0.5 * rng.standard_normal((g["number_mel_codes"], c["length_regulator"]["in_channels"]))).astype(np.float32),
         # noise for the whole CFM sequence (prompt + target); sliced to length once that is known
         "z_pool": rng.standard_normal((1, n_mels, 4096 if n_mels < 80 else 8192)).astype(np.float32),
         "t_span": torch.linspace(0, 1, steps + 1).numpy(),
     }
+
+
+class MelRef(torch.nn.Module):
+    """The weightless s2mel mel front end as a module, so every stage runs `module(inputs)`."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, y):
+        return mel.mel_spectrogram(y, self.cfg)
 
 
 # ---- stages ---------------------------------------------------------------------------------------
@@ -155,18 +168,36 @@ def _target_len(s: dict) -> int:
     return max(1, int(s["codes"].shape[1] * LENGTH_RATIO))
 
 
+def _emb_lens(s: dict) -> np.ndarray:
+    return np.array([s["emb"].shape[1]], np.int64)
+
+
+# Pipeline order = spec §5: prompt side (steps 2-7), then emotion, decoding, target side (10-16).
 STAGES: tuple[Stage, ...] = (
-    Stage("fbank", "w2v_bert", "features", lambda s: {"audio": s["audio_16k"]}, _ref_features,
+    Stage("features", "w2v_bert", "features", lambda s: {"audio": s["audio_16k"]}, _ref_features,
           ("input_features", "attention_mask")),
     Stage("semantic_emb", "w2v_bert", "forward_masked",
-          lambda s: {"input_features": s["input_features"], "attention_mask": s["attention_mask"]}, _ref_w2v, ("emb",),
-          post=lambda o, s: {"emb": o["emb"], "s_ref": o["emb"]}),  # codec quantize not landed: S_ref := emb
+          lambda s: {"input_features": s["input_features"], "attention_mask": s["attention_mask"]}, _ref_w2v, ("emb",)),
+    Stage("s_ref", "semantic_codec", "quantize", lambda s: {"x": s["emb"]},
+          lambda m, i: dict(zip(("codes", "emb"), m.quantize(i["x"]))), ("codes", "emb"),
+          post=lambda o, s: {"s_ref": o["emb"]}),
+    Stage("ref_mel", "mel_spectrogram", "forward", lambda s: {"wav": s["audio_22k"][None]},
+          lambda m, i: {"mel": m(i["wav"])}, ("mel",), post=lambda o, s: {"ref_mel": o["mel"]}),
+    Stage("spk_fbank", "campplus", "fbank", lambda s: {"wav": s["audio_16k"][None]},
+          lambda m, i: {"feat": campplus.campplus_features(i["wav"], m.cfg["feat_dim"], m.cfg["sample_rate"])},
+          ("feat",)),
+    Stage("style", "campplus", "forward", lambda s: {"feat": s["feat"][None]}, lambda m, i: {"embedding": m(i["feat"])},
+          ("embedding",), post=lambda o, s: {"style": o["embedding"]}),
+    Stage("prompt_cond", "length_regulator", "forward",
+          lambda s: {"x": s["s_ref"], "ylens": np.array([s["ref_mel"].shape[2]], np.int64)},
+          lambda m, i: {"out": m.length_regulator(i["x"], i["ylens"])}, ("out",),
+          post=lambda o, s: {"prompt_cond": o["out"]}),
     Stage("spk_latent", "gpt", "spk_cond",
-          lambda s: {"x": np.ascontiguousarray(np.swapaxes(s["emb"], 1, 2)), "lens": np.array([s["emb"].shape[1]], np.int64)},
+          lambda s: {"x": np.ascontiguousarray(np.swapaxes(s["emb"], 1, 2)), "lens": _emb_lens(s)},
           lambda m, i: {"latent": m.get_conditioning(i["x"], i["lens"])}, ("latent",),
           post=lambda o, s: {"spk_latent": o["latent"]}),
     # emotion reference = speaker clip (the default), emo_alpha 1 ⇒ merge_emovec = get_emovec(emo)
-    Stage("emovec", "gpt", "emovec", lambda s: {"x": s["emb"], "lens": np.array([s["emb"].shape[1]], np.int64)},
+    Stage("emovec", "gpt", "emovec", lambda s: {"x": s["emb"], "lens": _emb_lens(s)},
           lambda m, i: {"emovec": m.get_emovec(i["x"], i["lens"])}, ("emovec",)),
     Stage("codes", "gpt", "greedy",
           lambda s: {"spk_latent": s["spk_latent"], "emovec": s["emovec"], "text": s["text"], "max_tokens": s["max_tokens"]},
@@ -180,13 +211,14 @@ STAGES: tuple[Stage, ...] = (
                      "codes": s["codes"], "code_lens": np.array([s["codes"].shape[1]], np.int64), "emovec": s["emovec"]},
           lambda m, i: {"latent": m.forward_latent(i["spk_latent"], i["text"], i["text_lens"], i["codes"], i["code_lens"], i["emovec"])},
           ("latent",)),
+    # infer_v2 step 14: vq2emb(codes) [1, hidden, Lc] (B = 1 only, as the official) ...
+    Stage("vq_emb", "semantic_codec", "vq2emb", lambda s: {"codes": s["codes"]},
+          lambda m, i: {"emb": m.quantizer.quantizers[0].vq2emb(i["codes"])}, ("emb",),
+          post=lambda o, s: {"vq_emb": o["emb"]}),
+    # ... + gpt_layer(latent) = S_infer
     Stage("s_infer", "length_regulator", "latent_proj", lambda s: {"latent": s["latent"]},
           lambda m, i: {"out": m.latent_proj(i["latent"])}, ("out",),
-          post=lambda o, s: {"s_infer": s["vq_table"][s["codes"][0]][None] + o["out"]}),
-    Stage("prompt_cond", "length_regulator", "forward",
-          lambda s: {"x": s["s_ref"], "ylens": np.array([s["ref_mel"].shape[2]], np.int64)},
-          lambda m, i: {"out": m.length_regulator(i["x"], i["ylens"])}, ("out",),
-          post=lambda o, s: {"prompt_cond": o["out"]}),
+          post=lambda o, s: {"s_infer": np.swapaxes(s["vq_emb"], 1, 2) + o["out"]}),
     Stage("target_cond", "length_regulator", "forward",
           lambda s: {"x": s["s_infer"], "ylens": np.array([_target_len(s)], np.int64)},
           lambda m, i: {"out": m.length_regulator(i["x"], i["ylens"])}, ("out",),

@@ -14,12 +14,15 @@ from parity.audio import audio_metrics
 from parity.tolerances import AUDIO_GATE, NEAR_TIE, lookup
 from reference import pipeline as P
 
-STAGE_ORDER = ["fbank", "semantic_emb", "spk_latent", "emovec", "codes", "code_logits", "latent", "s_infer",
-               "prompt_cond", "target_cond", "cfm_mel", "wav"]
+STAGE_ORDER = ["features", "semantic_emb", "s_ref", "ref_mel", "spk_fbank", "style", "prompt_cond", "spk_latent",
+               "emovec", "codes", "code_logits", "latent", "vq_emb", "s_infer", "target_cond", "cfm_mel", "wav"]
 
 # (registry kind, existing fault switch, the stage the walk must name)
 FAULTS = [
     ("w2v_bert", "var_as_std", "semantic_emb"),
+    ("semantic_codec", "codebook_unnormalised", "s_ref"),
+    ("mel_spectrogram", "htk_mel_scale", "ref_mel"),
+    ("campplus", "bn_running_stats_ignored", "style"),
     ("gpt", "pos_bias_v_dropped", "spk_latent"),
     ("gpt", "final_norm_skipped", "codes"),
     ("length_regulator", "interp_round", "prompt_cond"),
@@ -39,7 +42,7 @@ def pipe(request, device):
     except MissingCheckpoints as e:
         pytest.fail(str(e), pytrace=False)
     inputs = P.make_inputs(P.CONFIGS[size], 0)
-    ref = P.run({k: fx.reference(device) for k, fx in fxs.items()}, inputs)
+    ref = PP.reference_run(fxs, inputs, device)
     return fxs, PP.candle_models(fxs, device), inputs, ref, device
 
 
@@ -90,7 +93,7 @@ def test_pipeline_wave_gate(pipe):
 def test_pipeline_fault_named(kind, fault, stage, pipe):
     fxs, cms, inputs, ref, device = pipe
     broken = dict(cms)
-    broken[kind] = fxs[kind].candle(device, [fault])
+    broken.update({k: v for k, v in PP.candle_models(fxs, device, {kind: [fault]}).items() if k == kind})
     for mode in ("forced", "chained"):
         w = PP.walk(fxs, broken, inputs, mode, device, ref=ref)
         assert w.first_failure == stage, f"{mode}: fault `{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
