@@ -89,7 +89,7 @@ fn sub_faults(f: &Faults, kind: &str) -> Faults {
     Faults::new(&mine, crate::registry::faults(kind).unwrap_or(&[]), kind).unwrap_or_default()
 }
 
-fn pre<'a>(kind: &'a str) -> &'a str {
+fn pre(kind: &str) -> &str {
     PREFIXES.iter().find(|(k, _)| *k == kind).map(|(_, p)| *p).unwrap_or(kind)
 }
 
