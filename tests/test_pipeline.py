@@ -198,3 +198,58 @@ def test_pipeline_rust_bad_input(pipe, rust_pipe):
         candle.run(rust_pipe, "speak", ins)
     with pytest.raises(InputError, match="unknown fault"):
         PP.rust_pipeline(fxs, device, ["adaln_swapped"])  # must be `<kind>:<fault>`
+
+
+# ---- benchmarks (pytest --benchmark-only -k pipeline) -------------------------------------------------
+def _bench_pipe(request):
+    size = "full" if request.config.getoption("--full-size") else "tiny"
+    fxs = PP.fixtures(size, request.config.getoption("--checkpoints"))
+    return fxs, P.make_inputs(P.CONFIGS["full" if fxs["bigvgan"].size != "tiny" else "tiny"], 0)
+
+
+@pytest.mark.benchmark(group="pipeline-rtf")
+@pytest.mark.parametrize("side", ["candle", "torch"])
+def test_bench_pipeline_rtf(side, benchmark, request):
+    """End-to-end real-time factor, CPU. Tiny configs unless --full-size (tiny figures only show the
+    overhead of the composition; RTF claims need --full-size or --checkpoints)."""
+    import torch
+
+    from parity import candle
+
+    fxs, inputs = _bench_pipe(request)
+    if side == "candle":
+        m = PP.rust_pipeline(fxs, "cpu")
+        ins = {k: inputs[k] for k in PP.SYNTH_INPUTS}
+        fn = lambda: candle.run(m, "synthesize", ins)[0]["wav.wav"]  # noqa: E731
+    else:
+        mods = PP.references(fxs, "cpu")
+        fn = lambda: P.run(mods, inputs)[1]["wav"]  # noqa: E731
+    wav = fn()  # warm-up outside the timing
+    benchmark.pedantic(fn, rounds=3, iterations=1)
+    audio_s = np.asarray(wav).size / fxs["bigvgan"].cfg["sampling_rate"]
+    benchmark.extra_info.update({"audio_s": audio_s, "rtf": benchmark.stats.stats.mean / audio_s,
+                                 "threads": torch.get_num_threads()})
+
+
+@pytest.mark.benchmark(group="pipeline-load")
+@pytest.mark.parametrize("side", ["candle_mmap", "torch_load"])
+def test_bench_pipeline_load(side, benchmark, request):
+    """Whole-stack load: the Rust pipeline from its one safetensors vs torch.load of the official files."""
+    import torch
+
+    fxs, _ = _bench_pipe(request)
+    if side == "candle_mmap":
+        PP.rust_files(fxs)
+        fn = lambda: PP.rust_pipeline(fxs, "cpu")  # noqa: E731
+    else:
+        files = sorted({fx.official_path for fx in fxs.values()})
+
+        def fn():
+            for f in files:
+                if f.endswith(".safetensors"):
+                    from safetensors.torch import load_file
+
+                    load_file(f)
+                else:
+                    torch.load(f, map_location="cpu", weights_only=True)
+    benchmark.pedantic(fn, rounds=3, iterations=1)
