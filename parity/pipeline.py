@@ -322,10 +322,10 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
     entry, failed = {"walks": []}, []
     md = ["## pipeline (stage by stage)", "",
           "forced: each Candle stage gets the reference's previous output (its own error); "
-          "chained: Candle end to end.", ""]
+          "chained: Candle stages feed each other; rust: the Rust `pipeline` kind in one call.", ""]
     chained = None
-    for mode in ("forced", "chained"):
-        w = walk(fxs, cms, inputs, mode, device, ref=ref)
+    for mode in ("forced", "chained", "rust"):
+        w = rust_walk(rust_pipeline(fxs, device), inputs, ref, device) if mode == "rust" else walk(fxs, cms, inputs, mode, device, ref=ref)
         chained = w if mode == "chained" else chained
         entry["walks"].append({"mode": mode, "ok": w.ok, "first_failure": w.first_failure, "rows": w.rows(),
                                "audio": None if w.audio is None else w.audio.row(), "audio_fail": w.audio_fail})
