@@ -49,9 +49,14 @@ def _plot(walks, path: str) -> None:
 
 
 def report(out: str, models: list[str] | None, size: str, checkpoints: str | None, device: str) -> int:
+    import warnings
+
     import torch
 
     import indextts_candle
+
+    # The official classes use the old weight_norm on purpose (it yields the weight_g/_v keys).
+    warnings.filterwarnings("ignore", message=".*torch.nn.utils.weight_norm. is deprecated", category=FutureWarning)
 
     from . import candle
     from .audio import audio_metrics
