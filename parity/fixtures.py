@@ -72,7 +72,7 @@ def synthetic(spec: ModelSpec, size: str) -> Fixture:
     official = os.path.join(d, spec.official_file)
     st = os.path.join(d, "converted.safetensors")
     if not os.path.exists(st):
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(os.path.dirname(official), exist_ok=True)
         model = spec.build_reference(cfg)
         ov = spec.init_overrides(cfg) if callable(spec.init_overrides) else spec.init_overrides
         synthetic_init(model, spec.seed, ov)
@@ -88,10 +88,19 @@ class MissingCheckpoints(FileNotFoundError):
     pass
 
 
+def official_layout() -> str:
+    """Where --checkpoints DIR expects each file: the IndexTTS-2 checkpoint directory plus one
+    sub-directory per external model, named after its Hugging Face repository."""
+    from .registry import MODELS
+
+    return "\n".join(f"  {s.official_file:<55} ({s.name})" for s in MODELS.values() if s.official_file)
+
+
 def real(spec: ModelSpec, directory: str) -> Fixture:
     official = os.path.join(directory, spec.official_file)
     if not os.path.isfile(official):
-        raise MissingCheckpoints(f"--checkpoints {directory}: `{spec.official_file}` (for {spec.name}) is missing")
+        raise MissingCheckpoints(f"--checkpoints {directory}: `{spec.official_file}` (for {spec.name}) is missing. "
+                                 f"Expected layout:\n{official_layout()}")
     st_stat = os.stat(official)
     d = os.path.join(cache_dir(), "real", spec.name)
     st = os.path.join(d, f"{st_stat.st_size}-{int(st_stat.st_mtime)}.safetensors")
