@@ -136,7 +136,8 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
         result["pipeline"], pmd, pfailed = report_section(out, size, checkpoints, device, _write_wav)
         md += pmd
         failed += pfailed
-    _plot(walks, os.path.join(out, "errors.png"))
+    if walks:  # `--models pipeline` alone has no per-model walks
+        _plot(walks, os.path.join(out, "errors.png"))
     result["ok"] = not failed
     result["failures"] = failed
     md = md[:2] + ["**Result: " + ("PASS" if not failed else "FAIL — " + "; ".join(failed)) + "**", ""] + md[2:]
