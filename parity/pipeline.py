@@ -23,7 +23,7 @@ from reference import pipeline as P
 from . import candle
 from .audio import AudioMetrics, audio_metrics
 from .compare import Comparison, compare
-from .fixtures import Fixture, real, synthetic
+from .fixtures import Fixture, MissingCheckpoints, real, synthetic
 from .registry import MODELS
 from .tolerances import AUDIO_GATE, NEAR_TIE, lookup
 
@@ -53,6 +53,10 @@ def spec_for(kind: str, size: str):
 
 def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fixture]:
     if checkpoints:
+        need = sorted({MODELS[k].official_file + f" ({k})" for k in KINDS
+                       if not os.path.isfile(os.path.join(checkpoints, MODELS[k].official_file))})
+        if need:  # one message listing everything the pipeline needs, not the first miss only
+            raise MissingCheckpoints(f"--checkpoints {checkpoints}: the pipeline needs these missing files: {', '.join(need)}")
         return {k: real(MODELS[k], checkpoints) for k in KINDS}
     return {k: synthetic(spec_for(k, size), size) for k in KINDS}
 

@@ -253,3 +253,16 @@ def test_bench_pipeline_load(side, benchmark, request):
                 else:
                     torch.load(f, map_location="cpu", weights_only=True)
     benchmark.pedantic(fn, rounds=3, iterations=1)
+
+
+def test_pipeline_missing_checkpoints_listed(tmp_path):
+    """`--checkpoints DIR` without the files: one message naming every file the pipeline needs."""
+    from parity.fixtures import MissingCheckpoints
+
+    (tmp_path / "gpt.pth").write_bytes(b"")
+    with pytest.raises(MissingCheckpoints) as e:
+        PP.fixtures("full", str(tmp_path))
+    msg = str(e.value)
+    for f in ("bigvgan_generator.pt", "s2mel.pth", "campplus_cn_common.bin", "model.safetensors"):
+        assert f in msg, msg
+    assert "gpt.pth" not in msg
