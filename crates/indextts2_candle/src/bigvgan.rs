@@ -61,42 +61,79 @@ impl Snake {
 }
 
 /// Alias-free activation: upsample ×2, act, downsample ×2, with the filters from the checkpoint.
+///
+/// Both filters are one 12-tap kernel shared by every channel. They are applied per output phase
+/// (polyphase): exactly the sums torch's depthwise conv_transpose1d / conv1d compute, as 12 shifted
+/// multiply-adds on whole [B, C, T] tensors. Candle's CPU convs on B·C single-channel rows ran at
+/// 0.5–2.6 GFLOP/s and were most of BigVGAN's time (`benches/conv_speed.rs`).
 struct Activation1d {
     act: Snake,
-    up_filter: Tensor,   // [1, 1, K]
-    down_filter: Tensor, // [1, 1, K]
-    k: usize,
+    up_taps: Vec<f32>,   // UpSample1d.filter, stored [1, 1, K]
+    down_taps: Vec<f32>, // LowPassFilter1d.filter, stored [1, 1, K]
 }
 
 const RATIO: usize = 2;
+const K: usize = 12; // int(6 * ratio // 2) * 2
+
+/// Σ_i coef_i · x[..., start_i : start_i + len], the building block of both filters.
+fn shifted_sum(x: &Tensor, terms: &[(usize, f32)], len: usize) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for &(start, coef) in terms {
+        let term = x.narrow(2, start, len)?.affine(coef as f64, 0.0)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| crate::Error::Input("empty filter".into()))
+}
 
 impl Activation1d {
     fn load(w: &Weights, ch: usize, beta: bool, logscale: bool) -> Result<Activation1d> {
-        let k = 12; // int(6 * ratio // 2) * 2
+        let taps = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         Ok(Activation1d {
             act: Snake::load(&w.pp("act"), ch, beta, logscale)?,
-            up_filter: w.pp("upsample").get((1, 1, k), "filter")?,
-            down_filter: w.pp("downsample.lowpass").get((1, 1, k), "filter")?,
-            k,
+            up_taps: taps(w.pp("upsample").get((1, 1, K), "filter")?)?,
+            down_taps: taps(w.pp("downsample.lowpass").get((1, 1, K), "filter")?)?,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+
+    /// UpSample1d: replicate pad `K/2 − 1`, conv_transpose stride 2, ×2, crop `pad·2 + (K−2)/2` per
+    /// side. Output sample 2r+t = 2·Σ_j f[2j+p]·xp[r + m0 − j] with p = (t+crop) mod 2, m0 = (t+crop) div 2.
+    fn upsample(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
-        // Depthwise filtering with one shared filter = a single-channel conv over B·C rows.
-        let rows = x.reshape((b * c, 1, t))?;
-        // UpSample1d: pad = K/ratio - 1 (replicate), conv_transpose stride 2, ×ratio, crop
-        // pad_left = pad_right = pad·ratio + (K - ratio)/2 (torch's crop == transposed-conv padding).
-        let pad = self.k / RATIO - 1;
-        let crop = pad * RATIO + (self.k - RATIO) / 2;
-        let up = rows.pad_with_same(2, pad, pad)?;
-        let up = (up.conv_transpose1d(&self.up_filter, crop, 0, RATIO, 1, 1)? * RATIO as f64)?;
-        let up = up.reshape((b, c, ()))?;
-        let y = self.act.forward(&up)?;
-        // LowPassFilter1d: replicate pad (K/2 - 1, K/2), conv stride 2.
-        let (_, _, t2) = y.dims3()?;
-        let rows = y.reshape((b * c, 1, t2))?.pad_with_same(2, self.k / 2 - 1, self.k / 2)?;
-        let down = rows.conv1d(&self.down_filter, 0, RATIO, 1, 1)?;
-        Ok(down.reshape((b, c, ()))?)
+        let pad = K / RATIO - 1;
+        let crop = pad * RATIO + (K - RATIO) / 2;
+        let xp = x.pad_with_same(2, pad, pad)?;
+        let mut phases = Vec::with_capacity(RATIO);
+        for ph in 0..RATIO {
+            let (p, m0) = ((ph + crop) % RATIO, (ph + crop) / RATIO);
+            let terms: Vec<(usize, f32)> = (0..)
+                .take_while(|j| j * RATIO + p < K)
+                .map(|j| (m0 - j, RATIO as f32 * self.up_taps[j * RATIO + p]))
+                .collect();
+            phases.push(shifted_sum(&xp, &terms, t)?);
+        }
+        Ok(Tensor::stack(&phases, 3)?.reshape((b, c, t * RATIO))?)
+    }
+
+    /// LowPassFilter1d: replicate pad (K/2 − 1, K/2), conv stride 2: out[r] = Σ_k f[k]·yp[2r + k],
+    /// read from the even / odd phases of yp (one extra replicate sample makes the length even).
+    fn downsample(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, c, t2) = y.dims3()?;
+        let yp = y.pad_with_same(2, K / 2 - 1, K / 2 + 1)?;
+        let half = yp.dim(2)? / 2;
+        let pairs = yp.reshape((b, c, half, 2))?;
+        let even = pairs.narrow(3, 0, 1)?.squeeze(3)?.contiguous()?;
+        let odd = pairs.narrow(3, 1, 1)?.squeeze(3)?.contiguous()?;
+        let out_len = t2 / RATIO;
+        let ev: Vec<(usize, f32)> = (0..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
+        let od: Vec<(usize, f32)> = (1..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
+        Ok((shifted_sum(&even, &ev, out_len)? + shifted_sum(&odd, &od, out_len)?)?)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.downsample(&self.act.forward(&self.upsample(x)?)?)
     }
 }
 
