@@ -10,45 +10,12 @@ import numpy as np
 import torch
 
 
-def _hz_to_mel_slaney(f):
-    f = np.asarray(f, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = f / f_sp
-    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mels)
-
-
-def _mel_to_hz_slaney(m):
-    m = np.asarray(m, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-def slaney_mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """librosa.filters.mel(htk=False, norm='slaney'): triangular bands, area-normalised."""
-    fmax = sr / 2 if fmax is None else fmax
-    fft_f = np.linspace(0, sr / 2, 1 + n_fft // 2)
-    mel_f = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_f[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    w = np.maximum(0, np.minimum(lower, upper))
-    w *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
-    return w.astype(np.float32)
-
-
 def log_mel(wav: np.ndarray, sr: int = 22050, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(wav, dtype=np.float32)).reshape(1, -1)
-    pad = (n_fft - hop) // 2
-    x = torch.nn.functional.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]
-    spec = torch.stft(x, n_fft, hop, n_fft, torch.hann_window(n_fft), center=False, return_complex=True)
-    mag = torch.sqrt(spec.real**2 + spec.imag**2 + 1e-9)
-    mel = torch.from_numpy(slaney_mel_filters(sr, n_fft, n_mels)) @ mag
-    return torch.log(torch.clamp(mel, min=1e-5))[0].numpy()
+    """The vocoder's own mel: the same function as the s2mel mel spectrogram (reference/mel.py)."""
+    from reference.mel import mel_spectrogram
+
+    cfg = {"sampling_rate": sr, "n_fft": n_fft, "win_size": n_fft, "hop_size": hop, "num_mels": n_mels, "fmin": 0.0, "fmax": None}
+    return mel_spectrogram(torch.as_tensor(np.asarray(wav, dtype=np.float32)).reshape(1, -1), cfg)[0].numpy()
 
 
 @dataclass
