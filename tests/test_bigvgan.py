@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity import candle
+from parity.bench import measure
 from parity.audio import audio_metrics
 from parity.compare import compare
 from parity.registry import MODELS
@@ -64,14 +65,6 @@ def test_bigvgan_any_mel_length(frames, seed, fixtures, candle_models):
     assert c.ok, c.line()
 
 
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @pytest.mark.benchmark(group="bigvgan")
 @pytest.mark.parametrize("side", ["candle", "torch"])
 def test_bench_bigvgan(side, benchmark, bench_fixtures):
@@ -89,7 +82,4 @@ def test_bench_bigvgan(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return ref(t)
-    fn()  # warm-up outside the timing (allocations, page-in of the mmap)
-    benchmark.pedantic(fn, rounds=3, iterations=1)
-    benchmark.extra_info.update({"audio_s": 86 * 256 / 22050, "device": "cpu", "dtype": "float32",
-                                 "threads": torch.get_num_threads(), "peak_rss_mb_process": _peak_rss_mb()})
+    measure(benchmark, fn, rounds=3, audio_s=86 * 256 / 22050)

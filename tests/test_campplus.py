@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity import candle
+from parity.bench import measure
 from parity import fixtures as fxm
 from parity.compare import compare
 from parity.registry import MODELS
@@ -136,9 +137,7 @@ def test_bench_campplus(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return ref(campplus_features(t, 80, 16000.0)[None])
-    fn()
-    benchmark.pedantic(fn, rounds=5, iterations=1)
-    benchmark.extra_info.update({"audio_s": 10.0, "device": "cpu", "dtype": "float32", "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=5, audio_s=10.0)
 
 
 def test_campplus_reference_matches_official_code(full):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity import candle
+from parity.bench import measure
 from parity.candle import InputError
 from parity.compare import compare
 from parity.coverage import coverage
@@ -238,8 +239,6 @@ def test_bench_dit(side, which, benchmark, bench_fixtures):
         fn = lambda: candle.run(cm, case.method, inputs)  # noqa: E731
     else:
         fn = lambda: run_reference(fx, case, inputs)  # noqa: E731
-    if which == "estimator":
-        fn()  # warm-up (page-in of the mmap, allocator)
-    benchmark.pedantic(fn, rounds=3 if which == "estimator" else 1, iterations=1)
-    benchmark.extra_info.update({"frames": BENCH_T, "audio_s": BENCH_T * 256 / 22050, "device": "cpu",
-                                 "dtype": "float32", "threads": torch.get_num_threads()})
+    # the 25-step CFM is minutes long: one round, no warm-up
+    measure(benchmark, fn, rounds=3 if which == "estimator" else 1, warmup=which == "estimator",
+            frames=BENCH_T, audio_s=BENCH_T * 256 / 22050)

@@ -2,7 +2,6 @@
 KV-cache decoding vs full recomputation, length properties, bad input, and the CPU benchmark."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity import candle
+from parity.bench import measure
 from parity.compare import compare
 from parity.registry import MODELS
 from parity.tolerances import lookup
@@ -377,9 +377,7 @@ def test_bench_gpt_spk_cond(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return ref.get_conditioning(t["x"], t["lens"])
-    fn()
-    benchmark.pedantic(fn, rounds=2, iterations=1)
-    benchmark.extra_info.update({"frames": BENCH_FRAMES, "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=2, frames=BENCH_FRAMES)
 
 
 @pytest.mark.benchmark(group="gpt")
@@ -397,9 +395,7 @@ def test_bench_gpt_forward_latent(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return ref.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"], t["code_lens"], t["emovec"])
-    fn()
-    benchmark.pedantic(fn, rounds=2, iterations=1)
-    benchmark.extra_info.update({"positions": 34 + BENCH_TEXT + 2 + BENCH_CODES + 2, "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=2, positions=34 + BENCH_TEXT + 2 + BENCH_CODES + 2)
 
 
 @pytest.mark.benchmark(group="gpt")
@@ -428,8 +424,5 @@ def test_bench_gpt_greedy(side, benchmark, bench_fixtures):
                     ref.mel_head(ref.final_norm(h))
                     if s + 1 < toks.shape[1]:
                         x = ref._mel_in(toks[:, s + 1:s + 2], s + 1)
-    fn()
-    t0 = time.perf_counter()
-    benchmark.pedantic(fn, rounds=2, iterations=1)
-    benchmark.extra_info.update({"tokens": BENCH_NEW + 1, "threads": torch.get_num_threads(),
-                                 "tokens_per_s": (BENCH_NEW + 1) * 2 / (time.perf_counter() - t0)})
+    measure(benchmark, fn, rounds=2, tokens=BENCH_NEW + 1)
+    benchmark.extra_info["tokens_per_s"] = (BENCH_NEW + 1) / benchmark.stats.stats.mean

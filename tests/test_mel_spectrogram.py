@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from parity import candle
+from parity.bench import measure
 from parity.compare import Walk, compare, walk
 from parity.tolerances import lookup
 from reference.campplus import load_wav
@@ -146,6 +147,4 @@ def test_bench_mel_spectrogram(side, benchmark, mel_models):
         def fn():
             with torch.no_grad():
                 return mel_spectrogram(t, FULL)
-    fn()
-    benchmark.pedantic(fn, rounds=5, iterations=1)
-    benchmark.extra_info.update({"audio_s": 10.0, "device": "cpu", "dtype": "float32", "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=5, audio_s=10.0)

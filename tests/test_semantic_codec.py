@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity import candle
+from parity.bench import measure
 from parity import fixtures as fxm
 from parity.compare import compare
 from parity.registry import MODELS
@@ -89,10 +90,7 @@ def test_bench_semantic_codec(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return ref.quantize(t)
-    fn()
-    benchmark.pedantic(fn, rounds=5, iterations=1)
-    benchmark.extra_info.update({"audio_s": 10.0, "frames": 500, "device": "cpu", "dtype": "float32",
-                                 "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=5, audio_s=10.0, frames=500)
 
 
 def test_semantic_codec_vq2emb_matches_quantize_emb(fixtures, candle_models):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from parity import candle
+from parity.bench import measure
 from parity.candle import InputError, Model
 from parity.compare import compare
 from parity.coverage import coverage
@@ -191,7 +192,4 @@ def test_bench_w2v_bert(side, benchmark, bench_fixtures):
         def fn():
             with torch.no_grad():
                 return R.run_embed_audio(ref, {"audio": t}, None)
-    fn()  # warm-up outside the timing
-    benchmark.pedantic(fn, rounds=3, iterations=1)
-    benchmark.extra_info.update({"audio_s": 10.0, "device": "cpu", "dtype": "float32",
-                                 "threads": torch.get_num_threads()})
+    measure(benchmark, fn, rounds=3, audio_s=10.0)
