@@ -8,6 +8,7 @@
 //! The spectrum is computed in f64 like numpy, then rounded through complex64 as the reference
 //! stores it; the per-bin statistics reproduce numpy's float32 pairwise summation bit for bit so
 //! that constant bins (silence) normalise to the same values.
+use crate::mel::Rfft;
 use crate::error::{input_err, Result};
 use serde::Deserialize;
 
@@ -56,7 +57,7 @@ pub struct FeatureExtractor {
     window: Vec<f64>,
     /// Per mel bin: first FFT bin and its non-zero weights.
     mel: Vec<(usize, Vec<f64>)>,
-    fft: Fft,
+    fft: Rfft,
 }
 
 /// Output of the extractor: row-major `[frames, num_mel_bins·stride]` and a 0/1 mask `[frames]`.
@@ -107,7 +108,7 @@ impl FeatureExtractor {
             let last = w.iter().rposition(|&v| v > 0.0).map(|p| p + 1).unwrap_or(first);
             mel.push((first, w[first..last].to_vec()));
         }
-        Ok(FeatureExtractor { cfg, window, mel, fft: Fft::new(NFFT) })
+        Ok(FeatureExtractor { cfg, window, mel, fft: Rfft::new(NFFT) })
     }
 
     pub fn config(&self) -> &FeatureConfig {
@@ -130,7 +131,6 @@ impl FeatureExtractor {
         let frames = 1 + (audio.len() - FRAME) / HOP;
         let mut out = Vec::with_capacity(frames);
         let mut re = vec![0f64; NFFT];
-        let mut im = vec![0f64; NFFT];
         let mut power = vec![0f64; NBINS];
         for f in 0..frames {
             // ×2¹⁵ in float32 (exact), then f64 as numpy does.
@@ -144,14 +144,13 @@ impl FeatureExtractor {
             }
             buf[0] *= 1.0 - PREEMPH;
             re.iter_mut().for_each(|v| *v = 0.0);
-            im.iter_mut().for_each(|v| *v = 0.0);
             for i in 0..FRAME {
                 re[i] = buf[i] * self.window[i];
             }
-            self.fft.run(&mut re, &mut im);
+            let (sre, sim) = self.fft.run(&re);
             for k in 0..NBINS {
                 // The reference keeps the spectrum as complex64 before |·|².
-                let (r, i) = (re[k] as f32 as f64, im[k] as f32 as f64);
+                let (r, i) = (sre[k] as f32 as f64, sim[k] as f32 as f64);
                 let a = r.hypot(i);
                 power[k] = a * a;
             }
@@ -247,75 +246,3 @@ pub fn np_pairwise_sum(a: &[f32]) -> f32 {
     }
 }
 
-/// In-place iterative radix-2 complex FFT (f64) of a fixed power-of-two size.
-struct Fft {
-    n: usize,
-    cos: Vec<f64>,
-    sin: Vec<f64>,
-    rev: Vec<usize>,
-}
-
-impl Fft {
-    fn new(n: usize) -> Fft {
-        let bits = n.ilog2(); // n is a power of two
-        let rev = (0..n).map(|i| i.reverse_bits() >> (usize::BITS - bits)).collect();
-        let (cos, sin) = (0..n / 2)
-            .map(|k| {
-                let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
-                (a.cos(), a.sin())
-            })
-            .unzip();
-        Fft { n, cos, sin, rev }
-    }
-
-    fn run(&self, re: &mut [f64], im: &mut [f64]) {
-        let n = self.n;
-        for i in 0..n {
-            let j = self.rev[i];
-            if j > i {
-                re.swap(i, j);
-                im.swap(i, j);
-            }
-        }
-        let mut len = 2;
-        while len <= n {
-            let half = len / 2;
-            let stride = n / len;
-            for start in (0..n).step_by(len) {
-                for k in 0..half {
-                    let (c, s) = (self.cos[k * stride], self.sin[k * stride]);
-                    let (a, b) = (start + k, start + k + half);
-                    let tr = re[b] * c - im[b] * s;
-                    let ti = re[b] * s + im[b] * c;
-                    re[b] = re[a] - tr;
-                    im[b] = im[a] - ti;
-                    re[a] += tr;
-                    im[a] += ti;
-                }
-            }
-            len *= 2;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fft_matches_dft() {
-        let f = Fft::new(16);
-        let x: Vec<f64> = (0..16).map(|i| ((i * 7 % 5) as f64) - 1.5).collect();
-        let (mut re, mut im) = (x.clone(), vec![0.0; 16]);
-        f.run(&mut re, &mut im);
-        for k in 0..16 {
-            let (mut r, mut i) = (0.0, 0.0);
-            for (t, v) in x.iter().enumerate() {
-                let a = -2.0 * std::f64::consts::PI * (k * t) as f64 / 16.0;
-                r += v * a.cos();
-                i += v * a.sin();
-            }
-            assert!((r - re[k]).abs() < 1e-9 && (i - im[k]).abs() < 1e-9);
-        }
-    }
-}
