@@ -96,21 +96,23 @@ def official_layout() -> str:
     return "\n".join(f"  {s.official_file:<55} ({s.name})" for s in MODELS.values() if s.official_file)
 
 
-def real(spec: ModelSpec, directory: str) -> Fixture:
+def real(spec: ModelSpec, directory: str, size: str = "full") -> Fixture:
+    """The official file under `directory`; `size` picks the config ("full" = official; "tiny" only
+    for a tiny synthetic official directory, parity/official_dir.py)."""
     official = os.path.join(directory, spec.official_file)
     if not os.path.isfile(official):
         raise MissingCheckpoints(f"--checkpoints {directory}: `{spec.official_file}` (for {spec.name}) is missing. "
                                  f"Expected layout:\n{official_layout()}")
     st_stat = os.stat(official)
     d = os.path.join(cache_dir(), "real", spec.name)
-    st = os.path.join(d, f"{st_stat.st_size}-{int(st_stat.st_mtime)}.safetensors")
+    st = os.path.join(d, f"{size}-{st_stat.st_size}-{st_stat.st_mtime_ns}.safetensors")
     if not os.path.exists(st):
         os.makedirs(d, exist_ok=True)
         if official.endswith(".safetensors"):
             os.link(official, st) if os.stat(official).st_dev == os.stat(d).st_dev else __import__("shutil").copy(official, st)
         else:
             convert(official, st)
-    return Fixture(spec, "real", spec.configs["full"], official, st)
+    return Fixture(spec, "real", spec.configs[size], official, st)
 
 
 def get(spec: ModelSpec, size: str, checkpoints: str | None = None) -> Fixture:

@@ -18,21 +18,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reference import emotion as E
 from reference import pipeline as P
 
 from . import candle
 from .audio import AudioMetrics, audio_metrics
 from .compare import Comparison, compare
-from .fixtures import Fixture, MissingCheckpoints, real, synthetic
+from .fixtures import Fixture, MissingCheckpoints, cache_dir, official_layout, real, synthetic
 from .registry import MODELS
+from .spec import ModelSpec
 from .tolerances import AUDIO_GATE, NEAR_TIE, lookup
 
 WEIGHTLESS = ("mel_spectrogram",)  # no checkpoint and no registry row: a config only
+LOOSE = ("emotion",)  # built from the loose official files (feat1.pt, feat2.pt), no registry row
 KINDS = tuple(k for k in dict.fromkeys(st.kind for st in P.STAGES) if k not in WEIGHTLESS)
+MODEL_KINDS = tuple(k for k in KINDS if k not in LOOSE)
+# the loose files of the IndexTTS-2 checkpoint directory the pipeline reads besides the models
+LOOSE_FILES = (E.STATS_FILE, *E.FILES.values())
+
+EMOTION_SPEC = ModelSpec(name="emotion", manifest="", configs={k: c["emotion"] for k, c in P.CONFIGS.items()},
+                         build_reference=E.build, official_file=E.FILES["emo_matrix"], save_official=None,
+                         config_json=E.config_json, cases=())
 
 
 def _size(fxs: dict[str, Fixture]) -> str:
-    return "tiny" if next(iter(fxs.values())).size == "tiny" else "full"
+    return "tiny" if fxs["bigvgan"].cfg == P.CONFIGS["tiny"]["bigvgan"] else "full"
 
 
 def references(fxs: dict[str, Fixture], device: str = "cpu") -> dict:
@@ -51,14 +61,89 @@ def spec_for(kind: str, size: str):
     return dataclasses.replace(spec, configs={**spec.configs, size: P.CONFIGS[size][kind]})
 
 
+def missing_files(checkpoints: str) -> list[str]:
+    need = [f"{MODELS[k].official_file} ({k})" for k in MODEL_KINDS] + [f"{f} (pipeline)" for f in LOOSE_FILES]
+    return [n for n in need if not os.path.isfile(os.path.join(checkpoints, n.split(" (")[0]))]
+
+
+def _synthetic_loose(size: str) -> str:
+    """The loose official files (`wav2vec2bert_stats.pt`, `feat1.pt`, `feat2.pt`) at a size, cached."""
+    import hashlib
+    import inspect
+    import json
+
+    import torch
+
+    c = P.CONFIGS[size]
+    h = hashlib.sha256(json.dumps(c["emotion"], sort_keys=True).encode() + str(c["w2v_bert"]["hidden_size"]).encode()
+                       + inspect.getsource(E).encode()).hexdigest()[:12]
+    d = os.path.join(cache_dir(), "pipeline", f"loose-{size}-{h}")
+    if not os.path.isfile(os.path.join(d, "done")):
+        tmp = f"{d}.{os.getpid()}.tmp"
+        os.makedirs(tmp, exist_ok=True)
+        torch.save(E.synthetic_stats(c["w2v_bert"]["hidden_size"]), os.path.join(tmp, E.STATS_FILE))
+        E.save_official(E.synthetic(c["emotion"]), tmp)
+        open(os.path.join(tmp, "done"), "w").close()
+        try:
+            os.replace(tmp, d)  # atomic: safe across xdist workers
+        except OSError:  # another worker won
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def _merged(name: str, parts: list[tuple[str, str]]) -> str:
+    """One safetensors from (prefix, file) parts (.pt read with weights_only, bare tensors under the
+    prefix itself), cached by the parts' paths, sizes and mtimes."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from reference.convert import flatten, load_official
+
+    h = hashlib.sha256("|".join(f"{p}:{f}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for p, f in parts).encode())
+    path = os.path.join(cache_dir(), "pipeline", f"{name}-{h.hexdigest()[:12]}.safetensors")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        out = {}
+        for prefix, f in parts:
+            sd = load_file(f) if f.endswith(".safetensors") else flatten(load_official(f), f)[0]
+            for k, v in sd.items():
+                key = prefix if k == "tensor" else (f"{prefix}.{k}" if prefix else k)
+                out[key] = v.contiguous()
+        tmp = f"{path}.{os.getpid()}.tmp.safetensors"
+        save_file(out, tmp)
+        os.replace(tmp, path)
+    return path
+
+
 def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fixture]:
+    """Every pipeline component at `size`, synthetic or from `checkpoints` (the official layout;
+    `size` then only picks the configs: "full" = official, "tiny" for a tiny synthetic official
+    directory, see parity/official_dir.py). The w2v-bert fixture gets `wav2vec2bert_stats.pt`
+    merged in as `semantic_stats.*`; `emotion` is feat1.pt + feat2.pt."""
     if checkpoints:
-        need = sorted({MODELS[k].official_file + f" ({k})" for k in KINDS
-                       if not os.path.isfile(os.path.join(checkpoints, MODELS[k].official_file))})
+        need = missing_files(checkpoints)
         if need:  # one message listing everything the pipeline needs, not the first miss only
-            raise MissingCheckpoints(f"--checkpoints {checkpoints}: the pipeline needs these missing files: {', '.join(need)}")
-        return {k: real(MODELS[k], checkpoints) for k in KINDS}
-    return {k: synthetic(spec_for(k, size), size) for k in KINDS}
+            raise MissingCheckpoints(f"--checkpoints {checkpoints}: the pipeline needs these missing files: "
+                                     f"{', '.join(need)}. Expected layout:\n{official_layout()}\n"
+                                     + "".join(f"  {f}\n" for f in LOOSE_FILES))
+        fxs = {k: real(spec_for(k, size), checkpoints, size) for k in MODEL_KINDS}
+        loose = checkpoints
+    else:
+        fxs = {k: synthetic(spec_for(k, size), size) for k in MODEL_KINDS}
+        loose = _synthetic_loose(size)
+    w = fxs["w2v_bert"]
+    from reference.w2v_bert import STATS
+
+    w_cfg = {**w.cfg, "with_stats": True}
+    fxs["w2v_bert"] = Fixture(dataclasses.replace(w.spec, configs={**w.spec.configs, size: w_cfg}), w.size, w_cfg,
+                              w.official_path, _merged("w2v-stats", [("", w.safetensors_path),
+                                                                     (STATS, os.path.join(loose, E.STATS_FILE))]))
+    fxs["emotion"] = Fixture(EMOTION_SPEC, size, P.CONFIGS[size]["emotion"], os.path.join(loose, E.FILES["emo_matrix"]),
+                             _merged("emotion", [(k, os.path.join(loose, f)) for k, f in E.FILES.items()]))
+    return fxs
 
 
 def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str, list[str]] | None = None) -> dict:
@@ -157,8 +242,8 @@ def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: st
         ref = reference_run(fxs, inputs, device)
     per_stage, _ = ref
     w = PipelineWalk(mode, device)
-    ref_state = dict(inputs)
-    c_state = dict(inputs)
+    ref_state = {**inputs, **P.emotion_plan(inputs)}
+    c_state = dict(ref_state)
     for st in P.STAGES:
         res = StageResult(st.name, st.kind)
         r_outs = per_stage[st.name]
@@ -212,8 +297,9 @@ def audio_gate_failure(a: AudioMetrics) -> str:
 # Prefix of each component's converted keys in the one pipeline safetensors (= pipeline.rs PREFIXES;
 # the two s2mel kinds share `s2mel.` + their `net.…` keys).
 RUST_PREFIX = {"w2v_bert": "w2v_bert.", "semantic_codec": "semantic_codec.", "campplus": "campplus.", "gpt": "gpt.",
-               "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan."}
-SYNTH_INPUTS = ("audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span")
+               "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan.", "emotion": "emotion."}
+SYNTH_INPUTS = ("audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span", "emo_alpha")
+SYNTH_OPTIONAL = ("emo_16k", "emo_weights")
 
 
 def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
@@ -257,7 +343,7 @@ def rust_walk(model, inputs: dict, ref: tuple[dict, dict], device: str = "cpu") 
     per_stage, ref_state = ref
     w = PipelineWalk("rust", device)
     try:
-        outs, _ = candle.run(model, "synthesize", {k: inputs[k] for k in SYNTH_INPUTS})
+        outs, _ = candle.run(model, "synthesize", {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs})
     except Exception as e:
         w.stages.append(StageResult(P.STAGES[0].name, "pipeline", note=f"candle raised {type(e).__name__}: {e}"))
         return w

@@ -13,8 +13,8 @@ connect them made equal:
   DiT style_dim = CAMPPlus embedding_size
 The official ("full") configs already agree; the tiny set is built from each model's TINY.
 
-Emotion reference = the speaker clip (the default), emo_alpha 1 ⇒ emovec = get_emovec(emotion
-embedding). Text ids are given (no SentencePiece). B = 1 throughout, as infer_v2.
+Emotion: the speaker clip (default), another 16 kHz clip with emo_alpha, or an 8-weight emotion
+vector over the `feat1.pt`/`feat2.pt` prototypes (reference/emotion.py). B = 1 throughout.
 """
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import bigvgan, campplus, gpt, mel, s2mel, semantic_codec, w2v_bert
+from . import bigvgan, campplus, emotion, gpt, mel, s2mel, semantic_codec, w2v_bert
 
 # ---- configs --------------------------------------------------------------------------------------
 _H = 32  # w2v hidden = codec width (tiny)
+# w2v-bert without stats inside: as officially, they come from `wav2vec2bert_stats.pt` (see
+# parity/pipeline.py, which merges that file into the converted w2v-bert file).
 TINY = {
-    "w2v_bert": {**w2v_bert.TINY, "hidden_size": _H},
+    "w2v_bert": {**w2v_bert.TINY, "hidden_size": _H, "with_stats": False},
     "semantic_codec": {**semantic_codec.TINY, "hidden_size": _H},
     "campplus": {**campplus.TINY, "embedding_size": s2mel.TINY_DIT["style_dim"]},
     "mel_spectrogram": {**mel.FULL, "num_mels": s2mel.TINY_DIT["in_channels"]},
@@ -41,6 +43,7 @@ TINY = {
     # hop 64 so that a tiny utterance gives > n_fft samples for the log-mel audio gate
     "bigvgan": {**bigvgan.TINY, "num_mels": s2mel.TINY_DIT["in_channels"], "upsample_rates": [4, 4, 2, 2],
                 "upsample_kernel_sizes": [8, 8, 4, 4]},
+    "emotion": emotion.config(s2mel.TINY_DIT["style_dim"], gpt.TINY["model_dim"]),
 }
 FULL = {
     "w2v_bert": copy.deepcopy(w2v_bert.FULL),
@@ -51,6 +54,7 @@ FULL = {
     "length_regulator": copy.deepcopy(s2mel.FULL_LR),
     "dit": copy.deepcopy(s2mel.FULL_DIT),
     "bigvgan": copy.deepcopy(bigvgan.FULL),
+    "emotion": emotion.config(s2mel.FULL_DIT["style_dim"], gpt.FULL["model_dim"]),
 }
 CONFIGS = {"tiny": TINY, "full": FULL}
 
@@ -66,6 +70,8 @@ def check_consistent(c: dict) -> None:
         ("GPT model_dim", c["gpt"]["model_dim"], "LR latent_dim", c["length_regulator"]["latent_dim"]),
         ("LR channels", c["length_regulator"]["channels"], "DiT content_dim", c["dit"]["content_dim"]),
         ("DiT in_channels", c["dit"]["in_channels"], "BigVGAN num_mels", c["bigvgan"]["num_mels"]),
+        ("emotion style_dim", c["emotion"]["style_dim"], "DiT style_dim", c["dit"]["style_dim"]),
+        ("emotion model_dim", c["emotion"]["model_dim"], "GPT model_dim", c["gpt"]["model_dim"]),
     ]
     bad = [f"{a}={x} != {b}={y}" for a, x, b, y in pairs if x != y]
     if bad:
@@ -84,16 +90,27 @@ def hop(c: dict) -> int:
     return int(np.prod(c["bigvgan"]["upsample_rates"]))
 
 
+EMOTIONS = ("speaker", "clip", "vector")
+# the emotion-vector case: 8 weights (happy … calm) and an alpha < 1, so the scaling rule is exercised
+EMO_WEIGHTS = np.array([0.25, 0.0, 0.15, 0.0, 0.05, 0.0, 0.1, 0.2], np.float32)
+
+
 def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6, max_tokens: int = 20,
-                steps: int = 25) -> dict[str, np.ndarray]:
-    """Everything the pipeline consumes: the speaker clip at 16 and 22.05 kHz, token ids, CFM noise.
+                steps: int = 25, emotion: str = "speaker") -> dict[str, np.ndarray]:
+    """Everything the pipeline consumes: the speaker clip at 16 and 22.05 kHz, token ids, CFM noise,
+    and the emotion inputs as a user gives them (`emotion`):
+      speaker: none (the speaker clip is the emotion reference, emo_alpha 1);
+      clip:    another clip at 16 kHz (`emo_16k`) with emo_alpha 0.6;
+      vector:  8 emotion weights (`emo_weights`) with emo_alpha 0.8.
     `seed` picks the token ids and the noise."""
+    if emotion not in EMOTIONS:
+        raise ValueError(f"emotion must be one of {EMOTIONS}, got {emotion!r}")
     rng = np.random.default_rng(seed)
     a16 = w2v_bert.load_clip("speech_16k.wav")[: int(seconds * SR_16K)]
     a22 = w2v_bert.load_clip("speech_22k.wav")[: int(seconds * SR_22K)]
     g = c["gpt"]
     n_mels = c["dit"]["in_channels"]
-    return {
+    out = {
         "audio_16k": a16.astype(np.float32),
         "audio_22k": a22.astype(np.float32),
         "text": rng.integers(2, g["number_text_tokens"], (1, text_len)).astype(np.int64),
@@ -101,7 +118,33 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
         # noise for the whole CFM sequence (prompt + target); sliced to length once that is known
         "z_pool": rng.standard_normal((1, n_mels, 4096 if n_mels < 80 else 8192)).astype(np.float32),
         "t_span": torch.linspace(0, 1, steps + 1).numpy(),
+        "emo_alpha": np.array([1.0], np.float32),
     }
+    if emotion == "clip":
+        out["emo_16k"] = w2v_bert.load_clip("odd_16k.wav").astype(np.float32)
+        out["emo_alpha"] = np.array([0.6], np.float32)
+    elif emotion == "vector":
+        out["emo_weights"] = EMO_WEIGHTS.copy()
+        out["emo_alpha"] = np.array([0.8], np.float32)
+    return out
+
+
+def emotion_plan(inputs: dict) -> dict[str, np.ndarray]:
+    """infer_v2's emotion rules (shared glue, = pipeline.rs `emotion_plan`): an emotion vector
+    drops the emotion clip and has its weights scaled by emo_alpha; without an emotion clip the
+    speaker clip (its 16 kHz load) is the reference and alpha is 1. No vector = zero weights, for
+    which the mix is exactly the identity."""
+    alpha = float(inputs["emo_alpha"].reshape(-1)[0])
+    weights = inputs.get("emo_weights")
+    clip = inputs.get("emo_16k")
+    if weights is not None:
+        weights = np.array(emotion.scale_weights(weights, alpha), np.float32)
+        clip = None
+    if clip is None:
+        clip, alpha = inputs["audio_16k"], 1.0
+    if weights is None:
+        weights = np.zeros(len(emotion.EMO_NUM), np.float32)
+    return {"emo_audio": clip, "merge_alpha": np.array([alpha], np.float32), "mix_weights": weights}
 
 
 class MelRef(torch.nn.Module):
@@ -196,9 +239,20 @@ STAGES: tuple[Stage, ...] = (
           lambda s: {"x": np.ascontiguousarray(np.swapaxes(s["emb"], 1, 2)), "lens": _emb_lens(s)},
           lambda m, i: {"latent": m.get_conditioning(i["x"], i["lens"])}, ("latent",),
           post=lambda o, s: {"spk_latent": o["latent"]}),
-    # emotion reference = speaker clip (the default), emo_alpha 1 ⇒ merge_emovec = get_emovec(emo)
-    Stage("emovec", "gpt", "emovec", lambda s: {"x": s["emb"], "lens": _emb_lens(s)},
-          lambda m, i: {"emovec": m.get_emovec(i["x"], i["lens"])}, ("emovec",)),
+    # emotion (steps 8, 10): the emotion clip's w2v-bert embedding, merge_emovec with alpha, then
+    # the 8-weight emotion vector (zero weights = none: an exact identity)
+    Stage("emo_features", "w2v_bert", "features", lambda s: {"audio": s["emo_audio"]}, _ref_features,
+          ("input_features", "attention_mask"), post=lambda o, s: {"emo_features": o["input_features"], "emo_mask": o["attention_mask"]}),
+    Stage("emo_emb", "w2v_bert", "forward_masked",
+          lambda s: {"input_features": s["emo_features"], "attention_mask": s["emo_mask"]}, _ref_w2v, ("emb",),
+          post=lambda o, s: {"emo_emb": o["emb"]}),
+    Stage("emovec", "gpt", "merge_emovec",
+          lambda s: {"spk_x": s["emb"], "spk_lens": _emb_lens(s), "emo_x": s["emo_emb"],
+                     "emo_lens": np.array([s["emo_emb"].shape[1]], np.int64), "alpha": s["merge_alpha"]},
+          lambda m, i: {"emovec": m.merge_emovec(i["spk_x"], i["emo_x"], i["spk_lens"], i["emo_lens"], i["alpha"])},
+          ("emovec",)),
+    Stage("emo_mix", "emotion", "mix", lambda s: {"style": s["style"], "emovec": s["emovec"], "weights": s["mix_weights"]},
+          lambda m, i: dict(zip(("emovec", "rows"), m.mix(i["style"], i["emovec"], i["weights"]))), ("emovec", "rows")),
     Stage("codes", "gpt", "greedy",
           lambda s: {"spk_latent": s["spk_latent"], "emovec": s["emovec"], "text": s["text"], "max_tokens": s["max_tokens"]},
           _ref_greedy, ("codes",)),
@@ -252,7 +306,7 @@ def run_reference_stage(st: Stage, module: torch.nn.Module, state: dict) -> tupl
 @torch.no_grad()
 def run(modules: dict[str, torch.nn.Module], inputs: dict) -> tuple[dict, dict]:
     """The whole reference pipeline: `modules[kind]` → ({stage: outputs}, final state incl. `wav`)."""
-    state = dict(inputs)
+    state = {**inputs, **emotion_plan(inputs)}
     per_stage = {}
     for st in STAGES:
         outs, upd = run_reference_stage(st, modules[st.kind], state)

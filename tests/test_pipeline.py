@@ -15,7 +15,7 @@ from parity.tolerances import AUDIO_GATE, NEAR_TIE, lookup
 from reference import pipeline as P
 
 STAGE_ORDER = ["features", "semantic_emb", "s_ref", "ref_mel", "spk_fbank", "style", "prompt_cond", "spk_latent",
-               "emovec", "codes", "code_logits", "latent", "vq_emb", "s_infer", "target_cond", "cfm_mel", "wav"]
+               "emo_features", "emo_emb", "emovec", "emo_mix", "codes", "code_logits", "latent", "vq_emb", "s_infer", "target_cond", "cfm_mel", "wav"]
 
 # (registry kind, existing fault switch, the stage the walk must name)
 FAULTS = [
@@ -25,6 +25,7 @@ FAULTS = [
     ("campplus", "bn_running_stats_ignored", "style"),
     ("gpt", "pos_bias_v_dropped", "spk_latent"),
     ("gpt", "final_norm_skipped", "codes"),
+    ("emotion", "residual_dropped", "emo_mix"),
     ("length_regulator", "interp_round", "prompt_cond"),
     ("dit", "adaln_swapped", "cfm_mel"),
     ("bigvgan", "skip_weight_norm", "wav"),
@@ -148,6 +149,62 @@ def test_pipeline_candle_error_names_stage(pipe, monkeypatch):
     assert w.first_failure == "s_infer" and "wrong width" in w.table()
 
 
+# ---- emotion inputs: another clip with emo_alpha, the 8-weight emotion vector -----------------------
+@pytest.fixture(scope="session", params=["clip", "vector"], ids=["emo_clip", "emo_vector"])
+def emo_pipe(request, pipe):
+    fxs, cms, _, _, device = pipe
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, emotion=request.param)
+    return fxs, cms, inputs, PP.reference_run(fxs, inputs, device), device, request.param
+
+
+def test_pipeline_emotion_inputs(emo_pipe):
+    """Forced and chained walks and the Rust pipeline with an emotion clip / emotion vector."""
+    fxs, cms, inputs, ref, device, mode = emo_pipe
+    plan = P.emotion_plan(inputs)
+    if mode == "vector":  # the weights were scaled by alpha 0.8, the clip is the speaker's, alpha 1
+        assert np.allclose(plan["mix_weights"], [int(x * 0.8 * 10000) / 10000 for x in P.EMO_WEIGHTS])
+        assert plan["merge_alpha"][0] == 1.0 and plan["emo_audio"] is inputs["audio_16k"]
+    else:
+        assert plan["merge_alpha"][0] == np.float32(0.6) and not plan["mix_weights"].any()
+    for mode_ in ("forced", "chained"):
+        w = PP.walk(fxs, cms, inputs, mode_, device, ref=ref)
+        w.assert_ok()
+    w = PP.rust_walk(PP.rust_pipeline(fxs, device), inputs, ref, device)
+    w.assert_ok()
+    # the emotion changed the result: the emovec differs from the speaker-only one
+    base = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
+    base_emovec = P.run(PP.references(fxs, device), base)[0]["emo_mix"]["emovec"]
+    assert np.abs(ref[0]["emo_mix"]["emovec"] - base_emovec).max() > 1e-3
+
+
+def test_pipeline_emotion_row_choice_fault(emo_pipe):
+    """Rows picked by dot product instead of cosine: named at emo_mix (emotion vector case)."""
+    fxs, cms, inputs, ref, device, mode = emo_pipe
+    if mode != "vector":
+        pytest.skip("the row choice matters only with an emotion vector")
+    broken = {**cms, "emotion": fxs["emotion"].candle(device, ["dot_not_cosine"])}
+    w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
+    assert w.first_failure == "emo_mix", w.table()
+
+
+def test_pipeline_emotion_missing_key_named(pipe, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from parity import candle
+
+    fxs, _, _, _, device = pipe
+    fx = fxs["emotion"]
+    sd = load_file(fx.safetensors_path)
+    bad = tmp_path / "emotion.safetensors"
+    save_file({k: v for k, v in sd.items() if k != "emo_matrix"}, str(bad))
+    with pytest.raises(candle.CheckpointError, match=r"emo_matrix.*emotion\.safetensors|emotion\.safetensors.*emo_matrix"):
+        candle.Model("emotion", str(bad), fx.spec.config_json(fx.cfg), device, [], "")
+    with pytest.raises(candle.InputError, match="weights"):
+        candle.run(fx.candle(device), "mix", {"style": np.zeros((1, fx.cfg["style_dim"]), np.float32),
+                                             "emovec": np.zeros((1, fx.cfg["model_dim"]), np.float32),
+                                             "weights": np.zeros(3, np.float32)})
+
+
 # ---- the Rust `pipeline` kind (crates/indextts2_candle/src/pipeline.rs) -----------------------------
 @pytest.fixture(scope="session")
 def rust_pipe(pipe):
@@ -171,7 +228,7 @@ def test_pipeline_rust_coverage(pipe, rust_pipe):
 
     from parity.registry import MODELS
 
-    allowed = [PP.RUST_PREFIX[k] + pat for k in PP.KINDS for pat, why in MODELS[k].allow_unused.items()
+    allowed = [PP.RUST_PREFIX[k] + pat for k in PP.MODEL_KINDS for pat, why in MODELS[k].allow_unused.items()
                if "other s2mel kind" not in why]
     bad = [k for k in rust_pipe.unused_keys() if not any(fnmatch.fnmatchcase(k, p) for p in allowed)]
     assert not bad, bad[:10]
@@ -262,7 +319,9 @@ def test_pipeline_missing_checkpoints_listed(tmp_path):
     (tmp_path / "gpt.pth").write_bytes(b"")
     with pytest.raises(MissingCheckpoints) as e:
         PP.fixtures("full", str(tmp_path))
-    msg = str(e.value)
-    for f in ("bigvgan_generator.pt", "s2mel.pth", "campplus_cn_common.bin", "model.safetensors"):
+    msg = str(e.value).split("Expected layout")[0]
+    assert "Expected layout" in str(e.value)
+    for f in ("bigvgan_generator.pt", "s2mel.pth", "campplus_cn_common.bin", "model.safetensors",
+              "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt"):
         assert f in msg, msg
     assert "gpt.pth" not in msg

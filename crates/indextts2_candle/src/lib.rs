@@ -7,6 +7,7 @@ pub mod bigvgan;
 pub mod campplus;
 pub mod ctx;
 pub mod dit;
+pub mod emotion;
 pub mod error;
 pub mod mel;
 pub mod gpt;

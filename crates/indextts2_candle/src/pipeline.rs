@@ -6,13 +6,14 @@
 //! `bigvgan.`); the config JSON holds each model's own config under its kind name. Faults are the
 //! components' own switches, named `<kind>:<fault>`.
 //!
-//! Emotion reference = the speaker clip, emo_alpha 1; token ids given (no SentencePiece yet).
+//! Emotion: the speaker clip (default), an emotion clip with emo_alpha, or an 8-weight vector.
 use crate::bigvgan::{BigVgan, BigVganConfig};
 use crate::campplus::{CampPlus, CampPlusConfig};
 use crate::mel::{MelConfig, MelSpectrogram};
 use crate::semantic_codec::{SemanticCodec, SemanticCodecConfig};
 use crate::ctx::{Ctx, Faults};
 use crate::dit::{Dit, DitConfig};
+use crate::emotion::{scale_weights, EmotionConfig, EmotionMatrices};
 use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
@@ -37,6 +38,7 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("length_regulator", "s2mel.net"),
     ("dit", "s2mel.net.cfm"),
     ("bigvgan", "bigvgan"),
+    ("emotion", "emotion"), // feat1.pt / feat2.pt as `emotion.spk_matrix` / `emotion.emo_matrix`
 ];
 
 #[derive(Deserialize)]
@@ -49,6 +51,39 @@ pub struct PipelineConfig {
     pub length_regulator: RegulatorConfig,
     pub dit: DitConfig,
     pub bigvgan: BigVganConfig,
+    pub emotion: EmotionConfig,
+}
+
+/// The emotion inputs as a user gives them (infer_v2): an optional emotion clip at 16 kHz, emo_alpha,
+/// an optional 8-weight emotion vector.
+pub struct EmotionInput<'a> {
+    pub clip_16k: Option<&'a Tensor>,
+    pub alpha: f32,
+    pub weights: Option<Vec<f32>>,
+}
+
+/// infer_v2's rules (= reference/pipeline.py `emotion_plan`): a vector drops the clip and is scaled by
+/// alpha; without a clip the speaker's 16 kHz clip is the reference and alpha is 1; no vector = zero
+/// weights (the mix is then exactly the identity). Returns (clip, merge alpha, mix weights).
+pub fn emotion_plan<'a>(e: &EmotionInput<'a>, speaker_16k: &'a Tensor, groups: usize) -> Result<(&'a Tensor, f32, Vec<f32>)> {
+    let mut clip = e.clip_16k;
+    let mut alpha = e.alpha;
+    let weights = match &e.weights {
+        Some(w) if w.len() != groups => return input_err(format!("emotion vector: {groups} weights expected, got {}", w.len())),
+        Some(w) => {
+            clip = None;
+            scale_weights(w, alpha)
+        }
+        None => vec![0.0; groups],
+    };
+    let clip = match clip {
+        Some(c) => c,
+        None => {
+            alpha = 1.0;
+            speaker_16k
+        }
+    };
+    Ok((clip, alpha, weights))
 }
 
 /// Every component fault as `<kind>:<fault>`.
@@ -77,6 +112,7 @@ pub struct Pipeline {
     lr: Regulator,
     dit: Dit,
     vocoder: BigVgan,
+    emotion: EmotionMatrices,
 }
 
 fn sub_faults(f: &Faults, kind: &str) -> Faults {
@@ -108,12 +144,14 @@ impl Pipeline {
             lr: Regulator::load(&w.pp(pre("length_regulator")), cfg.length_regulator, sub_faults(&faults, "length_regulator"))?,
             dit: Dit::load(&w.pp(pre("dit")), cfg.dit, sub_faults(&faults, "dit"))?,
             vocoder: BigVgan::load(&w.pp(pre("bigvgan")), cfg.bigvgan, sub_faults(&faults, "bigvgan"))?,
+            emotion: EmotionMatrices::load(&w.pp(pre("emotion")), cfg.emotion, sub_faults(&faults, "emotion"))?,
         })
     }
 
     /// Runs every stage; returns the stage outputs named `<stage>.<output>` as the Python walk
     /// names them, in pipeline order (the last is `wav.wav`).
-    pub fn synthesize(&self, audio_16k: &Tensor, audio_22k: &Tensor, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn synthesize(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
         let mut out: Named = Vec::new();
         let mut c = Ctx::plain();
         if audio_16k.rank() != 1 || audio_22k.rank() != 1 || text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
@@ -145,8 +183,22 @@ impl Pipeline {
         let lens = i64_tensor(&[t as i64], &dev)?;
         let spk = self.gpt.spk_cond(&emb.transpose(1, 2)?.contiguous()?, &lens, &mut c)?;
         out.push(("spk_latent.latent".into(), spk.clone()));
-        let emovec = self.gpt.emovec(&emb, &lens, &mut c)?;
-        out.push(("emovec.emovec".into(), emovec.clone()));
+        // emotion (spec §5 steps 8, 10): the emotion clip's embedding, merge_emovec, the 8-weight vector
+        let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
+        let (efeats, emask) = self.w2v.features(emo_clip)?;
+        out.push(("emo_features.input_features".into(), efeats.clone()));
+        out.push(("emo_features.attention_mask".into(), emask.clone()));
+        let eo = self.w2v.forward(&efeats, Some(&emask), &mut c)?;
+        let emo_emb = eo.emb.unwrap_or(eo.hidden);
+        out.push(("emo_emb.emb".into(), emo_emb.clone()));
+        let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
+        let alpha_t = Tensor::new(&[alpha], &dev)?;
+        let merged = self.gpt.merge_emovec(&emb, &lens, &emo_emb, &emo_lens, &alpha_t, &mut c)?;
+        out.push(("emovec.emovec".into(), merged.clone()));
+        let w_t = Tensor::new(weights.as_slice(), &dev)?;
+        let (emovec, rows) = self.emotion.mix(&style, &merged, &w_t, &mut c)?;
+        out.push(("emo_mix.emovec".into(), emovec.clone()));
+        out.push(("emo_mix.rows".into(), rows));
         let codes = self.gpt.greedy(&spk, &emovec, text, max_tokens)?;
         out.push(("codes.codes".into(), codes.clone()));
         let lc = codes.dim(1)?;
@@ -193,8 +245,30 @@ impl Runnable for Pipeline {
     fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
         match method {
             "synthesize" => {
-                let i = take(inputs, method, &["audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span"])?;
-                let out = self.synthesize(i[0], i[1], i[2], i[3], i[4], i[5])?;
+                // the two optional emotion inputs are taken out before the strict check
+                let mut rest = inputs.clone();
+                let clip = rest.remove("emo_16k");
+                let weights = match rest.remove("emo_weights") {
+                    Some(w) => {
+                        crate::registry::expect_float(&w, "emo_weights")?;
+                        Some(w.flatten_all()?.to_vec1::<f32>()?)
+                    }
+                    None => None,
+                };
+                let i = take(&rest, method, &["audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
+                crate::registry::expect_float(i[6], "emo_alpha")?;
+                let alpha = match i[6].flatten_all()?.to_vec1::<f32>()?.as_slice() {
+                    [a] => *a,
+                    v => return input_err(format!("emo_alpha: one value expected, got {}", v.len())),
+                };
+                if let Some(c) = &clip {
+                    crate::registry::expect_float(c, "emo_16k")?;
+                    if c.rank() != 1 {
+                        return input_err(format!("emo_16k: [N] expected, got {:?}", c.dims()));
+                    }
+                }
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha, weights };
+                let out = self.synthesize(i[0], i[1], &emotion, i[2], i[3], i[4], i[5])?;
                 for (n, t) in &out {
                     ctx.tap(n, t); // stage outputs double as taps, in pipeline order
                 }

@@ -48,12 +48,13 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "length_regulator" => crate::length_regulator::FAULTS,
         "gpt" => crate::gpt::FAULTS,
         "w2v_bert" => crate::w2v_bert::FAULTS,
+        "emotion" => crate::emotion::FAULTS,
         "pipeline" => crate::pipeline::faults(),
         _ => return input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram", "pipeline"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram", "emotion", "pipeline"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -66,6 +67,7 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
         "w2v_bert" => Box::new(crate::w2v_bert::W2vBert::load(w, parse(kind, config_json)?, f)?),
+        "emotion" => Box::new(crate::emotion::EmotionMatrices::load(w, parse(kind, config_json)?, f)?),
         "pipeline" => Box::new(crate::pipeline::Pipeline::load(w, parse(kind, config_json)?, f)?),
         _ => return input_err(format!("unknown model kind `{kind}`")),
     })
@@ -209,6 +211,22 @@ impl Runnable for crate::mel::MelSpectrogram {
                 Ok(vec![("mel".into(), self.forward(i[0], ctx)?)])
             }
             _ => input_err(format!("mel_spectrogram has no method `{method}` (methods: [\"forward\"])")),
+        }
+    }
+}
+
+impl Runnable for crate::emotion::EmotionMatrices {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "mix" => {
+                let i = take(inputs, method, &["style", "emovec", "weights"])?;
+                for (t, n) in i.iter().zip(["style", "emovec", "weights"]) {
+                    expect_float(t, n)?;
+                }
+                let (emovec, rows) = self.mix(i[0], i[1], i[2], ctx)?;
+                Ok(vec![("emovec".into(), emovec), ("rows".into(), rows)])
+            }
+            _ => input_err(format!("emotion has no method `{method}` (methods: [\"mix\"])")),
         }
     }
 }
