@@ -106,6 +106,7 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("pipeline", "*features.attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
     ("pipeline", "*codes.codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer codes; near-tie rule in NEAR_TIE"),
     ("pipeline", "*s_ref.codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer codec indices"),
+    ("pipeline", "*emo_mix.rows", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer prototype rows (argmax of cosine)"),
     ("pipeline", "*wav.wav", "cpu", "float32"): T(3e-5, 0.0, 2.62e-6, "clamped wav", min_snr_db=95.0),
     ("pipeline", "chained:*", "cpu", "float32"): T(4e-5, 1e-5, 3.31e-6, "errors of the earlier stages accumulate"),
     ("pipeline", "*", "cpu", "float32"): T(3e-5, 1e-5, 2.74e-6, "one stage on the reference's input"),

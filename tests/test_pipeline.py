@@ -177,11 +177,11 @@ def test_pipeline_emotion_inputs(emo_pipe):
     assert np.abs(ref[0]["emo_mix"]["emovec"] - base_emovec).max() > 1e-3
 
 
-def test_pipeline_emotion_row_choice_fault(emo_pipe):
+def test_pipeline_emotion_row_choice_fault(pipe):
     """Rows picked by dot product instead of cosine: named at emo_mix (emotion vector case)."""
-    fxs, cms, inputs, ref, device, mode = emo_pipe
-    if mode != "vector":
-        pytest.skip("the row choice matters only with an emotion vector")
+    fxs, cms, _, _, device = pipe
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, emotion="vector")
+    ref = PP.reference_run(fxs, inputs, device)
     broken = {**cms, "emotion": fxs["emotion"].candle(device, ["dot_not_cosine"])}
     w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
     assert w.first_failure == "emo_mix", w.table()
