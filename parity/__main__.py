@@ -159,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--full-size", action="store_true", help="synthetic checkpoints at official size")
     r.add_argument("--checkpoints", metavar="DIR", help="official checkpoint directory")
     r.add_argument("--device", default="cpu")
+    o = sub.add_parser("official-dir", help="write a synthetic checkpoint directory in the official layout")
+    o.add_argument("dir")
+    o.add_argument("--size", choices=["tiny", "full"], default="tiny")
     a = ap.parse_args(argv)
+    if a.cmd == "official-dir":
+        from .official_dir import write
+
+        for f in write(a.dir, a.size):
+            print(os.path.join(a.dir, f))
+        return 0
     return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device)
 
 

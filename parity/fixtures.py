@@ -9,6 +9,7 @@ through `load_state_dict(strict=True)`.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import inspect
 import json
@@ -44,7 +45,8 @@ class Fixture:
         if device not in self._refs:
             sd = load_file(self.safetensors_path)
             pre = self.spec.prefix + "." if self.spec.prefix else ""
-            own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+            own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)
+                   and not any(fnmatch.fnmatchcase(k, p) for p in self.spec.other_kinds_keys)}
             m = self.spec.build_reference(self.cfg)
             m.load_state_dict(own, strict=True)
             self._refs[device] = m.to(device).eval()

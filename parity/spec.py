@@ -42,6 +42,9 @@ class ModelSpec:
     allow_unused: dict[str, str] = field(default_factory=dict)
     # fault name -> (case name, tap that must be reported as the FIRST divergence)
     faults: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # fnmatch patterns of keys in the same official file that belong to ANOTHER kind (s2mel.pth holds
+    # both s2mel kinds); the reference load leaves exactly these out, everything else is strict.
+    other_kinds_keys: tuple[str, ...] = ()
     seed: int = 0
     # key suffix -> filler(key, rng, shape) for synthetic_init, or a function cfg -> such a dict
     init_overrides: Any = field(default_factory=dict)

@@ -589,6 +589,7 @@ DIT_SPEC = ModelSpec(
     ),
     prefix="net.cfm",
     manifest_prefix="net.cfm",
+    other_kinds_keys=("net.length_regulator.*", "net.gpt_layer.*"),
     allow_unused={
         "net.cfm.estimator.x_embedder.*": "DiT.forward feeds x through cond_x_merge_linear; x_embedder is never called",
         "net.cfm.estimator.cond_embedder.weight": "discrete-content embedding; the forward always uses cond_projection",
@@ -623,6 +624,7 @@ LENGTH_REGULATOR_SPEC = ModelSpec(
     ),
     prefix="net",
     manifest_prefix="net",
+    other_kinds_keys=("net.cfm.*",),
     allow_unused={
         "net.length_regulator.embedding.weight": "discrete-token embedding; IndexTTS2 feeds continuous features (content_in_proj)",
         "net.length_regulator.mask_token": "training-only token mask",

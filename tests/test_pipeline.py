@@ -325,3 +325,21 @@ def test_pipeline_missing_checkpoints_listed(tmp_path):
               "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt"):
         assert f in msg, msg
     assert "gpt.pth" not in msg
+
+
+def test_pipeline_official_directory_round_trip(tmp_path, device):
+    """`--checkpoints DIR` end to end on a tiny synthetic directory in the official layout (both s2mel
+    kinds in one nested s2mel.pth, the loose files at the top): discovery, conversion and the walk."""
+    from parity import official_dir
+    from parity.fixtures import MissingCheckpoints
+
+    written = official_dir.write(str(tmp_path), "tiny")
+    assert {"gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt"} <= set(written)
+    fxs = PP.fixtures("tiny", str(tmp_path))
+    assert all(fxs[k].size == "real" for k in PP.MODEL_KINDS)
+    inputs = P.make_inputs(P.CONFIGS["tiny"], 0, emotion="vector")
+    w = PP.walk(fxs, PP.candle_models(fxs, device), inputs, "forced", device)
+    w.assert_ok()
+    (tmp_path / "feat1.pt").unlink()
+    with pytest.raises(MissingCheckpoints, match="feat1.pt"):
+        PP.fixtures("tiny", str(tmp_path))
