@@ -100,7 +100,9 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     # 1.19e-6, spk_latent 9.5e-7, emovec 8.3e-7, codes identical, code_logits 1.91e-6, latent 1.55e-6,
     # vq_emb 9.5e-7, s_infer 1.01e-6, target_cond 1.55e-6, cfm_mel 1.19e-6, wav 2.62e-6 (SNR ≥ 118 dB);
     # chained: the same stages accumulate to ≤ 3.31e-6 (s_infer), wav 2.50e-6 (SNR ≥ 118.0 dB).
-    ("pipeline", "*ref_mel.mel", "cpu", "float32"): T(1e-5, 0.0, 1.0e-6, "peak-relative 1.0e-6: log-mel, STFT order"),
+    # log amplifies the STFT's rounding in low-energy bands: 1.0e-6 tiny (16 bands), 2.1e-5 at the
+    # official 80 bands (peak-relative; the mel model's own row measured 3.6e-5 on other clips)
+    ("pipeline", "*ref_mel.mel", "cpu", "float32"): T(6e-5, 0.0, 2.1e-5, "peak-relative 2.1e-5 (full size): log-mel, STFT order"),
     ("pipeline", "*spk_fbank.feat", "cpu", "float32"): T(2e-5, 0.0, 1.8e-6, "peak-relative 1.8e-6: kaldi fbank, f32 log"),
     ("pipeline", "*features.input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "w2v front end, bit-exact on CPU"),
     ("pipeline", "*features.attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),

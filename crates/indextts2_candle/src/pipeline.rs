@@ -152,19 +152,31 @@ impl Pipeline {
     /// names them, in pipeline order (the last is `wav.wav`).
     #[allow(clippy::too_many_arguments)]
     pub fn synthesize(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
+        let p = self.prepare(audio_16k, audio_22k, emotion)?;
+        let mut out = p.outputs.clone();
+        out.extend(self.segment(&p, text, max_tokens, z_pool, t_span)?);
+        Ok(out)
+    }
+
+    /// Speaker and emotion side (spec §5 steps 2-8, 10): computed once per request, shared by every
+    /// text segment, as infer_v2 caches it.
+    pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput) -> Result<Prepared> {
         let mut out: Named = Vec::new();
         let mut c = Ctx::plain();
-        if audio_16k.rank() != 1 || audio_22k.rank() != 1 || text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
-            return input_err("pipeline: audio_16k [N], audio_22k [M], text [1,L], z_pool [1,C,F], t_span [S+1] expected");
+        if audio_16k.rank() != 1 || audio_22k.rank() != 1 {
+            return input_err(format!("pipeline: audio_16k [N], audio_22k [M] expected; got {:?}, {:?}", audio_16k.dims(), audio_22k.dims()));
         }
         let dev = audio_16k.device().clone();
-        // prompt side (spec §5 steps 2-7): w2v-bert features → semantic embedding → codec S_ref,
-        // ref mel (22.05 kHz), CAMPPlus style, prompt condition
+        // prompt side: w2v-bert features → semantic embedding → codec S_ref, ref mel (22.05 kHz),
+        // CAMPPlus style, prompt condition
         let (feats, mask) = self.w2v.features(audio_16k)?;
         out.push(("features.input_features".into(), feats.clone()));
         out.push(("features.attention_mask".into(), mask.clone()));
         let o = self.w2v.forward(&feats, Some(&mask), &mut c)?;
-        let emb = o.emb.unwrap_or(o.hidden);
+        let emb = match o.emb {
+            Some(e) => e,
+            None => return input_err("pipeline: the w2v-bert config has no stats (wav2vec2bert_stats.pt must be merged in as `semantic_stats`)"),
+        };
         out.push(("semantic_emb.emb".into(), emb.clone()));
         let (ref_codes, s_ref) = self.codec.quantize(&emb, &mut c)?;
         out.push(("s_ref.codes".into(), ref_codes));
@@ -178,18 +190,17 @@ impl Pipeline {
         let tm = ref_mel.dim(2)?;
         let prompt_cond = self.lr.forward(&s_ref, &[tm as i64], &mut c)?;
         out.push(("prompt_cond.out".into(), prompt_cond.clone()));
-        // GPT conditioning, emotion vector, greedy codes, teacher-forced logits and latent
-        let t = emb.dim(1)?;
-        let lens = i64_tensor(&[t as i64], &dev)?;
+        // GPT speaker conditioning
+        let lens = i64_tensor(&[emb.dim(1)? as i64], &dev)?;
         let spk = self.gpt.spk_cond(&emb.transpose(1, 2)?.contiguous()?, &lens, &mut c)?;
         out.push(("spk_latent.latent".into(), spk.clone()));
-        // emotion (spec §5 steps 8, 10): the emotion clip's embedding, merge_emovec, the 8-weight vector
+        // emotion: the emotion clip's embedding, merge_emovec, the 8-weight vector
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
         let (efeats, emask) = self.w2v.features(emo_clip)?;
         out.push(("emo_features.input_features".into(), efeats.clone()));
         out.push(("emo_features.attention_mask".into(), emask.clone()));
         let eo = self.w2v.forward(&efeats, Some(&emask), &mut c)?;
-        let emo_emb = eo.emb.unwrap_or(eo.hidden);
+        let emo_emb = eo.emb.unwrap_or(eo.hidden); // has stats: checked above
         out.push(("emo_emb.emb".into(), emo_emb.clone()));
         let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
         let alpha_t = Tensor::new(&[alpha], &dev)?;
@@ -199,17 +210,30 @@ impl Pipeline {
         let (emovec, rows) = self.emotion.mix(&style, &merged, &w_t, &mut c)?;
         out.push(("emo_mix.emovec".into(), emovec.clone()));
         out.push(("emo_mix.rows".into(), rows));
-        let codes = self.gpt.greedy(&spk, &emovec, text, max_tokens)?;
+        Ok(Prepared { outputs: out, ref_mel, style, prompt_cond, spk, emovec })
+    }
+
+    /// One text segment (spec §5 steps 11-16): greedy codes, teacher-forced logits, latent, S_infer,
+    /// target condition, CFM (noise = the first frames of `z_pool`), vocoder.
+    pub fn segment(&self, p: &Prepared, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
+        let mut out: Named = Vec::new();
+        let mut c = Ctx::plain();
+        if text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
+            return input_err("pipeline: text [1,L], z_pool [1,C,F], t_span [S+1] expected");
+        }
+        let dev = text.device().clone();
+        let (spk, emovec) = (&p.spk, &p.emovec);
+        let codes = self.gpt.greedy(spk, emovec, text, max_tokens)?;
         out.push(("codes.codes".into(), codes.clone()));
         let lc = codes.dim(1)?;
         if lc == 0 {
             return input_err("pipeline: the decoder emitted the stop token first (no codes)");
         }
-        let logits = self.gpt.step_logits(&spk, &emovec, text, &codes, false, &mut c)?;
+        let logits = self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?;
         out.push(("code_logits.logits".into(), logits));
         let text_lens = i64_tensor(&[text.dim(1)? as i64], &dev)?;
         let code_lens = i64_tensor(&[lc as i64], &dev)?;
-        let latent = self.gpt.forward_latent(&spk, text, &text_lens, &codes, &code_lens, &emovec, &mut c)?;
+        let latent = self.gpt.forward_latent(spk, text, &text_lens, &codes, &code_lens, emovec, &mut c)?;
         out.push(("latent.latent".into(), latent.clone()));
         // S_infer = vq2emb(codes)ᵀ + gpt_layer(latent)
         let vq = self.codec.vq2emb(&codes, &mut c)?;
@@ -221,14 +245,15 @@ impl Pipeline {
         let tt = ((lc as f64 * LENGTH_RATIO) as usize).max(1);
         let target_cond = self.lr.forward(&s_infer, &[tt as i64], &mut c)?;
         out.push(("target_cond.out".into(), target_cond.clone()));
-        let mu = Tensor::cat(&[&prompt_cond, &target_cond], 1)?;
+        let mu = Tensor::cat(&[&p.prompt_cond, &target_cond], 1)?;
+        let tm = p.ref_mel.dim(2)?;
         let total = tm + tt;
         if z_pool.dim(2)? < total {
             return input_err(format!("pipeline: z_pool has {} frames, needs {total}", z_pool.dim(2)?));
         }
         let z = z_pool.narrow(2, 0, total)?.contiguous()?;
         let ts = t_span.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let states = self.dit.solve_euler(&z, &[total as i64], &ref_mel, &mu, &style, &ts, &mut c)?;
+        let states = self.dit.solve_euler(&z, &[total as i64], &p.ref_mel, &mu, &p.style, &ts, &mut c)?;
         let mel = match states.last() {
             Some(m) => m.clone(),
             None => return input_err("pipeline: t_span needs at least two points"),
@@ -239,6 +264,17 @@ impl Pipeline {
         out.push(("wav.wav".into(), wav));
         Ok(out)
     }
+}
+
+/// The per-request state shared by every text segment.
+pub struct Prepared {
+    /// stage outputs of the speaker/emotion side, named as in `synthesize`
+    pub outputs: Named,
+    pub ref_mel: Tensor,
+    pub style: Tensor,
+    pub prompt_cond: Tensor,
+    pub spk: Tensor,
+    pub emovec: Tensor,
 }
 
 impl Runnable for Pipeline {
