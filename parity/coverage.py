@@ -26,7 +26,11 @@ class Coverage:
 
 def coverage(spec, cm) -> Coverage:
     c = Coverage(spec.name, cm.file_keys(), cm.requested_keys(), cm.unused_keys())
-    if not c.requested:
+    if spec.weightless:
+        if c.requested or c.file_keys:
+            c.problems.append(f"a weightless kind must read nothing from an empty store; read {sorted(c.requested)[:5]}, "
+                              f"file holds {sorted(c.file_keys)[:5]}")
+    elif not c.requested:
         c.problems.append("Candle read no key at all")
     for k in c.unused:
         reason = next((r for p, r in spec.allow_unused.items() if fnmatch.fnmatchcase(k, p)), None)

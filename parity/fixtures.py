@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from reference.common import synthetic_init
 from reference.convert import convert
@@ -73,6 +73,13 @@ def synthetic(spec: ModelSpec, size: str) -> Fixture:
     d = os.path.join(cache_dir(), spec.name, f"{size}-{_stamp(spec, cfg)}")
     official = os.path.join(d, spec.official_file)
     st = os.path.join(d, "converted.safetensors")
+    if spec.weightless:  # an empty store: the Candle side must not read anything
+        official = st
+        if not os.path.exists(st):
+            os.makedirs(d, exist_ok=True)
+            tmp = st + f".{os.getpid()}.tmp.safetensors"
+            save_file({}, tmp)
+            os.replace(tmp, st)
     if not os.path.exists(st):
         os.makedirs(os.path.dirname(official), exist_ok=True)
         model = spec.build_reference(cfg)
@@ -118,4 +125,4 @@ def real(spec: ModelSpec, directory: str, size: str = "full") -> Fixture:
 
 
 def get(spec: ModelSpec, size: str, checkpoints: str | None = None) -> Fixture:
-    return real(spec, checkpoints) if checkpoints else synthetic(spec, size)
+    return real(spec, checkpoints) if checkpoints and not spec.weightless else synthetic(spec, size)

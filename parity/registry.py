@@ -1,7 +1,7 @@
 """The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
 from __future__ import annotations
 
-from reference import bigvgan, campplus, gpt, s2mel, semantic_codec, w2v_bert
+from reference import bigvgan, campplus, gpt, resample, s2mel, semantic_codec, w2v_bert
 
 from .spec import ModelSpec
 
@@ -13,4 +13,5 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     s2mel.LENGTH_REGULATOR_SPEC,
     gpt.SPEC,
     w2v_bert.SPEC,
+    resample.SPEC,
 ]}

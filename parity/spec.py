@@ -48,3 +48,6 @@ class ModelSpec:
     seed: int = 0
     # key suffix -> filler(key, rng, shape) for synthetic_init, or a function cfg -> such a dict
     init_overrides: Any = field(default_factory=dict)
+    # A transform that reads no key (resampling): no manifest or official file, an empty store,
+    # and coverage requires that nothing is read.
+    weightless: bool = False

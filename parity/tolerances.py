@@ -91,6 +91,14 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     # s2mel length regulator + gpt_layer. Tiny fixture, both walks, seeds 0-2: model.N (conv/GroupNorm/
     # Mish) ≤ 2.15e-6, output ≤ 1.55e-6, gpt_layer ≤ 9.5e-7. Official size: model.N ≤ 6.8e-6, gpt_layer 3.0e-6.
     ("length_regulator", "*", "cpu", "float32"): T(2e-5, 1e-5, 2.15e-6, "conv/GroupNorm/Mish stack"),
+    # Resampling front end (torchaudio.transforms.Resample defaults, the 15 s cut). CPU, seeds 0-3,
+    # every case of the row, both walks: the kernel equals torchaudio's bit for bit (f64 math
+    # rounded to f32 on both sides); outputs ≤ 3.6e-7 (22050→16000 3.1e-7, 44100→16000 3.0e-7,
+    # 16000→22050 2.0e-7, 24000→16000 1.5e-8; tests/test_resample.py pairs ≤ 3.6e-7): torch sums all orig+2·width taps in f32, Candle only
+    # the non-zero ones in f64. The cut and the identity resampling are exact.
+    ("resample", "kernel", "cpu", "float32"): T(1e-7, 0.0, 0.0, "bit-exact; 1e-7 leaves room for another libm"),
+    ("resample", "cut", "cpu", "float32"): T(0.0, 0.0, 0.0, "a slice: exact"),
+    ("resample", "*", "cpu", "float32"): T(3e-6, 0.0, 3.6e-7, "polyphase sums, f32 vs f64 accumulation"),
     # Pipeline (parity/pipeline.py), one row per stage output; the tap is "<stage>.<output>" for the
     # forced walk (each Candle stage fed the reference's previous output) and "chained:<stage>.<output>"
     # for Candle end to end (the Rust `pipeline` kind uses the chained rows). Tiny pipeline configs,

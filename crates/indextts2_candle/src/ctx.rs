@@ -42,6 +42,10 @@ impl Ctx {
     pub fn plain() -> Ctx {
         Ctx::default()
     }
+    /// Whether taps are kept: lets a model skip building a tap that only a parity run reads.
+    pub fn records(&self) -> bool {
+        self.record
+    }
     pub fn tap(&mut self, name: &str, t: &Tensor) {
         if self.record {
             self.taps.push((name.to_string(), t.clone()));

@@ -17,6 +17,7 @@ pub mod length_regulator;
 pub mod nn;
 pub mod pipeline;
 pub mod registry;
+pub mod resample;
 pub mod semantic_codec;
 pub mod s2mel;
 pub mod store;

@@ -44,6 +44,7 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
         "semantic_codec" => crate::semantic_codec::FAULTS,
         "campplus" => crate::campplus::FAULTS,
         "mel_spectrogram" => crate::mel::FAULTS,
+        "resample" => crate::resample::FAULTS,
         "dit" => crate::dit::FAULTS,
         "length_regulator" => crate::length_regulator::FAULTS,
         "gpt" => crate::gpt::FAULTS,
@@ -54,7 +55,7 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
     })
 }
 
-pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram", "emotion", "pipeline"];
+pub const KINDS: &[&str] = &["bigvgan", "dit", "gpt", "length_regulator", "w2v_bert", "semantic_codec", "campplus", "mel_spectrogram", "resample", "emotion", "pipeline"];
 
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
@@ -63,6 +64,7 @@ pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) 
         "semantic_codec" => Box::new(crate::semantic_codec::SemanticCodec::load(w, parse(kind, config_json)?, f)?),
         "campplus" => Box::new(crate::campplus::CampPlus::load(w, parse(kind, config_json)?, f)?),
         "mel_spectrogram" => Box::new(crate::mel::MelSpectrogram::load(w, parse(kind, config_json)?, f)?),
+        "resample" => Box::new(crate::resample::Resampler::load(w, parse(kind, config_json)?, f)?),
         "dit" => Box::new(crate::dit::Dit::load(w, parse(kind, config_json)?, f)?),
         "length_regulator" => Box::new(crate::length_regulator::Regulator::load(w, parse(kind, config_json)?, f)?),
         "gpt" => Box::new(crate::gpt::UnifiedVoice::load(w, parse(kind, config_json)?, f)?),
@@ -227,6 +229,81 @@ impl Runnable for crate::emotion::EmotionMatrices {
                 Ok(vec![("emovec".into(), emovec), ("rows".into(), rows)])
             }
             _ => input_err(format!("emotion has no method `{method}` (methods: [\"mix\"])")),
+        }
+    }
+}
+
+/// One int64 value (a rate, a length in ms) passed as a `[]` or `[1]` tensor.
+fn scalar_i64(t: &Tensor, name: &str) -> Result<i64> {
+    if t.dtype() != candle_core::DType::I64 || t.elem_count() != 1 || t.rank() > 1 {
+        return input_err(format!("input `{name}` must be one int64 value, got {:?} {:?}", t.dtype(), t.dims()));
+    }
+    Ok(t.flatten_all()?.to_vec1::<i64>()?[0])
+}
+
+fn rate(t: &Tensor, name: &str) -> Result<u32> {
+    let v = scalar_i64(t, name)?;
+    u32::try_from(v).ok().filter(|r| *r > 0).ok_or_else(|| Error::Input(format!("`{name}` must be a positive rate, got {v}")))
+}
+
+impl Runnable for crate::resample::Resampler {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        match method {
+            "forward" => {
+                let i = take(inputs, method, &["wav"])?;
+                let c = self.config();
+                Ok(vec![("wav".into(), self.forward(i[0], c.orig_freq, c.new_freq, ctx)?)])
+            }
+            "forward_rates" => {
+                let i = take(inputs, method, &["wav", "orig_freq", "new_freq"])?;
+                let (o, n) = (rate(i[1], "orig_freq")?, rate(i[2], "new_freq")?);
+                Ok(vec![("wav".into(), self.forward(i[0], o, n, ctx)?)])
+            }
+            "front" => {
+                let i = take(inputs, method, &["wav"])?;
+                let (a22, a16) = self.front(i[0], ctx)?;
+                Ok(vec![("audio_22k".into(), a22), ("audio_16k".into(), a16)])
+            }
+            "cut" => {
+                let i = take(inputs, method, &["wav", "sampling_rate", "seconds"])?;
+                let sr = rate(i[1], "sampling_rate")?;
+                expect_float(i[2], "seconds")?;
+                if i[2].elem_count() != 1 || i[2].rank() > 1 {
+                    return input_err(format!("input `seconds` must be one float32 value, got {:?}", i[2].dims()));
+                }
+                let s = i[2].flatten_all()?.to_vec1::<f32>()?[0] as f64;
+                Ok(vec![("wav".into(), crate::resample::cut(i[0], sr, s)?)])
+            }
+            "join" => {
+                // segments concatenated along the last axis, `lens` their lengths
+                let i = take(inputs, method, &["segments", "lens", "sampling_rate", "interval_ms"])?;
+                let sr = rate(i[2], "sampling_rate")?;
+                let ms = scalar_i64(i[3], "interval_ms")?;
+                if i[1].dtype() != candle_core::DType::I64 || i[1].rank() != 1 {
+                    return input_err(format!("input `lens` must be int64 [S], got {:?} {:?}", i[1].dtype(), i[1].dims()));
+                }
+                let seg = i[0];
+                if seg.rank() == 0 {
+                    return input_err("input `segments` must be [N] or [C, N]");
+                }
+                let axis = seg.rank() - 1;
+                let total = seg.dim(axis)?;
+                let mut at = 0usize;
+                let mut parts = Vec::new();
+                for l in i[1].to_vec1::<i64>()? {
+                    let l = usize::try_from(l).map_err(|_| Error::Input(format!("`lens` holds negative {l}")))?;
+                    if at + l > total {
+                        return input_err(format!("`lens` sum past the {total} samples of `segments`"));
+                    }
+                    parts.push(seg.narrow(axis, at, l)?);
+                    at += l;
+                }
+                if at != total {
+                    return input_err(format!("`lens` sum to {at}, `segments` has {total} samples"));
+                }
+                Ok(vec![("wav".into(), crate::resample::join_segments(&parts, sr, ms)?)])
+            }
+            _ => input_err(format!("resample has no method `{method}` (methods: [\"forward\", \"forward_rates\", \"front\", \"cut\", \"join\"])")),
         }
     }
 }
