@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reference import emotion as E
+from reference import resample as R
 from reference import pipeline as P
 
 from . import candle
@@ -29,7 +30,8 @@ from .registry import MODELS
 from .spec import ModelSpec
 from .tolerances import AUDIO_GATE, NEAR_TIE, lookup
 
-WEIGHTLESS = ("mel_spectrogram",)  # no checkpoint and no registry row: a config only
+# no weights: a config only (their reference module is built from the pipeline's config)
+WEIGHTLESS = {"mel_spectrogram": P.MelRef, "resample": R.build}
 LOOSE = ("emotion",)  # built from the loose official files (feat1.pt, feat2.pt), no registry row
 KINDS = tuple(k for k in dict.fromkeys(st.kind for st in P.STAGES) if k not in WEIGHTLESS)
 MODEL_KINDS = tuple(k for k in KINDS if k not in LOOSE)
@@ -47,7 +49,8 @@ def _size(fxs: dict[str, Fixture]) -> str:
 
 def references(fxs: dict[str, Fixture], device: str = "cpu") -> dict:
     mods = {k: fx.reference(device) for k, fx in fxs.items()}
-    mods["mel_spectrogram"] = P.MelRef(P.CONFIGS[_size(fxs)]["mel_spectrogram"])
+    for k, build in WEIGHTLESS.items():
+        mods[k] = build(P.CONFIGS[_size(fxs)][k])
     return mods
 
 
@@ -151,10 +154,10 @@ def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str
 
     faults = faults or {}
     cms = {k: fx.candle(device, faults.get(k, [])) for k, fx in fxs.items()}
-    # weightless: any store will do (it reads no key); the vocoder's file is always there
-    cms["mel_spectrogram"] = candle.Model("mel_spectrogram", fxs["bigvgan"].safetensors_path,
-                                          json.dumps(P.CONFIGS[_size(fxs)]["mel_spectrogram"]), device,
-                                          faults.get("mel_spectrogram", []), "")
+    # weightless: any store will do (they read no key); the vocoder's file is always there
+    for k in WEIGHTLESS:
+        cms[k] = candle.Model(k, fxs["bigvgan"].safetensors_path, json.dumps(P.CONFIGS[_size(fxs)][k]), device,
+                              faults.get(k, []), "")
     return cms
 
 
@@ -298,7 +301,7 @@ def audio_gate_failure(a: AudioMetrics) -> str:
 # the two s2mel kinds share `s2mel.` + their `net.…` keys).
 RUST_PREFIX = {"w2v_bert": "w2v_bert.", "semantic_codec": "semantic_codec.", "campplus": "campplus.", "gpt": "gpt.",
                "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan.", "emotion": "emotion."}
-SYNTH_INPUTS = ("audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span", "emo_alpha")
+SYNTH_INPUTS = ("speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha")
 SYNTH_OPTIONAL = ("emo_16k", "emo_weights")
 
 
@@ -324,7 +327,8 @@ def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
         save_file(merged, tmp)
         os.replace(tmp, path)  # atomic: safe across xdist workers
     cfg = {k: json.loads(fxs[k].spec.config_json(fxs[k].cfg)) for k in KINDS}
-    cfg["mel_spectrogram"] = P.CONFIGS[_size(fxs)]["mel_spectrogram"]
+    for k in WEIGHTLESS:
+        cfg[k] = P.CONFIGS[_size(fxs)][k]
     if cfg["w2v_bert"].get("stats"):  # stats are read from the store's root: give their full key
         cfg["w2v_bert"]["stats"] = RUST_PREFIX["w2v_bert"] + cfg["w2v_bert"]["stats"]
     return path, json.dumps(cfg)

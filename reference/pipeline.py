@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import bigvgan, campplus, emotion, gpt, mel, s2mel, semantic_codec, w2v_bert
+from . import bigvgan, campplus, emotion, gpt, mel, resample, s2mel, semantic_codec, w2v_bert
 
 # ---- configs --------------------------------------------------------------------------------------
 _H = 32  # w2v hidden = codec width (tiny)
@@ -44,6 +44,7 @@ TINY = {
     "bigvgan": {**bigvgan.TINY, "num_mels": s2mel.TINY_DIT["in_channels"], "upsample_rates": [4, 4, 2, 2],
                 "upsample_kernel_sizes": [8, 8, 4, 4]},
     "emotion": emotion.config(s2mel.TINY_DIT["style_dim"], gpt.TINY["model_dim"]),
+    "resample": dict(resample.FULL),  # the speaker clip arrives at 22.05 kHz (librosa.load's default)
 }
 FULL = {
     "w2v_bert": copy.deepcopy(w2v_bert.FULL),
@@ -55,6 +56,7 @@ FULL = {
     "dit": copy.deepcopy(s2mel.FULL_DIT),
     "bigvgan": copy.deepcopy(bigvgan.FULL),
     "emotion": emotion.config(s2mel.FULL_DIT["style_dim"], gpt.FULL["model_dim"]),
+    "resample": dict(resample.FULL),
 }
 CONFIGS = {"tiny": TINY, "full": FULL}
 
@@ -97,7 +99,8 @@ EMO_WEIGHTS = np.array([0.25, 0.0, 0.15, 0.0, 0.05, 0.0, 0.1, 0.2], np.float32)
 
 def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6, max_tokens: int = 20,
                 steps: int = 25, emotion: str = "speaker") -> dict[str, np.ndarray]:
-    """Everything the pipeline consumes: the speaker clip at 16 and 22.05 kHz, token ids, CFM noise,
+    """Everything the pipeline consumes: the speaker clip at 22.05 kHz (as librosa.load gives it;
+    the `front` stage cuts it to 15 s and resamples it to 16 kHz), token ids, CFM noise,
     and the emotion inputs as a user gives them (`emotion`):
       speaker: none (the speaker clip is the emotion reference, emo_alpha 1);
       clip:    another clip at 16 kHz (`emo_16k`) with emo_alpha 0.6;
@@ -106,13 +109,11 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion must be one of {EMOTIONS}, got {emotion!r}")
     rng = np.random.default_rng(seed)
-    a16 = w2v_bert.load_clip("speech_16k.wav")[: int(seconds * SR_16K)]
     a22 = w2v_bert.load_clip("speech_22k.wav")[: int(seconds * SR_22K)]
     g = c["gpt"]
     n_mels = c["dit"]["in_channels"]
     out = {
-        "audio_16k": a16.astype(np.float32),
-        "audio_22k": a22.astype(np.float32),
+        "speaker": a22.astype(np.float32),
         "text": rng.integers(2, g["number_text_tokens"], (1, text_len)).astype(np.int64),
         "max_tokens": np.array([max_tokens], np.int64),
         # noise for the whole CFM sequence (prompt + target); sliced to length once that is known
@@ -132,8 +133,9 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
 def emotion_plan(inputs: dict) -> dict[str, np.ndarray]:
     """infer_v2's emotion rules (shared glue, = pipeline.rs `emotion_plan`): an emotion vector
     drops the emotion clip and has its weights scaled by emo_alpha; without an emotion clip the
-    speaker clip (its 16 kHz load) is the reference and alpha is 1. No vector = zero weights, for
-    which the mix is exactly the identity."""
+    speaker clip is the reference (`emo_audio` None: the front stage's 16 kHz clip; infer_v2 reloads
+    the file with librosa at 16 kHz, file decoding is out of scope) and alpha is 1. An emotion clip is
+    cut to 15 s. No vector = zero weights, for which the mix is exactly the identity."""
     alpha = float(inputs["emo_alpha"].reshape(-1)[0])
     weights = inputs.get("emo_weights")
     clip = inputs.get("emo_16k")
@@ -141,7 +143,9 @@ def emotion_plan(inputs: dict) -> dict[str, np.ndarray]:
         weights = np.array(emotion.scale_weights(weights, alpha), np.float32)
         clip = None
     if clip is None:
-        clip, alpha = inputs["audio_16k"], 1.0
+        alpha = 1.0
+    else:
+        clip = clip[: int(resample.MAX_PROMPT_SECONDS * SR_16K)]
     if weights is None:
         weights = np.zeros(len(emotion.EMO_NUM), np.float32)
     return {"emo_audio": clip, "merge_alpha": np.array([alpha], np.float32), "mix_weights": weights}
@@ -200,6 +204,10 @@ def _ref_greedy(m, i):
     return {"codes": codes, "margins": margins}
 
 
+def _emo_inputs(s: dict) -> dict:
+    return {"audio": s["audio_16k"] if s["emo_audio"] is None else s["emo_audio"]}
+
+
 def _cfm_inputs(s: dict) -> dict:
     mu = np.concatenate([s["prompt_cond"], s["target_cond"]], 1)  # cat_condition [1, Tm+Tt, C]
     t = mu.shape[1]
@@ -217,6 +225,8 @@ def _emb_lens(s: dict) -> np.ndarray:
 
 # Pipeline order = spec §5: prompt side (steps 2-7), then emotion, decoding, target side (10-16).
 STAGES: tuple[Stage, ...] = (
+    Stage("front", "resample", "front", lambda s: {"wav": s["speaker"]},
+          lambda m, i: dict(zip(("audio_22k", "audio_16k"), m.front(i["wav"]))), ("audio_22k", "audio_16k")),
     Stage("features", "w2v_bert", "features", lambda s: {"audio": s["audio_16k"]}, _ref_features,
           ("input_features", "attention_mask")),
     Stage("semantic_emb", "w2v_bert", "forward_masked",
@@ -241,7 +251,7 @@ STAGES: tuple[Stage, ...] = (
           post=lambda o, s: {"spk_latent": o["latent"]}),
     # emotion (steps 8, 10): the emotion clip's w2v-bert embedding, merge_emovec with alpha, then
     # the 8-weight emotion vector (zero weights = none: an exact identity)
-    Stage("emo_features", "w2v_bert", "features", lambda s: {"audio": s["emo_audio"]}, _ref_features,
+    Stage("emo_features", "w2v_bert", "features", _emo_inputs, _ref_features,
           ("input_features", "attention_mask"), post=lambda o, s: {"emo_features": o["input_features"], "emo_mask": o["attention_mask"]}),
     Stage("emo_emb", "w2v_bert", "forward_masked",
           lambda s: {"input_features": s["emo_features"], "attention_mask": s["emo_mask"]}, _ref_w2v, ("emb",),

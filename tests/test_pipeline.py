@@ -14,11 +14,12 @@ from parity.audio import audio_metrics
 from parity.tolerances import AUDIO_GATE, NEAR_TIE, lookup
 from reference import pipeline as P
 
-STAGE_ORDER = ["features", "semantic_emb", "s_ref", "ref_mel", "spk_fbank", "style", "prompt_cond", "spk_latent",
+STAGE_ORDER = ["front", "features", "semantic_emb", "s_ref", "ref_mel", "spk_fbank", "style", "prompt_cond", "spk_latent",
                "emo_features", "emo_emb", "emovec", "emo_mix", "codes", "code_logits", "latent", "vq_emb", "s_infer", "target_cond", "cfm_mel", "wav"]
 
 # (registry kind, existing fault switch, the stage the walk must name)
 FAULTS = [
+    ("resample", "rectangular_window", "front"),
     ("w2v_bert", "var_as_std", "semantic_emb"),
     ("semantic_codec", "codebook_unnormalised", "s_ref"),
     ("mel_spectrogram", "htk_mel_scale", "ref_mel"),
@@ -163,7 +164,7 @@ def test_pipeline_emotion_inputs(emo_pipe):
     plan = P.emotion_plan(inputs)
     if mode == "vector":  # the weights were scaled by alpha 0.8, the clip is the speaker's, alpha 1
         assert np.allclose(plan["mix_weights"], [int(x * 0.8 * 10000) / 10000 for x in P.EMO_WEIGHTS])
-        assert plan["merge_alpha"][0] == 1.0 and plan["emo_audio"] is inputs["audio_16k"]
+        assert plan["merge_alpha"][0] == 1.0 and plan["emo_audio"] is None
     else:
         assert plan["merge_alpha"][0] == np.float32(0.6) and not plan["mix_weights"].any()
     for mode_ in ("forced", "chained"):

@@ -8,6 +8,7 @@ use indextts2_candle::{transforms, Error};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -58,9 +59,12 @@ fn device(name: &str) -> PyResult<Device> {
 }
 
 type Wire = (String, Vec<usize>, Vec<u8>);
+/// Inputs borrow Python's bytes (no element-by-element extraction, no copy until the tensor).
+type WireIn = (String, Vec<usize>, PyBackedBytes);
 
-fn from_wire(t: Wire, dev: &Device) -> indextts2_candle::Result<Tensor> {
+fn from_wire(t: WireIn, dev: &Device) -> indextts2_candle::Result<Tensor> {
     let (dtype, shape, bytes) = t;
+    let bytes: &[u8] = &bytes;
     let n: usize = shape.iter().product();
     let (dt, size) = match dtype.as_str() {
         "float32" => (DType::F32, 4),
@@ -138,7 +142,7 @@ impl Model {
     /// Runs `method` on inputs `{name: (dtype, shape, bytes)}`; returns (outputs, taps) as lists of
     /// `(name, (dtype, shape, bytes))`, taps in forward order.
     #[pyo3(signature = (method, inputs, taps=false, inject=None))]
-    fn run(&self, py: Python<'_>, method: &str, inputs: HashMap<String, Wire>, taps: bool, inject: Option<HashMap<String, Wire>>) -> PyResult<(Vec<(String, (String, Vec<usize>, Py<PyBytes>))>, Vec<(String, (String, Vec<usize>, Py<PyBytes>))>)> {
+    fn run(&self, py: Python<'_>, method: &str, inputs: HashMap<String, WireIn>, taps: bool, inject: Option<HashMap<String, WireIn>>) -> PyResult<(Vec<(String, (String, Vec<usize>, Py<PyBytes>))>, Vec<(String, (String, Vec<usize>, Py<PyBytes>))>)> {
         let dev = self.device.clone();
         let (outs, tapped) = py.allow_threads(|| {
             guarded(|| {
@@ -206,7 +210,7 @@ fn cuda_available() -> bool {
 /// Load-time transforms, exposed so tests can check them against PyTorch-made values.
 #[pyfunction]
 #[pyo3(signature = (name, tensors, sizes=None, dim=0, logscale=true))]
-fn transform(py: Python<'_>, name: &str, tensors: Vec<Wire>, sizes: Option<Vec<usize>>, dim: usize, logscale: bool) -> PyResult<Vec<(String, (String, Vec<usize>, Py<PyBytes>))>> {
+fn transform(py: Python<'_>, name: &str, tensors: Vec<WireIn>, sizes: Option<Vec<usize>>, dim: usize, logscale: bool) -> PyResult<Vec<(String, (String, Vec<usize>, Py<PyBytes>))>> {
     let out = guarded(|| {
         let ts = tensors.into_iter().map(|t| from_wire(t, &Device::Cpu)).collect::<indextts2_candle::Result<Vec<_>>>()?;
         let arg = |i: usize| ts.get(i).ok_or_else(|| Error::Input(format!("`{name}` needs {} tensors", i + 1)));

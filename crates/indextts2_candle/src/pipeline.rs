@@ -18,6 +18,7 @@ use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
 use crate::registry::{take, Named, Runnable};
+use crate::resample::{cut, ResampleConfig, Resampler, MAX_PROMPT_SECONDS, SR_16K};
 use crate::store::Weights;
 use crate::w2v_bert::{W2vBert, W2vBertConfig};
 use candle_core::{DType, Tensor};
@@ -38,6 +39,7 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("length_regulator", "s2mel.net"),
     ("dit", "s2mel.net.cfm"),
     ("bigvgan", "bigvgan"),
+    ("resample", "resample"), // weightless
     ("emotion", "emotion"), // feat1.pt / feat2.pt as `emotion.spk_matrix` / `emotion.emo_matrix`
 ];
 
@@ -52,6 +54,7 @@ pub struct PipelineConfig {
     pub dit: DitConfig,
     pub bigvgan: BigVganConfig,
     pub emotion: EmotionConfig,
+    pub resample: ResampleConfig,
 }
 
 /// The emotion inputs as a user gives them (infer_v2): an optional emotion clip at 16 kHz, emo_alpha,
@@ -113,6 +116,7 @@ pub struct Pipeline {
     dit: Dit,
     vocoder: BigVgan,
     emotion: EmotionMatrices,
+    front: Resampler,
 }
 
 fn sub_faults(f: &Faults, kind: &str) -> Faults {
@@ -145,17 +149,29 @@ impl Pipeline {
             dit: Dit::load(&w.pp(pre("dit")), cfg.dit, sub_faults(&faults, "dit"))?,
             vocoder: BigVgan::load(&w.pp(pre("bigvgan")), cfg.bigvgan, sub_faults(&faults, "bigvgan"))?,
             emotion: EmotionMatrices::load(&w.pp(pre("emotion")), cfg.emotion, sub_faults(&faults, "emotion"))?,
+            front: Resampler::load(&w.pp(pre("resample")), cfg.resample, sub_faults(&faults, "resample"))?,
         })
     }
 
     /// Runs every stage; returns the stage outputs named `<stage>.<output>` as the Python walk
     /// names them, in pipeline order (the last is `wav.wav`).
     #[allow(clippy::too_many_arguments)]
-    pub fn synthesize(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
-        let p = self.prepare(audio_16k, audio_22k, emotion)?;
-        let mut out = p.outputs.clone();
+    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
+        let (a22, a16) = self.front(speaker)?;
+        let mut out: Named = vec![("front.audio_22k".into(), a22.clone()), ("front.audio_16k".into(), a16.clone())];
+        let p = self.prepare(&a16, &a22, emotion)?;
+        out.extend(p.outputs.iter().cloned());
         out.extend(self.segment(&p, text, max_tokens, z_pool, t_span)?);
         Ok(out)
+    }
+
+    /// Spec §5 step 1: the speaker clip at the config's rate (22.05 kHz, as librosa.load gives it),
+    /// cut to 15 s → (audio_22k, audio_16k).
+    pub fn front(&self, speaker: &Tensor) -> Result<(Tensor, Tensor)> {
+        if speaker.rank() != 1 {
+            return input_err(format!("pipeline: speaker clip [N] expected, got {:?}", speaker.dims()));
+        }
+        self.front.front(speaker, &mut Ctx::plain())
     }
 
     /// Speaker and emotion side (spec §5 steps 2-8, 10): computed once per request, shared by every
@@ -196,7 +212,8 @@ impl Pipeline {
         out.push(("spk_latent.latent".into(), spk.clone()));
         // emotion: the emotion clip's embedding, merge_emovec, the 8-weight vector
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
-        let (efeats, emask) = self.w2v.features(emo_clip)?;
+        let emo_clip = if std::ptr::eq(emo_clip, audio_16k) { emo_clip.clone() } else { cut(emo_clip, SR_16K, MAX_PROMPT_SECONDS)? };
+        let (efeats, emask) = self.w2v.features(&emo_clip)?;
         out.push(("emo_features.input_features".into(), efeats.clone()));
         out.push(("emo_features.attention_mask".into(), emask.clone()));
         let eo = self.w2v.forward(&efeats, Some(&emask), &mut c)?;
@@ -291,9 +308,10 @@ impl Runnable for Pipeline {
                     }
                     None => None,
                 };
-                let i = take(&rest, method, &["audio_16k", "audio_22k", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
-                crate::registry::expect_float(i[6], "emo_alpha")?;
-                let alpha = match i[6].flatten_all()?.to_vec1::<f32>()?.as_slice() {
+                let i = take(&rest, method, &["speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
+                crate::registry::expect_float(i[0], "speaker")?;
+                crate::registry::expect_float(i[5], "emo_alpha")?;
+                let alpha = match i[5].flatten_all()?.to_vec1::<f32>()?.as_slice() {
                     [a] => *a,
                     v => return input_err(format!("emo_alpha: one value expected, got {}", v.len())),
                 };
@@ -304,7 +322,7 @@ impl Runnable for Pipeline {
                     }
                 }
                 let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha, weights };
-                let out = self.synthesize(i[0], i[1], &emotion, i[2], i[3], i[4], i[5])?;
+                let out = self.synthesize(i[0], &emotion, i[1], i[2], i[3], i[4])?;
                 for (n, t) in &out {
                     ctx.tap(n, t); // stage outputs double as taps, in pipeline order
                 }
