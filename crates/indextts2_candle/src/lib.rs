@@ -19,6 +19,7 @@ pub mod registry;
 pub mod semantic_codec;
 pub mod s2mel;
 pub mod store;
+pub mod text;
 pub mod transforms;
 pub mod w2v_bert;
 pub mod w2v_features;
