@@ -873,6 +873,15 @@ mod tests {
     }
 
     #[test]
+    fn isspace_is_pythons() {
+        // every c with Python 3.11 `chr(c).isspace()`
+        let py: &[u32] = &[0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002,
+            0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000];
+        let ours: Vec<u32> = (0..0x110000u32).filter_map(char::from_u32).filter(|&c| py_isspace(c)).map(|c| c as u32).collect();
+        assert_eq!(ours, py);
+    }
+
+    #[test]
     fn segments_quirks() {
         let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // a sentence end followed by ' keeps the ' in both segments
