@@ -131,10 +131,19 @@ def test_text_random_unicode(tokenizers, s):
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(s=st.text(max_size=30))
 def test_text_random_any_codepoint(tokenizers, s):
-    """Any code point: ids always agree (pieces may differ only by Unicode-version case mappings)."""
     rs, py, _ = tokenizers
-    assert rs.normalize(s) == py.normalize(s)
-    assert rs.encode(s) == py.encode(s)
+    check_text(rs, py, s)
+
+
+def test_text_every_codepoint(tokenizers):
+    """Every code point (the char map, unknown/byte handling, uppercasing), 48 per call in context."""
+    rs, py, _ = tokenizers
+    cps = [c for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
+    for k in range(0, len(cps), 48):
+        s = "x".join(chr(c) + chr(c) for c in cps[k:k + 48])
+        assert rs.normalize(s) == py.normalize(s), hex(cps[k])
+        assert rs.tokenize(s) == py.tokenize(s), hex(cps[k])
+        assert rs.encode(s) == py.encode(s), hex(cps[k])
 
 
 PIECES = ["▁A", "▁B", "C", "D", ".", "!", "?", "▁.", "▁?", "▁...", ",", "▁,", "-", "▁-", "'", "▁'", "▁!", "..."]

@@ -15,9 +15,8 @@
 //!   sentence end is kept in both segments, `,` then `-` fallbacks, final merge of short neighbours).
 //! * [`TextTokenizer`]: `encode` / `tokenize` / `segments`, the official `TextTokenizer.encode` path.
 //!
-//! Known difference: `str::to_uppercase` follows Rust's Unicode tables, Python's `str.upper` its own
-//! (Python 3.11: Unicode 14); letters whose case mapping was added later differ. None is in the
-//! official vocabulary, so ids are the same (unknown either way).
+//! Uppercasing follows Python 3.11's `str.upper` (Unicode 14): [`py_upper`] skips the few case
+//! mappings Rust's newer Unicode tables add (tests compare every code point).
 use crate::error::{Error, Result};
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
@@ -698,6 +697,24 @@ pub fn py_strip(s: &str) -> &str {
     s.trim_matches(py_isspace)
 }
 
+/// Lowercase letters that Rust's Unicode tables uppercase but Python 3.11's (Unicode 14) do not.
+fn upper_added_after_unicode14(c: char) -> bool {
+    matches!(c as u32, 0x19B | 0x264 | 0x1C8A | 0xA7CD | 0xA7CF | 0xA7D3 | 0xA7D5 | 0xA7DB | 0x10D70..=0x10D85 | 0x16EBB..=0x16ED3)
+}
+
+/// Python 3.11's `str.upper()` (full case mapping, e.g. `ß` → `SS`).
+pub fn py_upper(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if upper_added_after_unicode14(c) {
+            out.push(c);
+        } else {
+            out.extend(c.to_uppercase());
+        }
+    }
+    out
+}
+
 /// The character ranges `tokenize_by_CJK_char` isolates.
 pub fn is_cjk(c: char) -> bool {
     matches!(c as u32,
@@ -711,7 +728,7 @@ pub fn tokenize_by_cjk_char(line: &str) -> String {
     let mut push = |s: &str| {
         let s = py_strip(s);
         if !s.is_empty() {
-            parts.push(s.to_uppercase());
+            parts.push(py_upper(s));
         }
     };
     let line = py_strip(line);
