@@ -1,4 +1,8 @@
-"""A small synthetic `bpe.model` in the official format (SentencePiece BPE), trained deterministically.
+"""Small synthetic `bpe.model`s in the official format (SentencePiece), trained deterministically.
+
+Variants: `nfkc` (BPE, the default), `fallback` (BPE + byte fallback + user-defined pieces +
+nfkc_cf) and `unigram` — the official IndexTTS2 `bpe.model` is, despite its name, a UNIGRAM model
+whose 12000 pieces are mostly user-defined CJK characters and pinyin, and `unigram` mimics that.
 
 The corpus is embedded below (English, Chinese, punctuation, digits, full-width forms). Lines go
 through the official pre-tokenizer (`tokenize_by_cjk_char`: CJK characters spaced out, uppercase)
@@ -139,13 +143,21 @@ def corpus_lines() -> list[str]:
     return [tokenize_by_cjk_char(s) for s in lines if s.strip()]
 
 
+# Every CJK character of the corpus and a few tone-numbered pinyin syllables: user-defined pieces,
+# as in the official file.
+USER_CJK = sorted({c for line in CHINESE.splitlines() for c in line if "\u4e00" <= c <= "\u9fff"})
+USER_PINYIN = ["NI3", "HAO3", "ZHONG1", "WEN2", "XUAN4", "GAN3", "SHANG5"]
+
 VARIANTS = {
-    # what the official bpe.model uses: BPE, nmt_nfkc char map, <s>=0 </s>=1 <unk>=2, no pad
+    # the brief's settings: BPE, nmt_nfkc char map, <s>=0 </s>=1 <unk>=2, no pad
     "nfkc": dict(model_type="bpe", vocab_size=400, character_coverage=0.995, bos_id=0, eos_id=1, unk_id=2, pad_id=-1,
                  normalization_rule_name="nmt_nfkc"),
     # extra paths: byte fallback, user-defined pieces, case-folding char map
     "fallback": dict(model_type="bpe", vocab_size=700, character_coverage=0.995, bos_id=0, eos_id=1, unk_id=2, pad_id=-1,
                      normalization_rule_name="nfkc_cf", byte_fallback=True, user_defined_symbols=["<tag>", "hello", "▁你好"]),
+    # the official bpe.model's actual shape: model_type UNIGRAM, nmt_nfkc, CJK + pinyin user-defined
+    "unigram": dict(model_type="unigram", vocab_size=700, character_coverage=0.995, bos_id=0, eos_id=1, unk_id=2,
+                    pad_id=-1, normalization_rule_name="nmt_nfkc", user_defined_symbols=USER_CJK + USER_PINYIN),
 }
 COMMON = dict(num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=False,
               minloglevel=2, max_sentencepiece_length=16, seed_sentencepiece_size=1000000)

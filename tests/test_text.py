@@ -2,8 +2,9 @@
 
 Reference: `reference/text.py` on the `sentencepiece` package (and, where the official `indextts`
 package is importable, the official functions themselves). Models: two synthetic `bpe.model`s
-(`parity/text_fixture.py`: the official settings with the nmt_nfkc char map, and a byte-fallback /
-user-defined-pieces / nfkc_cf variant), plus `--checkpoints=DIR`'s `bpe.model` when present.
+(`parity/text_fixture.py`: BPE with the nmt_nfkc char map; BPE with byte fallback, user-defined
+pieces and nfkc_cf; unigram with user-defined CJK characters and pinyin like the official file),
+plus `--checkpoints=DIR`'s `bpe.model` when present.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import indextts_candle as ic  # noqa: E402
 from parity import text_fixture  # noqa: E402
 from reference import text as ref  # noqa: E402
 
-VARIANTS = ["nfkc", "fallback", "official"]
+VARIANTS = ["nfkc", "fallback", "unigram", "official"]
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=[f"tokenizer_{v}" for v in VARIANTS])
@@ -230,16 +231,16 @@ def test_tokenizer_bad_files(tmp_path):
         ic.Tokenizer(str(directory))
 
 
-def test_tokenizer_rejects_non_bpe_and_bad_args(tmp_path):
+def test_tokenizer_rejects_other_model_types_and_bad_args(tmp_path):
     import io
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text_fixture.corpus_lines()), model_writer=buf,
-                                   model_type="unigram", vocab_size=400, num_threads=1, minloglevel=2,
+                                   model_type="char", num_threads=1, minloglevel=2, vocab_size=400,
                                    hard_vocab_limit=False)
-    p = tmp_path / "unigram.model"
+    p = tmp_path / "char.model"
     p.write_bytes(buf.getvalue())
-    with pytest.raises(ic.CheckpointError, match="unigram.model.*BPE"):
+    with pytest.raises(ic.CheckpointError, match="char.model.*model_type 4"):
         ic.Tokenizer(str(p))
     rs = ic.Tokenizer(text_fixture.synthetic_bpe_model(variant="nfkc"))
     with pytest.raises(ic.InputError):

@@ -1,15 +1,19 @@
-//! IndexTTS2 text front end: the official `bpe.model` (SentencePiece, model_type BPE) in pure Rust,
-//! plus the two pieces of Python the official `TextTokenizer` wraps around it
-//! (`tokenize_by_CJK_char` and `split_segments`).
+//! IndexTTS2 text front end: the official `bpe.model` (a SentencePiece model) in pure Rust, plus
+//! the two pieces of Python the official `TextTokenizer` wraps around it (`tokenize_by_CJK_char`
+//! and `split_segments`).
 //!
 //! Input is **already normalized text**: the official `TextNormalizer` (wetext / WeTextProcessing
 //! number and symbol rewriting) is not ported; callers pass its output. What is ported:
 //!
 //! * [`SentencePiece`]: the `ModelProto` file read by a minimal protobuf reader, SentencePiece's
 //!   normalizer (precompiled char map = a Darts double-array trie, dummy prefix, extra-whitespace
-//!   removal, `▁` escaping, user-defined symbols), the BPE encoder of `bpe_model.cc` (highest-score
-//!   adjacent merge, leftmost on ties, unused pieces re-split, user-defined pieces frozen) and the
-//!   processor's post-pass (runs of unknown pieces merged into one, byte fallback).
+//!   removal, `▁` escaping, user-defined symbols) and both encoders the file may ask for. Despite
+//!   its name the official IndexTTS2 `bpe.model` is `model_type: UNIGRAM` (12000 pieces, 10198 of
+//!   them user-defined: CJK characters and tone-numbered pinyin), so the unigram Viterbi of
+//!   `unigram_model.cc` (`EncodeOptimized`) is here as well as the BPE merge loop of
+//!   `bpe_model.cc` (highest-score adjacent merge, leftmost on ties, unused pieces re-split,
+//!   user-defined pieces frozen); then the processor's pass (runs of unknown pieces merged into
+//!   one, byte fallback).
 //! * [`tokenize_by_cjk_char`]: split around CJK characters, strip, uppercase, join by one space.
 //! * [`split_segments`]: the official segmenter over piece strings, quirks included (a `'` after a
 //!   sentence end is kept in both segments, `,` then `-` fallbacks, final merge of short neighbours).
@@ -331,9 +335,9 @@ fn utf8_char_len(b: &[u8]) -> Option<usize> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SentencePiece processor (BPE only)
+// SentencePiece processor (unigram and BPE models)
 
-/// A loaded SentencePiece BPE model: normalizer + encoder, same output as `sentencepiece` 0.2.
+/// A loaded SentencePiece model (unigram or BPE): normalizer + encoder, same output as `sentencepiece` 0.2.
 pub struct SentencePiece {
     path: String,
     proto: ModelProto,
@@ -343,7 +347,13 @@ pub struct SentencePiece {
     reserved: HashMap<String, u32>,
     unk_id: u32,
     /// user-defined pieces, matched whole (longest first) and never merged
-    user_defined: Vec<String>,
+    user_defined: std::collections::HashSet<Vec<u8>>,
+    user_max_len: usize,
+    /// longest normal/user-defined/unused piece in bytes (bounds the unigram lattice)
+    piece_max_len: usize,
+    /// min / max score over NORMAL pieces, initialised as C++ does (FLT_MAX / FLT_MIN)
+    min_score: f32,
+    max_score: f32,
     charsmap: Option<CharsMap>,
 }
 
@@ -363,13 +373,16 @@ impl SentencePiece {
         if proto.pieces.is_empty() {
             return Err(bad("no pieces".into()));
         }
-        if proto.trainer_spec.model_type != 2 {
-            return Err(bad(format!("model_type {} is not BPE (2); only BPE models are supported", proto.trainer_spec.model_type)));
+        if !matches!(proto.trainer_spec.model_type, 1 | 2) {
+            return Err(bad(format!(
+                "model_type {} is not supported (1 unigram and 2 BPE are)",
+                proto.trainer_spec.model_type
+            )));
         }
         let mut pieces = HashMap::new();
         let mut reserved = HashMap::new();
         let mut unk_id = None;
-        let mut user_defined = Vec::new();
+        let mut user_defined = std::collections::HashSet::new();
         let mut bytes_seen = [false; 256];
         for (i, sp) in proto.pieces.iter().enumerate() {
             let id = u32::try_from(i).map_err(|_| bad("too many pieces".into()))?;
@@ -382,7 +395,9 @@ impl SentencePiece {
                 return Err(bad(format!("piece `{}` is defined twice", sp.piece)));
             }
             match sp.kind {
-                PieceType::UserDefined => user_defined.push(sp.piece.clone()),
+                PieceType::UserDefined => {
+                    user_defined.insert(sp.piece.as_bytes().to_vec());
+                }
                 PieceType::Unknown => {
                     if unk_id.replace(id).is_some() {
                         return Err(bad("more than one unknown piece".into()));
@@ -402,10 +417,29 @@ impl SentencePiece {
         if proto.trainer_spec.byte_fallback && bytes_seen.iter().any(|s| !s) {
             return Err(bad("byte_fallback is true but the 256 byte pieces are not all there".into()));
         }
-        user_defined.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let user_max_len = user_defined.iter().map(|u| u.len()).max().unwrap_or(0);
+        let piece_max_len = pieces.keys().map(|p| p.len()).max().unwrap_or(0);
+        // `FLT_MIN` is the smallest positive float: with all-negative scores max_score stays there.
+        let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
+        for p in proto.pieces.iter().filter(|p| p.kind == PieceType::Normal) {
+            min_score = min_score.min(p.score);
+            max_score = max_score.max(p.score);
+        }
         let cm = &proto.normalizer_spec.precompiled_charsmap;
         let charsmap = if cm.is_empty() { None } else { Some(CharsMap::decode(cm).map_err(bad)?) };
-        Ok(SentencePiece { path: name.to_string(), proto, pieces, reserved, unk_id, user_defined, charsmap })
+        Ok(SentencePiece {
+            path: name.to_string(),
+            proto,
+            pieces,
+            reserved,
+            unk_id,
+            user_defined,
+            user_max_len,
+            piece_max_len,
+            min_score,
+            max_score,
+            charsmap,
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -441,7 +475,7 @@ impl SentencePiece {
 
     /// Longest user-defined piece at the start of `s`.
     fn user_prefix(&self, s: &[u8]) -> Option<usize> {
-        self.user_defined.iter().find(|u| s.starts_with(u.as_bytes())).map(|u| u.len())
+        (1..=self.user_max_len.min(s.len())).rev().find(|&n| self.user_defined.contains(&s[..n]))
     }
 
     fn ckpt(&self, m: impl std::fmt::Display) -> Error {
@@ -465,7 +499,7 @@ impl SentencePiece {
         })
     }
 
-    /// SentencePiece's `Normalizer::Normalize` (the text the BPE model sees, with `▁` for spaces).
+    /// SentencePiece's `Normalizer::Normalize` (the text the encoder sees, with `▁` for spaces).
     pub fn normalize(&self, text: &str) -> Result<String> {
         let spec = &self.proto.normalizer_spec;
         let suffix = self.proto.trainer_spec.treat_whitespace_as_suffix;
@@ -628,10 +662,70 @@ impl SentencePiece {
         out
     }
 
+    /// `unigram_model.cc` `Model::EncodeOptimized`: Viterbi over all vocabulary matches, unknown
+    /// characters at `min_score - 10`, user-defined pieces at `len * max_score - 0.1`. Path scores
+    /// are stored as f32 and piece candidates compared in f64, as the C++ types do.
+    fn unigram<'a>(&self, normalized: &'a str) -> Vec<(&'a str, u32)> {
+        #[derive(Clone, Copy)]
+        struct Best {
+            id: u32,
+            score: f32,
+            starts_at: Option<usize>,
+        }
+        let size = normalized.len();
+        let unk_score: f32 = self.min_score - 10.0;
+        let mut best = vec![Best { id: self.unk_id, score: 0.0, starts_at: None }; size + 1];
+        let mut start = 0;
+        while start < size {
+            let till = best[start].score;
+            let mblen = normalized[start..].chars().next().map_or(1, char::len_utf8);
+            let mut has_single = false;
+            for end in start + 1..=size.min(start + self.piece_max_len) {
+                if !normalized.is_char_boundary(end) {
+                    continue;
+                }
+                let Some(&id) = self.pieces.get(&normalized[start..end]) else { continue };
+                let kind = self.kind(id);
+                if kind == PieceType::Unused {
+                    continue;
+                }
+                let length = end - start;
+                let score = if kind == PieceType::UserDefined {
+                    f64::from(length as f32 * self.max_score) - 0.1
+                } else {
+                    f64::from(self.proto.pieces[id as usize].score)
+                };
+                let cand = score + f64::from(till);
+                let t = &mut best[end];
+                if t.starts_at.is_none() || cand > f64::from(t.score) {
+                    *t = Best { id, score: cand as f32, starts_at: Some(start) };
+                }
+                has_single |= length == mblen;
+            }
+            if !has_single {
+                let cand = unk_score + till;
+                let t = &mut best[start + mblen];
+                if t.starts_at.is_none() || cand > t.score {
+                    *t = Best { id: self.unk_id, score: cand, starts_at: Some(start) };
+                }
+            }
+            start += mblen;
+        }
+        let mut out = Vec::new();
+        let mut end = size;
+        while end > 0 {
+            let Some(s) = best[end].starts_at else { break };
+            out.push((&normalized[s..end], best[end].id));
+            end = s;
+        }
+        out.reverse();
+        out
+    }
+
     /// `SentencePieceProcessor::Encode`: (piece, id) pairs, as `sp.Encode(text, out_type=str|int)`.
     pub fn encode(&self, text: &str) -> Result<Vec<(String, u32)>> {
         let normalized = self.normalize(text)?;
-        let raw = self.bpe(&normalized);
+        let raw = if self.proto.trainer_spec.model_type == 1 { self.unigram(&normalized) } else { self.bpe(&normalized) };
         let byte_fallback = self.proto.trainer_spec.byte_fallback;
         let mut out: Vec<(String, u32)> = Vec::with_capacity(raw.len());
         let mut prev_unk = false;
