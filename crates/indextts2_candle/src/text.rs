@@ -351,6 +351,8 @@ pub struct SentencePiece {
     user_max_len: usize,
     /// longest normal/user-defined/unused piece in bytes (bounds the unigram lattice)
     piece_max_len: usize,
+    /// every proper prefix of those pieces: the unigram lattice stops where none continues
+    piece_prefixes: std::collections::HashSet<String>,
     /// min / max score over NORMAL pieces, initialised as C++ does (FLT_MAX / FLT_MIN)
     min_score: f32,
     max_score: f32,
@@ -419,6 +421,10 @@ impl SentencePiece {
         }
         let user_max_len = user_defined.iter().map(|u| u.len()).max().unwrap_or(0);
         let piece_max_len = pieces.keys().map(|p| p.len()).max().unwrap_or(0);
+        let piece_prefixes = pieces
+            .keys()
+            .flat_map(|p| p.char_indices().skip(1).map(move |(i, _)| p[..i].to_string()))
+            .collect();
         // `FLT_MIN` is the smallest positive float: with all-negative scores max_score stays there.
         let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
         for p in proto.pieces.iter().filter(|p| p.kind == PieceType::Normal) {
@@ -436,6 +442,7 @@ impl SentencePiece {
             user_defined,
             user_max_len,
             piece_max_len,
+            piece_prefixes,
             min_score,
             max_score,
             charsmap,
@@ -684,7 +691,13 @@ impl SentencePiece {
                 if !normalized.is_char_boundary(end) {
                     continue;
                 }
-                let Some(&id) = self.pieces.get(&normalized[start..end]) else { continue };
+                let key = &normalized[start..end];
+                let Some(&id) = self.pieces.get(key) else {
+                    if self.piece_prefixes.contains(key) {
+                        continue;
+                    }
+                    break; // no piece starts with `key` (Darts' traverse returns -2)
+                };
                 let kind = self.kind(id);
                 if kind == PieceType::Unused {
                     continue;
