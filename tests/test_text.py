@@ -46,7 +46,7 @@ EXAMPLES = {
     "chinese": "今天天气很好，我们去公园散步吧。",
     "mixed": "你好世界是 hello world 的中文，IndexTTS 正式发布1.0版本了！",
     "punctuation": "Wait... really?! Yes - no; maybe: 'quoted' \"double\" (paren) [bracket] …",
-    "digits": "2025年1月11日 20:00, 3.14159, 555-0199, 1 2 3",
+    "numbers": "2025年1月11日 20:00, 3.14159, 555-0199, 1 2 3",
     "extra_spaces": "   many    spaces\t\tand\ttabs \n newline   ",
     "fullwidth": "Ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ　１２３！？，。ｶﾀｶﾅ ①②③ ㎏ ﬁ ß",
     "unknown": "罕见字：龘靐齉 ☃ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 abc",
@@ -255,3 +255,29 @@ def test_tokenizer_rejects_other_model_types_and_bad_args(tmp_path):
         ic.Tokenizer.split_segments(["▁,", "-", "▁A", "▁B", "▁C"], 3)
     with pytest.raises(RecursionError):
         ref.split_segments(["▁,", "-", "▁A", "▁B", "▁C"], 3)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_tokenizer_corrupt_files_never_panic(tmp_path_factory, data):
+    """Random byte damage: the file loads or is a CheckpointError; encoding never panics."""
+    variant = data.draw(st.sampled_from(sorted(text_fixture.VARIANTS)))
+    blob = bytearray(open(text_fixture.synthetic_bpe_model(variant=variant), "rb").read())
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
+    p = tmp_path_factory.mktemp("corrupt") / "damaged.model"
+    p.write_bytes(bytes(blob))
+    try:
+        tok = ic.Tokenizer(str(p))
+    except ic.CheckpointError as e:
+        assert "damaged.model" in str(e)
+        return
+    for s in ("", "A", EXAMPLES["mixed"], EXAMPLES["fullwidth"], EXAMPLES["unknown"]):
+        try:
+            tok.encode(s)
+            tok.segments(s, 5)
+        except (ic.CheckpointError, ic.InputError):
+            pass
