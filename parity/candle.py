@@ -6,6 +6,7 @@ import numpy as np
 import indextts_candle as _ic
 
 Model = _ic.Model
+Tokenizer = _ic.Tokenizer
 CheckpointError = _ic.CheckpointError
 InputError = _ic.InputError
 

@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use indextts2_candle::ctx::Ctx;
 use indextts2_candle::registry::{self, Runnable};
 use indextts2_candle::store::{Store, Weights};
+use indextts2_candle::text::{self, TextTokenizer};
 use indextts2_candle::{transforms, Error};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -185,6 +186,57 @@ impl Model {
     }
 }
 
+/// The IndexTTS2 text tokenizer over an official-format SentencePiece `bpe.model`.
+#[pyclass(module = "indextts_candle")]
+struct Tokenizer {
+    inner: TextTokenizer,
+    path: String,
+}
+
+#[pymethods]
+impl Tokenizer {
+    #[new]
+    fn new(path: &str) -> PyResult<Self> {
+        Ok(Tokenizer { inner: guarded(|| TextTokenizer::load(path))?, path: path.to_string() })
+    }
+    /// Token ids of already-normalized text.
+    fn encode(&self, text: &str) -> PyResult<Vec<u32>> {
+        guarded(|| self.inner.encode(text))
+    }
+    /// Piece strings of already-normalized text.
+    fn tokenize(&self, text: &str) -> PyResult<Vec<String>> {
+        guarded(|| self.inner.tokenize(text))
+    }
+    /// Token ids per segment (the official `split_segments` + `convert_tokens_to_ids`).
+    #[pyo3(signature = (text, max_tokens=text::DEFAULT_MAX_SEGMENT_TOKENS))]
+    fn segments(&self, text: &str, max_tokens: usize) -> PyResult<Vec<Vec<u32>>> {
+        guarded(|| self.inner.segments(text, max_tokens))
+    }
+    /// The official `split_segments` on given piece strings.
+    #[staticmethod]
+    #[pyo3(signature = (pieces, max_tokens=text::DEFAULT_MAX_SEGMENT_TOKENS))]
+    fn split_segments(pieces: Vec<String>, max_tokens: usize) -> PyResult<Vec<Vec<String>>> {
+        guarded(|| text::split_segments(&pieces, max_tokens))
+    }
+    /// SentencePiece's normalized form of `text` (what the BPE model sees).
+    fn normalize(&self, text: &str) -> PyResult<String> {
+        guarded(|| self.inner.sentencepiece().normalize(text))
+    }
+    fn piece_to_id(&self, piece: &str) -> u32 {
+        self.inner.piece_to_id(piece)
+    }
+    fn id_to_piece(&self, id: u32) -> PyResult<String> {
+        guarded(|| self.inner.id_to_piece(id).map(str::to_string))
+    }
+    fn piece_size(&self) -> usize {
+        self.inner.piece_size()
+    }
+    #[getter]
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+}
+
 /// Opens a safetensors file with the strict store and returns `{key: (dtype, shape)}`.
 #[pyfunction]
 fn inspect_checkpoint(path: &str) -> PyResult<BTreeMap<String, (String, Vec<usize>)>> {
@@ -230,6 +282,7 @@ fn transform(py: Python<'_>, name: &str, tensors: Vec<WireIn>, sizes: Option<Vec
 fn indextts_candle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Model>()?;
+    m.add_class::<Tokenizer>()?;
     m.add_function(wrap_pyfunction!(inspect_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(faults, m)?)?;
     m.add_function(wrap_pyfunction!(kinds, m)?)?;

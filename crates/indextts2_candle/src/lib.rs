@@ -21,6 +21,7 @@ pub mod resample;
 pub mod semantic_codec;
 pub mod s2mel;
 pub mod store;
+pub mod text;
 pub mod transforms;
 pub mod w2v_bert;
 pub mod w2v_features;
