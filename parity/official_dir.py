@@ -2,7 +2,7 @@
 
 What `--checkpoints DIR` expects, made from the synthetic fixtures: the IndexTTS-2 files
 (`gpt.pth`, `s2mel.pth` with both s2mel kinds nested under `net`, `wav2vec2bert_stats.pt`,
-`feat1.pt`, `feat2.pt`, `bpe.model` when the text fixture is available) plus one sub-directory
+`feat1.pt`, `feat2.pt`, `bpe.model`) plus one sub-directory
 per external model. At "tiny" size it lets CI run the real-file path (discovery, conversion,
 caching, the missing-file message) in seconds; `python -m parity official-dir DIR --size full`
 writes an official-size directory.
@@ -47,13 +47,7 @@ def write(directory: str, size: str = "tiny") -> list[str]:
     written.append("s2mel.pth")
     loose = os.path.dirname(fxs["emotion"].official_path)
     for f in PP.LOOSE_FILES:
-        _place(os.path.join(loose, f), os.path.join(directory, f))
+        src = PP.bpe_model() if f == "bpe.model" else os.path.join(loose, f)
+        _place(src, os.path.join(directory, f))
         written.append(f)
-    try:
-        from .text_fixture import synthetic_bpe_model
-    except ImportError:  # the text front end is optional for the model stack
-        synthetic_bpe_model = None
-    if synthetic_bpe_model is not None:
-        _place(synthetic_bpe_model(), os.path.join(directory, "bpe.model"))
-        written.append("bpe.model")
     return sorted(written)

@@ -36,7 +36,11 @@ LOOSE = ("emotion",)  # built from the loose official files (feat1.pt, feat2.pt)
 KINDS = tuple(k for k in dict.fromkeys(st.kind for st in P.STAGES) if k not in WEIGHTLESS)
 MODEL_KINDS = tuple(k for k in KINDS if k not in LOOSE)
 # the loose files of the IndexTTS-2 checkpoint directory the pipeline reads besides the models
-LOOSE_FILES = (E.STATS_FILE, *E.FILES.values())
+LOOSE_FILES = (E.STATS_FILE, *E.FILES.values(), "bpe.model")
+TEXT_VARIANT = "unigram"  # the official bpe.model is a SentencePiece unigram model (parity/text_fixture.py)
+# two languages, punctuation, and a small segment limit: several segments joined with silence
+TEXT = "Hello world, this is a parity test. 你好，世界！We check every stage; then the audio."
+TEXT_SEGMENT_TOKENS = 12
 
 EMOTION_SPEC = ModelSpec(name="emotion", manifest="", configs={k: c["emotion"] for k, c in P.CONFIGS.items()},
                          build_reference=E.build, official_file=E.FILES["emo_matrix"], save_official=None,
@@ -119,6 +123,21 @@ def _merged(name: str, parts: list[tuple[str, str]]) -> str:
         save_file(out, tmp)
         os.replace(tmp, path)
     return path
+
+
+def bpe_model(checkpoints: str | None = None) -> str:
+    """The text model: DIR/bpe.model, or the synthetic one (same vocabulary at both sizes)."""
+    if checkpoints:
+        return os.path.join(checkpoints, "bpe.model")
+    from .text_fixture import synthetic_bpe_model
+
+    return synthetic_bpe_model(variant=TEXT_VARIANT)
+
+
+def bpe_path(fxs: dict[str, Fixture]) -> str:
+    """The text model belonging to these fixtures (the checkpoint directory's for real files)."""
+    g = fxs["gpt"]
+    return bpe_model(os.path.dirname(g.official_path) if g.size == "real" else None)
 
 
 def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fixture]:
@@ -329,6 +348,7 @@ def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
     cfg = {k: json.loads(fxs[k].spec.config_json(fxs[k].cfg)) for k in KINDS}
     for k in WEIGHTLESS:
         cfg[k] = P.CONFIGS[_size(fxs)][k]
+    cfg["bpe_model"] = bpe_path(fxs)
     if cfg["w2v_bert"].get("stats"):  # stats are read from the store's root: give their full key
         cfg["w2v_bert"]["stats"] = RUST_PREFIX["w2v_bert"] + cfg["w2v_bert"]["stats"]
     return path, json.dumps(cfg)
@@ -376,6 +396,49 @@ def rust_walk(model, inputs: dict, ref: tuple[dict, dict], device: str = "cpu") 
         w.audio = audio_metrics(ref_state["wav"], c_state["wav"])
         w.audio_fail = audio_gate_failure(w.audio)
     return w
+
+
+# ---- text to speech: bpe.model → segments → joined wav (Rust `tts` vs reference.pipeline.run_text) --
+@dataclass
+class TextResult:
+    rows: list[Comparison]
+    audio: AudioMetrics | None
+    audio_fail: str
+    ref: dict
+    candle: dict
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows) and self.audio is not None and not self.audio_fail
+
+    def table(self) -> str:
+        lines = ["[pipeline / text]"] + [f"text         {r.line()}" for r in self.rows]
+        if self.audio is not None:
+            a = self.audio
+            lines.append(f"audio gate   samples {a.samples} SNR {a.snr_db:.1f} dB  log-mel L1 {a.log_mel_l1:.3e}  "
+                         f"max|Δ| {a.max_abs:.3e}  {'FAIL ' + self.audio_fail if self.audio_fail else 'ok'}")
+        return "\n".join(lines)
+
+
+def text_walk(fxs: dict[str, Fixture], inputs: dict, text: str = TEXT, max_segment_tokens: int = TEXT_SEGMENT_TOKENS,
+              device: str = "cpu", model=None) -> TextResult:
+    """Token ids and segmentation exact, the joined wav within the `text.wav` row and the audio gate."""
+    from reference.text import TextTokenizer
+
+    ref = P.run_text(references(fxs, device), inputs, TextTokenizer(bpe_path(fxs)), text, max_segment_tokens)
+    model = model or rust_pipeline(fxs, device)
+    ins = {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs and k != "text"}
+    ins["text_codepoints"] = np.array([ord(c) for c in text], np.int64)
+    ins["max_segment_tokens"] = np.array([max_segment_tokens], np.int64)
+    got, _ = candle.run(model, "tts", ins)
+    exact = lookup("pipeline", "text.ids", device, "float32")
+    rows = [compare("text.ids", np.array([i for s in ref["segments"] for i in s], np.int64), got["ids"], exact),
+            compare("text.segment_lens", np.array([len(s) for s in ref["segments"]], np.int64), got["segment_lens"], exact),
+            compare("text.segment_samples", np.array([w.shape[-1] for w in ref["wavs"]], np.int64), got["segment_samples"], exact)]
+    rows.append(compare("text.wav", ref["wav"], got["wav"], lookup("pipeline", "text.wav", device, "float32")))
+    audio = audio_metrics(ref["wav"], got["wav"]) if got["wav"].shape == ref["wav"].shape else None
+    fail = "shapes differ" if audio is None else audio_gate_failure(audio)
+    return TextResult(rows, audio, fail, ref, got)
 
 
 # ---- report section (python -m parity report) -----------------------------------------------------

@@ -36,7 +36,8 @@ TINY = {
     "semantic_codec": {**semantic_codec.TINY, "hidden_size": _H},
     "campplus": {**campplus.TINY, "embedding_size": s2mel.TINY_DIT["style_dim"]},
     "mel_spectrogram": {**mel.FULL, "num_mels": s2mel.TINY_DIT["in_channels"]},
-    "gpt": {**copy.deepcopy(gpt.TINY), "cond_input_size": _H},
+    # text ids up to the synthetic bpe.model's 700 pieces (parity/text_fixture.py, unigram variant)
+    "gpt": {**copy.deepcopy(gpt.TINY), "cond_input_size": _H, "number_text_tokens": 700},
     "length_regulator": {**s2mel.TINY_LR, "in_channels": _H, "latent_dim": gpt.TINY["model_dim"],
                          "channels": s2mel.TINY_DIT["content_dim"]},
     "dit": {**s2mel.TINY_DIT},
@@ -323,3 +324,30 @@ def run(modules: dict[str, torch.nn.Module], inputs: dict) -> tuple[dict, dict]:
         per_stage[st.name] = outs
         state.update(upd)
     return per_stage, state
+
+
+SEGMENT_START = "codes"  # stages from here on run once per text segment; the ones before, once
+
+
+@torch.no_grad()
+def run_text(modules: dict[str, torch.nn.Module], inputs: dict, tokenizer, text: str,
+             max_segment_tokens: int = 120, interval_ms: int = resample.INTERVAL_SILENCE_MS) -> dict:
+    """Text to speech as infer_v2: `tokenizer.segments(text)` (reference/text.py: the bpe.model,
+    the CJK pre-tokenizer, split_segments), the speaker/emotion stages once, the segment stages per
+    segment (same `z_pool` for each: deterministic mode), each wav [1, N] clamped and joined with
+    `interval_ms` of silence at 22.05 kHz. Returns {"segments", "wavs", "wav"}."""
+    segments = tokenizer.segments(text, max_segment_tokens)
+    if not segments:
+        raise ValueError("the text gives no tokens")
+    state = {**inputs, **emotion_plan(inputs)}
+    k = next(i for i, st in enumerate(STAGES) if st.name == SEGMENT_START)
+    for st in STAGES[:k]:
+        state.update(run_reference_stage(st, modules[st.kind], state)[1])
+    wavs = []
+    for ids in segments:
+        seg = {**state, "text": np.array([ids], np.int64)}
+        for st in STAGES[k:]:
+            seg.update(run_reference_stage(st, modules[st.kind], seg)[1])
+        wavs.append(torch.from_numpy(np.ascontiguousarray(seg["wav"])).reshape(1, -1))
+    return {"segments": segments, "wavs": [w.numpy() for w in wavs],
+            "wav": resample.join_segments(wavs, SR_22K, interval_ms).numpy()}

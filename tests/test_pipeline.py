@@ -344,3 +344,28 @@ def test_pipeline_official_directory_round_trip(tmp_path, device):
     (tmp_path / "feat1.pt").unlink()
     with pytest.raises(MissingCheckpoints, match="feat1.pt"):
         PP.fixtures("tiny", str(tmp_path))
+
+
+# ---- text through the bpe.model: segments, joined wav --------------------------------------------
+def test_pipeline_text_to_speech(pipe):
+    """Rust `tts` (bpe.model → segments → per-segment synthesis → 200 ms silences) = reference run_text."""
+    fxs, _, inputs, _, device = pipe
+    r = PP.text_walk(fxs, inputs, device=device)
+    print(r.table())
+    assert len(r.ref["segments"]) >= 2, "the test text must give several segments"
+    assert r.ok, r.table()
+    gap = int(22050 * 0.2)
+    n0 = r.ref["wavs"][0].shape[-1]
+    assert not r.candle["wav"][0, n0:n0 + gap].any(), "200 ms of silence between segments"
+
+
+def test_pipeline_text_bad_input(pipe, rust_pipe):
+    from parity import candle
+    from parity.candle import InputError
+
+    _, _, inputs, _, _ = pipe
+    ins = {k: inputs[k] for k in PP.SYNTH_INPUTS if k != "text"}
+    with pytest.raises(InputError, match="Unicode scalar"):
+        candle.run(rust_pipe, "tts", {**ins, "text_codepoints": np.array([0xD800], np.int64)})
+    with pytest.raises(InputError, match="no tokens"):
+        candle.run(rust_pipe, "tts", {**ins, "text_codepoints": np.array([ord(" ")], np.int64)})

@@ -18,7 +18,8 @@ use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
 use crate::registry::{take, Named, Runnable};
-use crate::resample::{cut, ResampleConfig, Resampler, MAX_PROMPT_SECONDS, SR_16K};
+use crate::resample::{cut, join_segments, ResampleConfig, Resampler, INTERVAL_SILENCE_MS, MAX_PROMPT_SECONDS, SR_16K, SR_22K};
+use crate::text::{TextTokenizer, DEFAULT_MAX_SEGMENT_TOKENS};
 use crate::store::Weights;
 use crate::w2v_bert::{W2vBert, W2vBertConfig};
 use candle_core::{DType, Tensor};
@@ -55,6 +56,9 @@ pub struct PipelineConfig {
     pub bigvgan: BigVganConfig,
     pub emotion: EmotionConfig,
     pub resample: ResampleConfig,
+    /// the official SentencePiece `bpe.model`, for text input (`tts`); token ids need none
+    #[serde(default)]
+    pub bpe_model: Option<String>,
 }
 
 /// The emotion inputs as a user gives them (infer_v2): an optional emotion clip at 16 kHz, emo_alpha,
@@ -117,6 +121,7 @@ pub struct Pipeline {
     vocoder: BigVgan,
     emotion: EmotionMatrices,
     front: Resampler,
+    tokenizer: Option<TextTokenizer>,
 }
 
 fn sub_faults(f: &Faults, kind: &str) -> Faults {
@@ -150,6 +155,7 @@ impl Pipeline {
             vocoder: BigVgan::load(&w.pp(pre("bigvgan")), cfg.bigvgan, sub_faults(&faults, "bigvgan"))?,
             emotion: EmotionMatrices::load(&w.pp(pre("emotion")), cfg.emotion, sub_faults(&faults, "emotion"))?,
             front: Resampler::load(&w.pp(pre("resample")), cfg.resample, sub_faults(&faults, "resample"))?,
+            tokenizer: cfg.bpe_model.as_deref().map(TextTokenizer::load).transpose()?,
         })
     }
 
@@ -163,6 +169,38 @@ impl Pipeline {
         out.extend(p.outputs.iter().cloned());
         out.extend(self.segment(&p, text, max_tokens, z_pool, t_span)?);
         Ok(out)
+    }
+
+    /// Text to speech (spec §5 steps 1-16): the text through the `bpe.model` (infer_v2's tokenizer
+    /// and `split_segments`), the speaker/emotion side once, each segment synthesised, clamped and
+    /// joined with `interval_ms` of silence at 22.05 kHz. Deterministic mode: greedy codes, every
+    /// segment's CFM noise = the first frames of `z_pool`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tts(&self, text: &str, speaker: &Tensor, emotion: &EmotionInput, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor,
+               max_segment_tokens: usize, interval_ms: i64) -> Result<TtsOutput> {
+        let Some(tok) = &self.tokenizer else {
+            return input_err("pipeline: text input needs `bpe_model` in the pipeline config");
+        };
+        let segments = tok.segments(text, max_segment_tokens)?;
+        if segments.is_empty() {
+            return input_err("pipeline: the text gives no tokens");
+        }
+        let (a22, a16) = self.front(speaker)?;
+        let p = self.prepare(&a16, &a22, emotion)?;
+        let dev = speaker.device();
+        let mut wavs = Vec::with_capacity(segments.len());
+        for ids in &segments {
+            let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            let text = Tensor::from_vec(ids.clone(), (1, ids.len()), dev)?;
+            let out = self.segment(&p, &text, max_tokens, z_pool, t_span)?;
+            match out.into_iter().find(|(n, _)| n == "wav.wav") {
+                Some((_, w)) => wavs.push(w.flatten_all()?.unsqueeze(0)?), // [1, N], as infer_v2
+                None => return input_err("pipeline: a segment produced no wav"),
+            }
+        }
+        let segment_samples = wavs.iter().map(|w| w.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+        let wav = join_segments(&wavs, SR_22K, interval_ms)?;
+        Ok(TtsOutput { wav, segments, segment_samples })
     }
 
     /// Spec §5 step 1: the speaker clip at the config's rate (22.05 kHz, as librosa.load gives it),
@@ -283,6 +321,13 @@ impl Pipeline {
     }
 }
 
+/// What `tts` returns: the joined wav [1, N] at 22.05 kHz, each segment's token ids and samples.
+pub struct TtsOutput {
+    pub wav: Tensor,
+    pub segments: Vec<Vec<u32>>,
+    pub segment_samples: Vec<usize>,
+}
+
 /// The per-request state shared by every text segment.
 pub struct Prepared {
     /// stage outputs of the speaker/emotion side, named as in `synthesize`
@@ -298,37 +343,90 @@ impl Runnable for Pipeline {
     fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
         match method {
             "synthesize" => {
-                // the two optional emotion inputs are taken out before the strict check
                 let mut rest = inputs.clone();
-                let clip = rest.remove("emo_16k");
-                let weights = match rest.remove("emo_weights") {
-                    Some(w) => {
-                        crate::registry::expect_float(&w, "emo_weights")?;
-                        Some(w.flatten_all()?.to_vec1::<f32>()?)
-                    }
-                    None => None,
-                };
+                let (clip, weights) = take_emotion(&mut rest)?;
                 let i = take(&rest, method, &["speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
                 crate::registry::expect_float(i[0], "speaker")?;
-                crate::registry::expect_float(i[5], "emo_alpha")?;
-                let alpha = match i[5].flatten_all()?.to_vec1::<f32>()?.as_slice() {
-                    [a] => *a,
-                    v => return input_err(format!("emo_alpha: one value expected, got {}", v.len())),
-                };
-                if let Some(c) = &clip {
-                    crate::registry::expect_float(c, "emo_16k")?;
-                    if c.rank() != 1 {
-                        return input_err(format!("emo_16k: [N] expected, got {:?}", c.dims()));
-                    }
-                }
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha, weights };
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
                 let out = self.synthesize(i[0], &emotion, i[1], i[2], i[3], i[4])?;
                 for (n, t) in &out {
                     ctx.tap(n, t); // stage outputs double as taps, in pipeline order
                 }
                 Ok(out)
             }
-            _ => input_err(format!("pipeline has no method `{method}` (methods: [\"synthesize\"])")),
+            "tts" => {
+                let mut rest = inputs.clone();
+                let (clip, weights) = take_emotion(&mut rest)?;
+                let max_seg = match rest.remove("max_segment_tokens") {
+                    Some(t) => scalar_i64(&t, "max_segment_tokens")? as usize,
+                    None => DEFAULT_MAX_SEGMENT_TOKENS,
+                };
+                let interval = match rest.remove("interval_ms") {
+                    Some(t) => scalar_i64(&t, "interval_ms")?,
+                    None => INTERVAL_SILENCE_MS,
+                };
+                let i = take(&rest, method, &["speaker", "text_codepoints", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
+                crate::registry::expect_float(i[0], "speaker")?;
+                let text = codepoints(i[1])?;
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
+                let o = self.tts(&text, i[0], &emotion, i[2], i[3], i[4], max_seg, interval)?;
+                let dev = i[0].device();
+                let ids: Vec<i64> = o.segments.iter().flatten().map(|&x| x as i64).collect();
+                let lens: Vec<i64> = o.segments.iter().map(|s| s.len() as i64).collect();
+                let samples: Vec<i64> = o.segment_samples.iter().map(|&n| n as i64).collect();
+                Ok(vec![
+                    ("wav".into(), o.wav),
+                    ("ids".into(), Tensor::from_vec(ids.clone(), ids.len(), dev)?),
+                    ("segment_lens".into(), Tensor::from_vec(lens.clone(), lens.len(), dev)?),
+                    ("segment_samples".into(), Tensor::from_vec(samples.clone(), samples.len(), dev)?),
+                ])
+            }
+            _ => input_err(format!("pipeline has no method `{method}` (methods: [\"synthesize\", \"tts\"])")),
         }
     }
+}
+
+/// The two optional emotion inputs, taken out before the strict input check.
+fn take_emotion(rest: &mut BTreeMap<String, Tensor>) -> Result<(Option<Tensor>, Option<Vec<f32>>)> {
+    let clip = rest.remove("emo_16k");
+    if let Some(c) = &clip {
+        crate::registry::expect_float(c, "emo_16k")?;
+        if c.rank() != 1 {
+            return input_err(format!("emo_16k: [N] expected, got {:?}", c.dims()));
+        }
+    }
+    let weights = match rest.remove("emo_weights") {
+        Some(w) => {
+            crate::registry::expect_float(&w, "emo_weights")?;
+            Some(w.flatten_all()?.to_vec1::<f32>()?)
+        }
+        None => None,
+    };
+    Ok((clip, weights))
+}
+
+fn scalar_f32(t: &Tensor, name: &str) -> Result<f32> {
+    crate::registry::expect_float(t, name)?;
+    match t.flatten_all()?.to_vec1::<f32>()?.as_slice() {
+        [a] => Ok(*a),
+        v => input_err(format!("{name}: one value expected, got {}", v.len())),
+    }
+}
+
+fn scalar_i64(t: &Tensor, name: &str) -> Result<i64> {
+    if t.dtype() != DType::I64 || t.elem_count() != 1 {
+        return input_err(format!("{name}: one int64 value expected, got {:?} {:?}", t.dtype(), t.dims()));
+    }
+    Ok(t.flatten_all()?.to_vec1::<i64>()?[0])
+}
+
+/// Text on the tensor wire: Unicode code points as int64 [n].
+fn codepoints(t: &Tensor) -> Result<String> {
+    if t.dtype() != DType::I64 || t.rank() != 1 {
+        return input_err(format!("text_codepoints: int64 [n] expected, got {:?} {:?}", t.dtype(), t.dims()));
+    }
+    t.to_vec1::<i64>()?
+        .into_iter()
+        .map(|c| u32::try_from(c).ok().and_then(char::from_u32).ok_or_else(|| crate::Error::Input(format!("text_codepoints: {c} is not a Unicode scalar value"))))
+        .collect()
 }

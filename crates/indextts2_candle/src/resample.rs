@@ -293,9 +293,10 @@ impl Resampler {
     pub fn front(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
         let sr = self.cfg.orig_freq;
         let no_cut = self.faults.on("no_cut");
+        let hann = !self.faults.on("rectangular_window");
         let clip = ctx.block("cut", x, |x| if no_cut { Ok(x.clone()) } else { cut(x, sr, MAX_PROMPT_SECONDS) })?;
-        let a22 = ctx.block("resample_22k", &clip, |c| resample(c, sr, SR_22K))?;
-        let a16 = ctx.block("resample_16k", &clip, |c| resample(c, sr, SR_16K))?;
+        let a22 = ctx.block("resample_22k", &clip, |c| resample_with(c, sr, SR_22K, hann))?;
+        let a16 = ctx.block("resample_16k", &clip, |c| resample_with(c, sr, SR_16K, hann))?;
         Ok((a22, a16))
     }
 
