@@ -504,6 +504,24 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
                    f"(≤ {AUDIO_GATE['max_abs']}): {'OK' if not w.audio_fail else 'FAIL ' + w.audio_fail}", ""]
         if not w.ok:
             failed.append(f"pipeline/{mode}: first divergent stage `{w.first_failure}`")
+    t = text_walk(fxs, inputs, device=device)
+    entry["text"] = {"ok": t.ok, "text": TEXT, "segments": t.ref["segments"], "rows": [r.row() for r in t.rows],
+                     "audio": None if t.audio is None else t.audio.row(), "audio_fail": t.audio_fail}
+    md += [f"### pipeline — text ({len(t.ref['segments'])} segments through `bpe.model`, joined with 200 ms "
+           f"silences): {'OK' if t.ok else 'FAIL'}", "", f"Text: “{TEXT}”", "",
+           "| output | shape | max abs Δ | cosine | SNR dB | ok |", "|---|---|---|---|---|---|"]
+    md += [f"| `{r.name}` | {list(r.shape)} | {r.max_abs:.3e} | {r.cosine:.8f} | {r.snr_db:.1f} | {'✓' if r.ok else '✗'} |"
+           for r in t.rows]
+    if t.audio is not None:
+        md += ["", f"Audio gate: SNR {t.audio.snr_db:.1f} dB, log-mel L1 {t.audio.log_mel_l1:.2e}, max|Δ| {t.audio.max_abs:.2e}"
+               f"{': FAIL ' + t.audio_fail if t.audio_fail else ''}"]
+    md.append("")
+    if not t.ok:
+        failed.append("pipeline/text: " + (t.audio_fail or "ids, segments or wav differ"))
+    else:
+        write_wav(os.path.join(out, "pipeline_text_reference.wav"), t.ref["wav"], 22050)
+        write_wav(os.path.join(out, "pipeline_text_candle.wav"), t.candle["wav"], 22050)
+        md += ["Wavs: `pipeline_text_reference.wav`, `pipeline_text_candle.wav`.", ""]
     if chained is not None and "wav" in chained.candle_state and "wav" in chained.ref_state:
         sr = fxs["bigvgan"].cfg["sampling_rate"]
         write_wav(os.path.join(out, "pipeline_reference.wav"), chained.ref_state["wav"], sr)
