@@ -122,3 +122,27 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """After a benchmark run: the figures the benchmarks exist for (mean time, RTF, peak memory) and
+    Candle ÷ PyTorch per group, so the ratios of one run are printed side by side."""
+    bs = getattr(config, "_benchmarksession", None)
+    benches = [b for b in getattr(bs, "benchmarks", []) or [] if getattr(b, "stats", None) is not None]
+    if not benches:
+        return
+    tr = terminalreporter
+    tr.section("benchmark figures (CPU, float32)")
+    groups: dict = {}
+    for b in benches:
+        mean = b.stats.mean
+        info = b.extra_info or {}
+        extra = "".join(f"  {k} {info[k]:.3g}" if isinstance(info.get(k), float) else f"  {k} {info[k]}"
+                        for k in ("rtf", "audio_s", "size", "peak_rss_mb_process") if k in info)
+        tr.write_line(f"{b.group or '-':<22} {b.name:<60} mean {mean:.4f} s{extra}")
+        groups.setdefault(b.group, []).append((b.name, mean))
+    for g, rows in groups.items():
+        cand = [m for n, m in rows if "candle" in n]
+        torch_ = [m for n, m in rows if "torch" in n]
+        if len(cand) == 1 and len(torch_) == 1:
+            tr.write_line(f"{g}: Candle ÷ PyTorch = {cand[0] / torch_[0]:.2f}")

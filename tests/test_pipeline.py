@@ -261,18 +261,19 @@ def test_pipeline_rust_bad_input(pipe, rust_pipe):
 # ---- benchmarks (pytest --benchmark-only -k pipeline) -------------------------------------------------
 def _bench_pipe(request):
     size = "full" if request.config.getoption("--full-size") else "tiny"
-    fxs = PP.fixtures(size, request.config.getoption("--checkpoints"))
-    return fxs, P.make_inputs(P.CONFIGS["full" if fxs["bigvgan"].size != "tiny" else "tiny"], 0)
+    ckpt = request.config.getoption("--checkpoints")
+    fxs = PP.fixtures("full" if ckpt else size, ckpt)
+    return fxs, P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
 
 
 @pytest.mark.benchmark(group="pipeline-rtf")
 @pytest.mark.parametrize("side", ["candle", "torch"])
 def test_bench_pipeline_rtf(side, benchmark, request):
-    """End-to-end real-time factor, CPU. Tiny configs unless --full-size (tiny figures only show the
-    overhead of the composition; RTF claims need --full-size or --checkpoints)."""
-    import torch
-
+    """End-to-end real-time factor (seconds of compute per second of audio), CPU, one segment of 20
+    codes. Tiny configs unless --full-size (tiny figures show the composition's overhead only; RTF
+    claims need --full-size or --checkpoints)."""
     from parity import candle
+    from parity.bench import measure
 
     fxs, inputs = _bench_pipe(request)
     if side == "candle":
@@ -282,18 +283,19 @@ def test_bench_pipeline_rtf(side, benchmark, request):
     else:
         mods = PP.references(fxs, "cpu")
         fn = lambda: P.run(mods, inputs)[1]["wav"]  # noqa: E731
-    wav = fn()  # warm-up outside the timing
-    benchmark.pedantic(fn, rounds=3, iterations=1)
-    audio_s = np.asarray(wav).size / fxs["bigvgan"].cfg["sampling_rate"]
-    benchmark.extra_info.update({"audio_s": audio_s, "rtf": benchmark.stats.stats.mean / audio_s,
-                                 "threads": torch.get_num_threads()})
+    audio_s = np.asarray(fn()).size / 22050  # also the warm-up
+    measure(benchmark, fn, rounds=3, warmup=False, audio_s=audio_s, size=PP._size(fxs))
+    benchmark.extra_info["rtf"] = benchmark.stats.stats.mean / audio_s
 
 
 @pytest.mark.benchmark(group="pipeline-load")
 @pytest.mark.parametrize("side", ["candle_mmap", "torch_load"])
 def test_bench_pipeline_load(side, benchmark, request):
-    """Whole-stack load: the Rust pipeline from its one safetensors vs torch.load of the official files."""
+    """Whole-stack load: the Rust pipeline from its one safetensors (mmap) vs torch.load of the
+    official files (what the official code loads before it can build a module)."""
     import torch
+
+    from parity.bench import measure
 
     fxs, _ = _bench_pipe(request)
     if side == "candle_mmap":
@@ -310,7 +312,7 @@ def test_bench_pipeline_load(side, benchmark, request):
                     load_file(f)
                 else:
                     torch.load(f, map_location="cpu", weights_only=True)
-    benchmark.pedantic(fn, rounds=3, iterations=1)
+    measure(benchmark, fn, rounds=3, size=PP._size(fxs))
 
 
 def test_pipeline_missing_checkpoints_listed(tmp_path):
