@@ -19,6 +19,15 @@
 //!   sentence end is kept in both segments, `,` then `-` fallbacks, final merge of short neighbours).
 //! * [`TextTokenizer`]: `encode` / `tokenize` / `segments`, the official `TextTokenizer.encode` path.
 //!
+//! Algorithm version: the encoders follow **sentencepiece 0.2.3** (the official IndexTTS2 package
+//! needs `>=0.2.1`; pip installs 0.2.3). 0.2.1's unigram encoder is still 0.2.0's and differs from
+//! 0.2.3's: user-defined pieces scored `len * max_score - 0.1` (double) instead of `0.1 * (len - 1)`
+//! (float), so 0.2.0/0.2.1 compared candidates in double while 0.2.3 sums in f32, where different
+//! paths can tie exactly (e.g. `▁ 5 55` vs `▁ 55 5`); 0.2.3 also rebases path scores past ±1e5 and
+//! rejects non-finite scores. Hence pyproject pins `sentencepiece>=0.2.3,<0.3`. 0.2.3's BPE rewrite
+//! (flat agenda, bit-level float comparator) and normalizer refactor keep the same outputs; its new
+//! 100-level cap on re-splitting unused BPE pieces (a guard against malicious models) is not ported.
+//!
 //! Uppercasing follows Python 3.11's `str.upper` (Unicode 14): [`py_upper`] skips the few case
 //! mappings Rust's newer Unicode tables add (tests compare every code point).
 use crate::error::{Error, Result};
@@ -337,7 +346,7 @@ fn utf8_char_len(b: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // SentencePiece processor (unigram and BPE models)
 
-/// A loaded SentencePiece model (unigram or BPE): normalizer + encoder, same output as `sentencepiece` 0.2.
+/// A loaded SentencePiece model (unigram or BPE): normalizer + encoder, same output as `sentencepiece` 0.2.3.
 pub struct SentencePiece {
     path: String,
     proto: ModelProto,
