@@ -113,6 +113,12 @@ def test_text_unigram_tie():
     for s in ("555", EXAMPLES["digit_runs"], EXAMPLES["numbers"]):
         assert rs.tokenize(s) == py.tokenize(s), s
         assert rs.encode(s) == py.encode(s), s
+    # long enough for the path score to pass -1e5, where 0.2.3 rebases the frontier to 0
+    long = "555 5555 55555 555555 今天天气很好 龘靐 " * 1500
+    ids = py.encode(long)
+    assert sum(sp.GetScore(i) for i in ids) < -1e5
+    assert rs.encode(long) == ids
+    assert rs.tokenize(long) == py.tokenize(long)
 
 
 def test_text_long_input_is_segmented(tokenizers):
