@@ -19,6 +19,15 @@
 //!   sentence end is kept in both segments, `,` then `-` fallbacks, final merge of short neighbours).
 //! * [`TextTokenizer`]: `encode` / `tokenize` / `segments`, the official `TextTokenizer.encode` path.
 //!
+//! Algorithm version: the encoders follow **sentencepiece 0.2.3** (the official IndexTTS2 package
+//! needs `>=0.2.1`; pip installs 0.2.3). 0.2.1's unigram encoder is still 0.2.0's and differs from
+//! 0.2.3's: user-defined pieces scored `len * max_score - 0.1` (double) instead of `0.1 * (len - 1)`
+//! (float), so 0.2.0/0.2.1 compared candidates in double while 0.2.3 sums in f32, where different
+//! paths can tie exactly (e.g. `▁ 5 55` vs `▁ 55 5`); 0.2.3 also rebases path scores past ±1e5 and
+//! rejects non-finite scores. Hence pyproject pins `sentencepiece>=0.2.3,<0.3`. 0.2.3's BPE rewrite
+//! (flat agenda, bit-level float comparator) and normalizer refactor keep the same outputs; its new
+//! 100-level cap on re-splitting unused BPE pieces (a guard against malicious models) is not ported.
+//!
 //! Uppercasing follows Python 3.11's `str.upper` (Unicode 14): [`py_upper`] skips the few case
 //! mappings Rust's newer Unicode tables add (tests compare every code point).
 use crate::error::{Error, Result};
@@ -337,7 +346,7 @@ fn utf8_char_len(b: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // SentencePiece processor (unigram and BPE models)
 
-/// A loaded SentencePiece model (unigram or BPE): normalizer + encoder, same output as `sentencepiece` 0.2.
+/// A loaded SentencePiece model (unigram or BPE): normalizer + encoder, same output as `sentencepiece` 0.2.3.
 pub struct SentencePiece {
     path: String,
     proto: ModelProto,
@@ -353,9 +362,8 @@ pub struct SentencePiece {
     piece_max_len: usize,
     /// every proper prefix of those pieces: the unigram lattice stops where none continues
     piece_prefixes: std::collections::HashSet<String>,
-    /// min / max score over NORMAL pieces, initialised as C++ does (FLT_MAX / FLT_MIN)
+    /// min score over NORMAL pieces, initialised as C++ does (FLT_MAX)
     min_score: f32,
-    max_score: f32,
     charsmap: Option<CharsMap>,
 }
 
@@ -425,11 +433,15 @@ impl SentencePiece {
             .keys()
             .flat_map(|p| p.char_indices().skip(1).map(move |(i, _)| p[..i].to_string()))
             .collect();
-        // `FLT_MIN` is the smallest positive float: with all-negative scores max_score stays there.
-        let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
+        // sentencepiece 0.2.3 refuses NaN / infinite scores in unigram models.
+        if proto.trainer_spec.model_type == 1 {
+            if let Some((i, p)) = proto.pieces.iter().enumerate().find(|(_, p)| !p.score.is_finite()) {
+                return Err(bad(format!("piece {i} (`{}`) has score {}", p.piece, p.score)));
+            }
+        }
+        let mut min_score = f32::MAX;
         for p in proto.pieces.iter().filter(|p| p.kind == PieceType::Normal) {
             min_score = min_score.min(p.score);
-            max_score = max_score.max(p.score);
         }
         let cm = &proto.normalizer_spec.precompiled_charsmap;
         let charsmap = if cm.is_empty() { None } else { Some(CharsMap::decode(cm).map_err(bad)?) };
@@ -444,7 +456,6 @@ impl SentencePiece {
             piece_max_len,
             piece_prefixes,
             min_score,
-            max_score,
             charsmap,
         })
     }
@@ -669,9 +680,12 @@ impl SentencePiece {
         out
     }
 
-    /// `unigram_model.cc` `Model::EncodeOptimized`: Viterbi over all vocabulary matches, unknown
-    /// characters at `min_score - 10`, user-defined pieces at `len * max_score - 0.1`. Path scores
-    /// are stored as f32 and piece candidates compared in f64, as the C++ types do.
+    /// `unigram_model.cc` `Model::EncodeOptimized` as of sentencepiece 0.2.3: Viterbi over all
+    /// vocabulary matches, unknown characters at `min_score - 10`, user-defined pieces at
+    /// `0.1 * (len - 1)`. Every score and sum is f32 (since 0.2.3 the user-defined score is a float,
+    /// so no candidate is widened to double: sums that round to the same f32 tie, and the first
+    /// candidate, the one with the earlier start, keeps the slot). When the running score leaves
+    /// ±1e5 the frontier is rebased to 0, as the C++ does, so f32 rounding matches there too.
     fn unigram<'a>(&self, normalized: &'a str) -> Vec<(&'a str, u32)> {
         #[derive(Clone, Copy)]
         struct Best {
@@ -679,12 +693,23 @@ impl SentencePiece {
             score: f32,
             starts_at: Option<usize>,
         }
+        const RESET: f32 = 100_000.0;
         let size = normalized.len();
         let unk_score: f32 = self.min_score - 10.0;
         let mut best = vec![Best { id: self.unk_id, score: 0.0, starts_at: None }; size + 1];
         let mut start = 0;
+        let mut frontier = 0usize;
         while start < size {
-            let till = best[start].score;
+            let mut till = best[start].score;
+            if !(-RESET..=RESET).contains(&till) {
+                let offset = till;
+                for i in start..=frontier.min(size) {
+                    if i == start || best[i].starts_at.is_some() {
+                        best[i].score -= offset;
+                    }
+                }
+                till = 0.0;
+            }
             let mblen = normalized[start..].chars().next().map_or(1, char::len_utf8);
             let mut has_single = false;
             for end in start + 1..=size.min(start + self.piece_max_len) {
@@ -702,20 +727,22 @@ impl SentencePiece {
                 if kind == PieceType::Unused {
                     continue;
                 }
+                frontier = frontier.max(end);
                 let length = end - start;
-                let score = if kind == PieceType::UserDefined {
-                    f64::from(length as f32 * self.max_score) - 0.1
+                let score: f32 = if kind == PieceType::UserDefined {
+                    (0.1 * (length as f64 - 1.0)) as f32
                 } else {
-                    f64::from(self.proto.pieces[id as usize].score)
+                    self.proto.pieces[id as usize].score
                 };
-                let cand = score + f64::from(till);
+                let cand = score + till;
                 let t = &mut best[end];
-                if t.starts_at.is_none() || cand > f64::from(t.score) {
-                    *t = Best { id, score: cand as f32, starts_at: Some(start) };
+                if t.starts_at.is_none() || cand > t.score {
+                    *t = Best { id, score: cand, starts_at: Some(start) };
                 }
                 has_single |= length == mblen;
             }
             if !has_single {
+                frontier = frontier.max(start + mblen);
                 let cand = unk_score + till;
                 let t = &mut best[start + mblen];
                 if t.starts_at.is_none() || cand > t.score {
