@@ -59,7 +59,20 @@ def references(fxs: dict[str, Fixture], device: str = "cpu") -> dict:
 
 
 def reference_run(fxs: dict[str, Fixture], inputs: dict, device: str = "cpu") -> tuple[dict, dict]:
-    return P.run(references(fxs, device), inputs)
+    """The reference run; its modules are dropped afterwards (results are what callers keep): at
+    official size one set of weights is ≈ 7 GB per side, and a test may hold both sides."""
+    try:
+        return P.run(references(fxs, device), inputs)
+    finally:
+        release_references(fxs)
+
+
+def release_references(fxs: dict[str, Fixture]) -> None:
+    import gc
+
+    for fx in fxs.values():
+        fx._refs.clear()
+    gc.collect()
 
 
 def spec_for(kind: str, size: str):
@@ -168,16 +181,18 @@ def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fi
     return fxs
 
 
-def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str, list[str]] | None = None) -> dict:
+def candle_model(fxs: dict[str, Fixture], kind: str, device: str = "cpu", faults: list[str] | None = None):
     import json
 
+    if kind in WEIGHTLESS:  # any store will do (they read no key); the vocoder's file is always there
+        return candle.Model(kind, fxs["bigvgan"].safetensors_path, json.dumps(P.CONFIGS[_size(fxs)][kind]), device,
+                            faults or [], "")
+    return fxs[kind].candle(device, faults or [])
+
+
+def candle_models(fxs: dict[str, Fixture], device: str = "cpu", faults: dict[str, list[str]] | None = None) -> dict:
     faults = faults or {}
-    cms = {k: fx.candle(device, faults.get(k, [])) for k, fx in fxs.items()}
-    # weightless: any store will do (they read no key); the vocoder's file is always there
-    for k in WEIGHTLESS:
-        cms[k] = candle.Model(k, fxs["bigvgan"].safetensors_path, json.dumps(P.CONFIGS[_size(fxs)][k]), device,
-                              faults.get(k, []), "")
-    return cms
+    return {k: candle_model(fxs, k, device, faults.get(k)) for k in (*fxs, *WEIGHTLESS)}
 
 
 @dataclass
@@ -425,7 +440,10 @@ def text_walk(fxs: dict[str, Fixture], inputs: dict, text: str = TEXT, max_segme
     """Token ids and segmentation exact, the joined wav within the `text.wav` row and the audio gate."""
     from reference.text import TextTokenizer
 
-    ref = P.run_text(references(fxs, device), inputs, TextTokenizer(bpe_path(fxs)), text, max_segment_tokens)
+    try:
+        ref = P.run_text(references(fxs, device), inputs, TextTokenizer(bpe_path(fxs)), text, max_segment_tokens)
+    finally:
+        release_references(fxs)
     model = model or rust_pipeline(fxs, device)
     ins = {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs and k != "text"}
     ins["text_codepoints"] = np.array([ord(c) for c in text], np.int64)

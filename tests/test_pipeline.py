@@ -94,8 +94,7 @@ def test_pipeline_wave_gate(pipe):
 @pytest.mark.parametrize("kind,fault,stage", FAULTS, ids=[f"fault_at_{s}" for _, _, s in FAULTS])
 def test_pipeline_fault_named(kind, fault, stage, pipe):
     fxs, cms, inputs, ref, device = pipe
-    broken = dict(cms)
-    broken.update({k: v for k, v in PP.candle_models(fxs, device, {kind: [fault]}).items() if k == kind})
+    broken = {**cms, kind: PP.candle_model(fxs, kind, device, [fault])}
     for mode in ("forced", "chained"):
         w = PP.walk(fxs, broken, inputs, mode, device, ref=ref)
         assert w.first_failure == stage, f"{mode}: fault `{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
@@ -170,11 +169,11 @@ def test_pipeline_emotion_inputs(emo_pipe):
     for mode_ in ("forced", "chained"):
         w = PP.walk(fxs, cms, inputs, mode_, device, ref=ref)
         w.assert_ok()
-    w = PP.rust_walk(PP.rust_pipeline(fxs, device), inputs, ref, device)
+    w = PP.rust_walk(PP.rust_pipeline(fxs, device), inputs, ref, device)  # dropped right after
     w.assert_ok()
     # the emotion changed the result: the emovec differs from the speaker-only one
     base = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
-    base_emovec = P.run(PP.references(fxs, device), base)[0]["emo_mix"]["emovec"]
+    base_emovec = PP.reference_run(fxs, base, device)[0]["emo_mix"]["emovec"]
     assert np.abs(ref[0]["emo_mix"]["emovec"] - base_emovec).max() > 1e-3
 
 
@@ -183,7 +182,7 @@ def test_pipeline_emotion_row_choice_fault(pipe):
     fxs, cms, _, _, device = pipe
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, emotion="vector")
     ref = PP.reference_run(fxs, inputs, device)
-    broken = {**cms, "emotion": fxs["emotion"].candle(device, ["dot_not_cosine"])}
+    broken = {**cms, "emotion": PP.candle_model(fxs, "emotion", device, ["dot_not_cosine"])}
     w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
     assert w.first_failure == "emo_mix", w.table()
 
@@ -207,10 +206,16 @@ def test_pipeline_emotion_missing_key_named(pipe, tmp_path):
 
 
 # ---- the Rust `pipeline` kind (crates/indextts2_candle/src/pipeline.rs) -----------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture
 def rust_pipe(pipe):
+    """Per test: at official size a whole Rust pipeline holds ≈ 7 GB, dropped after each test."""
+    import gc
+
     fxs, _, _, _, device = pipe
-    return PP.rust_pipeline(fxs, device)
+    m = PP.rust_pipeline(fxs, device)
+    yield m
+    del m
+    gc.collect()
 
 
 def test_pipeline_rust_end_to_end(pipe, rust_pipe):
