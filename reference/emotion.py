@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,10 +87,3 @@ def synthetic_stats(dim: int) -> dict[str, torch.Tensor]:
 
     s = SemanticStats(dim)
     return {"mean": s.mean.clone(), "var": s.var.clone()}
-
-
-def numpy_inputs(cfg: dict, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0, 0.3, len(cfg["emo_num"])).astype(np.float32)
-    return {"style": rng.standard_normal((1, cfg["style_dim"])).astype(np.float32),
-            "emovec": (0.5 * rng.standard_normal((1, cfg["model_dim"]))).astype(np.float32), "weights": w}

@@ -67,7 +67,7 @@ impl EmotionMatrices {
     }
 
     /// style [1, style_dim], emovec [1, model_dim], weights [groups] → (emovec [1, model_dim], rows [groups] i64).
-    pub fn mix(&self, style: &Tensor, emovec: &Tensor, weights: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+    pub fn mix(&self, style: &Tensor, emovec: &Tensor, weights: &Tensor, _ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
         let g = self.groups();
         if style.dims() != [1, self.cfg.style_dim] || emovec.dims() != [1, self.cfg.model_dim] || weights.dims() != [g] {
             return input_err(format!(
@@ -78,7 +78,7 @@ impl EmotionMatrices {
         let dev = emovec.device();
         let style = style.to_dtype(DType::F32)?;
         let w = weights.to_dtype(DType::F32)?;
-        let mut rows = Vec::with_capacity(g);
+        let (mut rows, mut local) = (Vec::with_capacity(g), Vec::with_capacity(g));
         let mut start = 0;
         for &n in &self.cfg.emo_num {
             let block = self.spk.narrow(0, start, n)?;
@@ -87,7 +87,9 @@ impl EmotionMatrices {
             } else {
                 cosine_rows(&style, &block)?
             };
-            rows.push((start + argmax(&score)) as u32);
+            let best = argmax(&score);
+            rows.push((start + best) as u32);
+            local.push(best as i64); // the row within its emotion group, as infer_v2's index
             start += n;
         }
         let picked = self.emo.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?; // [g, D]
@@ -98,12 +100,6 @@ impl EmotionMatrices {
             let rest = 1.0 - w.sum_all()?.to_scalar::<f32>()? as f64;
             (mixed + (emovec * rest)?)?
         };
-        ctx.tap("emo_matrix", &out);
-        let local: Vec<i64> = rows.iter().zip(self.cfg.emo_num.iter().scan(0usize, |s, n| {
-            let b = *s;
-            *s += n;
-            Some(b)
-        })).map(|(r, b)| (*r as usize - b) as i64).collect();
         Ok((out, Tensor::new(local.as_slice(), dev)?))
     }
 }
