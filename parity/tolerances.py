@@ -111,7 +111,7 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     # log amplifies the STFT's rounding in low-energy bands: 1.0e-6 tiny (16 bands), 2.1e-5 at the
     # official 80 bands (peak-relative; the mel model's own row measured 3.6e-5 on other clips)
     ("pipeline", "*ref_mel.mel", "cpu", "float32"): T(6e-5, 0.0, 2.1e-5, "peak-relative 2.1e-5 (full size): log-mel, STFT order"),
-    ("pipeline", "*spk_fbank.feat", "cpu", "float32"): T(2e-5, 0.0, 1.8e-6, "peak-relative 1.8e-6: kaldi fbank, f32 log"),
+    ("pipeline", "*spk_fbank.feat", "cpu", "float32"): T(4e-5, 0.0, 1.6e-5, "peak-relative 1.6e-5 (full size, 80 bins): kaldi fbank, f32 log"),
     ("pipeline", "*features.input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "w2v front end, bit-exact on CPU"),
     ("pipeline", "*features.attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
     ("pipeline", "*codes.codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer codes; near-tie rule in NEAR_TIE"),

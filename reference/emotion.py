@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +62,9 @@ def build(cfg: dict) -> EmotionMatrices:
 def synthetic(cfg: dict, seed: int = 7) -> EmotionMatrices:
     """Prototype rows at the scale of the vectors they stand for (style ~ O(1), emovec ~ O(0.5))."""
     m = build(cfg)
-    synthetic_init(m, seed, {"spk_matrix": lambda k, rng, s: rng.standard_normal(s),
+    # rows of unequal length (as real prototypes): the cosine argmax then differs from the raw
+    # dot product's, so choosing rows by the wrong one cannot go unnoticed at any width
+    synthetic_init(m, seed, {"spk_matrix": lambda k, rng, s: rng.standard_normal(s) * np.exp(rng.normal(0, 1, (s[0], 1))),
                              "emo_matrix": lambda k, rng, s: 0.5 * rng.standard_normal(s)})
     return m
 

@@ -182,6 +182,13 @@ def test_pipeline_emotion_row_choice_fault(pipe):
     fxs, cms, _, _, device = pipe
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, emotion="vector")
     ref = PP.reference_run(fxs, inputs, device)
+    # precondition: on these prototypes the dot product picks other rows than the cosine
+    import torch
+
+    m = fxs["emotion"].reference(device)
+    style = torch.from_numpy(ref[1]["style"])
+    dot_rows = [int(torch.argmax(b @ style[0])) for b in torch.split(m.spk_matrix.detach(), m.emo_num)]
+    assert dot_rows != ref[0]["emo_mix"]["rows"].tolist(), "fixture too regular for this fault"
     broken = {**cms, "emotion": PP.candle_model(fxs, "emotion", device, ["dot_not_cosine"])}
     w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
     assert w.first_failure == "emo_mix", w.table()
