@@ -172,9 +172,7 @@ impl Store {
         }
         let t = self.raw_shaped(key, shape)?;
         let t = t.to_dtype(DType::F32)?;
-        // NaN·0 and Inf·0 are NaN, any finite value times 0 is 0: one cheap exact reduction.
-        let probe = t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
-        if !probe.is_finite() {
+        if !all_finite(&t)? {
             return ckpt_err(format!("`{key}` in {} holds NaN or Inf values", self.path));
         }
         Ok(t)
@@ -232,4 +230,19 @@ impl Weights {
     pub fn get_int<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.store.get_int(&self.key(name), &shape.into())
     }
+}
+
+/// Every value finite? On CPU a parallel scan of the storage (no copy: the GPT's 3.5 GB took ≈ 2 s
+/// through an elementwise probe); elsewhere NaN·0 and Inf·0 are NaN, finite·0 is 0, one reduction.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    use candle_core::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    if t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(v)) = &*storage {
+            let s = &v[layout.start_offset()..layout.start_offset() + t.elem_count()];
+            return Ok(!s.par_chunks(1 << 16).any(|c| c.iter().any(|x| !x.is_finite())));
+        }
+    }
+    Ok(t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?.is_finite())
 }
