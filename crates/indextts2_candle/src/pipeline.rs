@@ -71,8 +71,8 @@ pub struct EmotionInput<'a> {
 
 /// infer_v2's rules (= reference/pipeline.py `emotion_plan`): a vector drops the clip and is scaled by
 /// alpha; without a clip the speaker's 16 kHz clip is the reference and alpha is 1; no vector = zero
-/// weights (the mix is then exactly the identity). Returns (clip, merge alpha, mix weights).
-pub fn emotion_plan<'a>(e: &EmotionInput<'a>, speaker_16k: &'a Tensor, groups: usize) -> Result<(&'a Tensor, f32, Vec<f32>)> {
+/// weights (the mix is then exactly the identity). Returns (clip cut to 15 s, merge alpha, mix weights).
+pub fn emotion_plan(e: &EmotionInput, speaker_16k: &Tensor, groups: usize) -> Result<(Tensor, f32, Vec<f32>)> {
     let mut clip = e.clip_16k;
     let mut alpha = e.alpha;
     let weights = match &e.weights {
@@ -84,10 +84,10 @@ pub fn emotion_plan<'a>(e: &EmotionInput<'a>, speaker_16k: &'a Tensor, groups: u
         None => vec![0.0; groups],
     };
     let clip = match clip {
-        Some(c) => c,
+        Some(c) => cut(c, SR_16K, MAX_PROMPT_SECONDS)?, // an emotion clip is cut to 15 s
         None => {
             alpha = 1.0;
-            speaker_16k
+            speaker_16k.clone()
         }
     };
     Ok((clip, alpha, weights))
@@ -250,7 +250,6 @@ impl Pipeline {
         out.push(("spk_latent.latent".into(), spk.clone()));
         // emotion: the emotion clip's embedding, merge_emovec, the 8-weight vector
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
-        let emo_clip = if std::ptr::eq(emo_clip, audio_16k) { emo_clip.clone() } else { cut(emo_clip, SR_16K, MAX_PROMPT_SECONDS)? };
         let (efeats, emask) = self.w2v.features(&emo_clip)?;
         out.push(("emo_features.input_features".into(), efeats.clone()));
         out.push(("emo_features.attention_mask".into(), emask.clone()));
