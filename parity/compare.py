@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .tolerances import Tolerance, lookup
+from .tolerances import FAULT_MARGIN, FLOOR, NoiseFloor, Tolerance, lookup, rule
 
 
 @dataclass
@@ -25,19 +25,41 @@ class Comparison:
     snr_db: float
     atol_needed: float  # smallest atol (in the table's units, see tolerances.py) that passes with rtol = 0
     rtol_needed: float  # smallest rtol that passes with the table's atol
-    tol: Tolerance | None = None
+    tol: "Tolerance | NoiseFloor | None" = None
     ok: bool = False
     reason: str = ""
+    # Noise-floor rule (tolerances.py): Candle vs float64, the float32 reference's own error vs float64.
+    err_rms: float = float("nan")
+    noise_max: float = float("nan")  # max|ref32 − ref64| (floored)
+    noise_rms: float = float("nan")  # rms(ref32 − ref64) (floored)
+    ratio_max: float = float("nan")  # max|err| / noise_max
+    ratio_rms: float = float("nan")  # rms(err) / noise_rms
+
+    @property
+    def margin(self) -> float:
+        """How far past its threshold this tap is (> 1 fails): the larger of the two ratios over k."""
+        if isinstance(self.tol, NoiseFloor):
+            return max(self.ratio_max / self.tol.k_max, self.ratio_rms / self.tol.k_rms)
+        return float("nan")
 
     def row(self) -> dict:
         d = asdict(self)
-        d["tol"] = None if self.tol is None else {"atol": self.tol.atol, "rtol": self.tol.rtol}
+        if isinstance(self.tol, NoiseFloor):
+            d["tol"] = {"rule": "noise", "k_max": self.tol.k_max, "k_rms": self.tol.k_rms}
+        else:
+            d["tol"] = None if self.tol is None else {"rule": "fixed", "atol": self.tol.atol, "rtol": self.tol.rtol,
+                                                       "note": self.tol.note}
         return d
 
     def line(self) -> str:
         mark = "ok  " if self.ok else "FAIL"
+        if isinstance(self.tol, NoiseFloor):
+            return (f"{mark} {self.name:<44} {str(self.shape):<18} ratio max {self.ratio_max:8.2f} rms {self.ratio_rms:7.2f} "
+                    f"(k {self.tol.k_max:g}/{self.tol.k_rms:g})  max|Δ| {self.max_abs:.3e} at {self.argmax} "
+                    f"rms|Δ| {self.err_rms:.2e}  ref32 noise max {self.noise_max:.2e} rms {self.noise_rms:.2e}  "
+                    f"SNR {self.snr_db:6.1f} dB{'  ' + self.reason if self.reason else ''}")
         tol = "" if self.tol is None else f" (atol {self.tol.atol:.1e}, rtol {self.tol.rtol:.1e})"
-        return (f"{mark} {self.name:<40} {str(self.shape):<18} max|Δ| {self.max_abs:.3e} at {self.argmax} "
+        return (f"{mark} {self.name:<44} {str(self.shape):<18} max|Δ| {self.max_abs:.3e} at {self.argmax} "
                 f"mean|Δ| {self.mean_abs:.3e} cos {self.cosine:.8f} SNR {self.snr_db:6.1f} dB "
                 f"needs atol {self.atol_needed:.1e} / rtol {self.rtol_needed:.1e}{tol}{'  ' + self.reason if self.reason else ''}")
 
@@ -86,6 +108,47 @@ def compare(name: str, ref, got, tol: Tolerance | None) -> Comparison:
     return c
 
 
+def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -> Comparison:
+    """The noise-floor comparison (tolerances.py). `ref64`: the float64 reference; `ref32`: the float32
+    reference on the same input (its noise). Integer taps are exact against the float32 reference;
+    a hand-set row compares against the float32 reference as `compare` does."""
+    ref64, ref32, got = np.asarray(ref64), np.asarray(ref32), np.asarray(got)
+    is_int = any(np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_ for a in (ref32, got))
+    if is_int or not isinstance(tol, NoiseFloor):
+        return compare(name, ref32, got, tol)
+    if ref32.shape != ref64.shape:
+        return Comparison(name, got.shape, ref64.shape, float("inf"), (), float("inf"), float("nan"), float("-inf"),
+                          float("inf"), float("inf"), tol, False,
+                          f"the float32 reference's shape {ref32.shape} differs from the float64 one's {ref64.shape}")
+    c = compare(name, ref64, got, None)
+    if not np.isfinite(c.max_abs) or ref64.size == 0:
+        c.tol = tol
+        c.ok = ref64.size == 0 and got.shape == ref64.shape
+        return c
+    r = ref64.astype(np.float64)
+    e = got.astype(np.float64) - r
+    n = ref32.astype(np.float64) - r
+    peak = float(np.max(np.abs(r)))
+    rms_ref = float(np.sqrt(np.mean(r * r)))
+    c.err_rms = float(np.sqrt(np.mean(e * e)))
+    c.noise_max = max(float(np.max(np.abs(n))), FLOOR * peak, 1e-30)
+    c.noise_rms = max(float(np.sqrt(np.mean(n * n))), FLOOR * rms_ref, 1e-30)
+    c.ratio_max = c.max_abs / c.noise_max
+    c.ratio_rms = c.err_rms / c.noise_rms
+    c.tol = tol
+    c.ok = c.ratio_max <= tol.k_max and c.ratio_rms <= tol.k_rms
+    if not c.ok:
+        c.reason = f"{c.margin:.1f}× past the noise-floor threshold"
+    return c
+
+
+def fault_margin_ok(c: Comparison) -> bool:
+    """A fault's first divergent tap must stand FAULT_MARGIN × past its threshold (or be a hard failure)."""
+    if isinstance(c.tol, NoiseFloor):
+        return c.margin >= FAULT_MARGIN
+    return not c.ok
+
+
 @dataclass
 class Walk:
     model: str
@@ -109,6 +172,15 @@ class Walk:
     def ok(self) -> bool:
         return self.first_failure is None
 
+    def row_of(self, name: str) -> Comparison | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    @property
+    def worst(self) -> Comparison | None:
+        """The noise-rule tap closest to (or furthest past) its threshold."""
+        rows = [r for r in self.rows if isinstance(r.tol, NoiseFloor)]
+        return max(rows, key=lambda r: r.margin) if rows else None
+
     def table(self) -> str:
         head = f"[{self.model} / {self.case} / {self.mode} / {self.device}]"
         lines = [head] + [r.line() for r in self.rows]
@@ -125,13 +197,22 @@ class Walk:
             raise AssertionError(f"parity failed at `{self.first_failure}`\n{self.table()}")
 
 
-def walk(model: str, case: str, mode: str, device: str, ref_taps: dict, candle_taps: dict, dtype: str = "float32") -> Walk:
-    """Compares taps in the reference's forward order; every tap must exist on both sides."""
+def walk(model: str, case: str, mode: str, device: str, ref_taps: dict, candle_taps: dict, dtype: str = "float32",
+         noise_taps: dict | None = None) -> Walk:
+    """Compares taps in the reference's forward order; every tap must exist on both sides.
+
+    With `noise_taps` (the float32 reference's taps; `ref_taps` then come from the float64 run) each
+    tap is judged by the noise-floor rule; without, by the legacy hand-set rows."""
     w = Walk(model, case, mode, device)
     for name, ref in ref_taps.items():
         if name not in candle_taps:
             w.missing.append(name)
             continue
-        w.rows.append(compare(name, ref, candle_taps[name], lookup(model, name, device, dtype)))
+        if noise_taps is None:
+            w.rows.append(compare(name, ref, candle_taps[name], lookup(model, name, device, dtype)))
+        elif name not in noise_taps:
+            w.missing.append(f"{name} (float32 reference)")
+        else:
+            w.rows.append(compare_noise(name, ref, noise_taps[name], candle_taps[name], rule(model, name, device, dtype)))
     w.extra = [n for n in candle_taps if n not in ref_taps]
     return w

@@ -40,17 +40,23 @@ class Fixture:
     safetensors_path: str
     _refs: dict = field(default_factory=dict)
 
-    def reference(self, device: str = "cpu") -> torch.nn.Module:
-        """The reference model with exactly the converted file's weights (strict load)."""
-        if device not in self._refs:
+    def reference(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        """The reference model with exactly the converted file's weights (strict load), in `dtype`
+        (float64: the noise-floor truth; parameters and buffers are cast after the load)."""
+        key = (device, dtype)
+        if key not in self._refs:
             sd = load_file(self.safetensors_path)
             pre = self.spec.prefix + "." if self.spec.prefix else ""
             own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)
                    and not any(fnmatch.fnmatchcase(k, p) for p in self.spec.other_kinds_keys)}
             m = self.spec.build_reference(self.cfg)
             m.load_state_dict(own, strict=True)
-            self._refs[device] = m.to(device).eval()
-        return self._refs[device]
+            self._refs[key] = m.to(device=device, dtype=dtype).eval()
+        return self._refs[key]
+
+    def drop_references(self) -> None:
+        """Frees the cached reference modules (official size: several GB in float64)."""
+        self._refs.clear()
 
     def candle(self, device: str = "cpu", faults: list[str] | None = None):
         from .candle import Model
@@ -68,8 +74,10 @@ def _stamp(spec: ModelSpec, cfg: dict) -> str:
     return h.hexdigest()[:12]
 
 
-def synthetic(spec: ModelSpec, size: str) -> Fixture:
-    cfg = spec.configs[size]
+def synthetic(spec: ModelSpec, size: str, cfg: dict | None = None) -> Fixture:
+    """`cfg` (optional): a config other than the row's own (the config-space rows); it is cached
+    under its own stamp like the others."""
+    cfg = spec.configs[size] if cfg is None else cfg
     d = os.path.join(cache_dir(), spec.name, f"{size}-{_stamp(spec, cfg)}")
     official = os.path.join(d, spec.official_file)
     st = os.path.join(d, "converted.safetensors")

@@ -7,42 +7,64 @@ import torch
 from reference.common import Taps
 
 from . import candle
-from .compare import Walk, compare, walk
+from .compare import Walk, compare, compare_noise, walk
 from .fixtures import Fixture
 from .spec import Case
-from .tolerances import lookup
+from .tolerances import lookup, rule
 
 
 def to_np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
+def as_torch(inputs: dict, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """numpy inputs -> tensors; floating inputs in `dtype` (float32 data widened exactly to float64)."""
+    out = {}
+    for k, v in inputs.items():
+        t = torch.from_numpy(np.ascontiguousarray(v)).to(device)
+        out[k] = t.to(dtype) if t.is_floating_point() else t
+    return out
+
+
 @torch.no_grad()
-def run_reference(fx: Fixture, case: Case, inputs: dict, device: str = "cpu"):
-    taps = Taps()
-    model = fx.reference(device)
-    tin = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
-    outs = case.run_reference(model, tin, taps)
+def run_reference(fx: Fixture, case: Case, inputs: dict, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  inject: dict | None = None):
+    """One reference run in `dtype`; `inject`: tap name -> input (the injected walk on the reference side)."""
+    taps = Taps({k: torch.as_tensor(v) for k, v in (inject or {}).items()})
+    model = fx.reference(device, dtype)
+    outs = case.run_reference(model, as_torch(inputs, device, dtype), taps)
+    if taps.inject:
+        raise ValueError(f"injected inputs name taps the reference never ran: {sorted(taps.inject)}")
     return {k: to_np(v) for k, v in outs.items()}, taps
 
 
-def layer_walk(fx: Fixture, cm, case: Case, mode: str, device: str, seed: int = 0, inputs: dict | None = None) -> Walk:
-    """chained: both sides run end to end. injected: each Candle block gets the reference's input."""
-    inputs = inputs if inputs is not None else case.make_inputs(fx.cfg, seed)
-    ref_outs, taps = run_reference(fx, case, inputs, device)
-    if mode == "chained":
-        outs, ctaps = candle.run(cm, case.method, inputs, taps=True)
-    elif mode == "injected":
-        inject = {k: to_np(v) for k, v in taps.inputs.items() if k not in case.no_inject}
-        outs, ctaps = candle.run(cm, case.method, inputs, taps=True, inject=inject)
-    else:
+def reference_pair(fx: Fixture, case: Case, inputs: dict, mode: str, device: str = "cpu"):
+    """The float64 truth and the float32 noise run of one case. In the injected walk the float32 run
+    gets every block's float64 input, as Candle does. Returns (out64, taps64, out32, taps32, inject)."""
+    out64, taps64 = run_reference(fx, case, inputs, device, torch.float64)
+    inject = None
+    if mode == "injected":
+        inject = {k: to_np(v) for k, v in taps64.inputs.items() if k not in case.no_inject}
+    elif mode != "chained":
         raise ValueError(mode)
-    w = walk(fx.spec.name, case.name, mode, device, {k: to_np(v) for k, v in taps.outputs.items()}, ctaps)
+    out32, taps32 = run_reference(fx, case, inputs, device, torch.float32, inject)
+    return out64, taps64, out32, taps32, inject
+
+
+def layer_walk(fx: Fixture, cm, case: Case, mode: str, device: str, seed: int = 0, inputs: dict | None = None) -> Walk:
+    """chained: all three run end to end. injected: each Candle block (and each float32 reference
+    block) gets the float64 reference's input. Every float tap is judged by the noise-floor rule."""
+    inputs = inputs if inputs is not None else case.make_inputs(fx.cfg, seed)
+    out64, taps64, out32, taps32, inject = reference_pair(fx, case, inputs, mode, device)
+    outs, ctaps = candle.run(cm, case.method, inputs, taps=True, inject=inject)
+    w = walk(fx.spec.name, case.name, mode, device, {k: to_np(v) for k, v in taps64.outputs.items()}, ctaps,
+             noise_taps={k: to_np(v) for k, v in taps32.outputs.items()})
     if mode == "chained":  # the method's named outputs, after the taps
-        for k, ref in ref_outs.items():
+        for k, ref in out64.items():
             got = outs.get(k)
             if got is None:
                 w.missing.append(f"output:{k}")
             else:
-                w.rows.append(compare(f"output:{k}", ref, got, lookup(fx.spec.name, f"output:{k}", device, "float32")))
+                name = f"output:{k}"
+                w.rows.append(compare_noise(name, ref, out32[k], got, rule(fx.spec.name, name, device, "float32")))
     return w

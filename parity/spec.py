@@ -27,6 +27,24 @@ class Case:
 
 
 @dataclass(frozen=True)
+class ConfigRow:
+    """One (official constructor argument, non-default value) of the supported config space
+    (tests/test_config_space.py). `overrides` change the TINY reference config (nested dicts merge).
+
+    expect="parity": the reference (= the official class) and Candle both implement the value; a
+    synthetic checkpoint at that config is written in the official format and `case` (default: the
+    row's first case) passes both walks. expect="refused": Candle's load fails with an error naming
+    the argument (regex `match`, default the argument's name) — never a silent default."""
+
+    arg: str
+    value: Any
+    overrides: dict
+    expect: str  # "parity" | "refused"
+    case: str = ""
+    match: str = ""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str  # registry key = Rust kind = the word `pytest -k` selects
     manifest: str  # file name under fixtures/manifests/
@@ -40,8 +58,14 @@ class ModelSpec:
     manifest_prefix: str = ""  # prefix of the manifest keys relative to the module's state_dict
     # fnmatch pattern -> why the key may stay unread by Candle. Anything else unused fails coverage.
     allow_unused: dict[str, str] = field(default_factory=dict)
-    # fault name -> (case name, tap that must be reported as the FIRST divergence)
+    # fault name -> (case name, leaf tap that the INJECTED walk must report as the first divergence;
+    # the chained walk must fail too, anywhere at or after it)
     faults: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the supported config space: one row per (official argument, non-default value)
+    config_space: tuple[ConfigRow, ...] = ()
+    # fnmatch pattern over module paths -> why a module holding parameters has no tap of its own
+    # (tests/test_models.py::test_every_weight_is_tapped)
+    untapped: dict[str, str] = field(default_factory=dict)
     # fnmatch patterns of keys in the same official file that belong to ANOTHER kind (s2mel.pth holds
     # both s2mel kinds); the reference load leaves exactly these out, everything else is strict.
     other_kinds_keys: tuple[str, ...] = ()

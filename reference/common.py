@@ -18,11 +18,20 @@ class Taps:
     The inputs are what the *injected* layer walk feeds to the Candle block of the same name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inject: "dict[str, torch.Tensor] | None" = None) -> None:
         self.inputs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self.outputs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        # Injected walk on the reference side: the float32 reference runs each tapped block on the
+        # float64 reference's input (rounded to this run's dtype), exactly as Candle does, so the
+        # per-tap noise it shows is the block's own rounding, not what accumulated upstream.
+        self.inject = dict(inject or {})
 
     def block(self, name: str, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if name in self.inject:
+            inj = self.inject.pop(name)
+            if tuple(inj.shape) != tuple(x.shape):
+                raise ValueError(f"injected input for `{name}` has shape {tuple(inj.shape)}, the block expects {tuple(x.shape)}")
+            x = inj.to(device=x.device, dtype=x.dtype)
         self.inputs[name] = x.detach().clone()
         y = fn(x)
         self.outputs[name] = y.detach().clone()

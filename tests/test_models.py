@@ -12,7 +12,9 @@ import torch
 
 from parity.coverage import coverage
 from parity.registry import MODELS
+from parity.compare import fault_margin_ok
 from parity.runner import layer_walk
+from parity.tolerances import FAULT_MARGIN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = list(MODELS.values())
@@ -82,15 +84,43 @@ def test_layers(model, case, mode, device, fixtures, candle_models):
 
 @pytest.mark.parametrize("model,fault", FAULTS, ids=[f"{m}-{f}" for m, f in FAULTS])
 def test_fault_is_caught(model, fault, fixtures, candle_models):
-    """Proof of teeth: each known bug class fails the walk, and the report names the right tap."""
+    """Proof of teeth and of localisation: with each known bug class switched on, the INJECTED walk
+    fails at exactly the leaf the registry names (not a parent, not downstream), with a margin of
+    FAULT_MARGIN × the threshold there; the chained walk fails too."""
     spec = MODELS[model]
     case_name, expected_tap = spec.faults[fault]
     fx = fixtures(model)
-    w = layer_walk(fx, candle_models(model, "cpu", (fault,)), _case(model, case_name), "chained", "cpu")
-    assert not w.ok, f"fault `{fault}` was NOT detected:\n{w.table()}"
-    assert w.first_failure == expected_tap, f"fault `{fault}` detected at `{w.first_failure}`, expected `{expected_tap}`\n{w.table()}"
+    cm = candle_models(model, "cpu", (fault,))
+    w = layer_walk(fx, cm, _case(model, case_name), "injected", "cpu")
+    assert not w.ok, f"fault `{fault}` was NOT detected by the injected walk:\n{w.table()}"
+    assert w.first_failure == expected_tap, f"fault `{fault}` named at `{w.first_failure}`, expected `{expected_tap}`\n{w.table()}"
     with pytest.raises(AssertionError, match=f"parity failed at `{expected_tap}`"):
         w.assert_ok()
+    row = w.row_of(expected_tap)
+    assert row is not None and fault_margin_ok(row), (
+        f"fault `{fault}` stands only {row.margin:.1f}× past the threshold at `{expected_tap}` "
+        f"(needs ≥ {FAULT_MARGIN}×): ratio max {row.ratio_max:.2f}, rms {row.ratio_rms:.2f}\n{w.table()}")
+    c = layer_walk(fx, cm, _case(model, case_name), "chained", "cpu")
+    assert not c.ok, f"fault `{fault}` passes the chained walk:\n{c.table()}"
+
+
+@pytest.mark.parametrize("model", [s.name for s in SPECS if not s.weightless])
+def test_every_weight_is_tapped(model, fixtures):
+    """Every module of the reference that holds parameters has a tap of its own name in some case
+    (or is listed in the row's `untapped` with the reason), so no weight goes unchecked by name."""
+    import fnmatch
+
+    from parity.runner import run_reference
+
+    spec = MODELS[model]
+    fx = fixtures(model)
+    tapped: set[str] = set()
+    for case in spec.cases:
+        _, taps = run_reference(fx, case, case.make_inputs(fx.cfg, 0))
+        tapped |= set(taps.outputs)
+    holders = [n for n, m in fx.reference().named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    missing = [n for n in holders if n not in tapped and not any(fnmatch.fnmatchcase(n, p) for p in spec.untapped)]
+    assert not missing, f"{model}: modules holding weights without a tap: {missing[:20]} ({len(missing)})"
 
 
 @pytest.mark.parametrize("model", [s.name for s in SPECS])
