@@ -156,7 +156,9 @@ def test_no_random_or_zero_weight_constructors_in_rust():
     pat = re.compile(r"randn|rand_uniform|Tensor::rand|VarMap|Init::|VarBuilder::zeros|(?<!pad_with_)zeros\(|ones\(")
     hits = []
     src = os.path.join(ROOT, "crates", "indextts2_candle", "src")
-    for name in sorted(os.listdir(src)):
+    files = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs if f.endswith(".rs"))
+    assert "lib.rs" in files and "text/mod.rs" in files  # module folders are walked too
+    for name in files:
         text = open(os.path.join(src, name)).read().split("#[cfg(test)]")[0]
         hits += [f"{name}:{i + 1}: {line.strip()}" for i, line in enumerate(text.splitlines())
                  if pat.search(line) and not line.strip().startswith("//")]

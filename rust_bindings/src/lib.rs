@@ -2,7 +2,8 @@
 //! All model logic lives in `indextts2_candle`; all comparison logic in the Python harness.
 use candle_core::{DType, Device, Tensor};
 use indextts2_candle::ctx::Ctx;
-use indextts2_candle::registry::{self, Runnable};
+use indextts2_candle::dispatch;
+use indextts2_candle::runnable::Runnable;
 use indextts2_candle::store::{Store, Weights};
 use indextts2_candle::text::{self, TextTokenizer};
 use indextts2_candle::{transforms, Error};
@@ -133,7 +134,7 @@ impl Model {
                 if !prefix.is_empty() {
                     w = w.pp(prefix);
                 }
-                let model = registry::load(kind, &w, config_json, &faults)?;
+                let model = dispatch::load(kind, &w, config_json, &faults)?;
                 Ok((store, model))
             })
         })?;
@@ -246,12 +247,12 @@ fn inspect_checkpoint(path: &str) -> PyResult<BTreeMap<String, (String, Vec<usiz
 /// Fault names a model kind accepts.
 #[pyfunction]
 fn faults(kind: &str) -> PyResult<Vec<String>> {
-    guarded(|| Ok(registry::faults(kind)?.iter().map(|s| s.to_string()).collect()))
+    guarded(|| Ok(dispatch::faults(kind)?.iter().map(|s| s.to_string()).collect()))
 }
 
 #[pyfunction]
 fn kinds() -> Vec<String> {
-    registry::KINDS.iter().map(|s| s.to_string()).collect()
+    dispatch::KINDS.iter().map(|s| s.to_string()).collect()
 }
 
 #[pyfunction]

@@ -3,9 +3,15 @@
 //! Every model is built from a config plus a [`store::Weights`] view of an official checkpoint
 //! (converted to safetensors with the official key names). Nothing here can create a weight that
 //! is not in the file.
+//!
+//! Layers, lowest first (no module imports one that imports it back): [`error`], [`store`],
+//! [`ctx`], [`transforms`], [`nn`], [`text`]; [`runnable`] (the [`runnable::Runnable`] trait every
+//! kind implements); the models; [`pipeline`]; [`dispatch`] (kind → load, kind → faults, the table
+//! the Python bindings call).
 pub mod bigvgan;
 pub mod campplus;
 pub mod ctx;
+pub mod dispatch;
 pub mod dit;
 pub mod emotion;
 pub mod error;
@@ -18,6 +24,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod registry;
 pub mod resample;
+pub mod runnable;
 pub mod semantic_codec;
 pub mod s2mel;
 pub mod store;

@@ -17,32 +17,44 @@ use crate::emotion::{scale_weights, EmotionConfig, EmotionMatrices};
 use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
-use crate::registry::{take, Named, Runnable};
-use crate::resample::{cut, join_segments, ResampleConfig, Resampler, INTERVAL_SILENCE_MS, MAX_PROMPT_SECONDS, SR_16K, SR_22K};
-use crate::text::{TextTokenizer, DEFAULT_MAX_SEGMENT_TOKENS};
+use crate::runnable::Named;
+use crate::resample::{cut, join_segments, ResampleConfig, Resampler, MAX_PROMPT_SECONDS, SR_16K, SR_22K};
+use crate::text::TextTokenizer;
 use crate::store::Weights;
 use crate::w2v_bert::{W2vBert, W2vBertConfig};
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// infer_v2: target mel frames = int(codes · 1.72).
 const LENGTH_RATIO: f64 = 1.72;
 
-/// (kind, prefix of its keys in the pipeline file)
-pub const PREFIXES: &[(&str, &str)] = &[
-    ("w2v_bert", "w2v_bert"),
-    ("semantic_codec", "semantic_codec"),
-    ("mel_spectrogram", "mel_spectrogram"), // weightless
-    ("campplus", "campplus"),
-    ("gpt", "gpt"),
-    ("length_regulator", "s2mel.net"),
-    ("dit", "s2mel.net.cfm"),
-    ("bigvgan", "bigvgan"),
-    ("resample", "resample"), // weightless
-    ("emotion", "emotion"), // feat1.pt / feat2.pt as `emotion.spk_matrix` / `emotion.emo_matrix`
+/// One model inside the pipeline: its kind, the prefix of its keys in the pipeline file and its
+/// fault switches (the model's own `FAULTS`; the pipeline accepts them as `<kind>:<fault>`).
+pub struct Component {
+    pub kind: &'static str,
+    pub prefix: &'static str,
+    pub faults: &'static [&'static str],
+}
+
+/// The pipeline's components, in the order their faults are listed.
+pub const COMPONENTS: &[Component] = &[
+    Component { kind: "w2v_bert", prefix: "w2v_bert", faults: crate::w2v_bert::FAULTS },
+    Component { kind: "semantic_codec", prefix: "semantic_codec", faults: crate::semantic_codec::FAULTS },
+    Component { kind: "mel_spectrogram", prefix: "mel_spectrogram", faults: crate::mel::FAULTS }, // weightless
+    Component { kind: "campplus", prefix: "campplus", faults: crate::campplus::FAULTS },
+    Component { kind: "gpt", prefix: "gpt", faults: crate::gpt::FAULTS },
+    Component { kind: "length_regulator", prefix: "s2mel.net", faults: crate::length_regulator::FAULTS },
+    Component { kind: "dit", prefix: "s2mel.net.cfm", faults: crate::dit::FAULTS },
+    Component { kind: "bigvgan", prefix: "bigvgan", faults: crate::bigvgan::FAULTS },
+    Component { kind: "resample", prefix: "resample", faults: crate::resample::FAULTS }, // weightless
+    // feat1.pt / feat2.pt as `emotion.spk_matrix` / `emotion.emo_matrix`
+    Component { kind: "emotion", prefix: "emotion", faults: crate::emotion::FAULTS },
 ];
+
+fn component(kind: &str) -> &'static Component {
+    COMPONENTS.iter().find(|c| c.kind == kind).expect("every kind the pipeline loads is in COMPONENTS")
+}
 
 #[derive(Deserialize)]
 pub struct PipelineConfig {
@@ -98,11 +110,9 @@ pub fn faults() -> &'static [&'static str] {
     static ALL: OnceLock<Vec<&'static str>> = OnceLock::new();
     ALL.get_or_init(|| {
         let mut v = Vec::new();
-        for (kind, _) in PREFIXES {
-            if let Ok(fs) = crate::registry::faults(kind) {
-                for f in fs {
-                    v.push(&*Box::leak(format!("{kind}:{f}").into_boxed_str()));
-                }
+        for c in COMPONENTS {
+            for f in c.faults {
+                v.push(&*Box::leak(format!("{}:{f}", c.kind).into_boxed_str()));
             }
         }
         v
@@ -124,18 +134,15 @@ pub struct Pipeline {
     tokenizer: Option<TextTokenizer>,
 }
 
+/// The component's share of the pipeline's faults (`<kind>:<fault>` → `<fault>`).
 fn sub_faults(f: &Faults, kind: &str) -> Faults {
-    let mine: Vec<String> = crate::registry::faults(kind)
-        .unwrap_or(&[])
-        .iter()
-        .filter(|n| f.on(&format!("{kind}:{n}")))
-        .map(|n| n.to_string())
-        .collect();
-    Faults::new(&mine, crate::registry::faults(kind).unwrap_or(&[]), kind).unwrap_or_default()
+    let known = component(kind).faults;
+    let mine: Vec<String> = known.iter().filter(|n| f.on(&format!("{kind}:{n}"))).map(|n| n.to_string()).collect();
+    Faults::new(&mine, known, kind).unwrap_or_default()
 }
 
-fn pre(kind: &str) -> &str {
-    PREFIXES.iter().find(|(k, _)| *k == kind).map(|(_, p)| *p).unwrap_or(kind)
+fn pre(kind: &str) -> &'static str {
+    component(kind).prefix
 }
 
 fn i64_tensor(v: &[i64], dev: &candle_core::Device) -> Result<Tensor> {
@@ -159,16 +166,14 @@ impl Pipeline {
         })
     }
 
-    /// Runs every stage; returns the stage outputs named `<stage>.<output>` as the Python walk
-    /// names them, in pipeline order (the last is `wav.wav`).
+    /// Runs every stage on one text segment (token ids): the typed stage outputs, which
+    /// [`Synthesis::named`] lists as the Python walk names them.
     #[allow(clippy::too_many_arguments)]
-    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
-        let (a22, a16) = self.front(speaker)?;
-        let mut out: Named = vec![("front.audio_22k".into(), a22.clone()), ("front.audio_16k".into(), a16.clone())];
-        let p = self.prepare(&a16, &a22, emotion)?;
-        out.extend(p.outputs.iter().cloned());
-        out.extend(self.segment(&p, text, max_tokens, z_pool, t_span)?);
-        Ok(out)
+    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Synthesis> {
+        let front = self.front(speaker)?;
+        let prepared = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
+        let segment = self.segment(&prepared, text, max_tokens, z_pool, t_span)?;
+        Ok(Synthesis { front, prepared, segment })
     }
 
     /// Text to speech (spec §5 steps 1-16): the text through the `bpe.model` (infer_v2's tokenizer
@@ -185,18 +190,15 @@ impl Pipeline {
         if segments.is_empty() {
             return input_err("pipeline: the text gives no tokens");
         }
-        let (a22, a16) = self.front(speaker)?;
-        let p = self.prepare(&a16, &a22, emotion)?;
+        let front = self.front(speaker)?;
+        let p = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
         let dev = speaker.device();
         let mut wavs = Vec::with_capacity(segments.len());
         for ids in &segments {
             let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let text = Tensor::from_vec(ids.clone(), (1, ids.len()), dev)?;
-            let out = self.segment(&p, &text, max_tokens, z_pool, t_span)?;
-            match out.into_iter().find(|(n, _)| n == "wav.wav") {
-                Some((_, w)) => wavs.push(w.flatten_all()?.unsqueeze(0)?), // [1, N], as infer_v2
-                None => return input_err("pipeline: a segment produced no wav"),
-            }
+            let seg = self.segment(&p, &text, max_tokens, z_pool, t_span)?;
+            wavs.push(seg.wav.flatten_all()?.unsqueeze(0)?); // [1, N], as infer_v2
         }
         let segment_samples = wavs.iter().map(|w| w.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
         let wav = join_segments(&wavs, SR_22K, interval_ms)?;
@@ -204,18 +206,18 @@ impl Pipeline {
     }
 
     /// Spec §5 step 1: the speaker clip at the config's rate (22.05 kHz, as librosa.load gives it),
-    /// cut to 15 s → (audio_22k, audio_16k).
-    pub fn front(&self, speaker: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// cut to 15 s.
+    pub fn front(&self, speaker: &Tensor) -> Result<Front> {
         if speaker.rank() != 1 {
             return input_err(format!("pipeline: speaker clip [N] expected, got {:?}", speaker.dims()));
         }
-        self.front.front(speaker, &mut Ctx::plain())
+        let (audio_22k, audio_16k) = self.front.front(speaker, &mut Ctx::plain())?;
+        Ok(Front { audio_22k, audio_16k })
     }
 
     /// Speaker and emotion side (spec §5 steps 2-8, 10): computed once per request, shared by every
     /// text segment, as infer_v2 caches it.
     pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput) -> Result<Prepared> {
-        let mut out: Named = Vec::new();
         let mut c = Ctx::plain();
         if audio_16k.rank() != 1 || audio_22k.rank() != 1 {
             return input_err(format!("pipeline: audio_16k [N], audio_22k [M] expected; got {:?}, {:?}", audio_16k.dims(), audio_22k.dims()));
@@ -223,54 +225,54 @@ impl Pipeline {
         let dev = audio_16k.device().clone();
         // prompt side: w2v-bert features → semantic embedding → codec S_ref, ref mel (22.05 kHz),
         // CAMPPlus style, prompt condition
-        let (feats, mask) = self.w2v.features(audio_16k)?;
-        out.push(("features.input_features".into(), feats.clone()));
-        out.push(("features.attention_mask".into(), mask.clone()));
-        let o = self.w2v.forward(&feats, Some(&mask), &mut c)?;
-        let emb = match o.emb {
+        let (features, attention_mask) = self.w2v.features(audio_16k)?;
+        let o = self.w2v.forward(&features, Some(&attention_mask), &mut c)?;
+        let semantic_emb = match o.emb {
             Some(e) => e,
             None => return input_err("pipeline: the w2v-bert config has no stats (wav2vec2bert_stats.pt must be merged in as `semantic_stats`)"),
         };
-        out.push(("semantic_emb.emb".into(), emb.clone()));
-        let (ref_codes, s_ref) = self.codec.quantize(&emb, &mut c)?;
-        out.push(("s_ref.codes".into(), ref_codes));
-        out.push(("s_ref.emb".into(), s_ref.clone()));
+        let (ref_codes, s_ref) = self.codec.quantize(&semantic_emb, &mut c)?;
         let ref_mel = self.mel.forward(&audio_22k.unsqueeze(0)?, &mut c)?;
-        out.push(("ref_mel.mel".into(), ref_mel.clone()));
-        let feat = self.campplus.fbank(&audio_16k.unsqueeze(0)?, &mut c)?;
-        out.push(("spk_fbank.feat".into(), feat.clone()));
-        let style = self.campplus.forward(&feat.unsqueeze(0)?, &mut c)?;
-        out.push(("style.embedding".into(), style.clone()));
+        let spk_fbank = self.campplus.fbank(&audio_16k.unsqueeze(0)?, &mut c)?;
+        let style = self.campplus.forward(&spk_fbank.unsqueeze(0)?, &mut c)?;
         let tm = ref_mel.dim(2)?;
         let prompt_cond = self.lr.forward(&s_ref, &[tm as i64], &mut c)?;
-        out.push(("prompt_cond.out".into(), prompt_cond.clone()));
         // GPT speaker conditioning
-        let lens = i64_tensor(&[emb.dim(1)? as i64], &dev)?;
-        let spk = self.gpt.spk_cond(&emb.transpose(1, 2)?.contiguous()?, &lens, &mut c)?;
-        out.push(("spk_latent.latent".into(), spk.clone()));
+        let lens = i64_tensor(&[semantic_emb.dim(1)? as i64], &dev)?;
+        let spk = self.gpt.spk_cond(&semantic_emb.transpose(1, 2)?.contiguous()?, &lens, &mut c)?;
         // emotion: the emotion clip's embedding, merge_emovec, the 8-weight vector
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
-        let (efeats, emask) = self.w2v.features(&emo_clip)?;
-        out.push(("emo_features.input_features".into(), efeats.clone()));
-        out.push(("emo_features.attention_mask".into(), emask.clone()));
-        let eo = self.w2v.forward(&efeats, Some(&emask), &mut c)?;
+        let (emo_features, emo_attention_mask) = self.w2v.features(&emo_clip)?;
+        let eo = self.w2v.forward(&emo_features, Some(&emo_attention_mask), &mut c)?;
         let emo_emb = eo.emb.unwrap_or(eo.hidden); // has stats: checked above
-        out.push(("emo_emb.emb".into(), emo_emb.clone()));
         let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
         let alpha_t = Tensor::new(&[alpha], &dev)?;
-        let merged = self.gpt.merge_emovec(&emb, &lens, &emo_emb, &emo_lens, &alpha_t, &mut c)?;
-        out.push(("emovec.emovec".into(), merged.clone()));
+        let merged_emovec = self.gpt.merge_emovec(&semantic_emb, &lens, &emo_emb, &emo_lens, &alpha_t, &mut c)?;
         let w_t = Tensor::new(weights.as_slice(), &dev)?;
-        let (emovec, rows) = self.emotion.mix(&style, &merged, &w_t, &mut c)?;
-        out.push(("emo_mix.emovec".into(), emovec.clone()));
-        out.push(("emo_mix.rows".into(), rows));
-        Ok(Prepared { outputs: out, ref_mel, style, prompt_cond, spk, emovec })
+        let (emovec, emo_rows) = self.emotion.mix(&style, &merged_emovec, &w_t, &mut c)?;
+        Ok(Prepared {
+            features,
+            attention_mask,
+            semantic_emb,
+            ref_codes,
+            s_ref,
+            ref_mel,
+            spk_fbank,
+            style,
+            prompt_cond,
+            spk,
+            emo_features,
+            emo_attention_mask,
+            emo_emb,
+            merged_emovec,
+            emovec,
+            emo_rows,
+        })
     }
 
     /// One text segment (spec §5 steps 11-16): greedy codes, teacher-forced logits, latent, S_infer,
     /// target condition, CFM (noise = the first frames of `z_pool`), vocoder.
-    pub fn segment(&self, p: &Prepared, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Named> {
-        let mut out: Named = Vec::new();
+    pub fn segment(&self, p: &Prepared, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Segment> {
         let mut c = Ctx::plain();
         if text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
             return input_err("pipeline: text [1,L], z_pool [1,C,F], t_span [S+1] expected");
@@ -278,27 +280,21 @@ impl Pipeline {
         let dev = text.device().clone();
         let (spk, emovec) = (&p.spk, &p.emovec);
         let codes = self.gpt.greedy(spk, emovec, text, max_tokens)?;
-        out.push(("codes.codes".into(), codes.clone()));
         let lc = codes.dim(1)?;
         if lc == 0 {
             return input_err("pipeline: the decoder emitted the stop token first (no codes)");
         }
-        let logits = self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?;
-        out.push(("code_logits.logits".into(), logits));
+        let code_logits = self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?;
         let text_lens = i64_tensor(&[text.dim(1)? as i64], &dev)?;
         let code_lens = i64_tensor(&[lc as i64], &dev)?;
         let latent = self.gpt.forward_latent(spk, text, &text_lens, &codes, &code_lens, emovec, &mut c)?;
-        out.push(("latent.latent".into(), latent.clone()));
         // S_infer = vq2emb(codes)ᵀ + gpt_layer(latent)
-        let vq = self.codec.vq2emb(&codes, &mut c)?;
-        out.push(("vq_emb.emb".into(), vq.clone()));
-        let proj = self.lr.latent_proj(&latent, &mut c)?;
-        out.push(("s_infer.out".into(), proj.clone()));
-        let s_infer = (vq.transpose(1, 2)? + &proj)?;
+        let vq_emb = self.codec.vq2emb(&codes, &mut c)?;
+        let latent_proj = self.lr.latent_proj(&latent, &mut c)?;
+        let s_infer = (vq_emb.transpose(1, 2)? + &latent_proj)?;
         // target side: int(Lc · 1.72) frames, CFM over [prompt ‖ target], keep the target part, vocode
         let tt = ((lc as f64 * LENGTH_RATIO) as usize).max(1);
         let target_cond = self.lr.forward(&s_infer, &[tt as i64], &mut c)?;
-        out.push(("target_cond.out".into(), target_cond.clone()));
         let mu = Tensor::cat(&[&p.prompt_cond, &target_cond], 1)?;
         let tm = p.ref_mel.dim(2)?;
         let total = tm + tt;
@@ -308,15 +304,13 @@ impl Pipeline {
         let z = z_pool.narrow(2, 0, total)?.contiguous()?;
         let ts = t_span.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let states = self.dit.solve_euler(&z, &[total as i64], &p.ref_mel, &mu, &p.style, &ts, &mut c)?;
-        let mel = match states.last() {
+        let cfm_mel = match states.last() {
             Some(m) => m.clone(),
             None => return input_err("pipeline: t_span needs at least two points"),
         };
-        out.push(("cfm_mel.mel".into(), mel.clone()));
-        let target_mel = mel.narrow(2, tm, tt)?.contiguous()?;
+        let target_mel = cfm_mel.narrow(2, tm, tt)?.contiguous()?;
         let wav = self.vocoder.forward(&target_mel, &mut c)?;
-        out.push(("wav.wav".into(), wav));
-        Ok(out)
+        Ok(Segment { codes, code_logits, latent, vq_emb, latent_proj, target_cond, cfm_mel, wav })
     }
 }
 
@@ -327,105 +321,132 @@ pub struct TtsOutput {
     pub segment_samples: Vec<usize>,
 }
 
-/// The per-request state shared by every text segment.
+/// Stage `front` (spec §5 step 1): the speaker clip at 22.05 kHz and 16 kHz.
+pub struct Front {
+    pub audio_22k: Tensor,
+    pub audio_16k: Tensor,
+}
+
+/// The per-request state shared by every text segment: each stage output of the speaker/emotion
+/// side (the doc comment names the stage as the Python walk does).
 pub struct Prepared {
-    /// stage outputs of the speaker/emotion side, named as in `synthesize`
-    pub outputs: Named,
+    /// `features.input_features`
+    pub features: Tensor,
+    /// `features.attention_mask`
+    pub attention_mask: Tensor,
+    /// `semantic_emb.emb`
+    pub semantic_emb: Tensor,
+    /// `s_ref.codes`
+    pub ref_codes: Tensor,
+    /// `s_ref.emb`
+    pub s_ref: Tensor,
+    /// `ref_mel.mel`
     pub ref_mel: Tensor,
+    /// `spk_fbank.feat`
+    pub spk_fbank: Tensor,
+    /// `style.embedding`
     pub style: Tensor,
+    /// `prompt_cond.out`
     pub prompt_cond: Tensor,
+    /// `spk_latent.latent`
     pub spk: Tensor,
+    /// `emo_features.input_features`
+    pub emo_features: Tensor,
+    /// `emo_features.attention_mask`
+    pub emo_attention_mask: Tensor,
+    /// `emo_emb.emb`
+    pub emo_emb: Tensor,
+    /// `emovec.emovec` (merge_emovec)
+    pub merged_emovec: Tensor,
+    /// `emo_mix.emovec` (after the 8-weight mix: what the GPT is conditioned on)
     pub emovec: Tensor,
+    /// `emo_mix.rows`
+    pub emo_rows: Tensor,
 }
 
-impl Runnable for Pipeline {
-    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
-        match method {
-            "synthesize" => {
-                let mut rest = inputs.clone();
-                let (clip, weights) = take_emotion(&mut rest)?;
-                let i = take(&rest, method, &["speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
-                crate::registry::expect_float(i[0], "speaker")?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
-                let out = self.synthesize(i[0], &emotion, i[1], i[2], i[3], i[4])?;
-                for (n, t) in &out {
-                    ctx.tap(n, t); // stage outputs double as taps, in pipeline order
-                }
-                Ok(out)
-            }
-            "tts" => {
-                let mut rest = inputs.clone();
-                let (clip, weights) = take_emotion(&mut rest)?;
-                let max_seg = match rest.remove("max_segment_tokens") {
-                    Some(t) => scalar_i64(&t, "max_segment_tokens")? as usize,
-                    None => DEFAULT_MAX_SEGMENT_TOKENS,
-                };
-                let interval = match rest.remove("interval_ms") {
-                    Some(t) => scalar_i64(&t, "interval_ms")?,
-                    None => INTERVAL_SILENCE_MS,
-                };
-                let i = take(&rest, method, &["speaker", "text_codepoints", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
-                crate::registry::expect_float(i[0], "speaker")?;
-                let text = codepoints(i[1])?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
-                let o = self.tts(&text, i[0], &emotion, i[2], i[3], i[4], max_seg, interval)?;
-                let dev = i[0].device();
-                let ids: Vec<i64> = o.segments.iter().flatten().map(|&x| x as i64).collect();
-                let lens: Vec<i64> = o.segments.iter().map(|s| s.len() as i64).collect();
-                let samples: Vec<i64> = o.segment_samples.iter().map(|&n| n as i64).collect();
-                Ok(vec![
-                    ("wav".into(), o.wav),
-                    ("ids".into(), Tensor::from_vec(ids.clone(), ids.len(), dev)?),
-                    ("segment_lens".into(), Tensor::from_vec(lens.clone(), lens.len(), dev)?),
-                    ("segment_samples".into(), Tensor::from_vec(samples.clone(), samples.len(), dev)?),
-                ])
-            }
-            _ => input_err(format!("pipeline has no method `{method}` (methods: [\"synthesize\", \"tts\"])")),
-        }
+/// One text segment's stage outputs.
+pub struct Segment {
+    /// `codes.codes`: greedy GPT codes [1, Lc]
+    pub codes: Tensor,
+    /// `code_logits.logits`: teacher-forced logits over the codes
+    pub code_logits: Tensor,
+    /// `latent.latent`
+    pub latent: Tensor,
+    /// `vq_emb.emb`: vq2emb(codes)
+    pub vq_emb: Tensor,
+    /// `s_infer.out`: gpt_layer(latent); S_infer = vq_embᵀ + this
+    pub latent_proj: Tensor,
+    /// `target_cond.out`
+    pub target_cond: Tensor,
+    /// `cfm_mel.mel`: the last CFM state over [prompt ‖ target]
+    pub cfm_mel: Tensor,
+    /// `wav.wav`: the vocoded target part
+    pub wav: Tensor,
+}
+
+/// Every stage output of one `synthesize` call.
+pub struct Synthesis {
+    pub front: Front,
+    pub prepared: Prepared,
+    pub segment: Segment,
+}
+
+fn named(v: &[(&str, &Tensor)]) -> Named {
+    v.iter().map(|(n, t)| (n.to_string(), (*t).clone())).collect()
+}
+
+impl Front {
+    pub fn named(&self) -> Named {
+        named(&[("front.audio_22k", &self.audio_22k), ("front.audio_16k", &self.audio_16k)])
     }
 }
 
-/// The two optional emotion inputs, taken out before the strict input check.
-fn take_emotion(rest: &mut BTreeMap<String, Tensor>) -> Result<(Option<Tensor>, Option<Vec<f32>>)> {
-    let clip = rest.remove("emo_16k");
-    if let Some(c) = &clip {
-        crate::registry::expect_float(c, "emo_16k")?;
-        if c.rank() != 1 {
-            return input_err(format!("emo_16k: [N] expected, got {:?}", c.dims()));
-        }
-    }
-    let weights = match rest.remove("emo_weights") {
-        Some(w) => {
-            crate::registry::expect_float(&w, "emo_weights")?;
-            Some(w.flatten_all()?.to_vec1::<f32>()?)
-        }
-        None => None,
-    };
-    Ok((clip, weights))
-}
-
-fn scalar_f32(t: &Tensor, name: &str) -> Result<f32> {
-    crate::registry::expect_float(t, name)?;
-    match t.flatten_all()?.to_vec1::<f32>()?.as_slice() {
-        [a] => Ok(*a),
-        v => input_err(format!("{name}: one value expected, got {}", v.len())),
+impl Prepared {
+    /// The stage outputs as `<stage>.<output>`, in pipeline order.
+    pub fn named(&self) -> Named {
+        named(&[
+            ("features.input_features", &self.features),
+            ("features.attention_mask", &self.attention_mask),
+            ("semantic_emb.emb", &self.semantic_emb),
+            ("s_ref.codes", &self.ref_codes),
+            ("s_ref.emb", &self.s_ref),
+            ("ref_mel.mel", &self.ref_mel),
+            ("spk_fbank.feat", &self.spk_fbank),
+            ("style.embedding", &self.style),
+            ("prompt_cond.out", &self.prompt_cond),
+            ("spk_latent.latent", &self.spk),
+            ("emo_features.input_features", &self.emo_features),
+            ("emo_features.attention_mask", &self.emo_attention_mask),
+            ("emo_emb.emb", &self.emo_emb),
+            ("emovec.emovec", &self.merged_emovec),
+            ("emo_mix.emovec", &self.emovec),
+            ("emo_mix.rows", &self.emo_rows),
+        ])
     }
 }
 
-fn scalar_i64(t: &Tensor, name: &str) -> Result<i64> {
-    if t.dtype() != DType::I64 || t.elem_count() != 1 {
-        return input_err(format!("{name}: one int64 value expected, got {:?} {:?}", t.dtype(), t.dims()));
+impl Segment {
+    /// The stage outputs as `<stage>.<output>`, in pipeline order (the last is `wav.wav`).
+    pub fn named(&self) -> Named {
+        named(&[
+            ("codes.codes", &self.codes),
+            ("code_logits.logits", &self.code_logits),
+            ("latent.latent", &self.latent),
+            ("vq_emb.emb", &self.vq_emb),
+            ("s_infer.out", &self.latent_proj),
+            ("target_cond.out", &self.target_cond),
+            ("cfm_mel.mel", &self.cfm_mel),
+            ("wav.wav", &self.wav),
+        ])
     }
-    Ok(t.flatten_all()?.to_vec1::<i64>()?[0])
 }
 
-/// Text on the tensor wire: Unicode code points as int64 [n].
-fn codepoints(t: &Tensor) -> Result<String> {
-    if t.dtype() != DType::I64 || t.rank() != 1 {
-        return input_err(format!("text_codepoints: int64 [n] expected, got {:?} {:?}", t.dtype(), t.dims()));
+impl Synthesis {
+    /// Every stage output as `<stage>.<output>`, in pipeline order, as the Python walk names them.
+    pub fn named(&self) -> Named {
+        let mut v = self.front.named();
+        v.extend(self.prepared.named());
+        v.extend(self.segment.named());
+        v
     }
-    t.to_vec1::<i64>()?
-        .into_iter()
-        .map(|c| u32::try_from(c).ok().and_then(char::from_u32).ok_or_else(|| crate::Error::Input(format!("text_codepoints: {c} is not a Unicode scalar value"))))
-        .collect()
 }

@@ -1,0 +1,97 @@
+//! The one table that maps a model kind to its Candle implementation: kind → load, kind → faults.
+//! It sits above every model and the pipeline (nothing in the crate imports it back); the bindings
+//! dispatch through here. Adding a kind = its file, its `impl Runnable` (in `models.rs` unless the model
+//! file has its own; the pipeline's in `pipeline.rs`) and one row in `TABLE`.
+mod models;
+mod pipeline;
+
+use crate::ctx::Faults;
+use crate::error::{input_err, Error, Result};
+use crate::runnable::Runnable;
+use crate::store::Weights;
+
+fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::Input(format!("invalid {kind} config: {e}")))
+}
+
+type Load = fn(&Weights, &str, Faults) -> Result<Box<dyn Runnable>>;
+
+/// One row per kind: its name (the Python registry's), its fault switches, its loader.
+struct Kind {
+    name: &'static str,
+    faults: fn() -> &'static [&'static str],
+    load: Load,
+}
+
+macro_rules! kind {
+    ($name:literal, $ty:ty, $faults:expr) => {
+        Kind {
+            name: $name,
+            faults: || $faults,
+            load: |w, json, f| Ok(Box::new(<$ty>::load(w, parse($name, json)?, f)?)),
+        }
+    };
+}
+
+const TABLE: [Kind; 11] = [
+    kind!("bigvgan", crate::bigvgan::BigVgan, crate::bigvgan::FAULTS),
+    kind!("dit", crate::dit::Dit, crate::dit::FAULTS),
+    kind!("gpt", crate::gpt::UnifiedVoice, crate::gpt::FAULTS),
+    kind!("length_regulator", crate::length_regulator::Regulator, crate::length_regulator::FAULTS),
+    kind!("w2v_bert", crate::w2v_bert::W2vBert, crate::w2v_bert::FAULTS),
+    kind!("semantic_codec", crate::semantic_codec::SemanticCodec, crate::semantic_codec::FAULTS),
+    kind!("campplus", crate::campplus::CampPlus, crate::campplus::FAULTS),
+    kind!("mel_spectrogram", crate::mel::MelSpectrogram, crate::mel::FAULTS),
+    kind!("resample", crate::resample::Resampler, crate::resample::FAULTS),
+    kind!("emotion", crate::emotion::EmotionMatrices, crate::emotion::FAULTS),
+    kind!("pipeline", crate::pipeline::Pipeline, crate::pipeline::faults()),
+];
+
+/// Every kind, in the table's order.
+pub const KINDS: &[&str] = &{
+    let mut names = [""; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        names[i] = TABLE[i].name;
+        i += 1;
+    }
+    names
+};
+
+fn row(kind: &str) -> Option<&'static Kind> {
+    TABLE.iter().find(|k| k.name == kind)
+}
+
+/// The fault switches a kind accepts (the pipeline's are `<kind>:<fault>` of its components).
+pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
+    match row(kind) {
+        Some(k) => Ok((k.faults)()),
+        None => input_err(format!("unknown model kind `{kind}`; known: {KINDS:?}")),
+    }
+}
+
+/// Builds a kind from its weights and JSON config; `fault_names` are checked against [`faults`].
+pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
+    let f = Faults::new(fault_names, faults(kind)?, kind)?;
+    match row(kind) {
+        Some(k) => (k.load)(w, config_json, f),
+        None => input_err(format!("unknown model kind `{kind}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipeline's component table and this one name the same fault list for every kind.
+    #[test]
+    fn pipeline_components_agree_with_the_table() {
+        for c in crate::pipeline::COMPONENTS {
+            assert_eq!(faults(c.kind).unwrap(), c.faults, "{}", c.kind);
+        }
+        assert!(faults("nope").is_err());
+        assert_eq!(KINDS.len(), TABLE.len());
+        assert_eq!(KINDS[0], "bigvgan");
+        assert_eq!(KINDS[10], "pipeline");
+    }
+}
