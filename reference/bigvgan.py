@@ -210,6 +210,8 @@ class BigVGAN(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         self.cfg = cfg
+        if cfg.get("use_cuda_kernel", False):
+            raise NotImplementedError("use_cuda_kernel=True: the fused CUDA anti-alias kernel is not reproduced")
         c0 = cfg["upsample_initial_channel"]
         self.num_kernels = len(cfg["resblock_kernel_sizes"])
         self.conv_pre = weight_norm(nn.Conv1d(cfg["num_mels"], c0, 7, 1, padding=3))
@@ -300,7 +302,7 @@ def _output_gain(cfg: dict) -> dict:
     return {"conv_post.weight_g": fill}
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
 SPEC = ModelSpec(
     name="bigvgan",
@@ -325,5 +327,27 @@ SPEC = ModelSpec(
         "kaiser_periodic_window": ("bigvgan_vocode", "resblocks.0.activations.0.upsample"),
         "weight_f16": ("bigvgan_vocode", "resblocks.1.convs1.1"),
     },
+    # Every key the official `BigVGAN(h, use_cuda_kernel)` reads, at a value other than TINY's
+    # (tests/test_config_space.py): implemented on both sides, or refused by Candle naming it.
+    config_space=(
+        ConfigRow("activation", "snake", {"activation": "snake"}, "parity"),
+        ConfigRow("snake_logscale", False, {"snake_logscale": False}, "parity"),
+        ConfigRow("use_tanh_at_final", True, {"use_tanh_at_final": True}, "parity"),
+        ConfigRow("use_bias_at_final", True, {"use_bias_at_final": True}, "parity"),
+        ConfigRow("resblock", "2", {"resblock": "2"}, "parity"),
+        # kernel 5 at rate 2: (k − u) odd, so the stage gives 2T + 1 samples (as torch does)
+        ConfigRow("upsample_rates", [3, 2], {"upsample_rates": [3, 2], "upsample_kernel_sizes": [7, 5]}, "parity"),
+        ConfigRow("upsample_kernel_sizes", [12, 6], {"upsample_kernel_sizes": [12, 6]}, "parity"),
+        ConfigRow("upsample_initial_channel", 24, {"upsample_initial_channel": 24}, "parity"),
+        ConfigRow("resblock_kernel_sizes", [5, 9], {"resblock_kernel_sizes": [5, 9], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]]}, "parity"),
+        ConfigRow("resblock_dilation_sizes", [[2], [1, 4], [3, 1]], {"resblock_dilation_sizes": [[2], [1, 4], [3, 1]]}, "parity"),
+        ConfigRow("num_mels", 24, {"num_mels": 24}, "parity"),
+        ConfigRow("use_cuda_kernel", True, {"use_cuda_kernel": True}, "refused"),
+        ConfigRow("resblock", "3", {"resblock": "3"}, "refused"),
+        ConfigRow("activation", "relu", {"activation": "relu"}, "refused"),
+        ConfigRow("resblock_kernel_sizes", [3, 4, 11], {"resblock_kernel_sizes": [3, 4, 11]}, "refused"),
+        ConfigRow("upsample_kernel_sizes", [8], {"upsample_kernel_sizes": [8]}, "refused"),
+        ConfigRow("upsample_kernel_sizes", [2, 4], {"upsample_kernel_sizes": [2, 4]}, "refused"),
+    ),
     init_overrides=_output_gain,
 )

@@ -11,9 +11,9 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::nn::Conv1d;
 use crate::store::Weights;
-use crate::transforms::load_weight_norm;
+use crate::transforms::{load_weight_norm, weight_norm_fold};
 use activation::{Activation1d, FilterFaults};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use resblock::{AmpBlock, BlockOpts};
 use serde::Deserialize;
 
@@ -21,19 +21,40 @@ pub use activation::kaiser_sinc_filter;
 
 /// `h.resblock`: AMPBlock1 ("1", two convs per dilation) or AMPBlock2 ("2", one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Resblock {
-    #[serde(rename = "1")]
     One,
-    #[serde(rename = "2")]
     Two,
+}
+
+impl TryFrom<String> for Resblock {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "1" => Ok(Resblock::One),
+            "2" => Ok(Resblock::Two),
+            _ => Err(format!("BigVGAN resblock {s:?} is not supported (supported: \"1\", \"2\")")),
+        }
+    }
 }
 
 /// `h.activation` of every AMP block and of `activation_post`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Activation {
     Snake,
     SnakeBeta,
+}
+
+impl TryFrom<String> for Activation {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "snake" => Ok(Activation::Snake),
+            "snakebeta" => Ok(Activation::SnakeBeta),
+            _ => Err(format!("BigVGAN activation {s:?} is not supported (supported: \"snake\", \"snakebeta\")")),
+        }
+    }
 }
 
 /// The generator keys of BigVGAN's `config.json` (the `h` of the official `BigVGAN(h,
@@ -136,16 +157,20 @@ impl BigVganConfig {
         }
         for (&u, &k) in self.upsample_rates.iter().zip(&self.upsample_kernel_sizes) {
             if u == 0 || k < u {
-                return input_err(format!("BigVGAN upsample kernel {k} with rate {u}: needs rate ≥ 1 and kernel ≥ rate (padding (k − u)/2)"));
+                return input_err(format!(
+                    "BigVGAN upsample_kernel_sizes {:?} with upsample_rates {:?}: each rate must be ≥ 1 and each kernel ≥ its rate (padding (k − u)/2; torch rejects a negative one)",
+                    self.upsample_kernel_sizes, self.upsample_rates
+                ));
             }
         }
-        if let Some(&k) = self.resblock_kernel_sizes.iter().find(|&&k| k % 2 == 0) {
+        if self.resblock_kernel_sizes.iter().any(|&k| k % 2 == 0) {
             return input_err(format!(
-                "BigVGAN resblock_kernel_sizes: even kernel {k} is not supported (its 'same' padding shortens the signal and the residual add fails)"
+                "BigVGAN resblock_kernel_sizes {:?}: an even kernel is not supported (its padding (k·d − d)/2 shortens the signal and the official residual add fails)",
+                self.resblock_kernel_sizes
             ));
         }
         if self.resblock_dilation_sizes.iter().flatten().any(|&d| d == 0) {
-            return input_err("BigVGAN resblock_dilation_sizes: dilation 0 is invalid");
+            return input_err(format!("BigVGAN resblock_dilation_sizes {:?}: dilation 0 is invalid", self.resblock_dilation_sizes));
         }
         Ok(())
     }
@@ -162,6 +187,29 @@ pub const FAULTS: &[&str] = &[
     "kaiser_periodic_window", // filters rebuilt with torch.kaiser_window's default periodic=True
     "weight_f16",             // resblocks.1.convs1.1's weight rounded to f16 at load
 ];
+
+/// A weight-normed weight, `g · v / ‖v‖` folded in f64 and rounded once. Candle's f32 sum of squares
+/// runs sequentially over Cin·k (up to 8448) terms: at official width that per-channel norm error
+/// alone put the convs at ratio ≈ 2 (max 2.5, rms 1.9 at resblocks.0.convs1.0); folded in f64 they
+/// sit at the conv's own rounding (≤ 1.0), as torch's f32 fold does. An already fused `weight`
+/// (BigVGAN's `from_pretrained` after `remove_weight_norm`) is read as is.
+fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool) -> Result<Tensor> {
+    if skip_fold || (!w.contains("weight_v") && w.contains("weight")) {
+        return load_weight_norm(w, shape, skip_fold);
+    }
+    let mut g_dims = vec![1usize; shape.len()];
+    g_dims[0] = shape[0];
+    let g = w.get(g_dims, "weight_g")?;
+    let v = w.get(shape, "weight_v")?;
+    Ok(weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?)
+}
+
+/// A weight-normed `nn.Conv1d` (stride 1), its weight folded by `wn_weight`.
+fn wn_conv1d(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, dilation: usize, skip: bool) -> Result<Conv1d> {
+    let weight = wn_weight(w, &[shape.0, shape.1, shape.2], skip)?;
+    let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
+    Ok(Conv1d::new(weight, b, padding, 1, dilation))
+}
 
 struct ConvTranspose1d {
     w: Tensor, // [Cin, Cout, k]
@@ -198,13 +246,13 @@ impl BigVgan {
         };
         let opts = BlockOpts::new(&cfg, skip, faults.on("snake_no_exp"), filters);
         let c0 = cfg.upsample_initial_channel;
-        let conv_pre = Conv1d::load_wn(&w.pp("conv_pre"), (c0, cfg.num_mels, 7), true, 3, 1, skip)?;
+        let conv_pre = wn_conv1d(&w.pp("conv_pre"), (c0, cfg.num_mels, 7), true, 3, 1, skip)?;
         let mut ups = Vec::new();
         let mut resblocks = Vec::new();
         for (i, (&u, &k)) in cfg.upsample_rates.iter().zip(&cfg.upsample_kernel_sizes).enumerate() {
             let (cin, cout) = (c0 >> i, c0 >> (i + 1));
             let uw = w.pp(format!("ups.{i}.0"));
-            let mut weight = load_weight_norm(&uw, (cin, cout, k), skip)?;
+            let mut weight = wn_weight(&uw, &[cin, cout, k], skip)?;
             if i == 0 && faults.on("ups_kernel_flipped") {
                 let idx = Tensor::arange(0u32, k as u32, w.device())?.affine(-1.0, (k - 1) as f64)?;
                 weight = weight.index_select(&idx, 2)?;
@@ -227,7 +275,7 @@ impl BigVgan {
         }
         let ch = c0 >> cfg.upsample_rates.len();
         let activation_post = opts.activation(&w.pp("activation_post"), ch)?;
-        let conv_post = Conv1d::load_wn(&w.pp("conv_post"), (1, ch, 7), cfg.use_bias_at_final, 3, 1, skip)?;
+        let conv_post = wn_conv1d(&w.pp("conv_post"), (1, ch, 7), cfg.use_bias_at_final, 3, 1, skip)?;
         Ok(BigVgan { cfg, conv_pre, ups, resblocks, activation_post, conv_post, faults })
     }
 
@@ -268,5 +316,45 @@ impl BigVgan {
             return ctx.block("tanh", &x, |x| Ok(x.tanh()?));
         }
         ctx.block("clamp", &x, |x| Ok(if self.faults.on("no_final_clamp") { x.clone() } else { x.clamp(-1f32, 1f32)? }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFICIAL: &str = r#"{"resblock": "1", "upsample_rates": [4,4,2,2,2,2], "upsample_kernel_sizes": [8,8,4,4,4,4],
+        "upsample_initial_channel": 1536, "resblock_kernel_sizes": [3,7,11],
+        "resblock_dilation_sizes": [[1,3,5], [1,3,5], [1,3,5]], "use_tanh_at_final": false,
+        "use_bias_at_final": false, "activation": "snakebeta", "snake_logscale": true, "num_mels": 80,
+        "n_fft": 1024, "hop_size": 256, "win_size": 1024, "sampling_rate": 22050, "fmin": 0, "fmax": null}"#;
+
+    #[test]
+    fn default_is_the_official_22k_config() {
+        let c: BigVganConfig = serde_json::from_str(OFFICIAL).unwrap();
+        assert_eq!(c, BigVganConfig::default());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn absent_final_flags_default_to_true_as_in_the_official_class() {
+        let v: serde_json::Value = serde_json::from_str(OFFICIAL).unwrap();
+        let mut m = v.as_object().unwrap().clone();
+        m.remove("use_tanh_at_final");
+        m.remove("use_bias_at_final");
+        let c: BigVganConfig = serde_json::from_value(serde_json::Value::Object(m)).unwrap();
+        assert!(c.use_tanh_at_final && c.use_bias_at_final);
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_refused() {
+        let e = serde_json::from_str::<BigVganConfig>(&OFFICIAL.replace("\"snake_logscale\"", "\"snake_log_scale\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("snake_log_scale"), "{e}");
+        let e = serde_json::from_str::<BigVganConfig>(&OFFICIAL.replace("\"snakebeta\"", "\"relu\"")).unwrap_err().to_string();
+        assert!(e.contains("activation \"relu\""), "{e}");
+        let e = serde_json::from_str::<BigVganConfig>(&OFFICIAL.replace("\"resblock\": \"1\"", "\"resblock\": \"3\"")).unwrap_err().to_string();
+        assert!(e.contains("resblock \"3\""), "{e}");
     }
 }

@@ -33,7 +33,7 @@ impl BlockOpts {
 }
 
 fn wn_conv(w: &Weights, ch: usize, k: usize, d: usize, o: &BlockOpts) -> Result<Conv1d> {
-    Conv1d::load_wn(w, (ch, ch, k), true, d * (k - 1) / 2, d, o.skip_weight_norm)
+    super::wn_conv1d(w, (ch, ch, k), true, d * (k - 1) / 2, d, o.skip_weight_norm)
 }
 
 pub enum AmpBlock {
