@@ -620,7 +620,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry rows live beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry rows live beside the model)
 
 
 def _nest(prefixes: dict[str, str], state_dict: dict) -> dict:
@@ -759,6 +759,27 @@ DIT_SPEC = ModelSpec(
         "softmax_scale_dim": ("dit_estimator", "estimator.transformer.layers.0.attention.scaled_dot_product_attention"),
         "ffn_swish_beta": ("dit_estimator", "estimator.transformer.layers.0.feed_forward.silu"),
     },
+    config_space=(
+        ConfigRow("long_skip_connection", False, {"long_skip_connection": False}, "parity"),
+        ConfigRow("is_causal", True, {"is_causal": True}, "parity"),
+        ConfigRow("zero_prompt_speech_token", True, {"zero_prompt_speech_token": True}, "parity", case="dit_cfm"),
+        ConfigRow("uvit_skip_connection", False, {"uvit_skip_connection": False}, "parity"),
+        ConfigRow("style_condition", False, {"style_condition": False, "wavenet_style_condition": False}, "parity"),
+        # the official DiT ignores block_size (16384 positions); config.yaml's 8192 is the default here
+        ConfigRow("block_size", 16384, {"block_size": 16384}, "parity"),
+        ConfigRow("content_type", "continuous", {"content_type": "continuous"}, "parity"),
+        ConfigRow("content_codebook_size", 16, {"content_codebook_size": 16}, "parity"),
+        ConfigRow("class_dropout_prob", 0.0, {"class_dropout_prob": 0.0}, "parity"),
+        ConfigRow("reg_loss_type", "l2", {"reg_loss_type": "l2"}, "parity"),
+        ConfigRow("wavenet_dilation_rate", 2, {"wavenet_dilation_rate": 2}, "parity"),
+        ConfigRow("wavenet_kernel_size", 3, {"wavenet_kernel_size": 3}, "parity"),
+        ConfigRow("wavenet_p_dropout", 0.0, {"wavenet_p_dropout": 0.0}, "parity"),
+        ConfigRow("time_as_token", True, {"time_as_token": True}, "refused"),
+        ConfigRow("style_as_token", True, {"style_as_token": True}, "refused"),
+        ConfigRow("final_layer_type", "mlp", {"final_layer_type": "mlp"}, "refused"),
+        ConfigRow("wavenet_style_condition", False, {"wavenet_style_condition": False}, "refused"),
+        ConfigRow("dit_type", "UNet", {"dit_type": "UNet"}, "refused", match="unknown variant"),
+    ),
     untapped={
         "estimator.wavenet.*.conv.conv": "the weight-normed Conv1d inside encodec's SConv1d: tapped as the SConv1d "
                                          "(`…in_layers.N`, `…res_skip_layers.N`, `…cond_layer`) = reflect pad1d + this conv",
@@ -782,6 +803,9 @@ LENGTH_REGULATOR_SPEC = ModelSpec(
         Case("length_regulator_upsample", "forward", regulator_inputs, run_regulator),
         Case("length_regulator_batch", "forward", lambda cfg, seed: regulator_inputs(cfg, seed, 9, 17, 2), run_regulator),
         Case("length_regulator_latent_proj", "latent_proj", latent_inputs, run_latent),
+        # one row masked inside the output (with sampling_ratios=[]: inside the input length too)
+        Case("length_regulator_masked", "forward",
+             lambda cfg, seed: {**regulator_inputs(cfg, seed, 9, 17, 2), "ylens": np.array([17, 5], np.int64)}, run_regulator),
     ),
     prefix="net",
     manifest_prefix="net",
@@ -799,6 +823,21 @@ LENGTH_REGULATOR_SPEC = ModelSpec(
         "groupnorm_eps": ("length_regulator_upsample", "length_regulator.model.1"),
         "mish_as_swish": ("length_regulator_upsample", "length_regulator.model.2"),
     },
+    config_space=(
+        # no resampling: the output keeps the input's 9 frames although the target is 17 (official)
+        ConfigRow("sampling_ratios", [], {"sampling_ratios": []}, "parity", case="length_regulator_masked"),
+        ConfigRow("sampling_ratios", [1, 1], {"sampling_ratios": [1, 1]}, "parity"),
+        ConfigRow("sampling_ratios", [2, 3, 2, 3], {"sampling_ratios": [2, 3, 2, 3]}, "parity"),  # values never read
+        ConfigRow("f0_condition", True, {"f0_condition": True}, "parity"),
+        ConfigRow("n_f0_bins", 4, {"f0_condition": True, "n_f0_bins": 4}, "parity"),
+        ConfigRow("groups", 4, {"groups": 4}, "parity"),
+        ConfigRow("out_channels", 8, {"out_channels": 8}, "parity"),
+        ConfigRow("codebook_size", 16, {"codebook_size": 16}, "parity"),
+        ConfigRow("quantizer_dropout", 0.5, {"quantizer_dropout": 0.5}, "parity"),
+        ConfigRow("is_discrete", True, {"is_discrete": True}, "refused"),
+        ConfigRow("vector_quantize", True, {"vector_quantize": True}, "refused"),
+        ConfigRow("n_codebooks", 2, {"n_codebooks": 2}, "refused"),
+    ),
     untapped={
         "length_regulator.embedding": "discrete-token embedding; never called with continuous input (allow_unused)",
         "length_regulator.f0_embedding": "f0 embedding; IndexTTS2 never passes f0 (only f0_mask is added)",

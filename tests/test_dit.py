@@ -101,15 +101,22 @@ def test_dit_complete_file_both_kinds_share_it(complete_file):
     assert c.ok, c.line()
 
 
-def test_dit_reference_matches_official_code():
+# Non-default official arguments the reference implements (the config-space parity rows).
+OFFICIAL_VARIANTS = [{}, {"is_causal": True}, {"long_skip_connection": False}, {"uvit_skip_connection": False},
+                     {"style_condition": False, "wavenet_style_condition": False}, {"zero_prompt_speech_token": True},
+                     {"block_size": 16384, "content_type": "continuous", "wavenet_dilation_rate": 2}]
+
+
+@pytest.mark.parametrize("over", OFFICIAL_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "official")
+def test_dit_reference_matches_official_code(over):
     """Our reference against the official CFM/DiT/gpt_fast/WaveNet code itself (PyPI snapshot), same
-    synthetic weights: keys load strictly both ways, the estimator (with a masked row) and the full
-    25-step CFG solve agree bit for bit. The official DiT hard-codes input_pos 16384 (whatever block_size
-    says) and a 256-wide t embedding."""
+    synthetic weights, at the official values and at each implemented non-default argument: keys load
+    strictly both ways, the estimator (with a masked row) and the full 25-step CFG solve agree bit for
+    bit. The official DiT hard-codes input_pos 16384 (whatever block_size says) and a 256-wide t embedding."""
     classes = R.official_classes()
     if classes is None:
         pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
-    cfg = dict(R.TINY_DIT, freq_dim=256)
+    cfg = dict(R.TINY_DIT, freq_dim=256, **over)
     off = classes[0](R.official_args(cfg)).eval()
     synthetic_init(off, 0)
     ours = R.CFM(cfg).eval()
@@ -121,7 +128,8 @@ def test_dit_reference_matches_official_code():
         a = off.estimator(i["x"], i["prompt_x"], i["x_lens"], i["t"], i["style"], i["cond"])
         b = R.run_estimator(ours, i, None)["velocity"]
         assert torch.equal(a, b), (a - b).abs().max()  # bit-exact (same op order, RoPE via polar)
-        a = off.solve_euler(c["z"].clone(), c["x_lens"], c["prompt"], c["mu"], c["style"], None, c["t_span"], 0.7)
+        # the official solver zeroes prompt frames of x and (zero_prompt_speech_token) mu in place
+        a = off.solve_euler(c["z"].clone(), c["x_lens"], c["prompt"], c["mu"].clone(), c["style"], None, c["t_span"], 0.7)
         b = R.run_cfm(ours, c, None)["mel"]
         assert torch.equal(a, b), (a - b).abs().max()
 

@@ -113,15 +113,22 @@ def test_length_regulator_bad_input(what, fixtures, candle_models):
         candle.run(candle_models("length_regulator"), method, bad)
 
 
-def test_length_regulator_reference_matches_official_code():
-    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights: the
-    state dict loads strictly and outputs agree bit for bit, masks and non-integer ratios included."""
+OFFICIAL_VARIANTS = [{}, {"sampling_ratios": []}, {"sampling_ratios": [1, 1]}, {"f0_condition": True, "n_f0_bins": 4},
+                     {"groups": 4, "out_channels": 8, "codebook_size": 16, "quantizer_dropout": 0.5}]
+
+
+@pytest.mark.parametrize("over", OFFICIAL_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "official")
+def test_length_regulator_reference_matches_official_code(over):
+    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights, at the
+    official values and at each implemented non-default argument: the state dict loads strictly and
+    outputs agree bit for bit, masks and non-integer ratios included (without sampling ratios the
+    output keeps the input length; targets below it are skipped, where the official mask multiply fails)."""
     from reference.common import synthetic_init
 
     classes = R.official_classes()
     if classes is None:
         pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
-    cfg = R.TINY_LR
+    cfg = dict(R.TINY_LR, **over)
     off = classes[1](**R.official_regulator_kwargs(cfg)).eval()
     synthetic_init(off, 0)
     ours = R.build_regulator(cfg)
@@ -130,7 +137,24 @@ def test_length_regulator_reference_matches_official_code():
     for t_in, t_out in LENGTHS:
         x = torch.from_numpy(rng.standard_normal((2, t_in, cfg["in_channels"])).astype(np.float32))
         yl = torch.tensor([t_out, max(1, t_out - 2)])
+        if not cfg["sampling_ratios"] and 1 < t_out < t_in:
+            continue
         with torch.no_grad():
             want = off(x, yl, n_quantizers=3)[0]
             got = ours.length_regulator(x, yl)
         assert torch.equal(got, want), (t_in, t_out, (got - want).abs().max())
+
+
+def test_length_regulator_no_ratios_keeps_length(fixtures):
+    """sampling_ratios=[]: no interpolation, the output has the input's frames (not the target's), and
+    a target shorter than the input (> 1 frame) is refused where the official code fails to broadcast."""
+    from parity import fixtures as fxm
+
+    cfg = dict(R.TINY_LR, sampling_ratios=[])
+    f = fxm.synthetic(SPEC, "tiny", cfg)
+    cm = f.candle("cpu")
+    x = np.random.default_rng(0).standard_normal((1, 9, cfg["in_channels"])).astype(np.float32)
+    got, taps = candle.run(cm, "forward", {"x": x, "ylens": np.array([17], np.int64)}, taps=True)
+    assert got["out"].shape == (1, 9, cfg["channels"]) and "length_regulator.interpolate" not in taps
+    with pytest.raises(InputError, match="sampling_ratios"):
+        candle.run(cm, "forward", {"x": x, "ylens": np.array([5], np.int64)})
