@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from parity import candle
 from parity.bench import measure
 from parity.candle import InputError
-from parity.compare import compare
+from parity.compare import compare_noise
 from parity.coverage import coverage
 from parity.registry import MODELS
 from parity.runner import layer_walk, run_reference
-from parity.tolerances import lookup
+from parity.tolerances import rule
 from reference import s2mel as R
 from reference.common import synthetic_init
 from reference.convert import convert
@@ -34,6 +34,16 @@ SPEC = MODELS["dit"]
 EST = next(c for c in SPEC.cases if c.name == "dit_estimator")
 CFM_CASE = next(c for c in SPEC.cases if c.name == "dit_cfm")
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
+
+
+def _noise_ok(fx, case, inputs, got, keys):
+    """Candle's outputs against the float64 reference, judged by the float32 reference's own noise."""
+    ref64, _ = run_reference(fx, case, inputs, dtype=torch.float64)
+    ref32, _ = run_reference(fx, case, inputs, dtype=torch.float32)
+    for k in keys:
+        c = compare_noise(f"output:{k}", ref64[k], ref32[k], got[k], rule("dit", f"output:{k}", "cpu", "float32"))
+        assert c.ok, c.line()
+    return ref64
 
 
 def test_dit_whole_s2mel_manifest_exact():
@@ -78,20 +88,35 @@ def test_dit_complete_file_both_kinds_share_it(complete_file):
     for spec, cm in ((SPEC, dit), (MODELS["length_regulator"], reg)):
         cov = coverage(spec, cm)
         assert cov.ok, cov.summary()
+    refs = {}
     with torch.no_grad():
-        ref = R.run_estimator(m.net["cfm"].eval(), {k: torch.from_numpy(v) for k, v in inputs.items()}, None)
-    c = compare("output:velocity", ref["velocity"].numpy(), got["velocity"], lookup("dit", "output:velocity", "cpu", "float32"))
+        for dt in (torch.float64, torch.float32):
+            cfm = R.CFM(dict(R.TINY_DIT))
+            cfm.load_state_dict(m.net["cfm"].state_dict(), strict=True)
+            cfm = cfm.to(dt).eval()
+            i = {k: torch.from_numpy(v).to(dt) if v.dtype == np.float32 else torch.from_numpy(v) for k, v in inputs.items()}
+            refs[dt] = R.run_estimator(cfm, i, None)["velocity"].numpy()
+    c = compare_noise("output:velocity", refs[torch.float64], refs[torch.float32], got["velocity"],
+                      rule("dit", "output:velocity", "cpu", "float32"))
     assert c.ok, c.line()
 
 
-def test_dit_reference_matches_official_code():
+# Non-default official arguments the reference implements (the config-space parity rows).
+OFFICIAL_VARIANTS = [{}, {"is_causal": True}, {"long_skip_connection": False}, {"uvit_skip_connection": False},
+                     {"style_condition": False, "wavenet_style_condition": False}, {"zero_prompt_speech_token": True},
+                     {"block_size": 16384, "content_type": "continuous", "wavenet_dilation_rate": 2}]
+
+
+@pytest.mark.parametrize("over", OFFICIAL_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "official")
+def test_dit_reference_matches_official_code(over):
     """Our reference against the official CFM/DiT/gpt_fast/WaveNet code itself (PyPI snapshot), same
-    synthetic weights: keys load strictly both ways, the estimator (with a masked row) and the full
-    25-step CFG solve agree bit for bit. The official DiT hard-codes input_pos 16384 and a 256-wide t embedding."""
+    synthetic weights, at the official values and at each implemented non-default argument: keys load
+    strictly both ways, the estimator (with a masked row) and the full 25-step CFG solve agree bit for
+    bit. The official DiT hard-codes input_pos 16384 (whatever block_size says) and a 256-wide t embedding."""
     classes = R.official_classes()
     if classes is None:
         pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
-    cfg = dict(R.TINY_DIT, block_size=16384, freq_dim=256)
+    cfg = dict(R.TINY_DIT, freq_dim=256, **over)
     off = classes[0](R.official_args(cfg)).eval()
     synthetic_init(off, 0)
     ours = R.CFM(cfg).eval()
@@ -103,7 +128,8 @@ def test_dit_reference_matches_official_code():
         a = off.estimator(i["x"], i["prompt_x"], i["x_lens"], i["t"], i["style"], i["cond"])
         b = R.run_estimator(ours, i, None)["velocity"]
         assert torch.equal(a, b), (a - b).abs().max()  # bit-exact (same op order, RoPE via polar)
-        a = off.solve_euler(c["z"].clone(), c["x_lens"], c["prompt"], c["mu"], c["style"], None, c["t_span"], 0.7)
+        # the official solver zeroes prompt frames of x and (zero_prompt_speech_token) mu in place
+        a = off.solve_euler(c["z"].clone(), c["x_lens"], c["prompt"], c["mu"].clone(), c["style"], None, c["t_span"], 0.7)
         b = R.run_cfm(ours, c, None)["mel"]
         assert torch.equal(a, b), (a - b).abs().max()
 
@@ -130,13 +156,12 @@ def test_dit_cfm_every_step_state(fixtures, candle_models):
     """25 Euler/CFG steps with the same injected z: every state and the final mel; prompt stays 0."""
     fx = fixtures("dit")
     inputs = CFM_CASE.make_inputs(fx.cfg, 2)
-    ref, _ = run_reference(fx, CFM_CASE, inputs)
     got, taps = candle.run(candle_models("dit"), "cfm", inputs, taps=True)
-    assert [f"solve_euler.step.{k}" for k in range(25)] == list(taps)
+    steps = [f"solve_euler.step.{k}" for k in range(25)]
+    assert [t for t in taps if t in steps] == steps
+    assert list(taps) == [f"{s}{leaf}" for s in steps for leaf in (".stacked_dphi_dt", ".dphi_dt", "")]
     assert set(got) == {"mel", *(f"x_step_{k}" for k in range(25))}
-    for k in range(25):
-        c = compare(f"output:x_step_{k}", ref[f"x_step_{k}"], got[f"x_step_{k}"], lookup("dit", "output:x", "cpu", "float32"))
-        assert c.ok, c.line()
+    _noise_ok(fx, CFM_CASE, inputs, got, [f"x_step_{k}" for k in range(25)])
     np.testing.assert_array_equal(got["mel"], got["x_step_24"])
     p = inputs["prompt"].shape[-1]
     assert not got["mel"][..., :p].any() and np.abs(got["mel"][..., p:]).max() > 0.1
@@ -147,17 +172,18 @@ def test_dit_cfm_without_guidance(fixtures):
     fx = fixtures("dit")
     cfg = dict(fx.cfg, cfg_rate=0.0)
     cm = candle.Model("dit", fx.safetensors_path, json.dumps(cfg), "cpu", [], SPEC.prefix)
-    ref_model = fx.reference()
+    models = [fx.reference("cpu", dt) for dt in (torch.float64, torch.float32)]
     inputs = CFM_CASE.make_inputs(fx.cfg, 3, steps=4)
-    old = ref_model.cfg_rate
+    old = models[0].cfg_rate
+    got, taps = candle.run(cm, "cfm", inputs, taps=True)
+    assert not any(t.endswith("stacked_dphi_dt") for t in taps) and "solve_euler.step.0.dphi_dt" in taps
     try:
-        ref_model.cfg_rate = 0.0
-        ref, _ = run_reference(fx, CFM_CASE, inputs)
+        for m in models:
+            m.cfg_rate = 0.0
+        _noise_ok(fx, CFM_CASE, inputs, got, ["mel"])
     finally:
-        ref_model.cfg_rate = old
-    got, _ = candle.run(cm, "cfm", inputs)
-    c = compare("output:mel", ref["mel"], got["mel"], lookup("dit", "output:mel", "cpu", "float32"))
-    assert c.ok, c.line()
+        for m in models:
+            m.cfg_rate = old
 
 
 @settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -167,12 +193,9 @@ def test_dit_any_mel_and_prompt_length(frames, prompt_frac, seed, fixtures, cand
     fx = fixtures("dit")
     prompt = int(round(prompt_frac * frames))
     inputs = CFM_CASE.make_inputs(fx.cfg, seed, frames=frames, prompt=prompt, steps=3)
-    ref, _ = run_reference(fx, CFM_CASE, inputs)
     got, _ = candle.run(candle_models("dit"), "cfm", inputs)
     assert got["mel"].shape == (1, fx.cfg["in_channels"], frames)
-    for k in ("mel", "x_step_0"):
-        c = compare(f"output:{k}", ref[k], got[k], lookup("dit", f"output:{k}", "cpu", "float32"))
-        assert c.ok, c.line()
+    _noise_ok(fx, CFM_CASE, inputs, got, ["mel", "x_step_0"])
 
 
 def _bad(inputs, **changes):
@@ -194,7 +217,8 @@ def test_dit_estimator_bad_input(what, fixtures, candle_models):
         "t_shape": _bad(i, t=np.zeros(3, np.float32)),
         "cond_len": _bad(i, cond=i["cond"][:, :-1]),
         "style_dim": _bad(i, style=i["style"][:, :-1]),
-        "too_long": _bad(i, x=np.zeros((1, fx.cfg["in_channels"], fx.cfg["block_size"] + 1), np.float32)),
+        # the official input_pos / RoPE table length (block_size is ignored, as officially)
+        "too_long": _bad(i, x=np.zeros((1, fx.cfg["in_channels"], R.INPUT_POS + 1), np.float32)),
     }[what]
     with pytest.raises(InputError):
         candle.run(candle_models("dit"), "estimator", bad)

@@ -12,15 +12,26 @@ from hypothesis import strategies as st
 
 from parity import candle
 from parity.candle import InputError
-from parity.compare import compare
+from parity.compare import compare_noise
 from parity.registry import MODELS
 from parity.runner import layer_walk, run_reference
-from parity.tolerances import lookup
+from parity.tolerances import rule
 from reference import s2mel as R
 
 SPEC = MODELS["length_regulator"]
 CASE = next(c for c in SPEC.cases if c.name == "length_regulator_upsample")
 LATENT = next(c for c in SPEC.cases if c.name == "length_regulator_latent_proj")
+
+
+
+def _noise_ok(fx, inputs, got, case=None):
+    """Candle's `out` against the float64 reference, judged by the float32 reference's own noise."""
+    case = case or CASE
+    ref64, _ = run_reference(fx, case, inputs, dtype=torch.float64)
+    ref32, _ = run_reference(fx, case, inputs, dtype=torch.float32)
+    c = compare_noise("output:out", ref64["out"], ref32["out"], got["out"], rule("length_regulator", "output:out", "cpu", "float32"))
+    assert c.ok, c.line()
+
 
 # (source frames, target frames): ×1, ×2, the ×1.72 of infer_v2 (37 codes → 63 frames), odd
 # non-integer ratios, shrinking, a single source frame.
@@ -46,10 +57,8 @@ def test_length_regulator_long_nearest_is_torch_floor(t_in, t_out, fixtures, can
     f32 = np.minimum(np.floor(np.arange(t_out, dtype=np.float32) * np.float32(np.float32(t_in) / np.float32(t_out))), t_in - 1)
     np.testing.assert_array_equal(f32.astype(np.int64), want)  # the rule the Rust side implements
     inputs = R.regulator_inputs(fx.cfg, 0, frames=t_in, target=t_out)
-    ref, _ = run_reference(fx, CASE, inputs)
     got, _ = candle.run(candle_models("length_regulator"), "forward", inputs)
-    c = compare("output:out", ref["out"], got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
-    assert c.ok, c.line()
+    _noise_ok(fx, inputs, got)
 
 
 def test_length_regulator_infer_step14(fixtures, candle_models):
@@ -63,12 +72,15 @@ def test_length_regulator_infer_step14(fixtures, candle_models):
     target = int(lc * 1.72)
     got_p, _ = candle.run(cm, "latent_proj", {"latent": latent})
     got, _ = candle.run(cm, "forward", {"x": vq + got_p["out"], "ylens": np.array([target], np.int64)})
-    ref_model = fx.reference()
-    with torch.no_grad():
-        s = torch.from_numpy(vq) + ref_model.latent_proj(torch.from_numpy(latent))
-        ref = ref_model.length_regulator(s, torch.tensor([target]))
+    refs = {}
+    for dt in (torch.float64, torch.float32):
+        m = fx.reference("cpu", dt)
+        with torch.no_grad():
+            s = torch.from_numpy(vq).to(dt) + m.latent_proj(torch.from_numpy(latent).to(dt))
+            refs[dt] = m.length_regulator(s, torch.tensor([target])).numpy()
     assert got["out"].shape == (1, target, fx.cfg["channels"])
-    c = compare("output:out", ref.numpy(), got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
+    c = compare_noise("output:out", refs[torch.float64], refs[torch.float32], got["out"],
+                      rule("length_regulator", "output:out", "cpu", "float32"))
     assert c.ok, c.line()
 
 
@@ -79,10 +91,8 @@ def test_length_regulator_any_lengths(t_in, t_out, batch, seed, fixtures, candle
     rng = np.random.default_rng(seed)
     ylens = np.array([t_out] + list(rng.integers(1, t_out + 1, batch - 1)), np.int64)
     inputs = {"x": rng.standard_normal((batch, t_in, fx.cfg["in_channels"])).astype(np.float32), "ylens": ylens}
-    ref, _ = run_reference(fx, CASE, inputs)
     got, _ = candle.run(candle_models("length_regulator"), "forward", inputs)
-    c = compare("output:out", ref["out"], got["out"], lookup("length_regulator", "output:out", "cpu", "float32"))
-    assert c.ok, c.line()
+    _noise_ok(fx, inputs, got)
     for b, n in enumerate(ylens):  # frames past each length are exactly zero
         assert not got["out"][b, n:].any()
 
@@ -103,18 +113,23 @@ def test_length_regulator_bad_input(what, fixtures, candle_models):
         candle.run(candle_models("length_regulator"), method, bad)
 
 
-def test_length_regulator_reference_matches_official_code():
-    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights: the
-    state dict loads strictly and outputs agree bit for bit, masks and non-integer ratios included."""
+OFFICIAL_VARIANTS = [{}, {"sampling_ratios": []}, {"sampling_ratios": [1, 1]}, {"f0_condition": True, "n_f0_bins": 4},
+                     {"groups": 4, "out_channels": 8, "codebook_size": 16, "quantizer_dropout": 0.5}]
+
+
+@pytest.mark.parametrize("over", OFFICIAL_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "official")
+def test_length_regulator_reference_matches_official_code(over):
+    """Our reference against the official InterpolateRegulator (PyPI snapshot), same weights, at the
+    official values and at each implemented non-default argument: the state dict loads strictly and
+    outputs agree bit for bit, masks and non-integer ratios included (without sampling ratios the
+    output keeps the input length; targets below it are skipped, where the official mask multiply fails)."""
     from reference.common import synthetic_init
 
     classes = R.official_classes()
     if classes is None:
         pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
-    cfg = R.TINY_LR
-    off = classes[1](channels=cfg["channels"], sampling_ratios=cfg["sampling_ratios"], is_discrete=False,
-                     in_channels=cfg["in_channels"], vector_quantize=False, codebook_size=cfg["codebook_size"],
-                     n_codebooks=1, quantizer_dropout=0.0, f0_condition=False).eval()
+    cfg = dict(R.TINY_LR, **over)
+    off = classes[1](**R.official_regulator_kwargs(cfg)).eval()
     synthetic_init(off, 0)
     ours = R.build_regulator(cfg)
     ours.length_regulator.load_state_dict(off.state_dict(), strict=True)
@@ -122,7 +137,24 @@ def test_length_regulator_reference_matches_official_code():
     for t_in, t_out in LENGTHS:
         x = torch.from_numpy(rng.standard_normal((2, t_in, cfg["in_channels"])).astype(np.float32))
         yl = torch.tensor([t_out, max(1, t_out - 2)])
+        if not cfg["sampling_ratios"] and 1 < t_out < t_in:
+            continue
         with torch.no_grad():
             want = off(x, yl, n_quantizers=3)[0]
             got = ours.length_regulator(x, yl)
         assert torch.equal(got, want), (t_in, t_out, (got - want).abs().max())
+
+
+def test_length_regulator_no_ratios_keeps_length(fixtures):
+    """sampling_ratios=[]: no interpolation, the output has the input's frames (not the target's), and
+    a target shorter than the input (> 1 frame) is refused where the official code fails to broadcast."""
+    from parity import fixtures as fxm
+
+    cfg = dict(R.TINY_LR, sampling_ratios=[])
+    f = fxm.synthetic(SPEC, "tiny", cfg)
+    cm = f.candle("cpu")
+    x = np.random.default_rng(0).standard_normal((1, 9, cfg["in_channels"])).astype(np.float32)
+    got, taps = candle.run(cm, "forward", {"x": x, "ylens": np.array([17], np.int64)}, taps=True)
+    assert got["out"].shape == (1, 9, cfg["channels"]) and "length_regulator.interpolate" not in taps
+    with pytest.raises(InputError, match="sampling_ratios"):
+        candle.run(cm, "forward", {"x": x, "ylens": np.array([5], np.int64)})
