@@ -471,7 +471,7 @@ SPEC = ModelSpec(
         "after_norm_skipped": ("gpt_spk_conformer", "conditioning_encoder.after_norm"),
         "gelu_erf": ("gpt_step_logits", "gpt.h.0.mlp.act"),
         "gpt2_ln_eps": ("gpt_forward_latent", "gpt.h.0.ln_1"),
-        "conformer_ln_eps": ("gpt_emo_conformer", "emo_conditioning_encoder.encoders.0.norm_mha"),
+        "conv_norm_eps": ("gpt_emo_conformer", "emo_conditioning_encoder.encoders.0.conv_module.norm"),
         "conformer_scale_d_model": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.self_attn.forward_attention"),
         "perceiver_scale_dim": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0.0.attend"),
         "ff_swish_beta": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.feed_forward.activation"),

@@ -50,7 +50,7 @@ pub const FAULTS: &[&str] = &[
     "after_norm_skipped",      // conformer output without after_norm
     "gelu_erf",                // GPT-2 MLP with exact erf GELU instead of gelu_new (tanh)
     "gpt2_ln_eps",             // GPT-2 LayerNorms (ln_1, ln_2, ln_f) with BERT's eps 1e-12 instead of 1e-5
-    "conformer_ln_eps",        // Conformer LayerNorms with upstream WeNet's eps 1e-12 instead of 1e-5
+    "conv_norm_eps",           // Conformer conv_module.norm with upstream WeNet's eps 1e-12 instead of 1e-5
     "conformer_scale_d_model", // conformer attention scores / √d_model instead of / √d_k
     "perceiver_scale_dim",     // perceiver attention scale dim^-0.5 (model width) instead of dim_head^-0.5
     "ff_swish_beta",           // conformer feed-forward Swish-β (β = 1.702) instead of SiLU

@@ -21,7 +21,8 @@ pub struct ConformerCfg {
 
 /// Every Conformer LayerNorm (norm_*, conv_module.norm, after_norm) uses eps 1e-5 officially.
 const LN_EPS: f64 = 1e-5;
-/// The `conformer_ln_eps` fault: upstream WeNet's 1e-12.
+/// The `conv_norm_eps` fault on `conv_module.norm` (built without an explicit eps officially, so
+/// nn.LayerNorm's 1e-5): upstream WeNet's 1e-12.
 const LN_EPS_FAULT: f64 = 1e-12;
 /// The `ff_swish_beta` fault: Swish-β x·σ(βx) with β = 1.702 instead of SiLU (β = 1).
 const SWISH_BETA_FAULT: f64 = 1.702;
@@ -171,12 +172,13 @@ impl Layer {
     fn load(w: &Weights, cfg: &ConformerCfg, kernel: usize, faults: &Faults) -> Result<Self> {
         let d = cfg.output_size;
         let ff = w.pp("feed_forward");
-        let eps = if faults.on("conformer_ln_eps") { LN_EPS_FAULT } else { LN_EPS };
+        let conv_eps = if faults.on("conv_norm_eps") { LN_EPS_FAULT } else { LN_EPS };
+        let eps = LN_EPS;
         Ok(Layer {
             attn: RelAttention::load(&w.pp("self_attn"), d, cfg.attention_heads, faults)?,
             ff1: Linear::load(&ff.pp("w_1"), d, cfg.linear_units, true)?,
             ff2: Linear::load(&ff.pp("w_2"), cfg.linear_units, d, true)?,
-            conv: ConvModule::load(&w.pp("conv_module"), d, kernel, eps)?,
+            conv: ConvModule::load(&w.pp("conv_module"), d, kernel, conv_eps)?,
             norm_ff: LayerNorm::load(&w.pp("norm_ff"), d, eps)?,
             norm_mha: LayerNorm::load(&w.pp("norm_mha"), d, eps)?,
             norm_conv: LayerNorm::load(&w.pp("norm_conv"), d, eps)?,
@@ -225,7 +227,6 @@ impl ConformerEncoder {
         let layers = (0..cfg.num_blocks)
             .map(|i| Layer::load(&w.pp(format!("encoders.{i}")), cfg, kernel, faults))
             .collect::<Result<Vec<_>>>()?;
-        let eps = if faults.on("conformer_ln_eps") { LN_EPS_FAULT } else { LN_EPS };
         Ok(ConformerEncoder {
             name: w.prefix().to_string(),
             idim,
@@ -236,7 +237,7 @@ impl ConformerEncoder {
             pe: e.pp("pos_enc").get((1, max_len, d), "pe")?,
             max_len,
             layers,
-            after_norm: LayerNorm::load(&w.pp("after_norm"), d, eps)?,
+            after_norm: LayerNorm::load(&w.pp("after_norm"), d, LN_EPS)?,
             skip_after_norm: faults.on("after_norm_skipped"),
         })
     }
