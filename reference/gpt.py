@@ -301,8 +301,8 @@ class UnifiedVoice(nn.Module):
         conds, text_emb = self._prefix(spk_latent, emovec, text, taps)
         toks = torch.cat([torch.tensor([[self.cfg["start_mel_token"]]]), codes], 1)
         mel_emb = self._mel_emb(toks, self._mel_positions(0, toks.size(1)), taps)
-        enc = self._lm(conds, text_emb, mel_emb, taps)
-        return taps.block("mel_head", enc, self.mel_head)
+        enc = self._lm(conds, text_emb, mel_emb, taps)  # final_norm runs over text + mel positions
+        return taps.block("mel_head", enc[:, -toks.size(1):], self.mel_head)
 
     def greedy(self, spk_latent, emovec, text, max_tokens: int):
         """Greedy decoding with a KV cache → (codes [1, N] without the stop token, top-2 margin per step)."""

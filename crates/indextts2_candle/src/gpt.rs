@@ -451,7 +451,8 @@ impl UnifiedVoice {
         if !cached {
             let (conds, text_emb) = self.prefix(spk_latent, emovec, text, ctx)?;
             let mel_emb = self.mel_emb(&toks, 1, &Self::mel_positions(0, toks.len()), ctx, &dev)?;
-            let enc = self.lm(&conds, &[&text_emb, &mel_emb], ctx)?;
+            let enc = self.lm(&conds, &[&text_emb, &mel_emb], ctx)?; // final_norm over text + mel positions
+            let enc = enc.narrow(1, enc.dim(1)? - toks.len(), toks.len())?;
             return ctx.block("mel_head", &enc, |e| self.mel_head.forward(e));
         }
         let mut plain = Ctx::plain();
