@@ -41,14 +41,21 @@ FULL = {
     "start_text_token": 0,
     "stop_text_token": 1,
     "condition_num_latent": 32,
+    "mel_length_compression": 1024,
+    "train_solo_embeddings": False,
+    "use_mel_codes_as_input": True,
+    "checkpointing": True,
+    "condition_type": "conformer_perceiver",
     "cond_input_size": 1024,  # w2v-bert features (hard-coded 1024 in the official constructor)
     "emo_dim": 1024,  # emo perceiver width (hard-coded 1024 officially)
     "perceiver_dim_head": 64,
     "perceiver_depth": 2,
     "pos_enc_max_len": 5000,
     "cnn_module_kernel": 15,
-    "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6, "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4, "perceiver_mult": 2},
+    "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6,
+                         "input_layer": "conv2d2", "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4,
+                             "input_layer": "conv2d2", "perceiver_mult": 2},
 }
 
 # Odd, mutually distinct sizes so that a transposed or mis-split weight cannot pass by symmetry.
@@ -67,14 +74,21 @@ TINY = {
     "start_text_token": 0,
     "stop_text_token": 1,
     "condition_num_latent": 5,
+    "mel_length_compression": 1024,
+    "train_solo_embeddings": False,
+    "use_mel_codes_as_input": True,
+    "checkpointing": True,
+    "condition_type": "conformer_perceiver",
     "cond_input_size": 20,
     "emo_dim": 40,
     "perceiver_dim_head": 8,
     "perceiver_depth": 2,
     "pos_enc_max_len": 64,
     "cnn_module_kernel": 15,
-    "condition_module": {"output_size": 24, "linear_units": 40, "attention_heads": 2, "num_blocks": 2, "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 24, "linear_units": 36, "attention_heads": 3, "num_blocks": 2, "perceiver_mult": 2},
+    "condition_module": {"output_size": 24, "linear_units": 40, "attention_heads": 2, "num_blocks": 2,
+                         "input_layer": "conv2d2", "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 24, "linear_units": 36, "attention_heads": 3, "num_blocks": 2,
+                             "input_layer": "conv2d2", "perceiver_mult": 2},
 }
 
 
@@ -193,6 +207,14 @@ class UnifiedVoice(nn.Module):
         self.cfg = cfg
         d = cfg["model_dim"]
         cm, em = cfg["condition_module"], cfg["emo_condition_module"]
+        # What this reference implements (= what Candle implements; the rest is refused there too).
+        if cfg.get("condition_type", "conformer_perceiver") != "conformer_perceiver":
+            raise NotImplementedError(f"condition_type {cfg['condition_type']!r}")
+        if not cfg.get("use_mel_codes_as_input", True):
+            raise NotImplementedError("use_mel_codes_as_input=False (MelEncoder)")
+        for m in (cm, em):
+            if m.get("input_layer", "conv2d2") != "conv2d2":
+                raise NotImplementedError(f"input_layer {m['input_layer']!r}")
         kern, pml = cfg["cnn_module_kernel"], cfg["pos_enc_max_len"]
         self.conditioning_encoder = ConformerEncoder(cfg["cond_input_size"], cm["output_size"], cm["attention_heads"],
                                                      cm["linear_units"], cm["num_blocks"], kern, pml)
@@ -213,6 +235,9 @@ class UnifiedVoice(nn.Module):
         self.text_head = nn.Linear(d, cfg["number_text_tokens"] * cfg["types"] + 1)  # stored, unused
         self.mel_head = nn.Linear(d, cfg["number_mel_codes"])
         self.speed_emb = nn.Embedding(2, d)
+        if cfg.get("train_solo_embeddings", False):  # stored, never used by forward / inference
+            self.mel_solo_embedding = nn.Parameter(torch.empty(1, 1, d))
+            self.text_solo_embedding = nn.Parameter(torch.empty(1, 1, d))
 
     # ---- conditioning -------------------------------------------------------------------------
     def get_conditioning(self, x, lens, taps=None):
@@ -423,7 +448,7 @@ def _alpha(i):
     return float(i["alpha"].reshape(-1)[0])
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
 # Taps the injected walk leaves uninjected (fnmatch): the integer-input lookups, so the framing of
 # ids and the decode-position quirk are checked; the Conformer's norm_final (the residual chain) and
@@ -447,6 +472,68 @@ CASES = tuple(Case(name, method, make, run, no_inject=NO_INJECT) for name, metho
          lambda m, i, t: {"logits": m.step_logits(i["spk_latent"], i["emovec"], i["text"], i["codes"], t)}),
 ))
 
+def _p(arg, value, overrides, case="gpt_forward_latent"):
+    return ConfigRow(arg, value, overrides, "parity", case)
+
+
+def _r(arg, value, overrides):
+    return ConfigRow(arg, value, overrides, "refused")
+
+
+def _cm(key, **kw):
+    return {key: kw}
+
+
+# Every UnifiedVoice / condition_module argument at a non-default value (tests/test_config_space.py).
+CONFIG_SPACE = (
+    _p("layers", 2, {"layers": 2}),
+    _p("heads", 2, {"heads": 2}),
+    _p("model_dim", 40, {"model_dim": 40}, "gpt_step_logits"),
+    _p("max_text_tokens", 12, {"max_text_tokens": 12}),
+    _p("max_mel_tokens", 12, {"max_mel_tokens": 12}),
+    _p("max_conditioning_inputs", 2, {"max_conditioning_inputs": 2}),
+    _p("mel_length_compression", 256, {"mel_length_compression": 256}),
+    _p("number_text_tokens", 40, {"number_text_tokens": 40}),
+    _p("types", 2, {"types": 2}),
+    _p("number_mel_codes", 30, {"number_mel_codes": 30, "start_mel_token": 28, "stop_mel_token": 29}),
+    _p("start_mel_token", 20, {"start_mel_token": 20}, "gpt_step_logits"),
+    _p("stop_mel_token", 23, {"stop_mel_token": 23}),
+    _p("start_text_token", 3, {"start_text_token": 3}, "gpt_step_logits"),
+    _p("stop_text_token", 4, {"stop_text_token": 4}, "gpt_step_logits"),
+    _p("train_solo_embeddings", True, {"train_solo_embeddings": True}),
+    _p("checkpointing", False, {"checkpointing": False}),
+    _p("condition_num_latent", 3, {"condition_num_latent": 3}, "gpt_spk_cond"),
+    _p("condition_module.output_size", 16, _cm("condition_module", output_size=16), "gpt_spk_cond"),
+    _p("condition_module.linear_units", 28, _cm("condition_module", linear_units=28), "gpt_spk_cond"),
+    _p("condition_module.attention_heads", 4, _cm("condition_module", attention_heads=4), "gpt_spk_cond"),
+    _p("condition_module.num_blocks", 1, _cm("condition_module", num_blocks=1), "gpt_spk_cond"),
+    _p("condition_module.perceiver_mult", 3, _cm("condition_module", perceiver_mult=3), "gpt_spk_cond"),
+    _p("condition_module.dropout_rate", 0.1, _cm("condition_module", dropout_rate=0.1), "gpt_spk_cond"),
+    # output_size = the emotion perceiver's width: proj_context is nn.Identity (no keys)
+    _p("emo_condition_module.output_size", 40, _cm("emo_condition_module", output_size=40, attention_heads=4), "gpt_emo_cond"),
+    _p("emo_condition_module.linear_units", 20, _cm("emo_condition_module", linear_units=20), "gpt_emo_cond"),
+    _p("emo_condition_module.num_blocks", 3, _cm("emo_condition_module", num_blocks=3), "gpt_emo_cond"),
+    _p("emo_condition_module.perceiver_mult", 1, _cm("emo_condition_module", perceiver_mult=1), "gpt_emo_cond"),
+    # fixed in the official constructors; fields here so the fixtures can shrink them
+    _p("perceiver_dim_head", 12, {"perceiver_dim_head": 12}, "gpt_spk_cond"),
+    _p("perceiver_depth", 1, {"perceiver_depth": 1}, "gpt_emo_cond"),
+    _p("cnn_module_kernel", 7, {"cnn_module_kernel": 7}, "gpt_spk_conformer"),
+    _p("pos_enc_max_len", 40, {"pos_enc_max_len": 40}, "gpt_spk_conformer"),
+    _p("cond_input_size", 17, {"cond_input_size": 17}, "gpt_spk_cond"),
+    _p("emo_dim", 32, {"emo_dim": 32}, "gpt_emovec"),
+    _r("condition_type", "perceiver", {"condition_type": "perceiver"}),
+    _r("condition_type", "gst", {"condition_type": "gst"}),
+    _r("condition_type", "conformer_encoder", {"condition_type": "conformer_encoder"}),
+    _r("use_mel_codes_as_input", False, {"use_mel_codes_as_input": False}),
+    _r("condition_module.input_layer", "conv2d", _cm("condition_module", input_layer="conv2d")),
+    _r("emo_condition_module.input_layer", "linear", _cm("emo_condition_module", input_layer="linear")),
+    _r("condition_module.pos_enc_layer_type", "abs_pos", _cm("condition_module", pos_enc_layer_type="abs_pos")),
+    _r("condition_module.normalize_before", False, _cm("condition_module", normalize_before=False)),
+    _r("condition_module.concat_after", True, _cm("condition_module", concat_after=True)),
+    _r("condition_module.macaron_style", True, _cm("condition_module", macaron_style=True)),
+    _r("emo_condition_module.use_cnn_module", False, _cm("emo_condition_module", use_cnn_module=False)),
+)
+
 SPEC = ModelSpec(
     name="gpt",
     manifest="gpt.json",
@@ -460,6 +547,7 @@ SPEC = ModelSpec(
         # UnifiedVoice builds text_head but inference and the latent path never call it
         # (forward() returns latents; decoding uses mel_head only).
         "text_head.*": "text logits head: stored, never used by v2 inference",
+        "*_solo_embedding": "train_solo_embeddings=True parameters: stored, never used by forward or inference",
     },
     # fault -> (case, the leaf tap the injected walk must name first)
     faults={
@@ -476,6 +564,7 @@ SPEC = ModelSpec(
         "perceiver_scale_dim": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0.0.attend"),
         "ff_swish_beta": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.feed_forward.activation"),
     },
+    config_space=CONFIG_SPACE,
     untapped={
         "text_head": "stored in gpt.pth but never called by v2 inference (allow_unused)",
     },

@@ -7,39 +7,14 @@
 //! quirk: the start token is at mel position 0 and the k-th generated token (k ≥ 1) at k + 1.
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
-use crate::gpt_conformer::{ConformerCfg, ConformerEncoder};
+use crate::gpt_conformer::ConformerEncoder;
 use crate::gpt_perceiver::Perceiver;
 use crate::nn::{LayerNorm, Linear};
 use crate::store::Weights;
 use crate::transforms::conv1d_to_linear;
 use candle_core::{DType, Device, Tensor, D};
-use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GptConfig {
-    pub model_dim: usize,
-    pub heads: usize,
-    pub layers: usize,
-    pub max_text_tokens: usize,
-    pub max_mel_tokens: usize,
-    pub max_conditioning_inputs: usize,
-    pub number_text_tokens: usize,
-    pub types: usize,
-    pub number_mel_codes: usize,
-    pub start_mel_token: i64,
-    pub stop_mel_token: i64,
-    pub start_text_token: i64,
-    pub stop_text_token: i64,
-    pub condition_num_latent: usize,
-    pub cond_input_size: usize,
-    pub emo_dim: usize,
-    pub perceiver_dim_head: usize,
-    pub perceiver_depth: usize,
-    pub pos_enc_max_len: usize,
-    pub cnn_module_kernel: usize,
-    pub condition_module: ConformerCfg,
-    pub emo_condition_module: ConformerCfg,
-}
+pub use crate::gpt_config::GptConfig;
 
 pub const FAULTS: &[&str] = &[
     "c_attn_untransposed",     // Conv1D [in,out] memory reinterpreted as [out,in] (reshape, not transpose)
@@ -191,10 +166,8 @@ fn lookup(table: &Tensor, ids: &Tensor, what: &str) -> Result<Tensor> {
 
 impl UnifiedVoice {
     pub fn load(w: &Weights, cfg: GptConfig, faults: Faults) -> Result<Self> {
+        cfg.check()?;
         let d = cfg.model_dim;
-        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) || cfg.condition_num_latent == 0 {
-            return input_err(format!("GPT config: heads {} must divide model_dim {d}", cfg.heads));
-        }
         let (cm, em) = (&cfg.condition_module, &cfg.emo_condition_module);
         let cond_enc = ConformerEncoder::load(&w.pp("conditioning_encoder"), cfg.cond_input_size, cm, cfg.cnn_module_kernel, cfg.pos_enc_max_len, &faults)?;
         let perceiver = Perceiver::load(&w.pp("perceiver_encoder"), d, cfg.perceiver_depth, cm.output_size, cfg.condition_num_latent, cfg.perceiver_dim_head, cm.attention_heads, cm.perceiver_mult, &faults)?;

@@ -8,16 +8,8 @@ use crate::error::{input_err, Result};
 use crate::nn::{LayerNorm, Linear};
 use crate::store::Weights;
 use candle_core::{DType, Tensor};
-use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConformerCfg {
-    pub output_size: usize,
-    pub linear_units: usize,
-    pub attention_heads: usize,
-    pub num_blocks: usize,
-    pub perceiver_mult: usize,
-}
+pub use crate::gpt_config::ConformerCfg;
 
 /// Every Conformer LayerNorm (norm_*, conv_module.norm, after_norm) uses eps 1e-5 officially.
 const LN_EPS: f64 = 1e-5;

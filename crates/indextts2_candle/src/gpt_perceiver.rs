@@ -25,7 +25,7 @@ pub struct Perceiver {
     heads: usize,
     dim_head: usize,
     scale: f64,
-    proj_context: Linear,
+    proj_context: Option<Linear>, // nn.Identity when dim_context == dim
     latents: Tensor, // [N, dim]
     layers: Vec<Layer>,
     gamma: Tensor,
@@ -62,7 +62,7 @@ impl Perceiver {
             heads,
             dim_head,
             scale,
-            proj_context: Linear::load(&w.pp("proj_context"), dim_context, dim, true)?,
+            proj_context: if dim_context == dim { None } else { Some(Linear::load(&w.pp("proj_context"), dim_context, dim, true)?) },
             latents: w.get((num_latents, dim), "latents")?,
             layers,
             gamma: w.pp("norm").get(dim, "gamma")?,
@@ -116,7 +116,10 @@ impl Perceiver {
         let keep = Tensor::cat(&[&lead, &keep.to_dtype(DType::U8)?], 1)?;
         let name = &self.name;
         ctx.nest(name, context, |c, context| {
-            let x = c.block(&format!("{name}.proj_context"), context, |x| self.proj_context.forward(x))?;
+            let x = c.block(&format!("{name}.proj_context"), context, |x| match &self.proj_context {
+                Some(p) => p.forward(x),
+                None => Ok(x.clone()),
+            })?;
             let mut lat = c.block(&format!("{name}.latents"), &self.latents, |p| {
                 Ok(p.unsqueeze(0)?.broadcast_as((b, n, self.dim))?.contiguous()?)
             })?;
