@@ -51,6 +51,7 @@ class Fixture:
                    and not any(fnmatch.fnmatchcase(k, p) for p in self.spec.other_kinds_keys)}
             m = self.spec.build_reference(self.cfg)
             m.load_state_dict(own, strict=True)
+            del sd, own  # official size: the file's tensors must not outlive the load (GPT: 3.5 GB)
             self._refs[key] = m.to(device=device, dtype=dtype).eval()
         return self._refs[key]
 

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import NoTaps
+from .gpt_conformer import NO_INJECT as CONFORMER_NO_INJECT
 from .gpt_conformer import ConformerEncoder
+from .gpt_perceiver import NO_INJECT as PERCEIVER_NO_INJECT
 from .gpt_perceiver import PerceiverResampler
 
 FULL = {
@@ -39,14 +41,21 @@ FULL = {
     "start_text_token": 0,
     "stop_text_token": 1,
     "condition_num_latent": 32,
+    "mel_length_compression": 1024,
+    "train_solo_embeddings": False,
+    "use_mel_codes_as_input": True,
+    "checkpointing": True,
+    "condition_type": "conformer_perceiver",
     "cond_input_size": 1024,  # w2v-bert features (hard-coded 1024 in the official constructor)
     "emo_dim": 1024,  # emo perceiver width (hard-coded 1024 officially)
     "perceiver_dim_head": 64,
     "perceiver_depth": 2,
     "pos_enc_max_len": 5000,
     "cnn_module_kernel": 15,
-    "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6, "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4, "perceiver_mult": 2},
+    "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6,
+                         "input_layer": "conv2d2", "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4,
+                             "input_layer": "conv2d2", "perceiver_mult": 2},
 }
 
 # Odd, mutually distinct sizes so that a transposed or mis-split weight cannot pass by symmetry.
@@ -65,14 +74,21 @@ TINY = {
     "start_text_token": 0,
     "stop_text_token": 1,
     "condition_num_latent": 5,
+    "mel_length_compression": 1024,
+    "train_solo_embeddings": False,
+    "use_mel_codes_as_input": True,
+    "checkpointing": True,
+    "condition_type": "conformer_perceiver",
     "cond_input_size": 20,
     "emo_dim": 40,
     "perceiver_dim_head": 8,
     "perceiver_depth": 2,
     "pos_enc_max_len": 64,
     "cnn_module_kernel": 15,
-    "condition_module": {"output_size": 24, "linear_units": 40, "attention_heads": 2, "num_blocks": 2, "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 24, "linear_units": 36, "attention_heads": 3, "num_blocks": 2, "perceiver_mult": 2},
+    "condition_module": {"output_size": 24, "linear_units": 40, "attention_heads": 2, "num_blocks": 2,
+                         "input_layer": "conv2d2", "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 24, "linear_units": 36, "attention_heads": 3, "num_blocks": 2,
+                             "input_layer": "conv2d2", "perceiver_mult": 2},
 }
 
 
@@ -92,6 +108,13 @@ def gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+class NewGELUActivation(nn.Module):
+    """transformers' `gelu_new` (GPT-2's activation): the tanh approximation."""
+
+    def forward(self, x):
+        return gelu_new(x)
+
+
 class GPT2Attention(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -99,31 +122,40 @@ class GPT2Attention(nn.Module):
         self.c_attn = Conv1D(d, 3 * d)
         self.c_proj = Conv1D(d, d)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, taps=None, name=""):
+        taps = taps or NoTaps()
         b, t, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)
-        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
-        if cache is not None and "k" in cache:
-            k = torch.cat([cache["k"], k], dim=2)
-            v = torch.cat([cache["v"], v], dim=2)
-        if cache is not None:
-            cache["k"], cache["v"] = k, v
-        w = (q @ k.transpose(-1, -2)) / (v.size(-1) ** 0.5)
-        tk = k.size(2)
-        causal = torch.ones(tk, tk, dtype=torch.bool, device=x.device).tril()[tk - t:]
-        w = torch.where(causal, w, torch.finfo(w.dtype).min)
-        out = torch.softmax(w, dim=-1) @ v
-        return self.c_proj(out.transpose(1, 2).reshape(b, t, d))
+        q, k, v = taps.block(f"{name}.c_attn", x, self.c_attn).split(d, dim=2)
+
+        def attention_interface(q):  # eager attention, heads split / merged inside (input: q)
+            q, kh, vh = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+            if cache is not None and "k" in cache:
+                kh = torch.cat([cache["k"], kh], dim=2)
+                vh = torch.cat([cache["v"], vh], dim=2)
+            if cache is not None:
+                cache["k"], cache["v"] = kh, vh
+            w = (q @ kh.transpose(-1, -2)) / (vh.size(-1) ** 0.5)
+            tk = kh.size(2)
+            causal = torch.ones(tk, tk, dtype=torch.bool, device=x.device).tril()[tk - t:]
+            w = torch.where(causal, w, torch.finfo(w.dtype).min)
+            return (torch.softmax(w, dim=-1) @ vh).transpose(1, 2).reshape(b, t, d)
+
+        a = taps.block(f"{name}.attention_interface", q, attention_interface)
+        return taps.block(f"{name}.c_proj", a, self.c_proj)
 
 
 class GPT2MLP(nn.Module):
     def __init__(self, d: int):
         super().__init__()
         self.c_fc = Conv1D(d, 4 * d)
+        self.act = NewGELUActivation()
         self.c_proj = Conv1D(4 * d, d)
 
-    def forward(self, x):
-        return self.c_proj(gelu_new(self.c_fc(x)))
+    def forward(self, x, taps=None, name=""):
+        taps = taps or NoTaps()
+        x = taps.block(f"{name}.c_fc", x, self.c_fc)
+        x = taps.block(f"{name}.act", x, self.act)
+        return taps.block(f"{name}.c_proj", x, self.c_proj)
 
 
 class GPT2Block(nn.Module):
@@ -134,13 +166,15 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(d, eps=1e-5)
         self.mlp = GPT2MLP(d)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, cache=None, taps=None, name=""):
+        taps = taps or NoTaps()
+        x = x + self.attn(taps.block(f"{name}.ln_1", x, self.ln_1), cache, taps, f"{name}.attn")
+        return x + self.mlp(taps.block(f"{name}.ln_2", x, self.ln_2), taps, f"{name}.mlp")
 
 
 class GPT2Stack(nn.Module):
-    """transformers.GPT2Model minus wte/wpe (IndexTTS deletes both: inputs_embeds carry positions)."""
+    """transformers.GPT2Model minus wte/wpe (IndexTTS deletes both: inputs_embeds carry positions,
+    `wpe` is a function returning zeros, so GPT-2 adds nothing before block 0)."""
 
     def __init__(self, d: int, layers: int, heads: int):
         super().__init__()
@@ -151,7 +185,8 @@ class GPT2Stack(nn.Module):
         taps = taps or NoTaps()
         for i, blk in enumerate(self.h):
             c = caches[i] if caches is not None else None
-            x = taps.block(f"gpt.h.{i}", x, lambda x, blk=blk, c=c: blk(x, c))
+            # the block tap holds both residual adds (its children's inputs are injected)
+            x = taps.block(f"gpt.h.{i}", x, lambda x, blk=blk, c=c, i=i: blk(x, c, taps, f"gpt.h.{i}"))
         return taps.block("gpt.ln_f", x, self.ln_f)
 
 
@@ -160,10 +195,10 @@ class LearnedPositionEmbeddings(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(seq_len, d)
 
-    def rows(self, idx):
-        if int(idx.max()) >= self.emb.num_embeddings:
+    def rows(self, idx, taps, name):
+        if idx.numel() and int(idx.max()) >= self.emb.num_embeddings:
             raise ValueError(f"position {int(idx.max())} beyond the table ({self.emb.num_embeddings})")
-        return self.emb(idx)
+        return taps.block(f"{name}.emb", idx, self.emb)
 
 
 class UnifiedVoice(nn.Module):
@@ -172,6 +207,14 @@ class UnifiedVoice(nn.Module):
         self.cfg = cfg
         d = cfg["model_dim"]
         cm, em = cfg["condition_module"], cfg["emo_condition_module"]
+        # What this reference implements (= what Candle implements; the rest is refused there too).
+        if cfg.get("condition_type", "conformer_perceiver") != "conformer_perceiver":
+            raise NotImplementedError(f"condition_type {cfg['condition_type']!r}")
+        if not cfg.get("use_mel_codes_as_input", True):
+            raise NotImplementedError("use_mel_codes_as_input=False (MelEncoder)")
+        for m in (cm, em):
+            if m.get("input_layer", "conv2d2") != "conv2d2":
+                raise NotImplementedError(f"input_layer {m['input_layer']!r}")
         kern, pml = cfg["cnn_module_kernel"], cfg["pos_enc_max_len"]
         self.conditioning_encoder = ConformerEncoder(cfg["cond_input_size"], cm["output_size"], cm["attention_heads"],
                                                      cm["linear_units"], cm["num_blocks"], kern, pml)
@@ -192,6 +235,9 @@ class UnifiedVoice(nn.Module):
         self.text_head = nn.Linear(d, cfg["number_text_tokens"] * cfg["types"] + 1)  # stored, unused
         self.mel_head = nn.Linear(d, cfg["number_mel_codes"])
         self.speed_emb = nn.Embedding(2, d)
+        if cfg.get("train_solo_embeddings", False):  # stored, never used by forward / inference
+            self.mel_solo_embedding = nn.Parameter(torch.empty(1, 1, d))
+            self.text_solo_embedding = nn.Parameter(torch.empty(1, 1, d))
 
     # ---- conditioning -------------------------------------------------------------------------
     def get_conditioning(self, x, lens, taps=None):
@@ -214,20 +260,34 @@ class UnifiedVoice(nn.Module):
 
     def merge_emovec(self, spk_x, emo_x, spk_lens, emo_lens, alpha, taps=None):
         # Taps follow the emotion pass only: the base pass runs the same modules again.
+        taps = taps or NoTaps()
         emo = self.get_emovec(emo_x, emo_lens, taps)
         base = self.get_emovec(spk_x, spk_lens, None)
-        return base + alpha * (emo - base)
+        return taps.block("merge_emovec", emo, lambda emo: base + alpha * (emo - base))
 
     # ---- decoder ------------------------------------------------------------------------------
-    def _conds(self, spk_latent, emovec):
+    def _conds(self, spk_latent, emovec, taps):
+        """[spk_latent + emovec, speed_emb(1), speed_emb(0)] (official `conds`)."""
         b = spk_latent.size(0)
-        one = self.speed_emb.weight[1].expand(b, 1, -1)
-        zero = self.speed_emb.weight[0].expand(b, 1, -1)
-        return torch.cat((spk_latent + emovec.unsqueeze(1), one, zero), 1)
+        speed = taps.block("speed_emb", torch.tensor([[1, 0]] * b, device=spk_latent.device), self.speed_emb)
+        return taps.block("conds", spk_latent, lambda s: torch.cat((s + emovec.unsqueeze(1), speed), 1))
 
-    def _lm(self, emb, taps, offset, caches=None):
+    def _text_emb(self, ids, taps):
+        """ids [B, L] (framed) → text_embedding(ids) + text positions 0..L-1 (official `text_emb`)."""
+        tok = taps.block("text_embedding", ids, self.text_embedding)
+        pos = self.text_pos_embedding.rows(torch.arange(ids.size(1), device=ids.device), taps, "text_pos_embedding")
+        return taps.block("text_emb", tok, lambda e: e + pos)
+
+    def _mel_emb(self, tokens, positions, taps):
+        tok = taps.block("mel_embedding", tokens, self.mel_embedding)
+        pos = self.mel_pos_embedding.rows(positions, taps, "mel_pos_embedding")
+        return taps.block("mel_emb", tok, lambda e: e + pos)
+
+    def _lm(self, conds, text_emb, mel_emb, taps, caches=None):
+        """get_logits: GPT-2 over `emb` = cat(conds, text_emb, mel_emb), final_norm after the conds."""
+        emb = taps.block("emb", conds, lambda c: torch.cat([c, text_emb, mel_emb], 1))
         h = self.gpt(emb, taps, caches)
-        return taps.block("final_norm", h[:, offset:], self.final_norm)
+        return taps.block("final_norm", h[:, conds.size(1):], self.final_norm)
 
     def forward_latent(self, spk_latent, text, text_lens, codes, code_lens, emovec, taps=None):
         """Teacher-forced `UnifiedVoice.forward(..., emo_vec=emovec)` → latent [B, M, D]."""
@@ -240,41 +300,42 @@ class UnifiedVoice(nn.Module):
         codes[m_idx >= code_lens[:, None]] = c["stop_mel_token"]
         text = F.pad(F.pad(text, (0, 1), value=c["stop_text_token"]), (1, 0), value=c["start_text_token"])
         codes = F.pad(F.pad(codes, (0, 1), value=c["stop_mel_token"]), (1, 0), value=c["start_mel_token"])
-        conds = self._conds(spk_latent, emovec)
-        text_emb = self.text_embedding(text) + self.text_pos_embedding.rows(torch.arange(text.size(1)))
-        mel_emb = self.mel_embedding(codes) + self.mel_pos_embedding.rows(torch.arange(codes.size(1)))
-        enc = self._lm(torch.cat([conds, text_emb, mel_emb], 1), taps, conds.size(1))
+        conds = self._conds(spk_latent, emovec, taps)
+        text_emb = self._text_emb(text, taps)
+        mel_emb = self._mel_emb(codes, torch.arange(codes.size(1)), taps)
+        enc = self._lm(conds, text_emb, mel_emb, taps)
         return enc[:, -codes.size(1):][:, :-2]
 
-    def _prefix(self, spk_latent, emovec, text):
-        """[conds ‖ text_embedding(start, ids without start/stop, stop) + positions], B = 1."""
+    def _prefix(self, spk_latent, emovec, text, taps):
+        """(conds, text_emb) of prepare_gpt_inputs: text = start, ids without start/stop, stop; B = 1."""
         c = self.cfg
         ids = text[0]
         ids = ids[(ids != c["stop_text_token"]) & (ids != c["start_text_token"])]
         ids = torch.cat([torch.tensor([c["start_text_token"]]), ids, torch.tensor([c["stop_text_token"]])])
-        text_emb = self.text_embedding(ids) + self.text_pos_embedding.rows(torch.arange(ids.numel()))
-        return torch.cat([self._conds(spk_latent, emovec), text_emb.unsqueeze(0)], 1)
+        return self._conds(spk_latent, emovec, taps), self._text_emb(ids[None], taps)
 
-    def _mel_in(self, tokens, start_pos: int):
-        """Embeddings of mel tokens fed at decode steps start_pos.. (step 0 → position 0, step s ≥ 1 → s + 1)."""
-        steps = torch.arange(start_pos, start_pos + tokens.size(1))
-        pos = torch.where(steps == 0, steps, steps + 1)
-        return self.mel_embedding(tokens) + self.mel_pos_embedding.rows(pos)
+    @staticmethod
+    def _mel_positions(start_pos: int, n: int):
+        """Positions of mel tokens fed at decode steps start_pos.. (step 0 → 0, step s ≥ 1 → s + 1)."""
+        steps = torch.arange(start_pos, start_pos + n)
+        return torch.where(steps == 0, steps, steps + 1)
 
     def step_logits(self, spk_latent, emovec, text, codes, taps=None):
         """Logits of every decode step when `codes` [1, K] are fed after the start token: [1, K+1, V]."""
         taps = taps or NoTaps()
-        pre = self._prefix(spk_latent, emovec, text)
+        conds, text_emb = self._prefix(spk_latent, emovec, text, taps)
         toks = torch.cat([torch.tensor([[self.cfg["start_mel_token"]]]), codes], 1)
-        enc = self._lm(torch.cat([pre, self._mel_in(toks, 0)], 1), taps, pre.size(1))
-        return self.mel_head(enc)
+        mel_emb = self._mel_emb(toks, self._mel_positions(0, toks.size(1)), taps)
+        enc = self._lm(conds, text_emb, mel_emb, taps)  # final_norm runs over text + mel positions
+        return taps.block("mel_head", enc[:, -toks.size(1):], self.mel_head)
 
     def greedy(self, spk_latent, emovec, text, max_tokens: int):
         """Greedy decoding with a KV cache → (codes [1, N] without the stop token, top-2 margin per step)."""
-        c = self.cfg
+        c, taps = self.cfg, NoTaps()
         caches = [dict() for _ in self.gpt.h]
-        pre = self._prefix(spk_latent, emovec, text)
-        x = torch.cat([pre, self._mel_in(torch.tensor([[c["start_mel_token"]]]), 0)], 1)
+        conds, text_emb = self._prefix(spk_latent, emovec, text, taps)
+        start = self._mel_emb(torch.tensor([[c["start_mel_token"]]]), self._mel_positions(0, 1), taps)
+        x = torch.cat([conds, text_emb, start], 1)
         out, margins = [], []
         for step in range(max_tokens):
             h = self.gpt(x, None, caches)[:, -1:]
@@ -285,7 +346,7 @@ class UnifiedVoice(nn.Module):
             if tok == c["stop_mel_token"]:
                 break
             out.append(tok)
-            x = self._mel_in(torch.tensor([[tok]]), step + 1)
+            x = self._mel_emb(torch.tensor([[tok]]), self._mel_positions(step + 1, 1), taps)
         return torch.tensor([out], dtype=torch.long), torch.tensor(margins)
 
 
@@ -387,22 +448,90 @@ def _alpha(i):
     return float(i["alpha"].reshape(-1)[0])
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
-CASES = (
-    Case("gpt_spk_conformer", "spk_conformer", spk_inputs, _conformer(False)),
-    Case("gpt_emo_conformer", "emo_conformer", emo_inputs, _conformer(True)),
-    Case("gpt_spk_perceiver", "spk_perceiver", spk_perceiver_inputs, _perceiver(False)),
-    Case("gpt_emo_perceiver", "emo_perceiver", emo_perceiver_inputs, _perceiver(True)),
-    Case("gpt_spk_cond", "spk_cond", spk_inputs, lambda m, i, t: {"latent": m.get_conditioning(i["x"], i["lens"], t)}),
-    Case("gpt_emo_cond", "emo_cond", emo_inputs, lambda m, i, t: {"emo": m.get_emo_conditioning(i["x"], i["lens"], t)}),
-    Case("gpt_emovec", "emovec", emovec_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
-    Case("gpt_merge_emovec", "merge_emovec", merge_inputs,
+# Taps the injected walk leaves uninjected (fnmatch): the integer-input lookups, so the framing of
+# ids and the decode-position quirk are checked; the Conformer's norm_final (the residual chain) and
+# positional slice, the Perceiver latents.
+NO_INJECT = ("text_embedding", "mel_embedding", "speed_emb", "text_pos_embedding.emb", "mel_pos_embedding.emb",
+             *CONFORMER_NO_INJECT, *PERCEIVER_NO_INJECT)
+
+CASES = tuple(Case(name, method, make, run, no_inject=NO_INJECT) for name, method, make, run in (
+    ("gpt_spk_conformer", "spk_conformer", spk_inputs, _conformer(False)),
+    ("gpt_emo_conformer", "emo_conformer", emo_inputs, _conformer(True)),
+    ("gpt_spk_perceiver", "spk_perceiver", spk_perceiver_inputs, _perceiver(False)),
+    ("gpt_emo_perceiver", "emo_perceiver", emo_perceiver_inputs, _perceiver(True)),
+    ("gpt_spk_cond", "spk_cond", spk_inputs, lambda m, i, t: {"latent": m.get_conditioning(i["x"], i["lens"], t)}),
+    ("gpt_emo_cond", "emo_cond", emo_inputs, lambda m, i, t: {"emo": m.get_emo_conditioning(i["x"], i["lens"], t)}),
+    ("gpt_emovec", "emovec", emovec_inputs, lambda m, i, t: {"emovec": m.get_emovec(i["x"], i["lens"], t)}),
+    ("gpt_merge_emovec", "merge_emovec", merge_inputs,
          lambda m, i, t: {"emovec": m.merge_emovec(i["spk_x"], i["emo_x"], i["spk_lens"], i["emo_lens"], _alpha(i), t)}),
-    Case("gpt_forward_latent", "forward_latent", latent_inputs,
+    ("gpt_forward_latent", "forward_latent", latent_inputs,
          lambda m, i, t: {"latent": m.forward_latent(i["spk_latent"], i["text"], i["text_lens"], i["codes"], i["code_lens"], i["emovec"], t)}),
-    Case("gpt_step_logits", "step_logits_full", step_inputs,
+    ("gpt_step_logits", "step_logits_full", step_inputs,
          lambda m, i, t: {"logits": m.step_logits(i["spk_latent"], i["emovec"], i["text"], i["codes"], t)}),
+))
+
+def _p(arg, value, overrides, case="gpt_forward_latent"):
+    return ConfigRow(arg, value, overrides, "parity", case)
+
+
+def _r(arg, value, overrides):
+    return ConfigRow(arg, value, overrides, "refused")
+
+
+def _cm(key, **kw):
+    return {key: kw}
+
+
+# Every UnifiedVoice / condition_module argument at a non-default value (tests/test_config_space.py).
+CONFIG_SPACE = (
+    _p("layers", 2, {"layers": 2}),
+    _p("heads", 2, {"heads": 2}),
+    _p("model_dim", 40, {"model_dim": 40}, "gpt_step_logits"),
+    _p("max_text_tokens", 12, {"max_text_tokens": 12}),
+    _p("max_mel_tokens", 12, {"max_mel_tokens": 12}),
+    _p("max_conditioning_inputs", 2, {"max_conditioning_inputs": 2}),
+    _p("mel_length_compression", 256, {"mel_length_compression": 256}),
+    _p("number_text_tokens", 40, {"number_text_tokens": 40}),
+    _p("types", 2, {"types": 2}),
+    _p("number_mel_codes", 30, {"number_mel_codes": 30, "start_mel_token": 28, "stop_mel_token": 29}),
+    _p("start_mel_token", 20, {"start_mel_token": 20}, "gpt_step_logits"),
+    _p("stop_mel_token", 23, {"stop_mel_token": 23}),
+    _p("start_text_token", 3, {"start_text_token": 3}, "gpt_step_logits"),
+    _p("stop_text_token", 4, {"stop_text_token": 4}, "gpt_step_logits"),
+    _p("train_solo_embeddings", True, {"train_solo_embeddings": True}),
+    _p("checkpointing", False, {"checkpointing": False}),
+    _p("condition_num_latent", 3, {"condition_num_latent": 3}, "gpt_spk_cond"),
+    _p("condition_module.output_size", 16, _cm("condition_module", output_size=16), "gpt_spk_cond"),
+    _p("condition_module.linear_units", 28, _cm("condition_module", linear_units=28), "gpt_spk_cond"),
+    _p("condition_module.attention_heads", 4, _cm("condition_module", attention_heads=4), "gpt_spk_cond"),
+    _p("condition_module.num_blocks", 1, _cm("condition_module", num_blocks=1), "gpt_spk_cond"),
+    _p("condition_module.perceiver_mult", 3, _cm("condition_module", perceiver_mult=3), "gpt_spk_cond"),
+    _p("condition_module.dropout_rate", 0.1, _cm("condition_module", dropout_rate=0.1), "gpt_spk_cond"),
+    # output_size = the emotion perceiver's width: proj_context is nn.Identity (no keys)
+    _p("emo_condition_module.output_size", 40, _cm("emo_condition_module", output_size=40, attention_heads=4), "gpt_emo_cond"),
+    _p("emo_condition_module.linear_units", 20, _cm("emo_condition_module", linear_units=20), "gpt_emo_cond"),
+    _p("emo_condition_module.num_blocks", 3, _cm("emo_condition_module", num_blocks=3), "gpt_emo_cond"),
+    _p("emo_condition_module.perceiver_mult", 1, _cm("emo_condition_module", perceiver_mult=1), "gpt_emo_cond"),
+    # fixed in the official constructors; fields here so the fixtures can shrink them
+    _p("perceiver_dim_head", 12, {"perceiver_dim_head": 12}, "gpt_spk_cond"),
+    _p("perceiver_depth", 1, {"perceiver_depth": 1}, "gpt_emo_cond"),
+    _p("cnn_module_kernel", 7, {"cnn_module_kernel": 7}, "gpt_spk_conformer"),
+    _p("pos_enc_max_len", 40, {"pos_enc_max_len": 40}, "gpt_spk_conformer"),
+    _p("cond_input_size", 17, {"cond_input_size": 17}, "gpt_spk_cond"),
+    _p("emo_dim", 32, {"emo_dim": 32}, "gpt_emovec"),
+    _r("condition_type", "perceiver", {"condition_type": "perceiver"}),
+    _r("condition_type", "gst", {"condition_type": "gst"}),
+    _r("condition_type", "conformer_encoder", {"condition_type": "conformer_encoder"}),
+    _r("use_mel_codes_as_input", False, {"use_mel_codes_as_input": False}),
+    _r("condition_module.input_layer", "conv2d", _cm("condition_module", input_layer="conv2d")),
+    _r("emo_condition_module.input_layer", "linear", _cm("emo_condition_module", input_layer="linear")),
+    _r("condition_module.pos_enc_layer_type", "abs_pos", _cm("condition_module", pos_enc_layer_type="abs_pos")),
+    _r("condition_module.normalize_before", False, _cm("condition_module", normalize_before=False)),
+    _r("condition_module.concat_after", True, _cm("condition_module", concat_after=True)),
+    _r("condition_module.macaron_style", True, _cm("condition_module", macaron_style=True)),
+    _r("emo_condition_module.use_cnn_module", False, _cm("emo_condition_module", use_cnn_module=False)),
 )
 
 SPEC = ModelSpec(
@@ -418,13 +547,25 @@ SPEC = ModelSpec(
         # UnifiedVoice builds text_head but inference and the latent path never call it
         # (forward() returns latents; decoding uses mel_head only).
         "text_head.*": "text logits head: stored, never used by v2 inference",
+        "*_solo_embedding": "train_solo_embeddings=True parameters: stored, never used by forward or inference",
     },
+    # fault -> (case, the leaf tap the injected walk must name first)
     faults={
-        "c_attn_untransposed": ("gpt_forward_latent", "gpt.h.0"),
-        "to_kv_swapped": ("gpt_spk_perceiver", "perceiver_encoder.layers.0"),
+        "c_attn_untransposed": ("gpt_forward_latent", "gpt.h.0.attn.c_attn"),
+        "to_kv_swapped": ("gpt_spk_perceiver", "perceiver_encoder.layers.0.0.to_kv"),
         "final_norm_skipped": ("gpt_forward_latent", "final_norm"),
-        "pos_bias_v_dropped": ("gpt_spk_conformer", "conditioning_encoder.encoders.0"),
-        "geglu_swapped": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0"),
+        "pos_bias_v_dropped": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.self_attn.forward_attention"),
+        "geglu_swapped": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0.1.1"),
         "after_norm_skipped": ("gpt_spk_conformer", "conditioning_encoder.after_norm"),
+        "gelu_erf": ("gpt_step_logits", "gpt.h.0.mlp.act"),
+        "gpt2_ln_eps": ("gpt_forward_latent", "gpt.h.0.ln_1"),
+        "conv_norm_eps": ("gpt_emo_conformer", "emo_conditioning_encoder.encoders.0.conv_module.norm"),
+        "conformer_scale_d_model": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.self_attn.forward_attention"),
+        "perceiver_scale_dim": ("gpt_emo_perceiver", "emo_perceiver_encoder.layers.0.0.attend"),
+        "ff_swish_beta": ("gpt_spk_conformer", "conditioning_encoder.encoders.0.feed_forward.activation"),
+    },
+    config_space=CONFIG_SPACE,
+    untapped={
+        "text_head": "stored in gpt.pth but never called by v2 inference (allow_unused)",
     },
 )

@@ -4,6 +4,13 @@ Behaviour follows official `indextts/gpt/conformer_encoder.py` + `gpt/conformer/
 subsampling with a flattening Linear, x·√d, absolute `pe` table handed to a rel-pos attention that
 has NO rel_shift, GLU conv module (kernel 15), pre-norm blocks with `norm_final`, `after_norm`.
 Attribute names reproduce the official state_dict keys exactly.
+
+Leaf taps (name = module path; a functional op = `<enclosing module>.<official name>`). Every op
+lies inside some tap's fn with no injected tap between it and that tap's output: the flatten sits in
+`embed.out.0`, the mask fills and layout transposes in the conv-module taps, the head split/merge in
+`self_attn.forward_attention` (the scores + masked softmax + A·V of the official code; its final
+`linear_out` is tapped on its own), and the three residual adds reach `norm_final`, which the
+injected walk therefore leaves uninjected (`NO_INJECT`).
 """
 from __future__ import annotations
 
@@ -15,24 +22,30 @@ from torch import nn
 
 from .common import NoTaps
 
+# fnmatch patterns of taps the injected walk must not inject (see the module docstring).
+NO_INJECT = ("*.encoders.*.norm_final", "*.embed.pos_enc.position_encoding")
+
 
 class RelPositionalEncoding(nn.Module):
     def __init__(self, d_model: int, max_len: int = 5000):
         super().__init__()
         self.d_model = d_model
+        self.xscale = math.sqrt(d_model)
         self.max_len = max_len
         pos = torch.arange(0, max_len, dtype=torch.float32).unsqueeze(1)
         div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
         pe = torch.zeros(max_len, d_model)
         pe[:, 0::2] = torch.sin(pos * div)
         pe[:, 1::2] = torch.cos(pos * div)
-        self.register_buffer("pe", pe.unsqueeze(0))  # persistent: it is in gpt.pth
+        self.register_buffer("pe", pe.unsqueeze(0))  # persistent: it is in gpt.pth (a weight, cast with the model)
 
-    def forward(self, x):
+    def forward(self, x, taps, name):
         t = x.size(1)
         if t >= self.max_len:  # the official asserts offset + size < max_len
             raise ValueError(f"Conformer sequence of {t} frames exceeds the positional table ({self.max_len})")
-        return x * math.sqrt(self.d_model), self.pe[:, :t]
+        x = taps.block(name, x, lambda x: x * self.xscale)
+        pos = taps.block(f"{name}.position_encoding", self.pe, lambda pe: pe[:, :t])
+        return x, pos
 
 
 class Conv2dSubsampling2(nn.Module):
@@ -42,12 +55,16 @@ class Conv2dSubsampling2(nn.Module):
         self.out = nn.Sequential(nn.Linear(odim * ((idim - 1) // 2), odim))
         self.pos_enc = RelPositionalEncoding(odim, max_len)
 
-    def forward(self, x, mask):
-        x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
-        b, c, t, f = x.shape
-        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # flatten index c*F' + f
-        x, pos = self.pos_enc(x)
-        return x, pos, mask[:, :, 2::2]
+    def forward(self, x, taps, name):
+        x = taps.block(f"{name}.conv.0", x, lambda x: self.conv[0](x.unsqueeze(1)))  # [B, C, T', F']
+        x = taps.block(f"{name}.conv.1", x, self.conv[1])
+
+        def out(x):
+            b, c, t, f = x.shape
+            return self.out[0](x.transpose(1, 2).contiguous().view(b, t, c * f))  # flatten index c*F' + f
+
+        x = taps.block(f"{name}.out.0", x, out)
+        return self.pos_enc(x, taps, f"{name}.pos_enc")
 
 
 class RelPositionMultiHeadedAttention(nn.Module):
@@ -63,31 +80,42 @@ class RelPositionMultiHeadedAttention(nn.Module):
         self.pos_bias_u = nn.Parameter(torch.empty(n_head, self.d_k))
         self.pos_bias_v = nn.Parameter(torch.empty(n_head, self.d_k))
 
-    def forward(self, x, mask, pos_emb):
+    def forward(self, x, mask, pos_emb, taps, name):
         b = x.size(0)
-        q = self.linear_q(x).view(b, -1, self.h, self.d_k)  # [B, T, H, dk]
-        k = self.linear_k(x).view(b, -1, self.h, self.d_k).transpose(1, 2)
-        v = self.linear_v(x).view(b, -1, self.h, self.d_k).transpose(1, 2)
-        p = self.linear_pos(pos_emb).view(pos_emb.size(0), -1, self.h, self.d_k).transpose(1, 2)
-        qu = (q + self.pos_bias_u).transpose(1, 2)
-        qv = (q + self.pos_bias_v).transpose(1, 2)
-        # Official code comments rel_shift out: the positional term is a plain absolute product.
-        scores = (qu @ k.transpose(-2, -1) + qv @ p.transpose(-2, -1)) / math.sqrt(self.d_k)
-        masked = ~mask.unsqueeze(1)  # [B, 1, 1, T2]
-        scores = scores.masked_fill(masked, -float("inf"))
-        attn = torch.softmax(scores, dim=-1).masked_fill(masked, 0.0)
-        out = (attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_k)
-        return self.linear_out(out)
+        q = taps.block(f"{name}.linear_q", x, self.linear_q)
+        k = taps.block(f"{name}.linear_k", x, self.linear_k)
+        v = taps.block(f"{name}.linear_v", x, self.linear_v)
+        p = taps.block(f"{name}.linear_pos", pos_emb, self.linear_pos)
+
+        def core(q):
+            q = q.view(b, -1, self.h, self.d_k)  # [B, T, H, dk]
+            kh = k.view(b, -1, self.h, self.d_k).transpose(1, 2)
+            vh = v.view(b, -1, self.h, self.d_k).transpose(1, 2)
+            ph = p.view(p.size(0), -1, self.h, self.d_k).transpose(1, 2)
+            qu = (q + self.pos_bias_u).transpose(1, 2)
+            qv = (q + self.pos_bias_v).transpose(1, 2)
+            # Official code comments rel_shift out: the positional term is a plain absolute product.
+            scores = (torch.matmul(qu, kh.transpose(-2, -1)) + torch.matmul(qv, ph.transpose(-2, -1))) / math.sqrt(self.d_k)
+            masked = ~mask.unsqueeze(1)  # [B, 1, 1, T2]
+            scores = scores.masked_fill(masked, -float("inf"))
+            attn = torch.softmax(scores, dim=-1).masked_fill(masked, 0.0)
+            return torch.matmul(attn, vh).transpose(1, 2).contiguous().view(b, -1, self.h * self.d_k)
+
+        o = taps.block(f"{name}.forward_attention", q, core)
+        return taps.block(f"{name}.linear_out", o, self.linear_out)
 
 
 class PositionwiseFeedForward(nn.Module):
     def __init__(self, idim: int, hidden: int):
         super().__init__()
         self.w_1 = nn.Linear(idim, hidden)
+        self.activation = nn.SiLU()
         self.w_2 = nn.Linear(hidden, idim)
 
-    def forward(self, x):
-        return self.w_2(F.silu(self.w_1(x)))
+    def forward(self, x, taps, name):
+        x = taps.block(f"{name}.w_1", x, self.w_1)
+        x = taps.block(f"{name}.activation", x, self.activation)
+        return taps.block(f"{name}.w_2", x, self.w_2)
 
 
 class ConvolutionModule(nn.Module):
@@ -96,15 +124,19 @@ class ConvolutionModule(nn.Module):
         self.pointwise_conv1 = nn.Conv1d(channels, 2 * channels, 1)
         self.depthwise_conv = nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels)
         self.norm = nn.LayerNorm(channels)
+        self.activation = nn.SiLU()
         self.pointwise_conv2 = nn.Conv1d(channels, channels, 1)
 
-    def forward(self, x, mask_pad):
-        x = x.transpose(1, 2).masked_fill(~mask_pad, 0.0)
-        x = F.glu(self.pointwise_conv1(x), dim=1)  # first half · σ(second half)
-        x = self.depthwise_conv(x)
-        x = F.silu(self.norm(x.transpose(1, 2))).transpose(1, 2)
-        x = self.pointwise_conv2(x).masked_fill(~mask_pad, 0.0)
-        return x.transpose(1, 2)
+    def forward(self, x, mask_pad, taps, name):
+        """x [B, T, C] → [B, T, C]; the taps keep the official layouts: [B, 2C|C, T] up to the
+        depthwise conv, [B, T, C] from the norm on."""
+        x = taps.block(f"{name}.pointwise_conv1", x, lambda x: self.pointwise_conv1(x.transpose(1, 2).masked_fill(~mask_pad, 0.0)))
+        x = taps.block(f"{name}.glu", x, lambda x: F.glu(x, dim=1))  # first half · σ(second half)
+        x = taps.block(f"{name}.depthwise_conv", x, self.depthwise_conv)
+        x = taps.block(f"{name}.norm", x, lambda x: self.norm(x.transpose(1, 2)))
+        x = taps.block(f"{name}.activation", x, self.activation)
+        return taps.block(f"{name}.pointwise_conv2", x,
+                          lambda x: self.pointwise_conv2(x.transpose(1, 2)).masked_fill(~mask_pad, 0.0).transpose(1, 2))
 
 
 class ConformerEncoderLayer(nn.Module):
@@ -118,11 +150,14 @@ class ConformerEncoderLayer(nn.Module):
         self.norm_conv = nn.LayerNorm(size, eps=1e-5)
         self.norm_final = nn.LayerNorm(size, eps=1e-5)
 
-    def forward(self, x, mask, pos_emb):
-        x = x + self.self_attn(self.norm_mha(x), mask, pos_emb)
-        x = x + self.conv_module(self.norm_conv(x), mask)
-        x = x + self.feed_forward(self.norm_ff(x))
-        return self.norm_final(x)
+    def forward(self, x, mask, pos_emb, taps, name):
+        h = taps.block(f"{name}.norm_mha", x, self.norm_mha)
+        x = x + taps.block(f"{name}.self_attn", h, lambda h: self.self_attn(h, mask, pos_emb, taps, f"{name}.self_attn"))
+        h = taps.block(f"{name}.norm_conv", x, self.norm_conv)
+        x = x + self.conv_module(h, mask, taps, f"{name}.conv_module")
+        h = taps.block(f"{name}.norm_ff", x, self.norm_ff)
+        x = x + self.feed_forward(h, taps, f"{name}.feed_forward")
+        return taps.block(f"{name}.norm_final", x, self.norm_final)
 
 
 class ConformerEncoder(nn.Module):
@@ -143,13 +178,12 @@ class ConformerEncoder(nn.Module):
         holder = {}
 
         def embed(x):
-            y, pos, m = self.embed(x, mask)
-            holder["pos"], holder["mask"] = pos, m
+            y, holder["pos"] = self.embed(x, taps, f"{name}.embed")
             return y
 
         x = taps.block(f"{name}.embed", xs, embed)
-        pos, m = holder["pos"], holder["mask"]
+        pos, m = holder["pos"], mask[:, :, 2::2]
         for i, layer in enumerate(self.encoders):
-            x = taps.block(f"{name}.encoders.{i}", x, lambda x, layer=layer: layer(x, m, pos))
+            x = taps.block(f"{name}.encoders.{i}", x, lambda x, layer=layer, i=i: layer(x, m, pos, taps, f"{name}.encoders.{i}"))
         x = taps.block(f"{name}.after_norm", x, self.after_norm)
         return x, m

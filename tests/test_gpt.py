@@ -11,24 +11,32 @@ from hypothesis import strategies as st
 
 from parity import candle
 from parity.bench import measure
-from parity.compare import compare
+from parity.compare import compare_noise
 from parity.registry import MODELS
-from parity.tolerances import lookup
+from parity.runner import as_torch
+from parity.tolerances import NEAR_TIE, rule
 from reference.gpt import latent_inputs, spk_inputs, step_inputs
 
 SPEC = MODELS["gpt"]
-# Near-tie rule for greedy decoding: a flip is accepted only where the reference's top-2 logit
-# margin is below this. Logit errors measured on the tiny fixture are ≤ 1.5e-6, so 1e-4 leaves
-# ~70× headroom while any real bug moves logits by ≥ 1e-2.
-NEAR_TIE = 1e-4
 
 
-def _t(inputs):
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+def _t(inputs, dtype=torch.float32):
+    return as_torch(inputs, "cpu", dtype)
 
 
-def _tol(tap):
-    return lookup("gpt", tap, "cpu", "float32")
+def _pair(fx, fn, inputs):
+    """fn(reference, torch inputs) in float64 (the truth) and float32 (its noise) → two arrays."""
+    out = []
+    with torch.no_grad():
+        for dt in (torch.float64, torch.float32):
+            out.append(fn(fx.reference("cpu", dt), _t(inputs, dt)).numpy())
+    return out
+
+
+def _check(name, ref64, ref32, got):
+    """The noise-floor rule (tolerances.py) on one output: Candle vs float64 within k × float32's own error."""
+    c = compare_noise(name, ref64, ref32, got, rule("gpt", name, "cpu", "float32"))
+    assert c.ok, c.line()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -103,27 +111,44 @@ def test_gpt_kv_cache_equals_full_recompute(code_len, fixtures, candle_models):
     cm = candle_models("gpt")
     cached, _ = candle.run(cm, "step_logits", inp)
     full, _ = candle.run(cm, "step_logits_full", inp)
-    with torch.no_grad():
-        t = _t(inp)
-        ref = fx.reference().step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]).numpy()
+    ref64, ref32 = _pair(fx, lambda m, t: m.step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]), inp)
     assert cached["logits"].shape == (1, code_len + 1, fx.cfg["number_mel_codes"])
-    c = compare("output:logits cached vs full", full["logits"], cached["logits"], _tol("output:logits"))
-    assert c.ok, c.line()
-    c = compare("output:logits", ref, cached["logits"], _tol("output:logits"))
-    assert c.ok, c.line()
+    _check("output:logits (KV cache)", ref64, ref32, cached["logits"])
+    _check("output:logits (one pass)", ref64, ref32, full["logits"])
+
+
+def _ref_cached_logits(ref, t, codes):
+    """The reference's own KV-cache loop (as `greedy` runs it) fed `codes` → logits [1, K+1, V]."""
+    from reference.common import NoTaps
+
+    taps, caches = NoTaps(), [dict() for _ in ref.gpt.h]
+    conds, text_emb = ref._prefix(t["spk_latent"], t["emovec"], t["text"], taps)
+    toks = torch.cat([torch.tensor([[ref.cfg["start_mel_token"]]]), codes], 1)
+    x = torch.cat([conds, text_emb, ref._mel_emb(toks[:, :1], ref._mel_positions(0, 1), taps)], 1)
+    out = []
+    for s in range(toks.shape[1]):
+        h = ref.gpt(x, None, caches)[:, -1:]
+        out.append(ref.mel_head(ref.final_norm(h)))
+        if s + 1 < toks.shape[1]:
+            x = ref._mel_emb(toks[:, s + 1:s + 2], ref._mel_positions(s + 1, 1), taps)
+    return torch.cat(out, 1)
 
 
 def test_gpt_reference_kv_cache_equals_full(fixtures):
-    """The reference's own cached greedy loop sees the same logits as its single-pass path."""
+    """The reference's own cached loop sees the same logits as its single-pass path (noise-floor
+    rule against the single pass in float64), and greedy's margins / codes are those logits'."""
     fx = fixtures("gpt")
     ref = fx.reference()
-    t = _t(step_inputs(fx.cfg, 3))
+    inp = step_inputs(fx.cfg, 3)
+    t = _t(inp)
     with torch.no_grad():
         codes, margins = ref.greedy(t["spk_latent"], t["emovec"], t["text"], 12)
-        full = ref.step_logits(t["spk_latent"], t["emovec"], t["text"], codes)[0]
-    top2 = torch.topk(full, 2, dim=-1).values
-    np.testing.assert_allclose((top2[:, 0] - top2[:, 1])[: len(margins)].numpy(), margins.numpy(), atol=1e-5)
-    assert torch.equal(full.argmax(-1)[: codes.shape[1]], codes[0])
+        cached = _ref_cached_logits(ref, t, codes)[0]
+    ref64, ref32 = _pair(fx, lambda m, t: m.step_logits(t["spk_latent"], t["emovec"], t["text"], codes)[0], inp)
+    _check("output:logits (reference KV cache)", ref64, ref32, cached.numpy())
+    top2 = torch.topk(cached, 2, dim=-1).values
+    assert np.array_equal((top2[:, 0] - top2[:, 1])[: len(margins)].numpy(), margins.numpy().astype(np.float32))
+    assert torch.equal(cached.argmax(-1)[: codes.shape[1]], codes[0])
 
 
 @settings(max_examples=15, deadline=None, derandomize=True,
@@ -138,20 +163,15 @@ def test_gpt_any_text_and_code_length(text_len, code_len, short, seed, fixtures,
     inp["text_lens"][1] = max(1, text_len - short)
     inp["code_lens"][1] = max(1, code_len - short)
     got, _ = candle.run(cm, "forward_latent", inp)
-    with torch.no_grad():
-        t = _t(inp)
-        want = ref.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"], t["code_lens"], t["emovec"]).numpy()
+    ref64, ref32 = _pair(fx, lambda m, t: m.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"],
+                                                            t["code_lens"], t["emovec"]), inp)
     assert got["latent"].shape == (2, code_len, fx.cfg["model_dim"])
-    c = compare("output:latent", want, got["latent"], _tol("output:latent"))
-    assert c.ok, c.line()
+    _check("output:latent", ref64, ref32, got["latent"])
     sinp = {"spk_latent": inp["spk_latent"][:1], "emovec": inp["emovec"][:1], "text": inp["text"][:1],
             "codes": inp["codes"][:1, : min(code_len, fx.cfg["max_mel_tokens"])]}
     got, _ = candle.run(cm, "step_logits", sinp)
-    with torch.no_grad():
-        t = _t(sinp)
-        want = ref.step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]).numpy()
-    c = compare("output:logits", want, got["logits"], _tol("output:logits"))
-    assert c.ok, c.line()
+    ref64, ref32 = _pair(fx, lambda m, t: m.step_logits(t["spk_latent"], t["emovec"], t["text"], t["codes"]), sinp)
+    _check("output:logits", ref64, ref32, got["logits"])
 
 
 @settings(max_examples=10, deadline=None, derandomize=True,
@@ -164,11 +184,8 @@ def test_gpt_conformer_perceiver_any_frames(frames, cut, seed, fixtures, candle_
     inp = {"x": rng.standard_normal((2, fx.cfg["cond_input_size"], frames)).astype(np.float32),
            "lens": np.array([frames, max(1, frames - cut)], np.int64)}
     got, _ = candle.run(candle_models("gpt"), "spk_cond", inp)
-    with torch.no_grad():
-        t = _t(inp)
-        want = fx.reference().get_conditioning(t["x"], t["lens"]).numpy()
-    c = compare("output:latent", want, got["latent"], _tol("output:latent"))
-    assert c.ok, c.line()
+    ref64, ref32 = _pair(fx, lambda m, t: m.get_conditioning(t["x"], t["lens"]), inp)
+    _check("output:latent", ref64, ref32, got["latent"])
 
 
 def test_gpt2_stack_matches_transformers(fixtures):
@@ -181,21 +198,27 @@ def test_gpt2_stack_matches_transformers(fixtures):
                                      n_layer=cfg["layers"], n_head=cfg["heads"])
     hf = transformers.GPT2Model(hf_cfg).eval()
     del hf.wpe  # IndexTTS replaces the module by a function returning zeros
-    hf.wpe = lambda pos: torch.zeros(*pos.shape, cfg["model_dim"])
+    hf.wpe = lambda pos: torch.zeros(*pos.shape, cfg["model_dim"], dtype=hf.h[0].ln_1.weight.dtype)
     own = {k[len("gpt."):]: v for k, v in ref.state_dict().items() if k.startswith("gpt.")}
     missing, unexpected = hf.load_state_dict(own, strict=False)
     assert not unexpected and all(k.startswith(("wte.", "wpe.")) or k.endswith("attn.bias") for k in missing), missing
-    emb = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 13, cfg["model_dim"])).astype(np.float32))
+    emb64 = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 13, cfg["model_dim"])))
+    ours, theirs = {}, {}
     with torch.no_grad():
-        want = hf(inputs_embeds=emb).last_hidden_state
-        got = ref.gpt(emb)
-        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-5)
-        out = hf(inputs_embeds=emb[:, :9], use_cache=True)
-        step = hf(inputs_embeds=emb[:, 9:10], past_key_values=out.past_key_values, use_cache=True).last_hidden_state
-        caches = [dict() for _ in ref.gpt.h]
-        ref.gpt(emb[:, :9], None, caches)
-        np.testing.assert_allclose(ref.gpt(emb[:, 9:10], None, caches).numpy(), step.numpy(), atol=2e-5)
-        np.testing.assert_allclose(step.numpy(), want[:, 9:10].numpy(), atol=2e-5)
+        for dt in (torch.float64, torch.float32):
+            m, h, emb = fx.reference("cpu", dt), hf.to(dt), emb64.to(dt)
+            theirs[dt] = (h(inputs_embeds=emb).last_hidden_state,
+                          h(inputs_embeds=emb[:, 9:10], use_cache=True,
+                            past_key_values=h(inputs_embeds=emb[:, :9], use_cache=True).past_key_values).last_hidden_state)
+            caches = [dict() for _ in m.gpt.h]
+            m.gpt(emb[:, :9], None, caches)
+            ours[dt] = (m.gpt(emb), m.gpt(emb[:, 9:10], None, caches))
+    # noise-floor rule with transformers as the truth (float64) and its float32 run as the noise
+    for j, name in enumerate(("output:hidden (one pass)", "output:hidden (KV cache step)")):
+        _check(name, theirs[torch.float64][j].numpy(), theirs[torch.float32][j].numpy(), ours[torch.float32][j].numpy())
+    # the cached step equals the one-pass position 9 (both transformers, float32 vs float64 truth)
+    _check("output:hidden step 9", theirs[torch.float64][0][:, 9:10].numpy(), theirs[torch.float32][0][:, 9:10].numpy(),
+           theirs[torch.float32][1].numpy())
 
 
 def _official_unified_voice():
@@ -244,20 +267,27 @@ def test_gpt_reference_matches_official_code():
     ref = build_reference(cfg)
     ref.load_state_dict(off.state_dict(), strict=True)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((2, 1024, 23)).astype(np.float32))
+    x64 = torch.from_numpy(rng.standard_normal((2, 1024, 23)))
     lens = torch.tensor([23, 16])
-    xl = x.transpose(1, 2).contiguous()
     text = torch.from_numpy(rng.integers(2, cfg["number_text_tokens"], (2, 7)))
     codes = torch.from_numpy(rng.integers(0, cfg["start_mel_token"], (2, 9)))
     tl, cl = torch.tensor([7, 5]), torch.tensor([9, 6])
+    res = {}  # (side, dtype) -> outputs; the official class in float64 is the truth, float32 its noise
     with torch.no_grad():
-        spk = off.get_conditioning(x, lens)
-        np.testing.assert_allclose(ref.get_conditioning(x, lens).numpy(), spk.numpy(), atol=1e-5)
-        np.testing.assert_allclose(ref.get_emo_conditioning(x, lens).numpy(), off.get_emo_conditioning(x, lens).numpy(), atol=1e-5)
-        ev = off.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6)
-        np.testing.assert_allclose(ref.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6).numpy(), ev.numpy(), atol=1e-5)
-        want = off(spk, text.clone(), tl, codes.clone(), cl, xl, emo_vec=ev, use_speed=torch.zeros(2, dtype=torch.long))
-        np.testing.assert_allclose(ref.forward_latent(spk, text, tl, codes, cl, ev).numpy(), want.numpy(), atol=1e-5)
+        for dt in (torch.float64, torch.float32):
+            x = x64.to(dt)
+            xl = x.transpose(1, 2).contiguous()
+            o, r = off.to(dt), ref.to(dt)
+            spk = o.get_conditioning(x, lens)
+            ev = o.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6)
+            want = o(spk, text.clone(), tl, codes.clone(), cl, xl, emo_vec=ev, use_speed=torch.zeros(2, dtype=torch.long))
+            res["off", dt] = [spk, o.get_emo_conditioning(x, lens), ev, want]
+            res["ref", dt] = [r.get_conditioning(x, lens), r.get_emo_conditioning(x, lens),
+                              r.merge_emovec(xl, xl.flip(0), lens, lens.flip(0), 0.6), r.forward_latent(spk, text, tl, codes, cl, ev)]
+        for j, name in enumerate(("output:latent (conditioning)", "output:emo (emo conditioning)", "output:emovec (merge)",
+                                  "output:latent (forward)")):
+            _check(name, res["off", torch.float64][j].numpy(), res["off", torch.float32][j].numpy(), res["ref", torch.float32][j].numpy())
+        spk, ev, xl = res["off", torch.float32][0], res["off", torch.float32][2], x.transpose(1, 2).contiguous()
         off.post_init_gpt2_config(kv_cache=True)
         n = cfg["max_mel_tokens"] - 4
         official_codes, _ = off.inference_speech(xl[:1], text[:1], xl[:1], cond_lengths=lens[:1], emo_cond_lengths=lens[:1],
@@ -415,14 +445,6 @@ def test_bench_gpt_greedy(side, benchmark, bench_fixtures):
 
         def fn():  # the reference's cached loop, fed the same tokens
             with torch.no_grad():
-                caches = [dict() for _ in ref.gpt.h]
-                pre = ref._prefix(t["spk_latent"], t["emovec"], t["text"])
-                toks = torch.cat([torch.tensor([[fx.cfg["start_mel_token"]]]), t["codes"]], 1)
-                x = torch.cat([pre, ref._mel_in(toks[:, :1], 0)], 1)
-                for s in range(toks.shape[1]):
-                    h = ref.gpt(x, None, caches)[:, -1:]
-                    ref.mel_head(ref.final_norm(h))
-                    if s + 1 < toks.shape[1]:
-                        x = ref._mel_in(toks[:, s + 1:s + 2], s + 1)
+                _ref_cached_logits(ref, t, t["codes"])
     measure(benchmark, fn, rounds=2, tokens=BENCH_NEW + 1)
     benchmark.extra_info["tokens_per_s"] = (BENCH_NEW + 1) / benchmark.stats.stats.mean

@@ -7,54 +7,39 @@
 //! quirk: the start token is at mel position 0 and the k-th generated token (k ≥ 1) at k + 1.
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
-use crate::gpt_conformer::{ConformerCfg, ConformerEncoder};
+use crate::gpt_conformer::ConformerEncoder;
 use crate::gpt_perceiver::Perceiver;
 use crate::nn::{LayerNorm, Linear};
 use crate::store::Weights;
-use crate::transforms::{conv1d_to_linear, split_fused};
+use crate::transforms::conv1d_to_linear;
 use candle_core::{DType, Device, Tensor, D};
-use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GptConfig {
-    pub model_dim: usize,
-    pub heads: usize,
-    pub layers: usize,
-    pub max_text_tokens: usize,
-    pub max_mel_tokens: usize,
-    pub max_conditioning_inputs: usize,
-    pub number_text_tokens: usize,
-    pub types: usize,
-    pub number_mel_codes: usize,
-    pub start_mel_token: i64,
-    pub stop_mel_token: i64,
-    pub start_text_token: i64,
-    pub stop_text_token: i64,
-    pub condition_num_latent: usize,
-    pub cond_input_size: usize,
-    pub emo_dim: usize,
-    pub perceiver_dim_head: usize,
-    pub perceiver_depth: usize,
-    pub pos_enc_max_len: usize,
-    pub cnn_module_kernel: usize,
-    pub condition_module: ConformerCfg,
-    pub emo_condition_module: ConformerCfg,
-}
+pub use crate::gpt_config::GptConfig;
 
 pub const FAULTS: &[&str] = &[
-    "c_attn_untransposed", // Conv1D [in,out] memory reinterpreted as [out,in] (reshape, not transpose)
-    "to_kv_swapped",       // perceiver to_kv halves used as V‖K
-    "final_norm_skipped",  // latent / logits taken before final_norm
-    "pos_bias_v_dropped",  // conformer positional term without pos_bias_v
-    "geglu_swapped",       // GEGLU gate taken from the first half
-    "after_norm_skipped",  // conformer output without after_norm
+    "c_attn_untransposed",     // Conv1D [in,out] memory reinterpreted as [out,in] (reshape, not transpose)
+    "to_kv_swapped",           // perceiver to_kv halves used as V‖K
+    "final_norm_skipped",      // latent / logits taken before final_norm
+    "pos_bias_v_dropped",      // conformer positional term without pos_bias_v
+    "geglu_swapped",           // GEGLU gate taken from the first half
+    "after_norm_skipped",      // conformer output without after_norm
+    "gelu_erf",                // GPT-2 MLP with exact erf GELU instead of gelu_new (tanh)
+    "gpt2_ln_eps",             // GPT-2 LayerNorms (ln_1, ln_2, ln_f) with BERT's eps 1e-12 instead of 1e-5
+    "conv_norm_eps",           // Conformer conv_module.norm with upstream WeNet's eps 1e-12 instead of 1e-5
+    "conformer_scale_d_model", // conformer attention scores / √d_model instead of / √d_k
+    "perceiver_scale_dim",     // perceiver attention scale dim^-0.5 (model width) instead of dim_head^-0.5
+    "ff_swish_beta",           // conformer feed-forward Swish-β (β = 1.702) instead of SiLU
 ];
 
+/// GPT-2's LayerNorm eps (`layer_norm_epsilon`) and the `gpt2_ln_eps` fault's value.
+const GPT2_LN_EPS: f64 = 1e-5;
+const GPT2_LN_EPS_FAULT: f64 = 1e-12;
+
 /// GPT-2 `Conv1D` loaded as a Linear: `[in, out]` → `[out, in]`.
-fn conv1d(w: &Weights, inp: usize, out: usize, reinterpret: bool) -> Result<(Tensor, Tensor)> {
+fn conv1d(w: &Weights, inp: usize, out: usize, reinterpret: bool) -> Result<Linear> {
     let weight = w.get((inp, out), "weight")?;
     let weight = if reinterpret { weight.reshape((out, inp))? } else { conv1d_to_linear(&weight)? };
-    Ok((weight, w.get(out, "bias")?))
+    Ok(Linear::from_tensors(weight, Some(w.get(out, "bias")?)))
 }
 
 #[derive(Default, Clone)]
@@ -65,44 +50,36 @@ pub struct LayerCache {
 
 struct Block {
     ln_1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    c_attn: Linear, // fused q‖k‖v
     c_proj: Linear,
     ln_2: LayerNorm,
     c_fc: Linear,
     mlp_proj: Linear,
     heads: usize,
+    gelu_erf: bool,
 }
 
 impl Block {
     fn load(w: &Weights, d: usize, heads: usize, faults: &Faults) -> Result<Self> {
-        let (wa, ba) = conv1d(&w.pp("attn.c_attn"), d, 3 * d, faults.on("c_attn_untransposed"))?;
-        let ws = split_fused(&wa, 0, &[d, d, d])?; // q‖k‖v
-        let bs = split_fused(&ba, 0, &[d, d, d])?;
-        let lin = |(w, b): (Tensor, Tensor)| Linear::from_tensors(w, Some(b));
+        let eps = if faults.on("gpt2_ln_eps") { GPT2_LN_EPS_FAULT } else { GPT2_LN_EPS };
         Ok(Block {
-            ln_1: LayerNorm::load(&w.pp("ln_1"), d, 1e-5)?,
-            q: Linear::from_tensors(ws[0].clone(), Some(bs[0].clone())),
-            k: Linear::from_tensors(ws[1].clone(), Some(bs[1].clone())),
-            v: Linear::from_tensors(ws[2].clone(), Some(bs[2].clone())),
-            c_proj: lin(conv1d(&w.pp("attn.c_proj"), d, d, false)?),
-            ln_2: LayerNorm::load(&w.pp("ln_2"), d, 1e-5)?,
-            c_fc: lin(conv1d(&w.pp("mlp.c_fc"), d, 4 * d, false)?),
-            mlp_proj: lin(conv1d(&w.pp("mlp.c_proj"), 4 * d, d, false)?),
+            ln_1: LayerNorm::load(&w.pp("ln_1"), d, eps)?,
+            c_attn: conv1d(&w.pp("attn.c_attn"), d, 3 * d, faults.on("c_attn_untransposed"))?,
+            c_proj: conv1d(&w.pp("attn.c_proj"), d, d, false)?,
+            ln_2: LayerNorm::load(&w.pp("ln_2"), d, eps)?,
+            c_fc: conv1d(&w.pp("mlp.c_fc"), d, 4 * d, false)?,
+            mlp_proj: conv1d(&w.pp("mlp.c_proj"), 4 * d, d, false)?,
             heads,
+            gelu_erf: faults.on("gelu_erf"),
         })
     }
 
-    /// x [B, T, d]; with a cache the T new positions follow the cached ones.
-    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+    /// Eager causal attention, heads split / merged inside (tap `attn.attention_interface`, input q).
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let (b, t, d) = q.dims3()?;
         let hd = d / self.heads;
-        let h = self.ln_1.forward(x)?;
-        let split = |z: Tensor| -> Result<Tensor> { Ok(z.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = split(self.q.forward(&h)?)?;
-        let mut k = split(self.k.forward(&h)?)?;
-        let mut v = split(self.v.forward(&h)?)?;
+        let split = |z: &Tensor| -> Result<Tensor> { Ok(z.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?) };
+        let (q, mut k, mut v) = (split(q)?, split(k)?, split(v)?);
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -117,13 +94,26 @@ impl Block {
             // Query i (absolute tk - t + i) sees keys j ≤ tk - t + i.
             let past = tk - t;
             let keep: Vec<u8> = (0..t).flat_map(|i| (0..tk).map(move |j| u8::from(j <= past + i))).collect();
-            let keep = Tensor::from_vec(keep, (1, 1, t, tk), x.device())?;
+            let keep = Tensor::from_vec(keep, (1, 1, t, tk), q.device())?;
             w = crate::gpt_conformer::fill_masked(&w, &keep, f32::MIN)?;
         }
         let a = candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)?;
-        let a = a.transpose(1, 2)?.reshape((b, t, d))?;
-        let x = (x + self.c_proj.forward(&a)?)?;
-        let m = self.mlp_proj.forward(&self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?)?; // gelu_new (tanh)
+        Ok(a.transpose(1, 2)?.reshape((b, t, d))?)
+    }
+
+    /// x [B, T, d]; with a cache the T new positions follow the cached ones. `n` = `gpt.h.{i}`.
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
+        let d = x.dim(2)?;
+        let h = ctx.block(&format!("{n}.ln_1"), x, |x| self.ln_1.forward(x))?;
+        let qkv = ctx.block(&format!("{n}.attn.c_attn"), &h, |h| self.c_attn.forward(h))?;
+        let (k, v) = (qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
+        let a = ctx.block(&format!("{n}.attn.attention_interface"), &qkv.narrow(2, 0, d)?, |q| self.attention(q, &k, &v, cache))?;
+        let a = ctx.block(&format!("{n}.attn.c_proj"), &a, |a| self.c_proj.forward(a))?;
+        let x = (x + a)?;
+        let h = ctx.block(&format!("{n}.ln_2"), &x, |x| self.ln_2.forward(x))?;
+        let h = ctx.block(&format!("{n}.mlp.c_fc"), &h, |h| self.c_fc.forward(h))?;
+        let h = ctx.block(&format!("{n}.mlp.act"), &h, |h| Ok(if self.gelu_erf { h.gelu_erf()? } else { h.gelu()? }))?; // gelu_new (tanh)
+        let m = ctx.block(&format!("{n}.mlp.c_proj"), &h, |h| self.mlp_proj.forward(h))?;
         Ok((x + m)?)
     }
 }
@@ -162,19 +152,22 @@ fn check_range(v: &[i64], n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn rows(table: &Tensor, idx: &[i64], dev: &Device, what: &str) -> Result<Tensor> {
-    check_range(idx, table.dim(0)?, what)?;
-    let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+/// `table[ids]` for int64 ids of any shape → [..., D]; out-of-range ids are an input error.
+fn lookup(table: &Tensor, ids: &Tensor, what: &str) -> Result<Tensor> {
+    let v = ids.flatten_all()?.to_vec1::<i64>()?;
+    check_range(&v, table.dim(0)?, what)?;
+    let idx: Vec<u32> = v.iter().map(|&i| i as u32).collect();
     let n = idx.len();
-    Ok(table.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?)
+    let rows = table.index_select(&Tensor::from_vec(idx, n, ids.device())?, 0)?;
+    let mut shape = ids.dims().to_vec();
+    shape.push(table.dim(1)?);
+    Ok(rows.reshape(shape)?)
 }
 
 impl UnifiedVoice {
     pub fn load(w: &Weights, cfg: GptConfig, faults: Faults) -> Result<Self> {
+        cfg.check()?;
         let d = cfg.model_dim;
-        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) || cfg.condition_num_latent == 0 {
-            return input_err(format!("GPT config: heads {} must divide model_dim {d}", cfg.heads));
-        }
         let (cm, em) = (&cfg.condition_module, &cfg.emo_condition_module);
         let cond_enc = ConformerEncoder::load(&w.pp("conditioning_encoder"), cfg.cond_input_size, cm, cfg.cnn_module_kernel, cfg.pos_enc_max_len, &faults)?;
         let perceiver = Perceiver::load(&w.pp("perceiver_encoder"), d, cfg.perceiver_depth, cm.output_size, cfg.condition_num_latent, cfg.perceiver_dim_head, cm.attention_heads, cm.perceiver_mult, &faults)?;
@@ -268,7 +261,7 @@ impl UnifiedVoice {
         if emo.dims() != base.dims() {
             return input_err("speaker and emotion features must have the same batch size");
         }
-        Ok((&base + ((emo - &base)? * a[0] as f64)?)?)
+        ctx.block("merge_emovec", &emo, |emo| Ok((&base + ((emo - &base)? * a[0] as f64)?)?))
     }
 
     fn check_cond(&self, spk_latent: &Tensor, emovec: &Tensor) -> Result<usize> {
@@ -287,35 +280,75 @@ impl UnifiedVoice {
         Ok(spk_latent.dim(0)?)
     }
 
-    /// conds = [spk_latent + emovec, speed_emb(1), speed_emb(0)] → [B, N+2, D].
-    fn conds(&self, spk_latent: &Tensor, emovec: &Tensor) -> Result<Tensor> {
+    /// `conds` = [spk_latent + emovec, speed_emb(1), speed_emb(0)] → [B, N+2, D].
+    fn conds(&self, spk_latent: &Tensor, emovec: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let b = spk_latent.dim(0)?;
-        let d = self.cfg.model_dim;
-        let one = self.speed_emb.narrow(0, 1, 1)?.unsqueeze(0)?.broadcast_as((b, 1, d))?;
-        let zero = self.speed_emb.narrow(0, 0, 1)?.unsqueeze(0)?.broadcast_as((b, 1, d))?;
-        Ok(Tensor::cat(&[&spk_latent.broadcast_add(&emovec.unsqueeze(1)?)?, &one, &zero], 1)?)
+        let dev = spk_latent.device();
+        let sid = Tensor::from_vec([1i64, 0].repeat(b), (b, 2), dev)?;
+        let speed = ctx.block("speed_emb", &sid, |i| lookup(&self.speed_emb, i, "speed id"))?;
+        ctx.block("conds", spk_latent, |s| Ok(Tensor::cat(&[&s.broadcast_add(&emovec.unsqueeze(1)?)?, &speed], 1)?))
     }
 
-    /// GPT-2 stack (taps `gpt.h.N`, `gpt.ln_f`), then `final_norm` over positions ≥ offset.
-    fn lm(&self, emb: &Tensor, offset: usize, caches: Option<&mut [LayerCache]>, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut x = emb.clone();
+    /// `text_emb` = text_embedding(ids) + text positions 0..L-1; ids [B, L] already framed.
+    fn text_emb(&self, ids: &[i64], b: usize, ctx: &mut Ctx, dev: &Device) -> Result<Tensor> {
+        let l = ids.len() / b.max(1);
+        if l > self.text_pos.dim(0)? {
+            return input_err(format!("text of {l} tokens exceeds the position table ({})", self.text_pos.dim(0)?));
+        }
+        let ids = Tensor::from_vec(ids.to_vec(), (b, l), dev)?;
+        let tok = ctx.block("text_embedding", &ids, |i| lookup(&self.text_embedding, i, "text"))?;
+        let pos = Tensor::arange(0i64, l as i64, dev)?;
+        let pos = ctx.block("text_pos_embedding.emb", &pos, |p| lookup(&self.text_pos, p, "text position"))?;
+        ctx.block("text_emb", &tok, |t| Ok(t.broadcast_add(&pos)?))
+    }
+
+    /// `mel_emb` = mel_embedding(tokens) + mel_pos_embedding(positions); tokens [B, K].
+    fn mel_emb(&self, toks: &[i64], b: usize, positions: &[i64], ctx: &mut Ctx, dev: &Device) -> Result<Tensor> {
+        let toks = Tensor::from_vec(toks.to_vec(), (b, positions.len()), dev)?;
+        let tok = ctx.block("mel_embedding", &toks, |i| lookup(&self.mel_embedding, i, "codes"))?;
+        let pos = Tensor::from_vec(positions.to_vec(), positions.len(), dev)?;
+        let pos = ctx.block("mel_pos_embedding.emb", &pos, |p| lookup(&self.mel_pos, p, "mel position (sequence too long)"))?;
+        ctx.block("mel_emb", &tok, |t| Ok(t.broadcast_add(&pos)?))
+    }
+
+    /// `get_logits`: GPT-2 over `emb` = cat(conds, text_emb, mel_emb) (taps `gpt.h.N.*`, `gpt.ln_f`),
+    /// then `final_norm` over the positions after the conds.
+    fn lm(&self, conds: &Tensor, rest: &[&Tensor], ctx: &mut Ctx) -> Result<Tensor> {
+        let x = ctx.block("emb", conds, |c| {
+            let mut all = vec![c];
+            all.extend_from_slice(rest);
+            Ok(Tensor::cat(&all, 1)?)
+        })?;
+        let x = self.stack(&x, None, ctx)?;
+        let off = conds.dim(1)?;
+        let enc = x.narrow(1, off, x.dim(1)? - off)?;
+        self.final_norm(&enc, ctx)
+    }
+
+    /// The GPT-2 blocks and `ln_f`; with caches (decoding) nothing is tapped.
+    fn stack(&self, x: &Tensor, caches: Option<&mut [LayerCache]>, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut x = x.clone();
         match caches {
             Some(cs) => {
-                for (blk, c) in self.blocks.iter().zip(cs.iter_mut()) {
-                    x = blk.forward(&x, Some(c))?;
+                let mut plain = Ctx::plain();
+                for (i, (blk, c)) in self.blocks.iter().zip(cs.iter_mut()).enumerate() {
+                    x = blk.forward(&x, Some(c), &mut plain, &format!("gpt.h.{i}"))?;
                 }
-                x = self.ln_f.forward(&x)?;
+                self.ln_f.forward(&x)
             }
             None => {
                 for (i, blk) in self.blocks.iter().enumerate() {
-                    x = ctx.block(&format!("gpt.h.{i}"), &x, |x| blk.forward(x, None))?;
+                    let n = format!("gpt.h.{i}");
+                    // the block tap holds both residual adds (its children's inputs are injected)
+                    x = ctx.nest(&n, &x, |c, x| blk.forward(x, None, c, &n))?;
                 }
-                x = ctx.block("gpt.ln_f", &x, |x| self.ln_f.forward(x))?;
+                ctx.block("gpt.ln_f", &x, |x| self.ln_f.forward(x))
             }
         }
-        let t = x.dim(1)?;
-        let enc = x.narrow(1, offset, t - offset)?;
-        ctx.block("final_norm", &enc, |e| if self.skip_final_norm { Ok(e.clone()) } else { self.final_norm.forward(e) })
+    }
+
+    fn final_norm(&self, enc: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        ctx.block("final_norm", enc, |e| if self.skip_final_norm { Ok(e.clone()) } else { self.final_norm.forward(e) })
     }
 
     /// Teacher-forced `UnifiedVoice.forward(..., emo_vec=emovec)` → latent [B, M, D].
@@ -348,17 +381,16 @@ impl UnifiedVoice {
         };
         let tt = frame(&tv, td[1], &tl, c.start_text_token, c.stop_text_token);
         let mt = frame(&mv, md[1], &ml, c.start_mel_token, c.stop_mel_token);
-        let d = c.model_dim;
-        let text_emb = rows(&self.text_embedding, &tt, dev, "text")?.reshape((b, lt, d))?.broadcast_add(&self.text_pos.narrow(0, 0, lt)?)?;
-        let mel_emb = rows(&self.mel_embedding, &mt, dev, "codes")?.reshape((b, lm, d))?.broadcast_add(&self.mel_pos.narrow(0, 0, lm)?)?;
-        let conds = self.conds(spk_latent, emovec)?;
-        let off = conds.dim(1)?;
-        let enc = self.lm(&Tensor::cat(&[&conds, &text_emb, &mel_emb], 1)?, off, None, ctx)?;
+        let conds = self.conds(spk_latent, emovec, ctx)?;
+        let text_emb = self.text_emb(&tt, b, ctx, dev)?;
+        let positions: Vec<i64> = (0..lm as i64).collect();
+        let mel_emb = self.mel_emb(&mt, b, &positions, ctx, dev)?;
+        let enc = self.lm(&conds, &[&text_emb, &mel_emb], ctx)?;
         Ok(enc.narrow(1, lt, lm - 2)?)
     }
 
-    /// [conds ‖ text_embedding(start, ids without start/stop, stop) + text positions], B = 1.
-    fn prefix(&self, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor) -> Result<Tensor> {
+    /// (conds, text_emb) of `prepare_gpt_inputs`: text = start, ids without start/stop, stop; B = 1.
+    fn prefix(&self, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
         let b = self.check_cond(spk_latent, emovec)?;
         let (td, tv) = ids(text, "text", 2)?;
         if b != 1 || td[0] != 1 {
@@ -368,51 +400,44 @@ impl UnifiedVoice {
         let mut t = vec![c.start_text_token];
         t.extend(tv.iter().copied().filter(|&x| x != c.start_text_token && x != c.stop_text_token));
         t.push(c.stop_text_token);
-        if t.len() > self.text_pos.dim(0)? {
-            return input_err(format!("text of {} tokens exceeds the position table", t.len()));
-        }
         let dev = spk_latent.device();
-        let emb = rows(&self.text_embedding, &t, dev, "text")?.broadcast_add(&self.text_pos.narrow(0, 0, t.len())?)?;
-        Ok(Tensor::cat(&[&self.conds(spk_latent, emovec)?, &emb.unsqueeze(0)?], 1)?)
+        let conds = self.conds(spk_latent, emovec, ctx)?;
+        Ok((conds, self.text_emb(&t, 1, ctx, dev)?))
     }
 
-    /// Embeddings of mel tokens fed at decode steps `step0..`: step 0 → position 0, step s → s + 1.
-    fn mel_in(&self, toks: &[i64], step0: usize, dev: &Device) -> Result<Tensor> {
-        let pos: Vec<i64> = (step0..step0 + toks.len()).map(|s| if s == 0 { 0 } else { s as i64 + 1 }).collect();
-        let e = rows(&self.mel_embedding, toks, dev, "codes")?;
-        let p = rows(&self.mel_pos, &pos, dev, "mel position (sequence too long)")?;
-        Ok((e + p)?.unsqueeze(0)?)
-    }
-
-    fn logits(&self, enc: &Tensor) -> Result<Tensor> {
-        self.mel_head.forward(enc)
+    /// Positions of mel tokens fed at decode steps `step0..`: step 0 → position 0, step s → s + 1.
+    fn mel_positions(step0: usize, n: usize) -> Vec<i64> {
+        (step0..step0 + n).map(|s| if s == 0 { 0 } else { s as i64 + 1 }).collect()
     }
 
     /// Logits of every decode step when `codes` [1, K] are fed after the start token → [1, K+1, V].
     /// `cached`: prefix once, then one token per step through the KV cache (no taps);
-    /// otherwise one causal pass over the whole sequence (taps as in `forward_latent`).
+    /// otherwise one causal pass over the whole sequence (taps as in `forward_latent`, + `mel_head`).
     pub fn step_logits(&self, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor, codes: &Tensor, cached: bool, ctx: &mut Ctx) -> Result<Tensor> {
-        let pre = self.prefix(spk_latent, emovec, text)?;
         let (cd, cv) = ids(codes, "codes", 2)?;
         if cd[0] != 1 {
             return input_err("decoding supports batch 1 only");
         }
-        let dev = pre.device();
         let mut toks = vec![self.cfg.start_mel_token];
         toks.extend(cv);
-        let off = pre.dim(1)?;
+        let dev = spk_latent.device().clone();
         if !cached {
-            let x = Tensor::cat(&[&pre, &self.mel_in(&toks, 0, dev)?], 1)?;
-            return self.logits(&self.lm(&x, off, None, ctx)?);
+            let (conds, text_emb) = self.prefix(spk_latent, emovec, text, ctx)?;
+            let mel_emb = self.mel_emb(&toks, 1, &Self::mel_positions(0, toks.len()), ctx, &dev)?;
+            let enc = self.lm(&conds, &[&text_emb, &mel_emb], ctx)?; // final_norm over text + mel positions
+            let enc = enc.narrow(1, enc.dim(1)? - toks.len(), toks.len())?;
+            return ctx.block("mel_head", &enc, |e| self.mel_head.forward(e));
         }
+        let mut plain = Ctx::plain();
+        let (conds, text_emb) = self.prefix(spk_latent, emovec, text, &mut plain)?;
         let mut caches = vec![LayerCache::default(); self.blocks.len()];
         let mut outs = Vec::with_capacity(toks.len());
-        let x = Tensor::cat(&[&pre, &self.mel_in(&toks[..1], 0, dev)?], 1)?;
-        let enc = self.lm(&x, off, Some(&mut caches), &mut Ctx::plain())?;
-        outs.push(self.logits(&enc.narrow(1, enc.dim(1)? - 1, 1)?)?);
-        for (s, &tok) in toks.iter().enumerate().skip(1) {
-            let x = self.mel_in(&[tok], s, dev)?;
-            outs.push(self.logits(&self.lm(&x, 0, Some(&mut caches), &mut Ctx::plain())?)?);
+        for (s, &tok) in toks.iter().enumerate() {
+            let mel = self.mel_emb(&[tok], 1, &Self::mel_positions(s, 1), &mut plain, &dev)?;
+            let x = if s == 0 { Tensor::cat(&[&conds, &text_emb, &mel], 1)? } else { mel };
+            let h = self.stack(&x, Some(&mut caches), &mut plain)?;
+            let last = self.final_norm(&h.narrow(1, h.dim(1)? - 1, 1)?, &mut plain)?;
+            outs.push(self.mel_head.forward(&last)?);
         }
         Ok(Tensor::cat(&outs, 1)?)
     }
@@ -424,25 +449,26 @@ impl UnifiedVoice {
             [m] if *m >= 0 => *m as usize,
             _ => return input_err("`max_tokens` must be one non-negative int64"),
         };
-        // The last token fed sits at mel position max_tokens (positions skip 1, see `mel_in`).
+        // The last token fed sits at mel position max_tokens (positions skip 1, see `mel_positions`).
         if max >= self.mel_pos.dim(0)? {
             return input_err(format!("max_tokens {max} needs mel position {max}, beyond the position table ({})", self.mel_pos.dim(0)?));
         }
-        let pre = self.prefix(spk_latent, emovec, text)?;
-        let dev = pre.device().clone();
-        let off = pre.dim(1)?;
+        let mut plain = Ctx::plain();
+        let (conds, text_emb) = self.prefix(spk_latent, emovec, text, &mut plain)?;
+        let dev = conds.device().clone();
         let mut caches = vec![LayerCache::default(); self.blocks.len()];
-        let mut x = Tensor::cat(&[&pre, &self.mel_in(&[self.cfg.start_mel_token], 0, &dev)?], 1)?;
+        let start = self.mel_emb(&[self.cfg.start_mel_token], 1, &Self::mel_positions(0, 1), &mut plain, &dev)?;
+        let mut x = Tensor::cat(&[&conds, &text_emb, &start], 1)?;
         let mut out: Vec<i64> = Vec::new();
         for step in 0..max {
-            let enc = self.lm(&x, if step == 0 { off } else { 0 }, Some(&mut caches), &mut Ctx::plain())?;
-            let last = enc.narrow(1, enc.dim(1)? - 1, 1)?;
-            let tok = self.logits(&last)?.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()? as i64;
+            let h = self.stack(&x, Some(&mut caches), &mut plain)?;
+            let last = self.final_norm(&h.narrow(1, h.dim(1)? - 1, 1)?, &mut plain)?;
+            let tok = self.mel_head.forward(&last)?.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()? as i64;
             if tok == self.cfg.stop_mel_token {
                 break;
             }
             out.push(tok);
-            x = self.mel_in(&[tok], step + 1, &dev)?;
+            x = self.mel_emb(&[tok], 1, &Self::mel_positions(step + 1, 1), &mut plain, &dev)?;
         }
         let n = out.len();
         Ok(Tensor::from_vec(out, (1, n), &dev)?)

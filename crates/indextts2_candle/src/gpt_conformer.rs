@@ -1,21 +1,23 @@
 //! WeNet Conformer encoder of the GPT conditioning paths (`conditioning_encoder`,
 //! `emo_conditioning_encoder`): conv2d2 subsampling + flatten Linear, x·√d with the absolute `pe`
 //! table fed to a rel-pos attention that has no rel_shift, GLU conv module, pre-norm blocks.
+//!
+//! Taps are the reference's (reference/gpt_conformer.py), same names, same layouts, same order.
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::nn::{LayerNorm, Linear};
 use crate::store::Weights;
-use candle_core::{DType, Tensor, D};
-use serde::Deserialize;
+use candle_core::{DType, Tensor};
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConformerCfg {
-    pub output_size: usize,
-    pub linear_units: usize,
-    pub attention_heads: usize,
-    pub num_blocks: usize,
-    pub perceiver_mult: usize,
-}
+pub use crate::gpt_config::ConformerCfg;
+
+/// Every Conformer LayerNorm (norm_*, conv_module.norm, after_norm) uses eps 1e-5 officially.
+const LN_EPS: f64 = 1e-5;
+/// The `conv_norm_eps` fault on `conv_module.norm` (built without an explicit eps officially, so
+/// nn.LayerNorm's 1e-5): upstream WeNet's 1e-12.
+const LN_EPS_FAULT: f64 = 1e-12;
+/// The `ff_swish_beta` fault: Swish-β x·σ(βx) with β = 1.702 instead of SiLU (β = 1).
+const SWISH_BETA_FAULT: f64 = 1.702;
 
 /// A `[out, in, 1]` conv weight used as a Linear over the last dim.
 fn pointwise(w: &Weights, out: usize, inp: usize) -> Result<Linear> {
@@ -23,7 +25,7 @@ fn pointwise(w: &Weights, out: usize, inp: usize) -> Result<Linear> {
     Ok(Linear::from_tensors(weight, Some(w.get(out, "bias")?)))
 }
 
-/// `masked_fill(~mask, value)` with a `[.., T]` u8 mask broadcast over `x`.
+/// `masked_fill(~mask, value)` with a u8 keep-mask broadcast over `x`.
 pub(crate) fn fill_masked(x: &Tensor, keep: &Tensor, value: f32) -> Result<Tensor> {
     let keep = keep.broadcast_as(x.shape())?;
     let fill = Tensor::full(value, x.shape(), x.device())?;
@@ -40,12 +42,15 @@ struct RelAttention {
     bias_v: Option<Tensor>,
     h: usize,
     dk: usize,
+    scale: f64,
 }
 
 impl RelAttention {
     fn load(w: &Weights, d: usize, h: usize, faults: &Faults) -> Result<Self> {
         let dk = d / h;
         let bias_v = w.get((h, dk), "pos_bias_v")?;
+        // scores / √d_k; the fault divides by √d_model
+        let scale = if faults.on("conformer_scale_d_model") { (d as f64).sqrt() } else { (dk as f64).sqrt() };
         Ok(RelAttention {
             q: Linear::load(&w.pp("linear_q"), d, d, true)?,
             k: Linear::load(&w.pp("linear_k"), d, d, true)?,
@@ -56,17 +61,16 @@ impl RelAttention {
             bias_v: if faults.on("pos_bias_v_dropped") { None } else { Some(bias_v) },
             h,
             dk,
+            scale,
         })
     }
 
-    /// x [B, T, d], keep [B, 1, 1, T] u8, pos [1, T, d].
-    fn forward(&self, x: &Tensor, keep: &Tensor, pos: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |z: Tensor, n: usize| -> Result<Tensor> { Ok(z.reshape((n, t, self.h, self.dk))?.transpose(1, 2)?.contiguous()?) };
-        let q = self.q.forward(x)?.reshape((b, t, self.h, self.dk))?;
-        let k = heads(self.k.forward(x)?, b)?;
-        let v = heads(self.v.forward(x)?, b)?;
-        let p = heads(self.pos.forward(pos)?, 1)?;
+    /// Scores + masked softmax + A·V, heads split / merged (tap `forward_attention`, input q [B, T, d]).
+    fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &Tensor, keep: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let heads = |z: &Tensor, n: usize| -> Result<Tensor> { Ok(z.reshape((n, t, self.h, self.dk))?.transpose(1, 2)?.contiguous()?) };
+        let q = q.reshape((b, t, self.h, self.dk))?;
+        let (k, v, p) = (heads(k, b)?, heads(v, b)?, heads(p, 1)?);
         let qu = q.broadcast_add(&self.bias_u)?.transpose(1, 2)?.contiguous()?;
         let qv = match &self.bias_v {
             Some(bv) => q.broadcast_add(bv)?,
@@ -76,13 +80,29 @@ impl RelAttention {
         .contiguous()?;
         let ac = qu.matmul(&k.t()?)?;
         let bd = qv.broadcast_matmul(&p.t()?)?;
-        let scores = ((ac + bd)? / (self.dk as f64).sqrt())?;
+        let scores = ((ac + bd)? / self.scale)?;
         let scores = fill_masked(&scores, keep, f32::NEG_INFINITY)?;
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attn = fill_masked(&attn, keep, 0.0)?;
-        let o = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.h * self.dk))?;
-        self.out.forward(&o)
+        let attn = fill_masked(&candle_nn::ops::softmax_last_dim(&scores)?, keep, 0.0)?;
+        Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.h * self.dk))?)
     }
+
+    /// x [B, T, d], keep [B, 1, 1, T] u8, pos [1, T, d].
+    fn forward(&self, x: &Tensor, keep: &Tensor, pos: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {
+        let q = ctx.block(&format!("{name}.linear_q"), x, |x| self.q.forward(x))?;
+        let k = ctx.block(&format!("{name}.linear_k"), x, |x| self.k.forward(x))?;
+        let v = ctx.block(&format!("{name}.linear_v"), x, |x| self.v.forward(x))?;
+        let p = ctx.block(&format!("{name}.linear_pos"), pos, |p| self.pos.forward(p))?;
+        let o = ctx.block(&format!("{name}.forward_attention"), &q, |q| self.core(q, &k, &v, &p, keep))?;
+        ctx.block(&format!("{name}.linear_out"), &o, |o| self.out.forward(o))
+    }
+}
+
+/// SiLU, or the Swish-β fault.
+fn swish(x: &Tensor, beta: Option<f64>) -> Result<Tensor> {
+    Ok(match beta {
+        None => x.silu()?,
+        Some(b) => (x * candle_nn::ops::sigmoid(&(x * b)?)?)?,
+    })
 }
 
 struct ConvModule {
@@ -96,32 +116,35 @@ struct ConvModule {
 }
 
 impl ConvModule {
-    fn load(w: &Weights, c: usize, k: usize) -> Result<Self> {
+    fn load(w: &Weights, c: usize, k: usize, eps: f64) -> Result<Self> {
         let dw = w.pp("depthwise_conv");
         Ok(ConvModule {
             pw1: pointwise(&w.pp("pointwise_conv1"), 2 * c, c)?,
             dw_w: dw.get((c, 1, k), "weight")?,
             dw_b: dw.get(c, "bias")?,
-            norm: LayerNorm::load(&w.pp("norm"), c, 1e-5)?,
+            norm: LayerNorm::load(&w.pp("norm"), c, eps)?,
             pw2: pointwise(&w.pp("pointwise_conv2"), c, c)?,
             c,
             k,
         })
     }
-    /// x [B, T, C], keep_t [B, T, 1] u8.
-    fn forward(&self, x: &Tensor, keep_t: &Tensor) -> Result<Tensor> {
-        let x = fill_masked(x, keep_t, 0.0)?;
-        let h = self.pw1.forward(&x)?;
-        // GLU: value = first half, gate = second half.
-        let a = h.narrow(D::Minus1, 0, self.c)?;
-        let g = h.narrow(D::Minus1, self.c, self.c)?;
-        let h = (a * candle_nn::ops::sigmoid(&g)?)?;
-        let h = h.transpose(1, 2)?.contiguous()?;
-        let h = h.conv1d(&self.dw_w, (self.k - 1) / 2, 1, 1, self.c)?;
-        let h = h.broadcast_add(&self.dw_b.reshape((1, self.c, 1))?)?.transpose(1, 2)?;
-        let h = self.norm.forward(&h)?.silu()?;
-        let h = self.pw2.forward(&h)?;
-        fill_masked(&h, keep_t, 0.0)
+    /// x [B, T, C], keep_t [B, T, 1] u8. Tap layouts as the official module: [B, 2C|C, T] up to the
+    /// depthwise conv, [B, T, C] from the norm on.
+    fn forward(&self, x: &Tensor, keep_t: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {
+        let h = ctx.block(&format!("{name}.pointwise_conv1"), x, |x| {
+            Ok(self.pw1.forward(&fill_masked(x, keep_t, 0.0)?)?.transpose(1, 2)?.contiguous()?)
+        })?;
+        // GLU over channels: value = first half, gate = second half.
+        let h = ctx.block(&format!("{name}.glu"), &h, |h| {
+            Ok((h.narrow(1, 0, self.c)? * candle_nn::ops::sigmoid(&h.narrow(1, self.c, self.c)?)?)?)
+        })?;
+        let h = ctx.block(&format!("{name}.depthwise_conv"), &h, |h| {
+            let y = h.contiguous()?.conv1d(&self.dw_w, (self.k - 1) / 2, 1, 1, self.c)?;
+            Ok(y.broadcast_add(&self.dw_b.reshape((1, self.c, 1))?)?)
+        })?;
+        let h = ctx.block(&format!("{name}.norm"), &h, |h| self.norm.forward(&h.transpose(1, 2)?.contiguous()?))?;
+        let h = ctx.block(&format!("{name}.activation"), &h, |h| Ok(h.silu()?))?;
+        ctx.block(&format!("{name}.pointwise_conv2"), &h, |h| fill_masked(&self.pw2.forward(h)?, keep_t, 0.0))
     }
 }
 
@@ -134,28 +157,40 @@ struct Layer {
     norm_mha: LayerNorm,
     norm_conv: LayerNorm,
     norm_final: LayerNorm,
+    swish_beta: Option<f64>,
 }
 
 impl Layer {
     fn load(w: &Weights, cfg: &ConformerCfg, kernel: usize, faults: &Faults) -> Result<Self> {
         let d = cfg.output_size;
         let ff = w.pp("feed_forward");
+        let conv_eps = if faults.on("conv_norm_eps") { LN_EPS_FAULT } else { LN_EPS };
+        let eps = LN_EPS;
         Ok(Layer {
             attn: RelAttention::load(&w.pp("self_attn"), d, cfg.attention_heads, faults)?,
             ff1: Linear::load(&ff.pp("w_1"), d, cfg.linear_units, true)?,
             ff2: Linear::load(&ff.pp("w_2"), cfg.linear_units, d, true)?,
-            conv: ConvModule::load(&w.pp("conv_module"), d, kernel)?,
-            norm_ff: LayerNorm::load(&w.pp("norm_ff"), d, 1e-5)?,
-            norm_mha: LayerNorm::load(&w.pp("norm_mha"), d, 1e-5)?,
-            norm_conv: LayerNorm::load(&w.pp("norm_conv"), d, 1e-5)?,
-            norm_final: LayerNorm::load(&w.pp("norm_final"), d, 1e-5)?,
+            conv: ConvModule::load(&w.pp("conv_module"), d, kernel, conv_eps)?,
+            norm_ff: LayerNorm::load(&w.pp("norm_ff"), d, eps)?,
+            norm_mha: LayerNorm::load(&w.pp("norm_mha"), d, eps)?,
+            norm_conv: LayerNorm::load(&w.pp("norm_conv"), d, eps)?,
+            norm_final: LayerNorm::load(&w.pp("norm_final"), d, eps)?,
+            swish_beta: faults.on("ff_swish_beta").then_some(SWISH_BETA_FAULT),
         })
     }
-    fn forward(&self, x: &Tensor, keep_attn: &Tensor, keep_t: &Tensor, pos: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm_mha.forward(x)?, keep_attn, pos)?)?;
-        let x = (&x + self.conv.forward(&self.norm_conv.forward(&x)?, keep_t)?)?;
-        let f = self.ff2.forward(&self.ff1.forward(&self.norm_ff.forward(&x)?)?.silu()?)?;
-        self.norm_final.forward(&(x + f)?)
+    fn forward(&self, x: &Tensor, keep_attn: &Tensor, keep_t: &Tensor, pos: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {
+        let h = ctx.block(&format!("{name}.norm_mha"), x, |x| self.norm_mha.forward(x))?;
+        let sa = format!("{name}.self_attn");
+        let a = ctx.nest(&sa, &h, |c, h| self.attn.forward(h, keep_attn, pos, c, &sa))?;
+        let x = (x + a)?;
+        let h = ctx.block(&format!("{name}.norm_conv"), &x, |x| self.norm_conv.forward(x))?;
+        let x = (&x + self.conv.forward(&h, keep_t, ctx, &format!("{name}.conv_module"))?)?;
+        let h = ctx.block(&format!("{name}.norm_ff"), &x, |x| self.norm_ff.forward(x))?;
+        let h = ctx.block(&format!("{name}.feed_forward.w_1"), &h, |h| self.ff1.forward(h))?;
+        let h = ctx.block(&format!("{name}.feed_forward.activation"), &h, |h| swish(h, self.swish_beta))?;
+        let f = ctx.block(&format!("{name}.feed_forward.w_2"), &h, |h| self.ff2.forward(h))?;
+        // norm_final is never injected: its input is the residual chain of the three adds.
+        ctx.block(&format!("{name}.norm_final"), &(x + f)?, |x| self.norm_final.forward(x))
     }
 }
 
@@ -194,9 +229,32 @@ impl ConformerEncoder {
             pe: e.pp("pos_enc").get((1, max_len, d), "pe")?,
             max_len,
             layers,
-            after_norm: LayerNorm::load(&w.pp("after_norm"), d, 1e-5)?,
+            after_norm: LayerNorm::load(&w.pp("after_norm"), d, LN_EPS)?,
             skip_after_norm: faults.on("after_norm_skipped"),
         })
+    }
+
+    /// `embed` (conv2d2 subsampling): xs [B, T, idim] → (x·√d [B, T', d], pos_emb [1, T', d]).
+    fn embed(&self, xs: &Tensor, tp: usize, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        let n = format!("{}.embed", self.name);
+        let mut pos = None;
+        let x = ctx.nest(&n, xs, |c, xs| {
+            let y = c.block(&format!("{n}.conv.0"), xs, |x| {
+                let y = x.unsqueeze(1)?.conv2d(&self.conv_w, 0, 2, 1, 1)?;
+                Ok(y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?) // [B, d, T', F']
+            })?;
+            let y = c.block(&format!("{n}.conv.1"), &y, |y| Ok(y.relu()?))?;
+            let y = c.block(&format!("{n}.out.0"), &y, |y| {
+                let (b, ch, tt, ff) = y.dims4()?;
+                self.out.forward(&y.transpose(1, 2)?.contiguous()?.reshape((b, tt, ch * ff))?) // flatten c*F' + f
+            })?;
+            let scale = (self.d as f64).sqrt();
+            let y = c.block(&format!("{n}.pos_enc"), &y, |y| Ok((y * scale)?))?;
+            pos = Some(c.block(&format!("{n}.pos_enc.position_encoding"), &self.pe, |pe| Ok(pe.narrow(1, 0, tp)?))?);
+            Ok(y)
+        })?;
+        let Some(pos) = pos else { return input_err("conformer embed produced no positions") };
+        Ok((x, pos))
     }
 
     /// xs [B, T, idim], lens (one per batch row) → (out [B, T', d], keep [B, T'] u8).
@@ -220,17 +278,10 @@ impl ConformerEncoder {
         let keep = Tensor::from_vec(keep, (b, tp), xs.device())?;
         let keep_attn = keep.reshape((b, 1, 1, tp))?;
         let keep_t = keep.reshape((b, tp, 1))?;
-        let pos = self.pe.narrow(1, 0, tp)?;
-        let scale = (self.d as f64).sqrt();
-        let mut x = ctx.block(&format!("{}.embed", self.name), xs, |x| {
-            let y = x.unsqueeze(1)?.conv2d(&self.conv_w, 0, 2, 1, 1)?;
-            let y = y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?.relu()?; // [B, d, T', F']
-            let (b, c, tt, ff) = y.dims4()?;
-            let y = y.transpose(1, 2)?.contiguous()?.reshape((b, tt, c * ff))?;
-            Ok((self.out.forward(&y)? * scale)?)
-        })?;
+        let (mut x, pos) = self.embed(xs, tp, ctx)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = ctx.block(&format!("{}.encoders.{i}", self.name), &x, |x| layer.forward(x, &keep_attn, &keep_t, &pos))?;
+            let n = format!("{}.encoders.{i}", self.name);
+            x = ctx.nest(&n, &x, |c, x| layer.forward(x, &keep_attn, &keep_t, &pos, c, &n))?;
         }
         let x = ctx.block(&format!("{}.after_norm", self.name), &x, |x| {
             if self.skip_after_norm { Ok(x.clone()) } else { self.after_norm.forward(x) }

@@ -1,17 +1,18 @@
 //! Perceiver resampler (`perceiver_encoder`, `emo_perceiver_encoder`): latents attend over
-//! cat(latents, context), fused `to_kv` split into K‖V at load, GEGLU feed-forward, RMS-style norm.
+//! cat(latents, context), fused `to_kv` chunked into K‖V, GEGLU feed-forward, RMS-style norm.
+//! Taps as reference/gpt_perceiver.py: proj_context, latents, per layer `0.to_q`, `0.to_kv` (with
+//! the cat), `0.attend` (input q, heads split/merged inside), `0.to_out`, `1.0`, `1.1`, `1.2`, the
+//! layer (both residual adds), `norm`, and the whole resampler.
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::gpt_conformer::fill_masked;
 use crate::nn::Linear;
 use crate::store::Weights;
-use crate::transforms::split_fused;
 use candle_core::{DType, Tensor, D};
 
 struct Layer {
     to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
+    to_kv: Linear,
     to_out: Linear,
     ff_in: Linear,
     ff_out: Linear,
@@ -23,7 +24,8 @@ pub struct Perceiver {
     dim: usize,
     heads: usize,
     dim_head: usize,
-    proj_context: Linear,
+    scale: f64,
+    proj_context: Option<Linear>, // nn.Identity when dim_context == dim
     latents: Tensor, // [N, dim]
     layers: Vec<Layer>,
     gamma: Tensor,
@@ -38,31 +40,29 @@ impl Perceiver {
         let mut layers = Vec::new();
         for i in 0..depth {
             let a = w.pp(format!("layers.{i}.0"));
-            let kv = a.pp("to_kv").get((2 * inner, dim), "weight")?;
-            let mut kv = split_fused(&kv, 0, &[inner, inner])?; // rows: K then V
+            let mut kv = a.pp("to_kv").get((2 * inner, dim), "weight")?; // rows: K then V
             if faults.on("to_kv_swapped") {
-                kv.swap(0, 1);
+                kv = Tensor::cat(&[kv.narrow(0, inner, inner)?, kv.narrow(0, 0, inner)?], 0)?;
             }
-            let v = kv.pop();
-            let k = kv.pop();
-            let (Some(k), Some(v)) = (k, v) else { return input_err("to_kv split failed") };
             let f = w.pp(format!("layers.{i}.1"));
             layers.push(Layer {
                 to_q: Linear::load(&a.pp("to_q"), dim, inner, false)?,
-                to_k: Linear::from_tensors(k, None),
-                to_v: Linear::from_tensors(v, None),
+                to_kv: Linear::from_tensors(kv, None),
                 to_out: Linear::load(&a.pp("to_out"), inner, dim, false)?,
                 ff_in: Linear::load(&f.pp("0"), dim, 2 * ff_inner, true)?,
                 ff_out: Linear::load(&f.pp("2"), ff_inner, dim, true)?,
                 ff_inner,
             });
         }
+        // sim · dim_head^-0.5; the fault scales by the model width instead
+        let scale = if faults.on("perceiver_scale_dim") { (dim as f64).powf(-0.5) } else { (dim_head as f64).powf(-0.5) };
         Ok(Perceiver {
             name: w.prefix().to_string(),
             dim,
             heads,
             dim_head,
-            proj_context: Linear::load(&w.pp("proj_context"), dim_context, dim, true)?,
+            scale,
+            proj_context: if dim_context == dim { None } else { Some(Linear::load(&w.pp("proj_context"), dim_context, dim, true)?) },
             latents: w.get((num_latents, dim), "latents")?,
             layers,
             gamma: w.pp("norm").get(dim, "gamma")?,
@@ -70,27 +70,37 @@ impl Perceiver {
         })
     }
 
-    fn layer(&self, l: &Layer, lat: &Tensor, ctxt: &Tensor, keep: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = lat.dims3()?;
-        let all = Tensor::cat(&[lat, ctxt], 1)?;
-        let s = all.dim(1)?;
-        let heads = |z: Tensor, len: usize| -> Result<Tensor> {
+    /// `Attend` with the head split / merge around it: q [B, N, inner], kv [B, S, 2·inner].
+    fn attend(&self, q: &Tensor, kv: &Tensor, keep: &Tensor) -> Result<Tensor> {
+        let (b, n, inner) = q.dims3()?;
+        let s = kv.dim(1)?;
+        let heads = |z: &Tensor, len: usize| -> Result<Tensor> {
             Ok(z.reshape((b, len, self.heads, self.dim_head))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(l.to_q.forward(lat)?, n)?;
-        let k = heads(l.to_k.forward(&all)?, s)?;
-        let v = heads(l.to_v.forward(&all)?, s)?;
-        let sim = (q.matmul(&k.t()?)? * (self.dim_head as f64).powf(-0.5))?;
+        let q = heads(q, n)?;
+        let k = heads(&kv.narrow(D::Minus1, 0, inner)?, s)?;
+        let v = heads(&kv.narrow(D::Minus1, inner, inner)?, s)?;
+        let sim = (q.matmul(&k.t()?)? * self.scale)?;
         let sim = fill_masked(&sim, &keep.reshape((b, 1, 1, s))?, -f32::MAX)?;
         let attn = candle_nn::ops::softmax_last_dim(&sim)?;
-        let o = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, self.heads * self.dim_head))?;
-        let lat = (l.to_out.forward(&o)? + lat)?;
-        let h = l.ff_in.forward(&lat)?;
-        let (mut x, mut gate) = (h.narrow(D::Minus1, 0, l.ff_inner)?, h.narrow(D::Minus1, l.ff_inner, l.ff_inner)?);
-        if self.geglu_swapped {
-            std::mem::swap(&mut x, &mut gate);
-        }
-        let ff = l.ff_out.forward(&(gate.gelu_erf()? * x)?)?;
+        Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?)
+    }
+
+    fn layer(&self, l: &Layer, lat: &Tensor, ctxt: &Tensor, keep: &Tensor, c: &mut Ctx, n: &str) -> Result<Tensor> {
+        let q = c.block(&format!("{n}.0.to_q"), lat, |x| l.to_q.forward(x))?;
+        let kv = c.block(&format!("{n}.0.to_kv"), lat, |x| l.to_kv.forward(&Tensor::cat(&[x, ctxt], 1)?))?;
+        let o = c.block(&format!("{n}.0.attend"), &q, |q| self.attend(q, &kv, keep))?;
+        let a = c.block(&format!("{n}.0.to_out"), &o, |o| l.to_out.forward(o))?;
+        let lat = (a + lat)?;
+        let h = c.block(&format!("{n}.1.0"), &lat, |x| l.ff_in.forward(x))?;
+        let h = c.block(&format!("{n}.1.1"), &h, |h| {
+            let (mut x, mut gate) = (h.narrow(D::Minus1, 0, l.ff_inner)?, h.narrow(D::Minus1, l.ff_inner, l.ff_inner)?);
+            if self.geglu_swapped {
+                std::mem::swap(&mut x, &mut gate);
+            }
+            Ok((gate.gelu_erf()? * x)?) // GEGLU: exact gelu of the second half
+        })?;
+        let ff = c.block(&format!("{n}.1.2"), &h, |h| l.ff_out.forward(h))?;
         Ok((ff + lat)?)
     }
 
@@ -104,15 +114,24 @@ impl Perceiver {
         // The latents are always attendable: pad the mask with N leading ones.
         let lead = Tensor::from_vec(vec![1u8; b * n], (b, n), keep.device())?;
         let keep = Tensor::cat(&[&lead, &keep.to_dtype(DType::U8)?], 1)?;
-        let x = ctx.block(&format!("{}.proj_context", self.name), context, |x| self.proj_context.forward(x))?;
-        let mut lat = self.latents.unsqueeze(0)?.broadcast_as((b, n, self.dim))?.contiguous()?;
-        for (i, l) in self.layers.iter().enumerate() {
-            lat = ctx.block(&format!("{}.layers.{i}", self.name), &lat, |y| self.layer(l, y, &x, &keep))?;
-        }
-        ctx.block(&format!("{}.norm", self.name), &lat, |y| {
-            // F.normalize(x, dim=-1) = x / max(‖x‖, 1e-12)
-            let norm = y.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-            Ok(y.broadcast_div(&norm)?.affine((self.dim as f64).sqrt(), 0.0)?.broadcast_mul(&self.gamma)?)
+        let name = &self.name;
+        ctx.nest(name, context, |c, context| {
+            let x = c.block(&format!("{name}.proj_context"), context, |x| match &self.proj_context {
+                Some(p) => p.forward(x),
+                None => Ok(x.clone()),
+            })?;
+            let mut lat = c.block(&format!("{name}.latents"), &self.latents, |p| {
+                Ok(p.unsqueeze(0)?.broadcast_as((b, n, self.dim))?.contiguous()?)
+            })?;
+            for (i, l) in self.layers.iter().enumerate() {
+                let ln = format!("{name}.layers.{i}");
+                lat = c.nest(&ln, &lat, |c, y| self.layer(l, y, &x, &keep, c, &ln))?;
+            }
+            c.block(&format!("{name}.norm"), &lat, |y| {
+                // F.normalize(x, dim=-1) = x / max(‖x‖, 1e-12)
+                let norm = y.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+                Ok(y.broadcast_div(&norm)?.affine((self.dim as f64).sqrt(), 0.0)?.broadcast_mul(&self.gamma)?)
+            })
         })
     }
 }

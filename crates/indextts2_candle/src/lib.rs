@@ -196,6 +196,7 @@ pub mod emotion;
 pub mod error;
 pub mod mel;
 pub mod gpt;
+pub mod gpt_config;
 pub mod gpt_conformer;
 pub mod gpt_perceiver;
 pub mod length_regulator;
