@@ -13,6 +13,7 @@ tiny fixture does, which tests the normalisation and its fault.
 from __future__ import annotations
 
 import json
+import math
 import os
 import wave
 
@@ -21,6 +22,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+from .common import NoTaps
 
 STATS = "semantic_stats"
 
@@ -113,13 +116,15 @@ class W2vBertSemantic(Wav2Vec2BertModel):
         if self.with_stats:
             setattr(self, STATS, SemanticStats(cfg["hidden_size"]))
 
-    def embed(self, input_features, attention_mask=None):
+    def embed(self, input_features, attention_mask=None, taps=None):
         out = super().forward(input_features=input_features, attention_mask=attention_mask,
                               output_hidden_states=True)
         hidden = out.hidden_states[self.output_layer]
         if not self.with_stats:
             return {"hidden": hidden}
-        return {"hidden": hidden, "emb": getattr(self, STATS)(hidden)}
+        stats = getattr(self, STATS)
+        emb = stats(hidden) if taps is None else taps.block(STATS, hidden, stats)
+        return {"hidden": hidden, "emb": emb}
 
 
 def build(cfg: dict) -> W2vBertSemantic:
@@ -127,51 +132,162 @@ def build(cfg: dict) -> W2vBertSemantic:
     return m.eval()
 
 
-def tap_names(cfg: dict) -> list[str]:
-    """Tapped module paths, in completion (forward-hook) order."""
-    names = ["feature_projection"]
+def _layer_taps(p: str) -> list[str]:
+    """One conformer layer's taps in completion order (children before parents)."""
+    ffn = lambda f: [f"{p}.{f}_layer_norm", f"{p}.{f}.intermediate_dense", f"{p}.{f}.intermediate_act_fn",  # noqa: E731
+                     f"{p}.{f}.output_dense", f"{p}.{f}"]
+    a, c = f"{p}.self_attn", f"{p}.conv_module"
+    return (ffn("ffn1") + [f"{p}.self_attn_layer_norm", f"{a}.linear_q", f"{a}.linear_k", f"{a}.linear_v",
+                           f"{a}.attention", f"{a}.linear_out", a]
+            + [f"{c}.{m}" for m in ("layer_norm", "pointwise_conv1", "glu", "depthwise_conv", "depthwise_layer_norm",
+                                    "activation", "pointwise_conv2")] + [c]
+            + ffn("ffn2") + [f"{p}.final_layer_norm", p])
+
+
+def tap_names(cfg: dict, masked: bool = True) -> list[str]:
+    """Tapped module paths, in completion order (children before parents). `encoder.masked_fill`
+    (padded frames zeroed before layer 0) exists only with a mask; `<layer>.self_attn.attention` is
+    the attention core (no module of its own in transformers): scores + relative-key term, mask,
+    softmax, ·V, on the injected q."""
+    names = ["feature_projection.layer_norm", "feature_projection.projection", "feature_projection"]
+    names += ["encoder.masked_fill"] if masked else []
     for i in range(cfg["output_layer"]):
-        p = f"encoder.layers.{i}"
-        # final_layer_norm's output is the layer's output (= hidden_states[i + 1]).
-        names += [f"{p}.ffn1", f"{p}.self_attn", f"{p}.conv_module", f"{p}.ffn2", f"{p}.final_layer_norm"]
+        names += _layer_taps(f"encoder.layers.{i}")
     return names + ([STATS] if cfg.get("with_stats") else [])
 
 
-def _first(t):
-    return t[0] if isinstance(t, tuple) else t
+def no_inject(cfg: dict) -> tuple[str, ...]:
+    """Taps whose input the injected walk must NOT replace, so the functional ops in front of them
+    stay visible: the residual adds of a layer (seen at its final_layer_norm), the conv module's
+    masked_fill (pointwise_conv1), its causal left pad (depthwise_conv), and the read-out
+    `hidden_states[output_layer]` (the stats)."""
+    out = []
+    for i in range(cfg["output_layer"]):
+        p = f"encoder.layers.{i}"
+        out += [f"{p}.final_layer_norm", f"{p}.conv_module.pointwise_conv1", f"{p}.conv_module.depthwise_conv"]
+    return tuple(out + [STATS])
+
+
+def _wrap(mod: nn.Module, name: str, taps) -> None:
+    """Routes `mod`'s first argument through `taps.block(name, ...)` (recorded; replaced by the
+    injected tensor in the injected walk). Tuple outputs: the first element is the tap."""
+    orig = mod.forward
+
+    def forward(x, *args, **kwargs):
+        rest: list = []
+
+        def fn(v):
+            out = orig(v, *args, **kwargs)
+            if isinstance(out, tuple):
+                rest.extend(out[1:])
+                return out[0]
+            return out
+
+        y = taps.block(name, x, fn)
+        return (y, *rest) if rest else y
+
+    mod.forward = forward
+
+
+def _attention_forward(attn: nn.Module, name: str, taps):
+    """transformers' `Wav2Vec2BertSelfAttention.forward` (4.52.1, relative_key), op for op, with the
+    core as its own tap `<self_attn>.attention` (input q). Equal bit for bit to the untouched
+    class (tests/test_w2v_bert.py::test_w2v_bert_tapped_reference_is_transformers)."""
+    if attn.position_embeddings_type != "relative_key":
+        raise ValueError(f"the tapped reference implements position_embeddings_type relative_key, not {attn.position_embeddings_type!r}")
+    heads, d = attn.num_heads, attn.head_size
+
+    def core(query_states, key_states, value_states, attention_mask):
+        b = query_states.shape[0]
+        query = query_states.view(b, -1, heads, d).transpose(1, 2)
+        key = key_states.view(b, -1, heads, d).transpose(1, 2)
+        value = value_states.view(b, -1, heads, d).transpose(1, 2)
+        scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(d)
+        ql, kl = query.shape[2], key.shape[2]
+        position_ids_l = torch.arange(ql, dtype=torch.long, device=query.device).view(-1, 1)
+        position_ids_r = torch.arange(kl, dtype=torch.long, device=query.device).view(1, -1)
+        distance = torch.clamp(position_ids_r - position_ids_l, -attn.left_max_position_embeddings,
+                               attn.right_max_position_embeddings)
+        positional_embedding = attn.distance_embedding(distance + attn.left_max_position_embeddings)
+        positional_embedding = positional_embedding.to(dtype=query.dtype)
+        relative_position_attn_weights = torch.einsum("bhld,lrd->bhlr", query, positional_embedding)
+        scores = scores + (relative_position_attn_weights / math.sqrt(d))
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = attn.dropout(torch.softmax(scores, dim=-1))
+        hidden = torch.matmul(probs, value)
+        return hidden.transpose(1, 2).reshape(b, -1, heads * d)
+
+    def forward(hidden_states, attention_mask=None, relative_position_embeddings=None, output_attentions=False):
+        def fn(h):
+            q, k, v = attn.linear_q(h), attn.linear_k(h), attn.linear_v(h)
+            ctx = taps.block(f"{name}.attention", q, lambda q: core(q, k, v, attention_mask))
+            return attn.linear_out(ctx)
+
+        return taps.block(name, hidden_states, fn), None
+
+    return forward
+
+
+_CONV_LEAVES = ("layer_norm", "pointwise_conv1", "glu", "depthwise_conv", "depthwise_layer_norm", "activation",
+                "pointwise_conv2")
 
 
 def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attention_mask, taps) -> dict:
-    """Runs `embed` with forward hooks on the tapped modules, feeding `taps.inputs/outputs`.
+    """Runs `embed` through transformers' own forwards with every tapped module's forward routed
+    through `taps.block` (leaf taps, injection on the reference side), restored afterwards.
 
-    Layers past the read-out also run in transformers (it always runs them all); they are not
-    tapped and their outputs are never used.
-    """
+    Only the layers up to the read-out run: `hidden_states[output_layer]` does not depend on the
+    later ones (transformers runs them, IndexTTS2 never reads them)."""
+    taps = taps if taps is not None else NoTaps()
     mods = dict(model.named_modules())
-    tcfg = {"output_layer": model.output_layer, "with_stats": model.with_stats}
-    wanted = set(tap_names(tcfg))
-    handles = []
+    patched: list[nn.Module] = []
 
-    def hook(name):
-        def f(_m, args, kwargs, out):
-            x = args[0] if args else kwargs["hidden_states"]
-            taps.inputs[name] = x.detach().clone()
-            taps.outputs[name] = _first(out).detach().clone()
-        return f
+    def wrap(name):
+        _wrap(mods[name], name, taps)
+        patched.append(mods[name])
 
-    if taps is not None:
-        for name in tap_names(tcfg):
-            handles.append(mods[name].register_forward_hook(hook(name), with_kwargs=True))
+    wrap("feature_projection.layer_norm")
+    wrap("feature_projection.projection")
+    wrap("feature_projection")
+    for i in range(model.output_layer):
+        p = f"encoder.layers.{i}"
+        for f in ("ffn1", "ffn2"):
+            wrap(f"{p}.{f}_layer_norm")
+            for leaf in ("intermediate_dense", "intermediate_act_fn", "output_dense"):
+                wrap(f"{p}.{f}.{leaf}")
+            wrap(f"{p}.{f}")
+        wrap(f"{p}.self_attn_layer_norm")
+        for leaf in ("linear_q", "linear_k", "linear_v", "linear_out"):
+            wrap(f"{p}.self_attn.{leaf}")
+        mods[f"{p}.self_attn"].forward = _attention_forward(mods[f"{p}.self_attn"], f"{p}.self_attn", taps)
+        patched.append(mods[f"{p}.self_attn"])
+        for leaf in _CONV_LEAVES:
+            wrap(f"{p}.conv_module.{leaf}")
+        wrap(f"{p}.conv_module")
+        wrap(f"{p}.final_layer_norm")
+        wrap(p)
+    enc = model.encoder
+    enc_forward = enc.forward
+
+    def encoder_forward(hidden_states, attention_mask=None, **kw):
+        if attention_mask is not None:  # transformers zeroes padded frames first; doing it here
+            # as well is a no-op on the values (0 stays 0) and makes the step a tap of its own
+            keep = attention_mask.bool().unsqueeze(-1)
+            hidden_states = taps.block("encoder.masked_fill", hidden_states, lambda h: h.masked_fill(~keep, 0.0))
+        return enc_forward(hidden_states, attention_mask=attention_mask, **kw)
+
+    enc.forward = encoder_forward
+    patched.append(enc)
+    all_layers = enc.layers
+    enc.layers = nn.ModuleList(list(all_layers)[: model.output_layer])
     try:
         with torch.no_grad():
-            out = model.embed(input_features, attention_mask)
+            out = model.embed(input_features, attention_mask, taps)
     finally:
-        for h in handles:
-            h.remove()
-    if taps is not None:  # drop anything recorded past the read-out
-        for d in (taps.inputs, taps.outputs):
-            for k in [k for k in d if k not in wanted]:
-                del d[k]
+        enc.layers = all_layers
+        for m in patched:
+            del m.forward
     return out
 
 
@@ -238,11 +354,17 @@ def run_features(model, inputs: dict, taps) -> dict:
 
 
 def run_embed_audio(model, inputs: dict, taps) -> dict:
+    # The front end is numpy float32 in transformers (it casts float64 audio to float32), so the
+    # float64 run gets the same features, widened exactly; the model then runs in its own dtype.
     f = extract(inputs["audio"].cpu().numpy())
-    return run_with_taps(model, torch.from_numpy(f["input_features"]), torch.from_numpy(f["attention_mask"]), taps)
+    dtype = next(model.parameters()).dtype
+    return run_with_taps(model, torch.from_numpy(f["input_features"]).to(dtype), torch.from_numpy(f["attention_mask"]), taps)
 
 
 from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+
+# Covers any read-out up to layer 48 (official 17; a config-space row may read another one).
+_NO_INJECT = no_inject({"output_layer": 48})
 
 SPEC = ModelSpec(
     name="w2v_bert",
@@ -254,13 +376,13 @@ SPEC = ModelSpec(
     config_json=config_json,
     cases=(
         # speech: 585 fbank frames -> padded to 586, last stacked frame masked (IndexTTS2 passes the mask).
-        Case("w2v_bert_speech", "forward_masked", _clip_features("speech_16k.wav"), run_masked),
-        Case("w2v_bert_unmasked", "forward", make_random_features, run_unmasked),
+        Case("w2v_bert_speech", "forward_masked", _clip_features("speech_16k.wav"), run_masked, _NO_INJECT),
+        Case("w2v_bert_unmasked", "forward", make_random_features, run_unmasked, _NO_INJECT),
         Case("w2v_bert_features_speech", "features", _clip_audio("speech_16k.wav"), run_features),
         Case("w2v_bert_features_short", "features", _clip_audio("short_16k.wav"), run_features),
         Case("w2v_bert_features_silence", "features", _clip_audio("silence_16k.wav"), run_features),
         Case("w2v_bert_features_odd", "features", _clip_audio("odd_16k.wav"), run_features),
-        Case("w2v_bert_embed_odd", "embed_audio", _clip_audio("odd_16k.wav"), run_embed_audio),
+        Case("w2v_bert_embed_odd", "embed_audio", _clip_audio("odd_16k.wav"), run_embed_audio, _NO_INJECT),
     ),
     allow_unused={
         "masked_spec_embed": "SpecAugment mask vector, used only in training",
@@ -270,6 +392,18 @@ SPEC = ModelSpec(
     faults={
         "hidden_off_by_one": ("w2v_bert_speech", STATS),
         "var_as_std": ("w2v_bert_speech", STATS),
-        "symmetric_dw_padding": ("w2v_bert_speech", "encoder.layers.0.conv_module"),
+        "symmetric_dw_padding": ("w2v_bert_speech", "encoder.layers.0.conv_module.depthwise_conv"),
+        # every LayerNorm has the fault; the first in forward order names it
+        "layer_norm_eps": ("w2v_bert_speech", "feature_projection.layer_norm"),
+        "softmax_scale": ("w2v_bert_speech", "encoder.layers.0.self_attn.attention"),
+        "swish_beta": ("w2v_bert_speech", "encoder.layers.0.conv_module.activation"),
+    },
+    untapped={
+        "encoder.layers.*.self_attn.distance_embedding": "the relative-key table is read inside the attention core "
+        "tap `<layer>.self_attn.attention` (q·E[clamp(r − l)]); a tap of the gathered [T, T, head] table would cost "
+        "T²·head per layer",
+        "masked_spec_embed": "SpecAugment mask vector, used only in training",
+        "encoder.layers.1[7-9].*": "layers after the hidden_states[17] read-out never run",
+        "encoder.layers.2[0-3].*": "layers after the hidden_states[17] read-out never run",
     },
 )

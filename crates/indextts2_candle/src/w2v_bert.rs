@@ -57,6 +57,9 @@ pub const FAULTS: &[&str] = &[
     "hidden_off_by_one",    // reads hidden_states[output_layer − 1] (the input of the last layer run)
     "var_as_std",           // stats normalisation divides by var instead of √var
     "symmetric_dw_padding", // depthwise conv padded (k−1)/2 on both sides instead of k−1 on the left
+    "layer_norm_eps",       // every LayerNorm with BERT's eps 1e-12 instead of the config's 1e-5
+    "softmax_scale",        // attention scores scaled by 1/√hidden instead of 1/√head
+    "swish_beta",           // conv-module swish as x·σ(1.702·x) (sigmoid-GELU) instead of SiLU x·σ(x)
 ];
 
 struct FeedForward {
@@ -71,8 +74,14 @@ impl FeedForward {
             output_dense: Linear::load(&w.pp("output_dense"), inner, h, true)?,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.output_dense.forward(&self.intermediate_dense.forward(x)?.silu()?)
+    /// Taps `<n>.{intermediate_dense, intermediate_act_fn, output_dense}`, then `<n>`.
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
+        let x = ctx.input(n, x)?;
+        let h = ctx.block(&format!("{n}.intermediate_dense"), &x, |x| self.intermediate_dense.forward(x))?;
+        let h = ctx.block(&format!("{n}.intermediate_act_fn"), &h, |h| Ok(h.silu()?))?;
+        let y = ctx.block(&format!("{n}.output_dense"), &h, |h| self.output_dense.forward(h))?;
+        ctx.tap(n, &y);
+        Ok(y)
     }
 }
 
@@ -86,10 +95,11 @@ struct SelfAttention {
     head: usize,
     left: usize,
     right: usize,
+    scale: f64,
 }
 
 impl SelfAttention {
-    fn load(w: &Weights, cfg: &W2vBertConfig) -> Result<SelfAttention> {
+    fn load(w: &Weights, cfg: &W2vBertConfig, faults: &Faults) -> Result<SelfAttention> {
         let h = cfg.hidden_size;
         let head = h / cfg.num_attention_heads;
         let (left, right) = (cfg.left_max_position_embeddings, cfg.right_max_position_embeddings);
@@ -103,6 +113,7 @@ impl SelfAttention {
             head,
             left,
             right,
+            scale: 1.0 / (if faults.on("softmax_scale") { h } else { head } as f64).sqrt(),
         })
     }
 
@@ -110,14 +121,14 @@ impl SelfAttention {
         Ok(x.reshape((b, t, self.heads, self.head))?.transpose(1, 2)?.contiguous()?)
     }
 
-    /// `bias`: additive key mask `[B, 1, 1, T]` (0 or f32::MIN), as transformers builds it.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let q = self.split(&self.linear_q.forward(x)?, b, t)?;
-        let k = self.split(&self.linear_k.forward(x)?, b, t)?;
-        let v = self.split(&self.linear_v.forward(x)?, b, t)?;
-        let scale = 1.0 / (self.head as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+    /// The core on projected q `[B, T, H]` (k, v from their own projections): scores with the
+    /// relative-key term, the additive key mask `[B, 1, 1, T]` (0 or f32::MIN), softmax, ·V.
+    fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, h) = q.dims3()?;
+        let q = self.split(q, b, t)?;
+        let k = self.split(k, b, t)?;
+        let v = self.split(v, b, t)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
         // Only left+right+1 distinct distances: score every query against each embedding once,
         // then pick the column for clamp(r − l) per (l, r).
         let per_dist = q.broadcast_matmul(&self.distance_embedding.t()?.contiguous()?)?; // [B, h, T, P]
@@ -125,83 +136,97 @@ impl SelfAttention {
         let idx: Vec<u32> = (0..t as i64)
             .flat_map(|qi| (0..t as i64).map(move |ki| ((ki - qi).clamp(-l, r) + l) as u32))
             .collect();
-        let idx = Tensor::from_vec(idx, (1, 1, t, t), x.device())?.broadcast_as((b, self.heads, t, t))?.contiguous()?;
+        let idx = Tensor::from_vec(idx, (1, 1, t, t), q.device())?.broadcast_as((b, self.heads, t, t))?.contiguous()?;
         let rel = per_dist.gather(&idx, 3)?;
-        let mut scores = (scores + (rel * scale)?)?;
+        let mut scores = (scores + (rel * self.scale)?)?;
         if let Some(bias) = bias {
             scores = scores.broadcast_add(bias)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        self.linear_out.forward(&y)
+        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
+    }
+
+    /// Taps `<n>.{linear_q, linear_k, linear_v, attention, linear_out}`, then `<n>`.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
+        let x = ctx.input(n, x)?;
+        let q = ctx.block(&format!("{n}.linear_q"), &x, |x| self.linear_q.forward(x))?;
+        let k = ctx.block(&format!("{n}.linear_k"), &x, |x| self.linear_k.forward(x))?;
+        let v = ctx.block(&format!("{n}.linear_v"), &x, |x| self.linear_v.forward(x))?;
+        let y = ctx.block(&format!("{n}.attention"), &q, |q| self.core(q, &k, &v, bias))?;
+        let y = ctx.block(&format!("{n}.linear_out"), &y, |y| self.linear_out.forward(y))?;
+        ctx.tap(n, &y);
+        Ok(y)
     }
 }
 
 struct ConvModule {
     layer_norm: LayerNorm,
     pointwise_conv1: Linear, // [2H, H, 1] as a Linear
-    depthwise: Tensor,       // [k, 1, 1, H]: tap j as a broadcastable row
+    depthwise: Vec<Tensor>,  // tap j of the depthwise kernel as [1, H, 1]
     depthwise_layer_norm: LayerNorm,
     pointwise_conv2: Linear,
     k: usize,
     symmetric: bool,
+    swish_beta: bool,
+}
+
+/// A 1×1 conv on `[B, C, T]` through its Linear form on `[B, T, C]`.
+fn pointwise(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(lin.forward(&x.transpose(1, 2)?.contiguous()?)?.transpose(1, 2)?)
 }
 
 impl ConvModule {
-    fn load(w: &Weights, cfg: &W2vBertConfig, faults: &Faults) -> Result<ConvModule> {
-        let (h, k, eps) = (cfg.hidden_size, cfg.conv_depthwise_kernel_size, cfg.layer_norm_eps);
+    fn load(w: &Weights, cfg: &W2vBertConfig, eps: f64, faults: &Faults) -> Result<ConvModule> {
+        let (h, k) = (cfg.hidden_size, cfg.conv_depthwise_kernel_size);
         let pw1 = w.pp("pointwise_conv1").get((2 * h, h, 1), "weight")?.reshape((2 * h, h))?;
         let pw2 = w.pp("pointwise_conv2").get((h, h, 1), "weight")?.reshape((h, h))?;
         let dw = w.pp("depthwise_conv").get((h, 1, k), "weight")?;
         Ok(ConvModule {
             layer_norm: LayerNorm::load(&w.pp("layer_norm"), h, eps)?,
             pointwise_conv1: Linear::from_tensors(pw1, None),
-            depthwise: dw.reshape((h, k))?.t()?.reshape((k, 1, 1, h))?.contiguous()?,
+            depthwise: (0..k).map(|j| Ok(dw.narrow(2, j, 1)?.reshape((1, h, 1))?)).collect::<Result<_>>()?,
             depthwise_layer_norm: LayerNorm::load(&w.pp("depthwise_layer_norm"), h, eps)?,
             pointwise_conv2: Linear::from_tensors(pw2, None),
             k,
             symmetric: faults.on("symmetric_dw_padding"),
+            swish_beta: faults.on("swish_beta"),
         })
     }
 
-    /// `x` `[B, T, H]`; `keep` `[B, T, 1]` zeroes padded frames before the convolutions.
-    fn forward(&self, x: &Tensor, keep: Option<&Tensor>) -> Result<Tensor> {
-        let (_, t, h) = x.dims3()?;
-        let mut y = self.layer_norm.forward(x)?;
+    /// `x` `[B, T, H]`; `keep` `[B, T, 1]` zeroes padded frames before the convolutions. Taps as
+    /// transformers has them: `<n>.{layer_norm [B,T,H], pointwise_conv1 [B,2H,T], glu [B,H,T],
+    /// depthwise_conv (input padded [B,H,T+k−1]), depthwise_layer_norm [B,T,H], activation,
+    /// pointwise_conv2 [B,H,T]}`, then `<n>` `[B,T,H]`.
+    fn forward(&self, x: &Tensor, keep: Option<&Tensor>, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
+        let x = ctx.input(n, x)?;
+        let h = x.dim(2)?;
+        let mut y = ctx.block(&format!("{n}.layer_norm"), &x, |x| self.layer_norm.forward(x))?;
         if let Some(keep) = keep {
             y = y.broadcast_mul(keep)?;
         }
-        let y = self.pointwise_conv1.forward(&y)?;
-        let y = (y.narrow(2, 0, h)? * candle_nn::ops::sigmoid(&y.narrow(2, h, h)?)?)?; // GLU
+        let y = ctx.block(&format!("{n}.pointwise_conv1"), &y.transpose(1, 2)?, |y| pointwise(&self.pointwise_conv1, y))?;
+        let y = ctx.block(&format!("{n}.glu"), &y, |y| {
+            Ok((y.narrow(1, 0, h)? * candle_nn::ops::sigmoid(&y.narrow(1, h, h)?)?)?)
+        })?;
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
-        let yp = pad_time(&y, pl, pr)?;
-        let mut acc: Option<Tensor> = None;
-        for j in 0..self.k {
-            let term = yp.narrow(1, j, t)?.broadcast_mul(&self.depthwise.get(j)?)?;
-            acc = Some(match acc {
-                Some(a) => (a + term)?,
-                None => term,
-            });
-        }
-        let Some(y) = acc else { return input_err("depthwise kernel size is 0") };
-        let y = self.depthwise_layer_norm.forward(&y)?.silu()?;
-        self.pointwise_conv2.forward(&y)
+        let yp = y.pad_with_zeros(2, pl, pr)?;
+        let y = ctx.block(&format!("{n}.depthwise_conv"), &yp, |yp| {
+            let t = yp.dim(2)? + 1 - self.k;
+            let mut acc = yp.narrow(2, 0, t)?.broadcast_mul(&self.depthwise[0])?;
+            for (j, wj) in self.depthwise.iter().enumerate().skip(1) {
+                acc = (acc + yp.narrow(2, j, t)?.broadcast_mul(wj)?)?;
+            }
+            Ok(acc)
+        })?;
+        let y = ctx.block(&format!("{n}.depthwise_layer_norm"), &y.transpose(1, 2)?, |y| self.depthwise_layer_norm.forward(y))?;
+        let y = ctx.block(&format!("{n}.activation"), &y.transpose(1, 2)?, |y| {
+            Ok(if self.swish_beta { (y * candle_nn::ops::sigmoid(&(y * 1.702)?)?)? } else { y.silu()? })
+        })?;
+        let y = ctx.block(&format!("{n}.pointwise_conv2"), &y, |y| pointwise(&self.pointwise_conv2, y))?;
+        let y = y.transpose(1, 2)?;
+        ctx.tap(n, &y);
+        Ok(y)
     }
-}
-
-/// Zero padding along time of `[B, T, H]` (the zeros are padding, shaped from the activation).
-fn pad_time(y: &Tensor, left: usize, right: usize) -> Result<Tensor> {
-    let (b, _, h) = y.dims3()?;
-    let zero = y.narrow(1, 0, 1)?.zeros_like()?;
-    let mut parts = Vec::with_capacity(3);
-    if left > 0 {
-        parts.push(zero.broadcast_as((b, left, h))?.contiguous()?);
-    }
-    parts.push(y.clone());
-    if right > 0 {
-        parts.push(zero.broadcast_as((b, right, h))?.contiguous()?);
-    }
-    Ok(Tensor::cat(&parts, 1)?)
 }
 
 struct Layer {
@@ -217,14 +242,14 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(w: &Weights, name: String, cfg: &W2vBertConfig, faults: &Faults) -> Result<Layer> {
-        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+    fn load(w: &Weights, name: String, cfg: &W2vBertConfig, eps: f64, faults: &Faults) -> Result<Layer> {
+        let h = cfg.hidden_size;
         Ok(Layer {
             ffn1_layer_norm: LayerNorm::load(&w.pp("ffn1_layer_norm"), h, eps)?,
             ffn1: FeedForward::load(&w.pp("ffn1"), h, cfg.intermediate_size)?,
             self_attn_layer_norm: LayerNorm::load(&w.pp("self_attn_layer_norm"), h, eps)?,
-            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg)?,
-            conv_module: ConvModule::load(&w.pp("conv_module"), cfg, faults)?,
+            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg, faults)?,
+            conv_module: ConvModule::load(&w.pp("conv_module"), cfg, eps, faults)?,
             ffn2_layer_norm: LayerNorm::load(&w.pp("ffn2_layer_norm"), h, eps)?,
             ffn2: FeedForward::load(&w.pp("ffn2"), h, cfg.intermediate_size)?,
             final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), h, eps)?,
@@ -232,18 +257,26 @@ impl Layer {
         })
     }
 
-    /// Taps `<layer>.{ffn1, self_attn, conv_module, ffn2, final_layer_norm}` (the last = layer output).
+    /// Conformer block; every sub-module is a tap, then `<layer>` itself (its output = the
+    /// final_layer_norm's). The residual adds lie between the taps; the injected walk leaves
+    /// final_layer_norm's input alone, so they show there.
     fn forward(&self, x: &Tensor, bias: Option<&Tensor>, keep: Option<&Tensor>, ctx: &mut Ctx) -> Result<Tensor> {
         let n = &self.name;
-        let h = ctx.block(&format!("{n}.ffn1"), &self.ffn1_layer_norm.forward(x)?, |h| self.ffn1.forward(h))?;
+        let x = ctx.input(n, x)?;
+        let h = ctx.block(&format!("{n}.ffn1_layer_norm"), &x, |x| self.ffn1_layer_norm.forward(x))?;
+        let h = self.ffn1.forward(&h, ctx, &format!("{n}.ffn1"))?;
         let x = ((h * 0.5)? + x)?;
-        let h = ctx.block(&format!("{n}.self_attn"), &self.self_attn_layer_norm.forward(&x)?, |h| self.self_attn.forward(h, bias))?;
+        let h = ctx.block(&format!("{n}.self_attn_layer_norm"), &x, |x| self.self_attn_layer_norm.forward(x))?;
+        let h = self.self_attn.forward(&h, bias, ctx, &format!("{n}.self_attn"))?;
         let x = (h + x)?;
-        let h = ctx.block(&format!("{n}.conv_module"), &x, |x| self.conv_module.forward(x, keep))?;
+        let h = self.conv_module.forward(&x, keep, ctx, &format!("{n}.conv_module"))?;
         let x = (x + h)?;
-        let h = ctx.block(&format!("{n}.ffn2"), &self.ffn2_layer_norm.forward(&x)?, |h| self.ffn2.forward(h))?;
+        let h = ctx.block(&format!("{n}.ffn2_layer_norm"), &x, |x| self.ffn2_layer_norm.forward(x))?;
+        let h = self.ffn2.forward(&h, ctx, &format!("{n}.ffn2"))?;
         let x = ((h * 0.5)? + x)?;
-        ctx.block(&format!("{n}.final_layer_norm"), &x, |x| self.final_layer_norm.forward(x))
+        let y = ctx.block(&format!("{n}.final_layer_norm"), &x, |x| self.final_layer_norm.forward(x))?;
+        ctx.tap(n, &y);
+        Ok(y)
     }
 }
 
@@ -287,7 +320,8 @@ impl W2vBert {
                 cfg.output_layer, cfg.num_hidden_layers
             ));
         }
-        let (h, fin, eps) = (cfg.hidden_size, cfg.feature_projection_input_dim, cfg.layer_norm_eps);
+        let (h, fin) = (cfg.hidden_size, cfg.feature_projection_input_dim);
+        let eps = if faults.on("layer_norm_eps") { 1e-12 } else { cfg.layer_norm_eps };
         let fp = w.pp("feature_projection");
         let fp_layer_norm = LayerNorm::load(&fp.pp("layer_norm"), fin, eps)?;
         let fp_projection = Linear::load(&fp.pp("projection"), fin, h, true)?;
@@ -295,7 +329,7 @@ impl W2vBert {
         let layers = (0..cfg.output_layer)
             .map(|i| {
                 let name = format!("encoder.layers.{i}");
-                Layer::load(&w.pp(&name), name, &cfg, &faults)
+                Layer::load(&w.pp(&name), name, &cfg, eps, &faults)
             })
             .collect::<Result<Vec<_>>>()?;
         let stats = match &cfg.stats {
@@ -320,8 +354,9 @@ impl W2vBert {
         &self.cfg
     }
 
-    /// Taps: `feature_projection`, per layer `encoder.layers.i.{ffn1, self_attn, conv_module, ffn2,
-    /// final_layer_norm}`, then `semantic_stats` (or the configured stats prefix).
+    /// Taps (reference/w2v_bert.py `tap_names`): `feature_projection.{layer_norm, projection}`,
+    /// `feature_projection`, `encoder.masked_fill` (with a mask), every sub-module of each layer
+    /// and the layer, then `semantic_stats` (or the configured stats prefix).
     pub fn forward(&self, features: &Tensor, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Output> {
         let fin = self.cfg.feature_projection_input_dim;
         let (b, t, f) = match features.dims() {
@@ -346,11 +381,12 @@ impl W2vBert {
             Some(k) => Some(((k.reshape((b, 1, 1, t))? - 1.0)? * -(f32::MIN as f64))?),
             None => None,
         };
-        let mut x = ctx.block("feature_projection", &features, |x| {
-            self.fp_projection.forward(&self.fp_layer_norm.forward(x)?)
-        })?;
+        let f = ctx.input("feature_projection", &features)?;
+        let f = ctx.block("feature_projection.layer_norm", &f, |x| self.fp_layer_norm.forward(x))?;
+        let mut x = ctx.block("feature_projection.projection", &f, |x| self.fp_projection.forward(x))?;
+        ctx.tap("feature_projection", &x);
         if let Some(k) = &keep {
-            x = x.broadcast_mul(k)?;
+            x = ctx.block("encoder.masked_fill", &x, |x| Ok(x.broadcast_mul(k)?))?;
         }
         let mut before_last = x.clone();
         for layer in &self.layers {
