@@ -267,8 +267,33 @@ impl BasicResBlock {
     }
 }
 
+/// Bias-free Conv1d (stride 1, "same" padding, dilation d) as one im2col matmul in f64: the k
+/// dilated shifts of the zero-padded input stacked along channels times the weight as
+/// [cout, (k, cin)]. In f32 (Candle's conv1d, or an f32 matmul) the k·cin = 384 products at
+/// official size accumulate past torch's own rounding (injected walk: ratio max 6.2, rms 2.5).
+struct DilatedConv {
+    w: Tensor, // [cout, k·cin]
+    k: usize,
+    dilation: usize,
+}
+
+impl DilatedConv {
+    fn load(w: &Weights, cout: usize, cin: usize, k: usize, dilation: usize) -> Result<DilatedConv> {
+        let wt = w.get((cout, cin, k), "weight")?.permute((0, 2, 1))?.reshape((cout, k * cin))?.to_dtype(DType::F64)?.contiguous()?;
+        Ok(DilatedConv { w: wt, k, dilation })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let p = (self.k - 1) / 2 * self.dilation;
+        let xp = x.to_dtype(DType::F64)?.pad_with_zeros(2, p, p)?;
+        let cols = (0..self.k).map(|j| xp.narrow(2, j * self.dilation, t)).collect::<candle_core::Result<Vec<_>>>()?;
+        let cols = Tensor::cat(&cols, 1)?.reshape((b, self.k * c, t))?;
+        Ok(self.w.broadcast_left(b)?.matmul(&cols.contiguous()?)?.to_dtype(x.dtype())?)
+    }
+}
+
 struct Cam {
-    linear_local: Conv1d,
+    linear_local: DilatedConv,
     linear1: Conv1d,
     linear2: Conv1d,
     seg_len: usize,
@@ -321,7 +346,7 @@ impl DenseTdnnLayer {
             linear1: Conv1d::load(&w.pp("linear1"), (bn_ch, cin, 1), false, 0, 1, 1)?,
             nonlinear2: Nonlinear::load(&w.pp("nonlinear2"), kinds, bn_ch, f)?,
             cam: Cam {
-                linear_local: Conv1d::load(&c.pp("linear_local"), (cout, bn_ch, k), false, (k - 1) / 2 * dil, 1, dil)?,
+                linear_local: DilatedConv::load(&c.pp("linear_local"), cout, bn_ch, k, dil)?,
                 linear1: Conv1d::load(&c.pp("linear1"), (bn_ch / 2, bn_ch, 1), true, 0, 1, 1)?,
                 linear2: Conv1d::load(&c.pp("linear2"), (cout, bn_ch / 2, 1), true, 0, 1, 1)?,
                 seg_len,
@@ -489,6 +514,10 @@ impl CampPlus {
     pub fn fbank(&self, wav: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (bins, sr) = (self.cfg.feat_dim, self.cfg.sample_rate as f64);
         let f = ctx.nest("fbank", wav, |ctx, w| fbank::kaldi_fbank_taps(w, bins, sr, &self.fbank_faults, ctx))?;
-        ctx.block("feat", &f, |f| Ok(f.broadcast_sub(&f.mean_keepdim(0)?)?))
+        // the time mean in f64 (an f32 running sum over hundreds of frames drifts past torch's)
+        ctx.block("feat", &f, |f| {
+            let d = f.to_dtype(DType::F64)?;
+            Ok(d.broadcast_sub(&d.mean_keepdim(0)?)?.to_dtype(DType::F32)?)
+        })
     }
 }
