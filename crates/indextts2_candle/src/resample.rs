@@ -461,6 +461,15 @@ mod tests {
     }
 
     #[test]
+    fn bessel_i0_known_values() {
+        // Abramowitz & Stegun table 9.8: I0(1), I0(5)·e^-5, I0(10)·e^-10
+        assert_eq!(bessel_i0(0.0), 1.0);
+        assert!((bessel_i0(1.0) - 1.266_065_877_752_008_4).abs() < 1e-15);
+        assert!((bessel_i0(5.0) * (-5f64).exp() - 0.197_548_239_6).abs() < 1e-9);
+        assert!((bessel_i0(10.0) * (-10f64).exp() - 0.127_833_337_2).abs() < 1e-9);
+    }
+
+    #[test]
     fn join_layout() {
         let a = Tensor::from_vec(vec![2f32, -0.5], (1, 2), &Device::Cpu).unwrap();
         let b = Tensor::from_vec(vec![0.25f32], (1, 1), &Device::Cpu).unwrap();

@@ -504,7 +504,12 @@ impl CampPlus {
             Ok(Tensor::cat(&[mean.squeeze(D::Minus1)?, var.sqrt()?.squeeze(D::Minus1)?], 1)?)
         })?;
         ctx.nest("xvector.dense", &x, |ctx, x| {
-            let y = ctx.block("xvector.dense.linear", x, |x| Ok(self.dense.forward(&x.unsqueeze(2)?)?.squeeze(2)?))?;
+            // [B, 2C] · [E, 2C]ᵀ in f64: a single short dot product per output, whose f32 rounding
+            // otherwise sits at the noise threshold over only E values (tiny rms ratio 2.05)
+            let y = ctx.block("xvector.dense.linear", x, |x| {
+                let w = self.dense.w.squeeze(2)?.to_dtype(DType::F64)?;
+                Ok(x.to_dtype(DType::F64)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
+            })?;
             ctx.block("xvector.dense.nonlinear.batchnorm", &y, |y| self.dense_bn.forward(y))
         })
     }
