@@ -1,9 +1,12 @@
 """Reference s2mel mel spectrogram (`indextts/s2mel/modules/audio.py:mel_spectrogram`, center=False).
 
-reflect pad (n_fft − hop)/2 each side → STFT (periodic Hann, no centering) → |X| = √(re² + im² + 1e-9)
-→ librosa Slaney mel filterbank (computed here in numpy, following `librosa.filters.mel` with
-htk=False, norm='slaney', float32 result) → log(clamp(·, 1e-5)).
-Taps: `stft` (magnitude), `mel_basis` (mel energies), `log` (the output).
+reflect pad (n_fft − hop)/2 each side → STFT (periodic Hann, `center` False as s2mel calls it) →
+|X| = √(re² + im² + 1e-9) → librosa Slaney mel filterbank (computed here in numpy, following
+`librosa.filters.mel` with htk=False, norm='slaney', float32 result; float64 on the float64 path)
+→ log(clamp(·, 1e-5)).
+Taps, one per operation of the official function: `pad` (the reflect padding), `stft` (the
+complex STFT as `view_as_real`, `[B, n_fft/2+1, T, 2]`), `magnitude`, `mel_basis` (the filterbank
+matmul), `log` (`spectral_normalize_torch`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ FULL = {  # config.yaml s2mel.preprocess_params as infer_v2 passes them
     "num_mels": 80,
     "fmin": 0.0,
     "fmax": None,
+    "center": False,  # the function's default, which s2mel keeps
 }
 
 _F_SP = 200.0 / 3  # Slaney: linear below 1 kHz (66.67 Hz per mel) …
@@ -47,9 +51,10 @@ def mel_to_hz(m, htk: bool = False):
     return np.where(m >= min_log_mel, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - min_log_mel)), _F_SP * m)
 
 
-def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, htk: bool = False) -> np.ndarray:
-    """[n_mels, n_fft/2 + 1] float32, like `librosa.filters.mel` (triangles between mel-spaced edges,
-    each scaled by 2 / bandwidth in Hz)."""
+def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, htk: bool = False,
+                dtype=np.float32) -> np.ndarray:
+    """[n_mels, n_fft/2 + 1], like `librosa.filters.mel` (triangles between mel-spaced edges, each
+    scaled by 2 / bandwidth in Hz): float32 as librosa returns it, or unrounded float64."""
     fmax = sr / 2.0 if fmax is None else float(fmax)
     fft_freqs = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
@@ -59,24 +64,24 @@ def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float
     fall = ramps[2:] / widths[1:, None]
     w = np.maximum(0.0, np.minimum(rise, fall))
     w *= (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, None]
-    return w.astype(np.float32)
+    return w.astype(dtype)
 
 
 def mel_spectrogram(y: torch.Tensor, cfg: dict, taps: Taps | None = None, htk: bool = False) -> torch.Tensor:
     """y [B, N] float → log-mel [B, num_mels, N // hop]."""
     taps = taps or NoTaps()
     n_fft, hop, win = cfg["n_fft"], cfg["hop_size"], cfg["win_size"]
-    basis = torch.from_numpy(mel_filters(cfg["sampling_rate"], n_fft, cfg["num_mels"], cfg["fmin"], cfg["fmax"], htk))
+    f64 = y.dtype == torch.float64
+    basis = torch.from_numpy(mel_filters(cfg["sampling_rate"], n_fft, cfg["num_mels"], cfg["fmin"], cfg["fmax"], htk,
+                                         np.float64 if f64 else np.float32))
     window = torch.hann_window(win, dtype=y.dtype)
-    pad = (n_fft - hop) // 2
+    pad = int((n_fft - hop) / 2)
 
-    def stft(v):
-        v = F.pad(v.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        s = torch.view_as_real(torch.stft(v, n_fft, hop_length=hop, win_length=win, window=window, center=False,
-                                          normalized=False, onesided=True, return_complex=True))
-        return torch.sqrt(s.pow(2).sum(-1) + 1e-9)
-
-    mag = taps.block("stft", y, stft)
+    y = taps.block("pad", y, lambda v: F.pad(v.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1))
+    spec = taps.block("stft", y, lambda v: torch.view_as_real(
+        torch.stft(v, n_fft, hop_length=hop, win_length=win, window=window, center=bool(cfg.get("center", False)),
+                   pad_mode="reflect", normalized=False, onesided=True, return_complex=True)))
+    mag = taps.block("magnitude", spec, lambda s: torch.sqrt(s.pow(2).sum(-1) + 1e-9))
     mel = taps.block("mel_basis", mag, lambda m: torch.matmul(basis, m))
     return taps.block("log", mel, lambda m: torch.log(torch.clamp(m, min=1e-5)))
 

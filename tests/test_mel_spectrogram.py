@@ -2,7 +2,10 @@
 
 The transform has no weights, so it is not a registry row: the Candle side is the
 `mel_spectrogram` kind loaded from a checkpoint that holds no tensors, and this file walks its taps
-(`stft` magnitude → `mel_basis` → `log`) with the same compare/tolerance table as the models.
+(`pad` → `stft` → `magnitude` → `mel_basis` → `log`) with the noise-floor rule of the models: the
+reference runs in float64 (the truth) and float32 (its noise; in the injected walk fed each tap's
+float64 input, as Candle is). Its faults and config values are checked here as test_models.py and
+test_config_space.py do for the registry rows.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from safetensors.torch import save_file
 
 from parity import candle
 from parity.bench import measure
-from parity.compare import Walk, compare, walk
-from parity.tolerances import lookup
+from parity.compare import Walk, compare_noise, fault_margin_ok, walk
+from parity.tolerances import FAULT_MARGIN, rule
 from reference.campplus import load_wav
 from reference.common import Taps
 from reference.mel import FULL, mel_filters, mel_spectrogram
@@ -38,23 +41,33 @@ def no_weights(tmp_path_factory):
 def mel_models(no_weights):
     cache = {}
 
-    def get(faults=()):
-        if faults not in cache:
-            cache[faults] = candle.Model(NAME, no_weights, json.dumps(FULL), "cpu", list(faults), "")
-        return cache[faults]
+    def get(faults=(), cfg=None):
+        key = (faults, json.dumps(cfg or FULL, sort_keys=True))
+        if key not in cache:
+            cache[key] = candle.Model(NAME, no_weights, json.dumps(cfg or FULL), "cpu", list(faults), "")
+        return cache[key]
 
     return get
 
 
-def mel_walk(cm, wav: np.ndarray, mode: str, case: str = "mel") -> Walk:
-    taps = Taps()
+def mel_walk(cm, wav: np.ndarray, mode: str, case: str = "mel", cfg: dict | None = None) -> Walk:
+    """The layer walk of the mel spectrogram under the noise-floor rule (parity/runner.layer_walk)."""
+    cfg = cfg or FULL
+    taps64 = Taps()
     with torch.no_grad():
-        ref = mel_spectrogram(torch.from_numpy(wav), FULL, taps)
-    inject = {k: v.numpy() for k, v in taps.inputs.items()} if mode == "injected" else None
+        ref64 = mel_spectrogram(torch.from_numpy(wav).double(), cfg, taps64)
+    inject = {k: v.numpy() for k, v in taps64.inputs.items()} if mode == "injected" else None
+    taps32 = Taps({k: torch.from_numpy(v) for k, v in (inject or {}).items()})
+    with torch.no_grad():
+        ref32 = mel_spectrogram(torch.from_numpy(wav), cfg, taps32)
+    for t in taps64.outputs.values():
+        assert t.dtype == torch.float64, "the float64 reference must compute in float64 end to end"
     outs, ctaps = candle.run(cm, "forward", {"wav": wav}, taps=True, inject=inject)
-    w = walk(NAME, case, mode, "cpu", {k: v.numpy() for k, v in taps.outputs.items()}, ctaps)
+    w = walk(NAME, case, mode, "cpu", {k: v.numpy() for k, v in taps64.outputs.items()}, ctaps,
+             noise_taps={k: v.numpy() for k, v in taps32.outputs.items()})
     if mode == "chained":
-        w.rows.append(compare("output:mel", ref.numpy(), outs["mel"], lookup(NAME, "output:mel", "cpu", "float32")))
+        w.rows.append(compare_noise("output:mel", ref64.numpy(), ref32.numpy(), outs["mel"],
+                                    rule(NAME, "output:mel", "cpu", "float32")))
     return w
 
 
@@ -94,13 +107,59 @@ def test_mel_spectrogram_batch(mel_models):
     mel_walk(mel_models(), np.concatenate([a, b]), "chained").assert_ok()
 
 
-def test_mel_spectrogram_fault_htk_scale(mel_models):
-    """HTK mel scale instead of Slaney: the magnitude agrees, the first divergence is `mel_basis`."""
-    w = mel_walk(mel_models(("htk_mel_scale",)), load_wav("speech_22k.wav"), "chained")
-    assert not w.ok, w.table()
-    assert w.first_failure == "mel_basis", w.table()
-    with pytest.raises(AssertionError, match="parity failed at `mel_basis`"):
+# fault -> the leaf tap the injected walk must name (as a registry row's `faults`)
+FAULTS = {
+    "htk_mel_scale": "mel_basis",  # HTK instead of Slaney mel scale: the magnitude agrees
+    "zero_padding": "pad",  # zeros instead of reflect at the edges
+    "symmetric_window": "stft",  # Hann periodic=False
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS), ids=[f"mel_spectrogram-{f}" for f in FAULTS])
+def test_mel_spectrogram_fault_is_caught(fault, mel_models):
+    """As tests/test_models.py::test_fault_is_caught: the injected walk fails first at the leaf,
+    FAULT_MARGIN × past its threshold, and the chained walk fails too."""
+    wav = load_wav("speech_22k.wav")
+    cm = mel_models((fault,))
+    w = mel_walk(cm, wav, "injected")
+    tap = FAULTS[fault]
+    assert w.first_failure == tap, f"fault `{fault}` named at `{w.first_failure}`, expected `{tap}`\n{w.table()}"
+    with pytest.raises(AssertionError, match=f"parity failed at `{tap}`"):
         w.assert_ok()
+    row = w.row_of(tap)
+    assert fault_margin_ok(row), (f"fault `{fault}` stands only {row.margin:.1f}× past the threshold "
+                                  f"(needs ≥ {FAULT_MARGIN}×)\n{w.table()}")
+    assert not mel_walk(cm, wav, "chained").ok
+
+
+# (argument, non-default value, config overrides, expect) as a registry row's `config_space`
+CONFIG_SPACE = [
+    ("center", True, {"center": True}, "parity"),
+    ("fmax", 8000.0, {"fmax": 8000.0}, "parity"),
+    ("fmin", 50.0, {"fmin": 50.0}, "parity"),
+    ("win_size", 800, {"win_size": 800}, "parity"),
+    ("num_mels", 100, {"num_mels": 100}, "parity"),
+    ("sampling_rate", 16000, {"sampling_rate": 16000}, "parity"),
+    ("hop_size", 200, {"hop_size": 200}, "parity"),
+    ("n_fft", 1200, {"n_fft": 1200, "win_size": 1200}, "parity"),  # not a power of two: the direct DFT
+    ("win_size", 2048, {"win_size": 2048}, "refused"),
+    ("fmin", 20000.0, {"fmin": 20000.0}, "refused"),
+    ("window", "hann", {"window": "hann"}, "refused"),  # not an argument: unknown keys are refused
+]
+
+
+@pytest.mark.parametrize("arg,value,over,expect", CONFIG_SPACE, ids=[f"mel_spectrogram-{a}={v}" for a, v, _, _ in CONFIG_SPACE])
+def test_mel_spectrogram_config_value(arg, value, over, expect, mel_models):
+    cfg = {**FULL, **over}
+    if expect == "refused":
+        with pytest.raises(candle.InputError, match=arg) as e:
+            mel_models((), cfg)
+        if arg in FULL:  # a known argument's error names the value; an unknown key is named itself
+            assert str(value).lower() in str(e.value).lower(), e.value
+        return
+    wav = load_wav("speech_22k.wav")[:, :40000]
+    for mode in ("chained", "injected"):
+        mel_walk(mel_models((), cfg), wav, mode, cfg=cfg).assert_ok()
 
 
 def test_mel_spectrogram_unknown_fault(no_weights):
@@ -118,7 +177,7 @@ def test_mel_spectrogram_any_length(n, start, mel_models):
         wav = load_wav("speech_22k.wav")[:, :n]
     w = mel_walk(mel_models(), np.ascontiguousarray(wav), "chained")
     w.assert_ok()
-    assert w.rows[-1].shape == (1, 80, wav.shape[1] // 256)
+    assert w.rows[-1].shape == (1, FULL["num_mels"], wav.shape[1] // FULL["hop_size"])
 
 
 @pytest.mark.parametrize("inputs,match", [
