@@ -47,7 +47,8 @@ def mel_to_hz(m, htk: bool = False):
     return np.where(m >= min_log_mel, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - min_log_mel)), _F_SP * m)
 
 
-def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, htk: bool = False) -> np.ndarray:
+def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, htk: bool = False,
+                dtype=np.float32) -> np.ndarray:
     """[n_mels, n_fft/2 + 1] float32, like `librosa.filters.mel` (triangles between mel-spaced edges,
     each scaled by 2 / bandwidth in Hz)."""
     fmax = sr / 2.0 if fmax is None else float(fmax)
@@ -59,14 +60,15 @@ def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float
     fall = ramps[2:] / widths[1:, None]
     w = np.maximum(0.0, np.minimum(rise, fall))
     w *= (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, None]
-    return w.astype(np.float32)
+    return w.astype(dtype)
 
 
 def mel_spectrogram(y: torch.Tensor, cfg: dict, taps: Taps | None = None, htk: bool = False) -> torch.Tensor:
     """y [B, N] float → log-mel [B, num_mels, N // hop]."""
     taps = taps or NoTaps()
     n_fft, hop, win = cfg["n_fft"], cfg["hop_size"], cfg["win_size"]
-    basis = torch.from_numpy(mel_filters(cfg["sampling_rate"], n_fft, cfg["num_mels"], cfg["fmin"], cfg["fmax"], htk))
+    basis = torch.from_numpy(mel_filters(cfg["sampling_rate"], n_fft, cfg["num_mels"], cfg["fmin"], cfg["fmax"], htk,
+                                         np.float64 if y.dtype == torch.float64 else np.float32))
     window = torch.hann_window(win, dtype=y.dtype)
     pad = (n_fft - hop) // 2
 

@@ -39,7 +39,7 @@ SR_22K, SR_16K = 22050, 16000
 
 def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     """`torchaudio.transforms.Resample(orig_freq, new_freq)(x)`, as infer_v2 calls it."""
-    return torchaudio.transforms.Resample(int(orig_freq), int(new_freq))(x)
+    return torchaudio.transforms.Resample(int(orig_freq), int(new_freq), dtype=x.dtype)(x)
 
 
 def kernel(orig_freq: int, new_freq: int) -> torch.Tensor:
