@@ -33,6 +33,16 @@ FAULTS = [
 ]
 
 
+def test_pipeline_faults_cover_every_switch():
+    """Every fault switch of every pipeline kind is in FAULTS (with the stage the walk must name)."""
+    import indextts_candle
+
+    kinds = dict.fromkeys(st.kind for st in P.STAGES)
+    have = {(k, f) for k in kinds for f in indextts_candle.faults(k)}
+    listed = {(k, f) for k, f, _ in FAULTS} | {("emotion", "dot_not_cosine")}  # its own test (vector input)
+    assert have == listed, f"not in FAULTS: {sorted(have - listed)}; not built: {sorted(listed - have)}"
+
+
 @pytest.fixture(scope="session")
 def pipe(request, device):
     ckpt = request.config.getoption("--checkpoints")
