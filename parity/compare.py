@@ -124,6 +124,8 @@ def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -
     if not np.isfinite(c.max_abs) or ref64.size == 0:
         c.tol = tol
         c.ok = ref64.size == 0 and got.shape == ref64.shape
+        if not c.ok:  # a hard failure (shape, NaN/Inf) stands infinitely past any threshold
+            c.ratio_max = c.ratio_rms = float("inf")
         return c
     r = ref64.astype(np.float64)
     e = got.astype(np.float64) - r
