@@ -78,7 +78,16 @@ impl Ctx {
     where
         F: FnOnce(&mut Ctx, &Tensor) -> Result<Tensor>,
     {
-        let y = match self.inject.remove(name) {
+        let x = self.input(name, x)?;
+        let y = f(self, &x)?;
+        self.tap(name, &y);
+        Ok(y)
+    }
+    /// The input of a parent block whose children are tapped too (children cannot run inside a
+    /// `block` closure): the injected tensor if one was given, else `x`. Tap its output with
+    /// [`Ctx::tap`] after the children, so the order stays children before parents.
+    pub fn input(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
+        match self.inject.remove(name) {
             Some(inj) => {
                 if inj.dims() != x.dims() {
                     return input_err(format!(
@@ -87,13 +96,10 @@ impl Ctx {
                         x.dims()
                     ));
                 }
-                let inj = inj.to_dtype(x.dtype())?.to_device(x.device())?;
-                f(self, &inj)?
+                Ok(inj.to_dtype(x.dtype())?.to_device(x.device())?)
             }
-            None => f(self, x)?,
-        };
-        self.tap(name, &y);
-        Ok(y)
+            None => Ok(x.clone()),
+        }
     }
     /// Fails if an injected input named a block that the forward never ran.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
