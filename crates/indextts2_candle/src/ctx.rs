@@ -56,7 +56,31 @@ impl Ctx {
     where
         F: FnOnce(&Tensor) -> Result<Tensor>,
     {
-        let y = match self.inject.remove(name) {
+        let y = match self.injected(name, x)? {
+            Some(inj) => f(&inj)?,
+            None => f(x)?,
+        };
+        self.tap(name, &y);
+        Ok(y)
+    }
+    /// A tapped block whose body taps its own children (they complete, and are recorded, first):
+    /// `f` gets the context back with the (possibly injected) input.
+    pub fn nest<F>(&mut self, name: &str, x: &Tensor, f: F) -> Result<Tensor>
+    where
+        F: FnOnce(&mut Ctx, &Tensor) -> Result<Tensor>,
+    {
+        let y = match self.injected(name, x)? {
+            Some(inj) => f(self, &inj)?,
+            None => f(self, x)?,
+        };
+        self.tap(name, &y);
+        Ok(y)
+    }
+    fn injected(&mut self, name: &str, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.inject.is_empty() {
+            return Ok(None);
+        }
+        match self.inject.remove(name) {
             Some(inj) => {
                 if inj.dims() != x.dims() {
                     return input_err(format!(
@@ -65,12 +89,10 @@ impl Ctx {
                         x.dims()
                     ));
                 }
-                f(&inj.to_dtype(x.dtype())?.to_device(x.device())?)?
+                Ok(Some(inj.to_dtype(x.dtype())?.to_device(x.device())?))
             }
-            None => f(x)?,
-        };
-        self.tap(name, &y);
-        Ok(y)
+            None => Ok(None),
+        }
     }
     /// A parent block whose body runs tapped children: like `block`, but `f` gets the context back.
     /// The children's taps come before the parent's (forward completion order, as in PyTorch).
