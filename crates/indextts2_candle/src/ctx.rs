@@ -94,34 +94,11 @@ impl Ctx {
             None => Ok(None),
         }
     }
-    /// A parent block whose body runs tapped children: like `block`, but `f` gets the context back.
-    /// The children's taps come before the parent's (forward completion order, as in PyTorch).
-    pub fn nest<F>(&mut self, name: &str, x: &Tensor, f: F) -> Result<Tensor>
-    where
-        F: FnOnce(&mut Ctx, &Tensor) -> Result<Tensor>,
-    {
-        let x = self.input(name, x)?;
-        let y = f(self, &x)?;
-        self.tap(name, &y);
-        Ok(y)
-    }
     /// The input of a parent block whose children are tapped too (children cannot run inside a
     /// `block` closure): the injected tensor if one was given, else `x`. Tap its output with
     /// [`Ctx::tap`] after the children, so the order stays children before parents.
     pub fn input(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
-        match self.inject.remove(name) {
-            Some(inj) => {
-                if inj.dims() != x.dims() {
-                    return input_err(format!(
-                        "injected input for `{name}` has shape {:?}, the block expects {:?}",
-                        inj.dims(),
-                        x.dims()
-                    ));
-                }
-                Ok(inj.to_dtype(x.dtype())?.to_device(x.device())?)
-            }
-            None => Ok(x.clone()),
-        }
+        Ok(self.injected(name, x)?.unwrap_or_else(|| x.clone()))
     }
     /// Fails if an injected input named a block that the forward never ran.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
