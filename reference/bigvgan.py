@@ -41,7 +41,9 @@ TINY = {**FULL, "upsample_rates": [4, 2], "upsample_kernel_sizes": [8, 4], "upsa
 
 
 def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
-    """Kaiser-windowed sinc lowpass, normalised to unit DC gain; shape [1, 1, kernel_size]."""
+    """Kaiser-windowed sinc lowpass, normalised to unit DC gain; shape [1, 1, kernel_size]. Computed in
+    torch's default dtype, as the official code does; it is a buffer, so the checkpoint's stored values
+    replace it at load and `.to(dtype)` carries it to float64 with the rest of the module."""
     even = kernel_size % 2 == 0
     half = kernel_size // 2
     delta_f = 4 * half_width
@@ -59,21 +61,44 @@ def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> 
     return filt.view(1, 1, kernel_size)
 
 
-class SnakeBeta(nn.Module):
-    def __init__(self, channels: int, logscale: bool, beta: bool = True):
+class Snake(nn.Module):
+    """x + 1/(α + 1e-9) · sin²(αx); α stored as log α when `alpha_logscale`."""
+
+    def __init__(self, channels: int, alpha_logscale: bool):
         super().__init__()
-        self.logscale, self.has_beta = logscale, beta
-        init = torch.zeros(channels) if logscale else torch.ones(channels)
-        self.alpha = nn.Parameter(init.clone())
-        if beta:
-            self.beta = nn.Parameter(init.clone())
+        self.alpha_logscale = alpha_logscale
+        self.alpha = nn.Parameter(torch.zeros(channels) if alpha_logscale else torch.ones(channels))
 
     def forward(self, x):
         a = self.alpha[None, :, None]
-        b = self.beta[None, :, None] if self.has_beta else a
-        if self.logscale:
+        if self.alpha_logscale:
+            a = torch.exp(a)
+        return x + (1.0 / (a + 1e-9)) * torch.sin(x * a).pow(2)
+
+
+class SnakeBeta(nn.Module):
+    """x + 1/(β + 1e-9) · sin²(αx); α, β stored as logs when `alpha_logscale`."""
+
+    def __init__(self, channels: int, alpha_logscale: bool):
+        super().__init__()
+        self.alpha_logscale = alpha_logscale
+        init = torch.zeros(channels) if alpha_logscale else torch.ones(channels)
+        self.alpha = nn.Parameter(init.clone())
+        self.beta = nn.Parameter(init.clone())
+
+    def forward(self, x):
+        a, b = self.alpha[None, :, None], self.beta[None, :, None]
+        if self.alpha_logscale:
             a, b = torch.exp(a), torch.exp(b)
         return x + (1.0 / (b + 1e-9)) * torch.sin(x * a).pow(2)
+
+
+def make_activation(cfg: dict, ch: int) -> nn.Module:
+    if cfg["activation"] == "snake":
+        return Snake(ch, cfg["snake_logscale"])
+    if cfg["activation"] == "snakebeta":
+        return SnakeBeta(ch, cfg["snake_logscale"])
+    raise NotImplementedError(f"activation {cfg['activation']!r}: the official class knows 'snake' and 'snakebeta'")
 
 
 class UpSample1d(nn.Module):
@@ -117,42 +142,83 @@ class DownSample1d(nn.Module):
 
 
 class Activation1d(nn.Module):
+    """Alias-free activation: ×2 upsample, Snake/SnakeBeta, lowpass + ×2 downsample.
+    Taps `<name>.upsample`, `<name>.act`, `<name>.downsample.lowpass` (DownSample1d only calls it)."""
+
     def __init__(self, act: nn.Module):
         super().__init__()
         self.act, self.upsample, self.downsample = act, UpSample1d(2), DownSample1d(2)
 
-    def forward(self, x):
-        return self.downsample(self.act(self.upsample(x)))
+    def forward(self, x, taps: Taps | None = None, name: str = ""):
+        taps = taps or NoTaps()
+        x = taps.block(f"{name}.upsample", x, self.upsample)
+        x = taps.block(f"{name}.act", x, self.act)
+        return taps.block(f"{name}.downsample.lowpass", x, self.downsample.lowpass)
 
 
 def _pad(k: int, d: int) -> int:
     return (k * d - d) // 2
 
 
+def _wn_conv(ch: int, k: int, d: int) -> nn.Module:
+    return weight_norm(nn.Conv1d(ch, ch, k, 1, dilation=d, padding=_pad(k, d)))
+
+
 class AMPBlock1(nn.Module):
+    """Per dilation d: x += convs2(act(convs1_d(act(x)))). The residual adds are not injected (only each
+    tap's own input is), so they show in the block's tap `resblocks.k`."""
+
     def __init__(self, cfg: dict, ch: int, k: int, dil: list[int]):
         super().__init__()
-        self.convs1 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, 1, dilation=d, padding=_pad(k, d))) for d in dil)
-        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, 1, dilation=1, padding=_pad(k, 1))) for _ in dil)
-        beta = cfg["activation"] == "snakebeta"
-        self.activations = nn.ModuleList(
-            Activation1d(SnakeBeta(ch, cfg["snake_logscale"], beta)) for _ in range(2 * len(dil))
-        )
+        self.convs1 = nn.ModuleList(_wn_conv(ch, k, d) for d in dil)
+        self.convs2 = nn.ModuleList(_wn_conv(ch, k, 1) for _ in dil)
+        self.activations = nn.ModuleList(Activation1d(make_activation(cfg, ch)) for _ in range(2 * len(dil)))
 
-    def forward(self, x):
+    def forward(self, x, taps: Taps | None = None, name: str = ""):
+        taps = taps or NoTaps()
         for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            xt = c2(self.activations[2 * j + 1](c1(self.activations[2 * j](x))))
+            xt = self.activations[2 * j](x, taps, f"{name}.activations.{2 * j}")
+            xt = taps.block(f"{name}.convs1.{j}", xt, c1)
+            xt = self.activations[2 * j + 1](xt, taps, f"{name}.activations.{2 * j + 1}")
+            xt = taps.block(f"{name}.convs2.{j}", xt, c2)
             x = xt + x
         return x
 
 
+class AMPBlock2(nn.Module):
+    """Per dilation d: x += convs_d(act(x)). The vendored IndexTTS copy's forward lacks its final
+    `return x` (it returns None, so resblock "2" cannot run there); this follows NVIDIA's BigVGAN,
+    of which it is a copy, and returns x."""
+
+    def __init__(self, cfg: dict, ch: int, k: int, dil: list[int]):
+        super().__init__()
+        self.convs = nn.ModuleList(_wn_conv(ch, k, d) for d in dil)
+        self.activations = nn.ModuleList(Activation1d(make_activation(cfg, ch)) for _ in dil)
+
+    def forward(self, x, taps: Taps | None = None, name: str = ""):
+        taps = taps or NoTaps()
+        for j, c in enumerate(self.convs):
+            xt = self.activations[j](x, taps, f"{name}.activations.{j}")
+            x = taps.block(f"{name}.convs.{j}", xt, c) + x
+        return x
+
+
 class BigVGAN(nn.Module):
+    """The official `BigVGAN(h)`: `h` is config.json's dict. Absent `use_tanh_at_final` /
+    `use_bias_at_final` default to True, as the official class's `h.get(..., True)` does."""
+
     def __init__(self, cfg: dict):
         super().__init__()
         self.cfg = cfg
         c0 = cfg["upsample_initial_channel"]
         self.num_kernels = len(cfg["resblock_kernel_sizes"])
         self.conv_pre = weight_norm(nn.Conv1d(cfg["num_mels"], c0, 7, 1, padding=3))
+        if cfg["resblock"] == "1":
+            block = AMPBlock1
+        elif cfg["resblock"] == "2":
+            block = AMPBlock2
+        else:
+            raise ValueError(f"Incorrect resblock class specified in hyperparameters. Got {cfg['resblock']}")
         self.ups = nn.ModuleList()
         for i, (u, k) in enumerate(zip(cfg["upsample_rates"], cfg["upsample_kernel_sizes"])):
             conv = nn.ConvTranspose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, padding=(k - u) // 2)
@@ -161,26 +227,39 @@ class BigVGAN(nn.Module):
         for i in range(len(self.ups)):
             ch = c0 // 2 ** (i + 1)
             for k, d in zip(cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]):
-                self.resblocks.append(AMPBlock1(cfg, ch, k, d))
-        beta = cfg["activation"] == "snakebeta"
-        self.activation_post = Activation1d(SnakeBeta(ch, cfg["snake_logscale"], beta))
-        self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3, bias=cfg["use_bias_at_final"]))
+                self.resblocks.append(block(cfg, ch, k, d))
+        self.activation_post = Activation1d(make_activation(cfg, ch))
+        self.use_bias_at_final = cfg.get("use_bias_at_final", True)
+        self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3, bias=self.use_bias_at_final))
+        self.use_tanh_at_final = cfg.get("use_tanh_at_final", True)
 
     def forward(self, mel: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        """Taps, in completion order: conv_pre; per stage i: ups.i.0, each resblock's leaves and the block
+        (resblocks.k), then `xs.i` = the stage mean (official `x = xs / num_kernels`, tapped on the last
+        resblock's output so the sum is inside it); activation_post's leaves; conv_post; `tanh` or `clamp`."""
         taps = taps or NoTaps()
         x = taps.block("conv_pre", mel, self.conv_pre)
         for i, up in enumerate(self.ups):
-            x = taps.block(f"ups.{i}", x, up[0])
-            xs = None
+            x = taps.block(f"ups.{i}.0", x, up[0])
+            ys = []
             for j in range(self.num_kernels):
                 k = i * self.num_kernels + j
-                y = taps.block(f"resblocks.{k}", x, self.resblocks[k])
-                xs = y if xs is None else xs + y
-            x = xs / self.num_kernels
-        x = taps.block("activation_post", x, self.activation_post)
+                name = f"resblocks.{k}"
+                ys.append(taps.block(name, x, lambda v, m=self.resblocks[k], n=name: m(v, taps, n)))
+            x = taps.block(f"xs.{i}", ys[-1], lambda last, prev=ys[:-1]: _stage_mean(prev, last, self.num_kernels))
+        x = self.activation_post(x, taps, "activation_post")
         x = taps.block("conv_post", x, self.conv_post)
-        final = torch.tanh if self.cfg["use_tanh_at_final"] else (lambda v: torch.clamp(v, -1.0, 1.0))
-        return taps.block("output", x, final)
+        if self.use_tanh_at_final:
+            return taps.block("tanh", x, torch.tanh)
+        return taps.block("clamp", x, lambda v: torch.clamp(v, min=-1.0, max=1.0))
+
+
+def _stage_mean(prev: list, last: torch.Tensor, n: int) -> torch.Tensor:
+    """The official accumulation order: xs = y0; xs += y1; ...; x = xs / num_kernels."""
+    xs = None
+    for y in [*prev, last]:
+        xs = y if xs is None else xs + y
+    return xs / n
 
 
 def build(cfg: dict) -> BigVGAN:
@@ -233,12 +312,18 @@ SPEC = ModelSpec(
     config_json=config_json,
     cases=(Case("bigvgan_vocode", "forward", make_mel, run_forward),),
     allow_unused={},  # every stored tensor is used: the kaiser filters are read, not recomputed
+    # fault -> the leaf the injected walk must name (measured ratios: README / the fault test's output)
     faults={
         "skip_weight_norm": ("bigvgan_vocode", "conv_pre"),
-        "ups_kernel_flipped": ("bigvgan_vocode", "ups.0"),
-        "swap_resblocks": ("bigvgan_vocode", "resblocks.0"),
-        "snake_no_exp": ("bigvgan_vocode", "resblocks.0"),
-        "no_final_clamp": ("bigvgan_vocode", "output"),
+        "ups_kernel_flipped": ("bigvgan_vocode", "ups.0.0"),
+        # resblocks 0 and 1 exchanged: same filters, so the first leaf that differs is block 1's SnakeBeta
+        "swap_resblocks": ("bigvgan_vocode", "resblocks.0.activations.0.act"),
+        "snake_no_exp": ("bigvgan_vocode", "resblocks.0.activations.0.act"),
+        "no_final_clamp": ("bigvgan_vocode", "clamp"),
+        "upsample_zero_pad": ("bigvgan_vocode", "resblocks.0.activations.0.upsample"),
+        "lowpass_zero_pad": ("bigvgan_vocode", "resblocks.0.activations.0.downsample.lowpass"),
+        "kaiser_periodic_window": ("bigvgan_vocode", "resblocks.0.activations.0.upsample"),
+        "weight_f16": ("bigvgan_vocode", "resblocks.1.convs1.1"),
     },
     init_overrides=_output_gain,
 )

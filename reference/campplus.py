@@ -24,12 +24,17 @@ from torch import nn
 
 from .common import NoTaps, Taps
 
-FULL = {  # CAMPPlus(feat_dim=80, embedding_size=192) with the class defaults
+# The official class's defaults (`CAMPPlus.__init__`), plus the structure it hard-codes (FCM's
+# m_channels, the three dense blocks, CAM's seg_len) and the fbank rate, which this port reads
+# from the config so that the tiny fixture can shrink them. Absent keys take these values.
+DEFAULTS = {
     "feat_dim": 80,
-    "embedding_size": 192,
+    "embedding_size": 512,
     "growth_rate": 32,
     "bn_size": 4,
     "init_channels": 128,
+    "config_str": "batchnorm-relu",
+    "memory_efficient": True,  # gradient checkpointing in training only: no effect in eval
     "m_channels": 32,
     "block_layers": [12, 24, 16],
     "kernel_sizes": [3, 3, 3],
@@ -37,6 +42,7 @@ FULL = {  # CAMPPlus(feat_dim=80, embedding_size=192) with the class defaults
     "seg_len": 100,
     "sample_rate": 16000,
 }
+FULL = {**DEFAULTS, "embedding_size": 192}  # infer_v2: CAMPPlus(feat_dim=80, embedding_size=192)
 # Same structure (every block kind, CAM segment pooling with a partial last segment), fewer channels.
 TINY = {**FULL, "feat_dim": 16, "embedding_size": 12, "growth_rate": 8, "bn_size": 2, "init_channels": 16,
         "m_channels": 8, "block_layers": [2, 3, 2], "seg_len": 100}
@@ -48,25 +54,48 @@ def _mel(f):
     return 1127.0 * torch.log(1.0 + f / 700.0)
 
 
-def kaldi_mel_banks(num_bins: int, padded: int, sr: float, low: float = 20.0, high: float = 0.0) -> torch.Tensor:
-    """Triangles on the Kaldi mel scale (1127·ln(1+f/700)), [num_bins, padded/2 + 1], last column 0."""
+def kaldi_mel_banks(num_bins: int, padded: int, sr: float, low: float = 20.0, high: float = 0.0,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Triangles on the Kaldi mel scale (1127·ln(1+f/700)), [num_bins, padded/2 + 1], last column 0.
+    torchaudio builds them in float32 (the default dtype); the float64 reference builds them in float64."""
     nyq = 0.5 * sr
     high = high if high > 0 else nyq + high
     n_fft_bins = padded // 2
     width = sr / padded
     mel_low, mel_high = 1127.0 * math.log(1.0 + low / 700.0), 1127.0 * math.log(1.0 + high / 700.0)
     delta = (mel_high - mel_low) / (num_bins + 1)
-    b = torch.arange(num_bins).unsqueeze(1)
+    b = torch.arange(num_bins).to(dtype).unsqueeze(1)  # int64 -> float32 is what torchaudio's promotion does
     left, center, right = mel_low + b * delta, mel_low + (b + 1.0) * delta, mel_low + (b + 2.0) * delta
-    m = _mel(width * torch.arange(n_fft_bins)).unsqueeze(0)
+    m = _mel(width * torch.arange(n_fft_bins).to(dtype)).unsqueeze(0)
     up = (m - left) / (center - left)
     down = (right - m) / (right - center)
-    banks = torch.max(torch.zeros(1), torch.min(up, down))
+    banks = torch.max(torch.zeros(1, dtype=dtype), torch.min(up, down))
     return F.pad(banks, (0, 1))
 
 
-def kaldi_fbank(wav: torch.Tensor, num_mel_bins: int = 80, sample_frequency: float = 16000.0) -> torch.Tensor:
-    """wav [1, N] (float, unscaled) → log mel energies [frames, num_mel_bins]; empty if N < 25 ms."""
+# The window functions `window_type` selects (torchaudio's `_feature_window_function`).
+WINDOWS = ("povey", "hanning", "hamming", "rectangular")
+
+
+def feature_window(kind: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    if kind == "povey":
+        return torch.hann_window(n, periodic=False, dtype=dtype).pow(0.85)
+    if kind == "hanning":
+        return torch.hann_window(n, periodic=False, dtype=dtype)
+    if kind == "hamming":
+        return torch.hamming_window(n, periodic=False, alpha=0.54, beta=0.46, dtype=dtype)
+    if kind == "rectangular":
+        return torch.ones(n, dtype=dtype)
+    raise ValueError(f"window_type {kind!r}: supported {WINDOWS}")
+
+
+def kaldi_fbank(wav: torch.Tensor, num_mel_bins: int = 80, sample_frequency: float = 16000.0, taps: Taps | None = None,
+                window_type: str = "povey", preemphasis_coefficient: float = 0.97, remove_dc_offset: bool = True) -> torch.Tensor:
+    """wav [1, N] (float, unscaled) → log mel energies [frames, num_mel_bins]; empty if N < 25 ms.
+    Taps `fbank.<torchaudio's variable>` per stage: strided_input (framing), remove_dc_offset,
+    preemphasis, window_function (window and zero padding to the FFT size), spectrum (power),
+    mel_energies, log."""
+    taps = taps or NoTaps()
     x = wav[0]
     win = int(sample_frequency * 0.025)
     shift = int(sample_frequency * 0.010)
@@ -74,16 +103,29 @@ def kaldi_fbank(wav: torch.Tensor, num_mel_bins: int = 80, sample_frequency: flo
     if x.numel() < win:
         return torch.empty(0, num_mel_bins, dtype=wav.dtype)
     n = 1 + (x.numel() - win) // shift
-    frames = x.as_strided((n, win), (shift * x.stride(0), x.stride(0)))
-    frames = frames - frames.mean(dim=1, keepdim=True)  # remove DC offset
-    prev = F.pad(frames.unsqueeze(0), (1, 0), mode="replicate").squeeze(0)[:, :-1]
-    frames = frames - 0.97 * prev  # pre-emphasis, first sample against itself
-    window = torch.hann_window(win, periodic=False, dtype=wav.dtype).pow(0.85)  # povey
-    frames = F.pad(frames * window, (0, padded - win))
-    power = torch.fft.rfft(frames).abs().pow(2.0)
-    banks = kaldi_mel_banks(num_mel_bins, padded, sample_frequency).to(wav.dtype)
-    mel = power @ banks.t()
-    return torch.max(mel, torch.tensor(torch.finfo(torch.float).eps, dtype=wav.dtype)).log()
+
+    def framing(w):
+        v = w[0]
+        return v.as_strided((n, win), (shift * v.stride(0), v.stride(0)))
+
+    frames = taps.block("fbank.strided_input", wav, framing)
+    if remove_dc_offset:
+        frames = taps.block("fbank.remove_dc_offset", frames, lambda f: f - f.mean(dim=1, keepdim=True))
+
+    def preemph(f):
+        prev = F.pad(f.unsqueeze(0), (1, 0), mode="replicate").squeeze(0)[:, :-1]
+        return f - preemphasis_coefficient * prev  # first sample against itself
+
+    if preemphasis_coefficient != 0.0:
+        frames = taps.block("fbank.preemphasis", frames, preemph)
+    window = feature_window(window_type, win, wav.dtype)
+    frames = taps.block("fbank.window_function", frames, lambda f: F.pad(f * window, (0, padded - win)))
+    power = taps.block("fbank.spectrum", frames, lambda f: torch.fft.rfft(f).abs().pow(2.0))
+    banks = kaldi_mel_banks(num_mel_bins, padded, sample_frequency, dtype=wav.dtype)
+    mel = taps.block("fbank.mel_energies", power, lambda p: p @ banks.t())
+    # torchaudio floors at float32's epsilon whatever the dtype
+    eps = torch.tensor(torch.finfo(torch.float).eps, dtype=wav.dtype)
+    return taps.block("fbank.log", mel, lambda m: torch.max(m, eps).log())
 
 
 def campplus_features(wav: torch.Tensor, num_mel_bins: int = 80, sample_frequency: float = 16000.0) -> torch.Tensor:
@@ -93,15 +135,34 @@ def campplus_features(wav: torch.Tensor, num_mel_bins: int = 80, sample_frequenc
 
 
 # ---------------------------------------------------------------- CAM++
+# Every module is tapped under its path (children before parents); a functional op without a
+# module is tapped as `<module path>.<official variable>` or folded into the tap before it
+# (F.relu after a head BatchNorm: `head.bn1`, `head.layerN.i.bn1`; FCM's reshape: `head.bn2`).
+
+NONLINEAR_PARTS = ("relu", "prelu", "batchnorm", "batchnorm_")
 
 
-def nonlinear(channels: int, affine: bool = True) -> nn.Sequential:
-    """`get_nonlinear('batchnorm-relu')` / `('batchnorm_')`: keys `batchnorm.*`; ReLU has no keys."""
+def get_nonlinear(config_str: str, channels: int) -> nn.Sequential:
+    """The official `get_nonlinear`: `config_str` names the parts in order, '-'-separated."""
     s = nn.Sequential()
-    s.add_module("batchnorm", nn.BatchNorm1d(channels, affine=affine))
-    if affine:
-        s.add_module("relu", nn.ReLU())
+    for name in config_str.split("-"):
+        if name == "relu":
+            s.add_module("relu", nn.ReLU())
+        elif name == "prelu":
+            s.add_module("prelu", nn.PReLU(channels))
+        elif name == "batchnorm":
+            s.add_module("batchnorm", nn.BatchNorm1d(channels))
+        elif name == "batchnorm_":
+            s.add_module("batchnorm", nn.BatchNorm1d(channels, affine=False))
+        else:
+            raise ValueError(f"Unexpected module ({name}).")
     return s
+
+
+def run_seq(seq: nn.Sequential, path: str, x, taps: Taps):
+    for name, mod in seq.named_children():
+        x = taps.block(f"{path}.{name}", x, mod)
+    return x
 
 
 class BasicResBlock(nn.Module):
@@ -115,10 +176,18 @@ class BasicResBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        taps = taps or NoTaps()
+
+        def body(x):
+            out = taps.block(f"{path}.conv1", x, self.conv1)
+            out = taps.block(f"{path}.bn1", out, lambda v: F.relu(self.bn1(v)))
+            out = taps.block(f"{path}.conv2", out, self.conv2)
+            out = taps.block(f"{path}.bn2", out, self.bn2)
+            sc = run_seq(self.shortcut, f"{path}.shortcut", x, taps) if len(self.shortcut) else x
+            return F.relu(out + sc)
+
+        return taps.block(path, x, body)
 
 
 class FCM(nn.Module):
@@ -133,26 +202,29 @@ class FCM(nn.Module):
         self.out_channels = m * (feat_dim // 8)
 
     def forward(self, x, taps: Taps):  # x [B, F, T]
-        out = taps.block("head.conv1", x.unsqueeze(1), lambda v: F.relu(self.bn1(self.conv1(v))))
+        out = taps.block("head.conv1", x.unsqueeze(1), self.conv1)
+        out = taps.block("head.bn1", out, lambda v: F.relu(self.bn1(v)))
         for name in ("layer1", "layer2"):
             for i, blk in enumerate(getattr(self, name)):
-                out = taps.block(f"head.{name}.{i}", out, blk)
+                out = blk(out, taps, f"head.{name}.{i}")
+        out = taps.block("head.conv2", out, self.conv2)
 
         def last(v):
-            y = F.relu(self.bn2(self.conv2(v)))
+            y = F.relu(self.bn2(v))
             return y.reshape(y.shape[0], y.shape[1] * y.shape[2], y.shape[3])
 
-        return taps.block("head.conv2", out, last)
+        return taps.block("head.bn2", out, last)
 
 
 class TDNNLayer(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, config_str: str):
         super().__init__()
         self.linear = nn.Conv1d(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=False)
-        self.nonlinear = nonlinear(cout)
+        self.nonlinear = get_nonlinear(config_str, cout)
 
-    def forward(self, x):
-        return self.nonlinear(self.linear(x))
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        taps = taps or NoTaps()
+        return run_seq(self.nonlinear, f"{path}.nonlinear", taps.block(f"{path}.linear", x, self.linear), taps)
 
 
 class CAMLayer(nn.Module):
@@ -160,7 +232,9 @@ class CAMLayer(nn.Module):
         super().__init__()
         self.linear_local = nn.Conv1d(bn_ch, cout, k, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False)
         self.linear1 = nn.Conv1d(bn_ch, bn_ch // 2, 1)
+        self.relu = nn.ReLU()
         self.linear2 = nn.Conv1d(bn_ch // 2, cout, 1)
+        self.sigmoid = nn.Sigmoid()
         self.seg_len = seg_len
 
     def seg_pooling(self, x):
@@ -169,40 +243,57 @@ class CAMLayer(nn.Module):
         seg = F.avg_pool1d(x, kernel_size=self.seg_len, stride=self.seg_len, ceil_mode=True)
         return seg.repeat_interleave(self.seg_len, dim=-1)[..., : x.shape[-1]]
 
-    def forward(self, x):
-        y = self.linear_local(x)
-        ctx = x.mean(-1, keepdim=True) + self.seg_pooling(x)
-        m = torch.sigmoid(self.linear2(F.relu(self.linear1(ctx))))
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        taps = taps or NoTaps()
+        y = taps.block(f"{path}.linear_local", x, self.linear_local)
+        ctx = taps.block(f"{path}.context", x, lambda v: v.mean(-1, keepdim=True) + self.seg_pooling(v))
+        ctx = taps.block(f"{path}.relu", taps.block(f"{path}.linear1", ctx, self.linear1), self.relu)
+        m = taps.block(f"{path}.sigmoid", taps.block(f"{path}.linear2", ctx, self.linear2), self.sigmoid)
         return y * m
 
 
 class CAMDenseTDNNLayer(nn.Module):
-    def __init__(self, cin: int, cout: int, bn_ch: int, k: int, dilation: int, seg_len: int):
+    def __init__(self, cin: int, cout: int, bn_ch: int, k: int, dilation: int, seg_len: int, config_str: str):
         super().__init__()
-        self.nonlinear1 = nonlinear(cin)
+        self.nonlinear1 = get_nonlinear(config_str, cin)
         self.linear1 = nn.Conv1d(cin, bn_ch, 1, bias=False)
-        self.nonlinear2 = nonlinear(bn_ch)
+        self.nonlinear2 = get_nonlinear(config_str, bn_ch)
         self.cam_layer = CAMLayer(bn_ch, cout, k, dilation, seg_len)
 
-    def forward(self, x):  # dense connectivity: the block output is [x, layer(x)]
-        return torch.cat([x, self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))))], dim=1)
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        """Dense connectivity (the block's loop): `[x, layer(x)]`, tapped as the layer's path."""
+        taps = taps or NoTaps()
+
+        def body(x):
+            h = run_seq(self.nonlinear1, f"{path}.nonlinear1", x, taps)
+            h = run_seq(self.nonlinear2, f"{path}.nonlinear2", taps.block(f"{path}.linear1", h, self.linear1), taps)
+            h = taps.block(f"{path}.cam_layer", h, lambda v: self.cam_layer(v, taps, f"{path}.cam_layer"))
+            return torch.cat([x, h], dim=1)
+
+        return taps.block(path, x, body)
 
 
 class CAMDenseTDNNBlock(nn.ModuleList):
-    def __init__(self, n: int, cin: int, cout: int, bn_ch: int, k: int, dilation: int, seg_len: int):
+    def __init__(self, n: int, cin: int, cout: int, bn_ch: int, k: int, dilation: int, seg_len: int, config_str: str):
         super().__init__()
         for i in range(n):
-            self.add_module(f"tdnnd{i + 1}", CAMDenseTDNNLayer(cin + i * cout, cout, bn_ch, k, dilation, seg_len))
+            self.add_module(f"tdnnd{i + 1}", CAMDenseTDNNLayer(cin + i * cout, cout, bn_ch, k, dilation, seg_len, config_str))
+
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        for name, layer in self.named_children():
+            x = layer(x, taps, f"{path}.{name}")
+        return x
 
 
 class TransitLayer(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, config_str: str):
         super().__init__()
-        self.nonlinear = nonlinear(cin)
+        self.nonlinear = get_nonlinear(config_str, cin)
         self.linear = nn.Conv1d(cin, cout, 1, bias=False)
 
-    def forward(self, x):
-        return self.linear(self.nonlinear(x))
+    def forward(self, x, taps: Taps | None = None, path: str = ""):
+        taps = taps or NoTaps()
+        return taps.block(f"{path}.linear", run_seq(self.nonlinear, f"{path}.nonlinear", x, taps), self.linear)
 
 
 class StatsPool(nn.Module):
@@ -214,27 +305,31 @@ class DenseLayer(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.linear = nn.Conv1d(cin, cout, 1, bias=False)
-        self.nonlinear = nonlinear(cout, affine=False)
+        self.nonlinear = get_nonlinear("batchnorm_", cout)
 
-    def forward(self, x):  # x [B, C]
-        return self.nonlinear(self.linear(x.unsqueeze(-1)).squeeze(-1))
+    def forward(self, x, taps: Taps | None = None, path: str = ""):  # x [B, C]
+        taps = taps or NoTaps()
+        y = taps.block(f"{path}.linear", x, lambda v: self.linear(v.unsqueeze(-1)).squeeze(-1))
+        return run_seq(self.nonlinear, f"{path}.nonlinear", y, taps)
 
 
 class CAMPPlus(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
+        cfg = {**DEFAULTS, **cfg}
         self.cfg = cfg
+        cs = cfg["config_str"]
         self.head = FCM(cfg["m_channels"], cfg["feat_dim"])
         ch = self.head.out_channels
         g = cfg["growth_rate"]
-        self.xvector = nn.Sequential(OrderedDict([("tdnn", TDNNLayer(ch, cfg["init_channels"], 5, 2))]))
+        self.xvector = nn.Sequential(OrderedDict([("tdnn", TDNNLayer(ch, cfg["init_channels"], 5, 2, cs))]))
         ch = cfg["init_channels"]
         for i, (n, k, d) in enumerate(zip(cfg["block_layers"], cfg["kernel_sizes"], cfg["dilations"])):
-            self.xvector.add_module(f"block{i + 1}", CAMDenseTDNNBlock(n, ch, g, cfg["bn_size"] * g, k, d, cfg["seg_len"]))
+            self.xvector.add_module(f"block{i + 1}", CAMDenseTDNNBlock(n, ch, g, cfg["bn_size"] * g, k, d, cfg["seg_len"], cs))
             ch += n * g
-            self.xvector.add_module(f"transit{i + 1}", TransitLayer(ch, ch // 2))
+            self.xvector.add_module(f"transit{i + 1}", TransitLayer(ch, ch // 2, cs))
             ch //= 2
-        self.xvector.add_module("out_nonlinear", nonlinear(ch))
+        self.xvector.add_module("out_nonlinear", get_nonlinear(cs, ch))
         self.xvector.add_module("stats", StatsPool())
         self.xvector.add_module("dense", DenseLayer(ch * 2, cfg["embedding_size"]))
 
@@ -243,11 +338,15 @@ class CAMPPlus(nn.Module):
         taps = taps or NoTaps()
         x = self.head(feat.permute(0, 2, 1), taps)
         for name, mod in self.xvector.named_children():
-            if isinstance(mod, CAMDenseTDNNBlock):
-                for lname, layer in mod.named_children():
-                    x = taps.block(f"xvector.{name}.{lname}", x, layer)
-            else:
-                x = taps.block(f"xvector.{name}", x, mod)
+            p = f"xvector.{name}"
+            if isinstance(mod, nn.Sequential):  # out_nonlinear
+                x = run_seq(mod, p, x, taps)
+            elif isinstance(mod, StatsPool):
+                x = taps.block(p, x, mod)
+            elif isinstance(mod, CAMDenseTDNNBlock):
+                x = mod(x, taps, p)
+            else:  # tdnn, transitN, dense: the parent tap holds nothing but its children
+                x = taps.block(p, x, lambda v, mod=mod, p=p: mod(v, taps, p))
         return x
 
 
@@ -319,11 +418,11 @@ def run_embed(model: CAMPPlus, inputs: dict, taps: Taps) -> dict:
 
 def run_fbank(model: CAMPPlus, inputs: dict, taps: Taps) -> dict:
     cfg = model.cfg
-    f = taps.block("fbank", inputs["wav"], lambda w: kaldi_fbank(w, cfg["feat_dim"], cfg["sample_rate"]))
-    return {"feat": f - f.mean(dim=0, keepdim=True)}
+    f = taps.block("fbank", inputs["wav"], lambda w: kaldi_fbank(w, cfg["feat_dim"], cfg["sample_rate"], taps))
+    return {"feat": taps.block("feat", f, lambda v: v - v.mean(dim=0, keepdim=True))}  # infer_v2
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
 SPEC = ModelSpec(
     name="campplus",
@@ -338,5 +437,25 @@ SPEC = ModelSpec(
         Case("campplus_fbank", "fbank", make_wav, run_fbank),
     ),
     allow_unused={"*.num_batches_tracked": "BatchNorm step counter: only used in training (momentum=None); eval uses running stats"},
-    faults={"bn_running_stats_ignored": ("campplus_embed", "head.conv1")},
+    # PReLU slopes as a trained net has them (≈ 0.25, torch's init), not the 1 ± 0.1 of a norm gain
+    init_overrides={"prelu.weight": lambda key, rng, shape: 0.25 + 0.05 * rng.standard_normal(shape)},
+    faults={
+        "bn_running_stats_ignored": ("campplus_embed", "head.bn1"),
+        "bn_eps_dropped": ("campplus_embed", "head.bn1"),
+        "fbank_hanning_window": ("campplus_fbank", "fbank.window_function"),
+        "fbank_no_preemphasis": ("campplus_fbank", "fbank.preemphasis"),
+        "fbank_no_remove_dc": ("campplus_fbank", "fbank.remove_dc_offset"),
+    },
+    config_space=(
+        ConfigRow("config_str", "batchnorm-prelu", {"config_str": "batchnorm-prelu"}, "parity"),
+        ConfigRow("config_str", "prelu-batchnorm", {"config_str": "prelu-batchnorm"}, "parity"),
+        ConfigRow("config_str", "batchnorm-tanh", {"config_str": "batchnorm-tanh"}, "refused"),
+        ConfigRow("memory_efficient", False, {"memory_efficient": False}, "parity"),
+        ConfigRow("embedding_size", 20, {"embedding_size": 20}, "parity"),
+        ConfigRow("growth_rate", 4, {"growth_rate": 4}, "parity"),
+        ConfigRow("bn_size", 3, {"bn_size": 3}, "parity"),
+        ConfigRow("init_channels", 24, {"init_channels": 24}, "parity"),
+        ConfigRow("feat_dim", 24, {"feat_dim": 24}, "parity"),
+        ConfigRow("feat_dim", 20, {"feat_dim": 20}, "refused"),
+    ),
 )

@@ -27,24 +27,43 @@ from safetensors.torch import save_file
 from torch import nn
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
-from parity.spec import Case, ModelSpec
+from parity.spec import Case, ConfigRow, ModelSpec
 
 from .common import NoTaps, Taps
 
-FULL = {"orig_freq": 22050, "new_freq": 16000}  # librosa.load's default rate → the w2v-bert rate
+# `torchaudio.transforms.Resample`'s constructor defaults (absent keys take these) …
+DEFAULTS = {"orig_freq": 16000, "new_freq": 16000, "resampling_method": "sinc_interp_hann", "lowpass_filter_width": 6,
+            "rolloff": 0.99, "beta": None}
+# … and the pair infer_v2 needs: librosa.load's default rate → the w2v-bert rate
+FULL = {**DEFAULTS, "orig_freq": 22050, "new_freq": 16000}
+SETTINGS = ("resampling_method", "lowpass_filter_width", "rolloff", "beta")
 MAX_PROMPT_SECONDS = 15
 INTERVAL_SILENCE_MS = 200
 SR_22K, SR_16K = 22050, 16000
 
 
-def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
-    """`torchaudio.transforms.Resample(orig_freq, new_freq)(x)`, as infer_v2 calls it."""
-    return torchaudio.transforms.Resample(int(orig_freq), int(new_freq), dtype=x.dtype)(x)
+def _settings(cfg: dict | None) -> dict:
+    return {k: {**DEFAULTS, **(cfg or {})}[k] for k in SETTINGS}
 
 
-def kernel(orig_freq: int, new_freq: int) -> torch.Tensor:
-    """The filter bank `Resample` holds, `[new, orig + 2·width]` (float64 math, float32 result)."""
-    k, _ = _get_sinc_resample_kernel(int(orig_freq), int(new_freq), math.gcd(int(orig_freq), int(new_freq)))
+def _kernel_dtype(dtype: torch.dtype):
+    """The class builds its kernel with `dtype=None` (float64 math, float32 result, the phase offsets
+    divided in float32): that stays the float32 path. The float64 reference passes float64, so the
+    kernel is float64 throughout (torchaudio keeps Kaiser's beta and i0(beta) in float32 either way)."""
+    return torch.float64 if dtype == torch.float64 else None
+
+
+def resample(x: torch.Tensor, orig_freq: int, new_freq: int, cfg: dict | None = None) -> torch.Tensor:
+    """`torchaudio.transforms.Resample(orig_freq, new_freq, **settings)(x)`, as infer_v2 calls it."""
+    return torchaudio.transforms.Resample(int(orig_freq), int(new_freq), **_settings(cfg), dtype=_kernel_dtype(x.dtype))(x)
+
+
+def kernel(orig_freq: int, new_freq: int, cfg: dict | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The filter bank `Resample` holds, `[new, orig + 2·width]` (float32: float64 math, float32 result)."""
+    st = _settings(cfg)
+    k, _ = _get_sinc_resample_kernel(int(orig_freq), int(new_freq), math.gcd(int(orig_freq), int(new_freq)),
+                                     st["lowpass_filter_width"], st["rolloff"], st["resampling_method"], st["beta"],
+                                     dtype=_kernel_dtype(dtype))
     return k[:, 0, :]
 
 
@@ -73,8 +92,9 @@ class Resampler(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.orig_freq = int(cfg["orig_freq"])
-        self.new_freq = int(cfg["new_freq"])
+        self.cfg = {**DEFAULTS, **cfg}
+        self.orig_freq = int(self.cfg["orig_freq"])
+        self.new_freq = int(self.cfg["new_freq"])
 
     def forward(self, wav: torch.Tensor, orig_freq: int | None = None, new_freq: int | None = None,
                 taps: Taps | None = None) -> torch.Tensor:
@@ -82,15 +102,15 @@ class Resampler(nn.Module):
         o = self.orig_freq if orig_freq is None else int(orig_freq)
         n = self.new_freq if new_freq is None else int(new_freq)
         if o != n:  # a tap without an input: nothing to inject
-            taps.outputs["kernel"] = kernel(o, n)
-        return taps.block("resampled", wav, lambda x: resample(x, o, n))
+            taps.outputs["kernel"] = kernel(o, n, self.cfg, wav.dtype)
+        return taps.block("resampled", wav, lambda x: resample(x, o, n, self.cfg))
 
     def front(self, wav: torch.Tensor, taps: Taps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         taps = taps or NoTaps()
         sr = self.orig_freq
         clip = taps.block("cut", wav, lambda x: cut(x, sr))
-        a22 = taps.block("resample_22k", clip, lambda c: resample(c, sr, SR_22K))
-        a16 = taps.block("resample_16k", clip, lambda c: resample(c, sr, SR_16K))
+        a22 = taps.block("resample_22k", clip, lambda c: resample(c, sr, SR_22K, self.cfg))
+        a16 = taps.block("resample_16k", clip, lambda c: resample(c, sr, SR_16K, self.cfg))
         return a22, a16
 
 
@@ -99,7 +119,7 @@ def build(cfg: dict) -> Resampler:
 
 
 def config_json(cfg: dict) -> str:
-    return json.dumps({"orig_freq": int(cfg["orig_freq"]), "new_freq": int(cfg["new_freq"])})
+    return json.dumps(cfg)
 
 
 def save_official(state_dict: dict, path: str) -> None:
@@ -132,7 +152,9 @@ def _front_case(name: str, n: int) -> Case:
         a22, a16 = m.front(i["wav"], taps)
         return {"audio_22k": a22, "audio_16k": a16}
 
-    return Case(name, "front", make, run)
+    # The resamplers take the cut's output uninjected (the cut is exact either way): a wrong cut
+    # then fails at `cut` instead of breaking the injection of a differently shaped clip.
+    return Case(name, "front", make, run, no_inject=("resample_22k", "resample_16k"))
 
 
 SPEC = ModelSpec(
@@ -158,5 +180,15 @@ SPEC = ModelSpec(
         "rectangular_window": ("resample-22050to16000", "kernel"),
         "no_cut": ("resample-front-16s", "cut"),
     },
+    config_space=(
+        ConfigRow("lowpass_filter_width", 4, {"lowpass_filter_width": 4}, "parity"),
+        ConfigRow("lowpass_filter_width", 0, {"lowpass_filter_width": 0}, "refused"),
+        ConfigRow("rolloff", 0.9, {"rolloff": 0.9}, "parity"),
+        ConfigRow("rolloff", 0.0, {"rolloff": 0.0}, "refused"),
+        ConfigRow("resampling_method", "sinc_interp_kaiser", {"resampling_method": "sinc_interp_kaiser"}, "parity"),
+        ConfigRow("beta", 8.0, {"resampling_method": "sinc_interp_kaiser", "beta": 8.0}, "parity"),
+        ConfigRow("resampling_method", "kaiser_window", {"resampling_method": "kaiser_window", "beta": 6.0}, "parity"),
+        ConfigRow("resampling_method", "linear", {"resampling_method": "linear"}, "refused"),
+    ),
     weightless=True,
 )

@@ -36,13 +36,21 @@ class ConvNeXtBlock(nn.Module):
         self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, inter)
+        self.act = nn.GELU()  # exact (erf) GELU
         self.pwconv2 = nn.Linear(inter, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
-    def forward(self, x):  # [B, C, T] -> [B, C, T]
-        h = self.norm(self.dwconv(x).transpose(1, 2))
-        h = self.pwconv2(F.gelu(self.pwconv1(h)))  # exact (erf) GELU
-        return x + (self.gamma * h).transpose(1, 2)
+    def forward(self, x, taps: Taps | None = None, name: str = ""):  # [B, C, T] -> [B, C, T]
+        """Every sub-module is a leaf tap; the layer-scale product is `<block>.gamma` and the
+        residual add lies in the block's own tap (`<block>`), after all of them."""
+        taps = taps or NoTaps()
+        h = taps.block(f"{name}.dwconv", x, self.dwconv)
+        h = taps.block(f"{name}.norm", h.transpose(1, 2), self.norm)
+        h = taps.block(f"{name}.pwconv1", h, self.pwconv1)
+        h = taps.block(f"{name}.act", h, self.act)
+        h = taps.block(f"{name}.pwconv2", h, self.pwconv2)
+        h = taps.block(f"{name}.gamma", h, lambda v: self.gamma * v)
+        return x + h.transpose(1, 2)
 
 
 class VocosBackbone(nn.Module):
@@ -57,7 +65,8 @@ class VocosBackbone(nn.Module):
         x = taps.block(f"{prefix}.embed", x, self.embed)
         x = taps.block(f"{prefix}.norm", x, lambda v: self.norm(v.transpose(1, 2)).transpose(1, 2))
         for i, blk in enumerate(self.convnext):
-            x = taps.block(f"{prefix}.convnext.{i}", x, blk)
+            name = f"{prefix}.convnext.{i}"
+            x = taps.block(name, x, lambda v, blk=blk, name=name: blk(v, taps, name))
         return taps.block(f"{prefix}.final_layer_norm", x, lambda v: self.final_layer_norm(v.transpose(1, 2)))
 
 
@@ -169,6 +178,12 @@ SPEC = ModelSpec(
         Case("semantic_codec_vq2emb", "vq2emb", make_codes, run_vq2emb),
     ),
     allow_unused={"decoder.*": "RepCodec decoder: stored in the official file, never called by IndexTTS2 (quantize/vq2emb only)"},
-    faults={"codebook_unnormalised": ("semantic_codec_quantize", "quantizer.quantizers.0.codebook")},
+    untapped={"decoder.*": "RepCodec decoder: never called by IndexTTS2 (quantize/vq2emb only), so never run or read"},
+    faults={
+        "codebook_unnormalised": ("semantic_codec_quantize", "quantizer.quantizers.0.codebook"),
+        # the first LayerNorm in forward order (every Vocos LayerNorm has the fault)
+        "layer_norm_eps": ("semantic_codec_quantize", "encoder.0.norm"),
+        "gelu_tanh": ("semantic_codec_quantize", "encoder.0.convnext.0.act"),
+    },
     init_overrides={"codebook.weight": _codebook},
 )

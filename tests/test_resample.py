@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from parity import candle
 from parity.bench import measure
-from parity.compare import compare
-from parity.tolerances import lookup
+from parity.compare import compare_noise
+from parity.tolerances import rule
 from reference import resample as R
 
 NAME = "resample"
@@ -51,9 +51,16 @@ def _rates(o: int, n: int) -> dict:
     return {"orig_freq": np.array(o, np.int64), "new_freq": np.array(n, np.int64)}
 
 
-def _check(name: str, ref: np.ndarray, got: np.ndarray) -> None:
-    c = compare(name, ref, got, lookup(NAME, "output:wav", "cpu", "float32"))
+def _check(name: str, ref64: np.ndarray, ref32: np.ndarray, got: np.ndarray) -> None:
+    """The noise-floor rule: Candle vs the float64 reference within k × the float32 reference's error."""
+    c = compare_noise(name, ref64, ref32, got, rule(NAME, "output:wav", "cpu", "float32"))
     assert c.ok, c.line()
+
+
+def _ref_pair(fn, x: np.ndarray):
+    """`fn` (a torch function of the wav) in float64 and in float32."""
+    with torch.no_grad():
+        return fn(torch.from_numpy(x).double()), fn(torch.from_numpy(x))
 
 
 @LOOSE
@@ -67,13 +74,13 @@ def test_resample_any_length_and_rates(n, pair, channels, seed, resamplers):
     x = x[0] if channels == 0 else x
     out, taps = candle.run(resamplers(), "forward_rates", {"wav": x, **_rates(o, new)}, taps=True)
     got = out["wav"]
+    ref64, ref = (t.numpy() for t in _ref_pair(lambda t: R.resample(t, o, new), x))
     with torch.no_grad():
-        ref = R.resample(torch.from_numpy(x), o, new).numpy()
         fun = torchaudio.functional.resample(torch.from_numpy(x), o, new).numpy()
     g = math.gcd(o, new)
-    assert got.shape == ref.shape == fun.shape
+    assert got.shape == ref.shape == fun.shape == ref64.shape
     assert got.shape[-1] == (n if o == new else min(math.ceil(np.float32(new // g * n / (o // g))), (n // (o // g) + 1) * (new // g)))
-    _check(f"{o}->{new} n={n}", ref, got)
+    _check(f"{o}->{new} n={n}", ref64, ref, got)
     assert np.max(np.abs(fun - got), initial=0.0) <= FUNCTIONAL_ATOL
     if o != new:
         np.testing.assert_array_equal(taps["kernel"], R.kernel(o, new).numpy())
@@ -98,11 +105,10 @@ def test_resample_front_other_rates(orig, resamplers):
     """The speaker front end for source rates other than librosa's default: cut, then both rates."""
     x = R.signal(15 * orig + 3001, orig, 1)
     out, _ = candle.run(resamplers(orig, 16000), "front", {"wav": x})
-    with torch.no_grad():
-        a22, a16 = R.Resampler({"orig_freq": orig, "new_freq": 16000}).front(torch.from_numpy(x))
+    r64, r32 = _ref_pair(R.Resampler({"orig_freq": orig, "new_freq": 16000}).front, x)
     assert out["audio_22k"].shape == (1, 15 * 22050) and out["audio_16k"].shape == (1, 15 * 16000)
-    _check("audio_22k", a22.numpy(), out["audio_22k"])
-    _check("audio_16k", a16.numpy(), out["audio_16k"])
+    _check("audio_22k", r64[0].numpy(), r32[0].numpy(), out["audio_22k"])
+    _check("audio_16k", r64[1].numpy(), r32[1].numpy(), out["audio_16k"])
 
 
 def _join(cm, segs, sr, ms):
@@ -167,8 +173,9 @@ def test_resample_bad_input(method, inputs, match, resamplers):
         candle.run(resamplers(), method, inputs)
 
 
-@pytest.mark.parametrize("cfg", [{"orig_freq": 0, "new_freq": 16000}, {"orig_freq": 22050}, {"orig_freq": -1, "new_freq": 2}],
-                         ids=["resample-cfg-zero", "resample-cfg-missing", "resample-cfg-negative"])
+@pytest.mark.parametrize("cfg", [{"orig_freq": 0, "new_freq": 16000}, {"orig_freq": 22050, "new_freq": 16000, "rollof": 0.9},
+                                 {"orig_freq": -1, "new_freq": 2}, {"orig_freq": 22050, "new_freq": 16000, "beta": -1.0}],
+                         ids=["resample-cfg-zero", "resample-cfg-unknown-key", "resample-cfg-negative", "resample-cfg-negative-beta"])
 def test_resample_bad_config(cfg, fixtures):
     with pytest.raises(candle.InputError, match="config"):
         candle.Model(NAME, fixtures(NAME).safetensors_path, json.dumps(cfg), "cpu", [], "")

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from parity import candle
 from parity.bench import measure
 from parity import fixtures as fxm
-from parity.compare import compare
+from parity.compare import compare_noise
 from parity.registry import MODELS
 from parity.runner import layer_walk, run_reference
-from parity.tolerances import lookup
+from parity.tolerances import rule
 from reference.semantic_codec import make_codes, make_features
 
 SPEC = MODELS["semantic_codec"]
@@ -52,26 +52,31 @@ def test_semantic_codec_batch_rows_independent(fixtures, candle_models):
 def test_semantic_codec_any_length(frames, seed, fixtures, candle_models):
     fx = fixtures("semantic_codec")
     inputs = make_features(fx.cfg, seed, frames)
+    ref64, _ = run_reference(fx, QUANTIZE, inputs, dtype=torch.float64)
     ref, _ = run_reference(fx, QUANTIZE, inputs)
     got, _ = candle.run(candle_models("semantic_codec"), "quantize", inputs)
     np.testing.assert_array_equal(got["codes"], ref["codes"])
-    c = compare("output:emb", ref["emb"], got["emb"], lookup("semantic_codec", "output:emb", "cpu", "float32"))
+    c = compare_noise("output:emb", ref64["emb"], ref["emb"], got["emb"], rule("semantic_codec", "output:emb", "cpu", "float32"))
     assert c.ok, c.line()
 
 
-@pytest.mark.parametrize("method,inputs,match", [
-    ("quantize", {"x": np.zeros((1, 5, 7), np.float32)}, "expects x"),
-    ("quantize", {"x": np.zeros((1, 0, 32), np.float32)}, "expects x"),
-    ("quantize", {"x": np.zeros((5, 32), np.float32)}, "expects x"),
-    ("vq2emb", {"codes": np.array([[0, 64]], np.int64)}, "outside the codebook"),
-    ("vq2emb", {"codes": np.array([[-1]], np.int64)}, "outside the codebook"),
-    ("vq2emb", {"codes": np.zeros((1, 2, 3), np.int64)}, "expects codes"),
-    ("decode", {"x": np.zeros((1, 5, 32), np.float32)}, "no method"),
+# Bounds come from the config (tiny: 64 codes of width 32; official: 8192 codes of width 1024).
+@pytest.mark.parametrize("method,make,match", [
+    ("quantize", lambda c: {"x": np.zeros((1, 5, c["hidden_size"] + 1), np.float32)}, "expects x"),
+    ("quantize", lambda c: {"x": np.zeros((1, 0, c["hidden_size"]), np.float32)}, "expects x"),
+    ("quantize", lambda c: {"x": np.zeros((5, c["hidden_size"]), np.float32)}, "expects x"),
+    ("vq2emb", lambda c: {"codes": np.array([[0, c["codebook_size"]]], np.int64)}, "outside the codebook"),
+    ("vq2emb", lambda c: {"codes": np.array([[-1]], np.int64)}, "outside the codebook"),
+    ("vq2emb", lambda c: {"codes": np.zeros((1, 2, 3), np.int64)}, "expects codes"),
+    ("decode", lambda c: {"x": np.zeros((1, 5, c["hidden_size"]), np.float32)}, "no method"),
 ], ids=["semantic_codec-wrong_dim", "semantic_codec-empty", "semantic_codec-rank2", "semantic_codec-code_too_big",
         "semantic_codec-negative_code", "semantic_codec-codes_rank3", "semantic_codec-no_decoder"])
-def test_semantic_codec_bad_input(method, inputs, match, candle_models):
+def test_semantic_codec_bad_input(method, make, match, fixtures, candle_models):
+    cfg = fixtures("semantic_codec").cfg
     with pytest.raises(candle.InputError, match=match):
-        candle.run(candle_models("semantic_codec"), method, inputs)
+        candle.run(candle_models("semantic_codec"), method, make(cfg))
+    if method == "vq2emb" and match == "outside the codebook":  # the last valid code is accepted
+        candle.run(candle_models("semantic_codec"), method, {"codes": np.array([[0, cfg["codebook_size"] - 1]], np.int64)})
 
 
 @pytest.mark.benchmark(group="semantic_codec")
@@ -94,12 +99,19 @@ def test_bench_semantic_codec(side, benchmark, bench_fixtures):
 
 
 def test_semantic_codec_vq2emb_matches_quantize_emb(fixtures, candle_models):
-    """vq2emb(codes) (the GPT-code path, [B, hidden, T]) equals quantize's emb for the same codes."""
+    """vq2emb(codes) (the GPT-code path, [B, hidden, T]) equals quantize's emb for the same codes:
+    Candle's vq2emb against the reference's quantize emb (float64 truth, float32 noise)."""
     fx = fixtures("semantic_codec")
     cm = candle_models("semantic_codec")
-    q, _ = candle.run(cm, "quantize", make_features(fx.cfg, 5))
+    inputs = make_features(fx.cfg, 5)
+    q64, _ = run_reference(fx, QUANTIZE, inputs, dtype=torch.float64)
+    q32, _ = run_reference(fx, QUANTIZE, inputs)
+    q, _ = candle.run(cm, "quantize", inputs)
+    np.testing.assert_array_equal(q["codes"], q32["codes"])
     v, _ = candle.run(cm, "vq2emb", {"codes": q["codes"]})
-    np.testing.assert_allclose(v["emb"].transpose(0, 2, 1), q["emb"], atol=1e-5)
+    c = compare_noise("output:emb", q64["emb"], q32["emb"], v["emb"].transpose(0, 2, 1),
+                      rule("semantic_codec", "output:emb", "cpu", "float32"))
+    assert c.ok, c.line()
     assert make_codes(fx.cfg, 0)["codes"].max() < fx.cfg["codebook_size"]
 
 
@@ -143,15 +155,18 @@ def test_semantic_codec_reference_matches_official_code(fixtures):
     same embeddings (quantize and vq2emb)."""
     official = _official_repcodec()
     fx = fixtures("semantic_codec")
-    ours = fx.reference()
+    ours = fx.spec.build_reference(fx.cfg)
+    ours.load_state_dict(fx.reference().state_dict(), strict=True)
     off = official(cfg=type("Cfg", (), dict(fx.cfg))()).eval()
     off.load_state_dict(ours.state_dict(), strict=True)
     x = torch.from_numpy(make_features(fx.cfg, 7, frames=64)["x"])
-    with torch.no_grad():
-        c1, e1 = ours.quantize(x)
-        c2, e2 = off.quantize(x)
-        assert torch.equal(c1, c2.reshape(c1.shape))
-        assert (e1 - e2).abs().max().item() <= 1e-6
-        v1 = ours.quantizer.quantizers[0].vq2emb(c1)
-        v2 = off.quantizer.vq2emb(c1.unsqueeze(0))
-        assert (v1 - v2).abs().max().item() <= 1e-6
+    for dtype in (torch.float32, torch.float64):  # the same arithmetic: equal bit for bit
+        ours, off = ours.to(dtype), off.to(dtype)
+        with torch.no_grad():
+            c1, e1 = ours.quantize(x.to(dtype))
+            c2, e2 = off.quantize(x.to(dtype))
+            assert torch.equal(c1, c2.reshape(c1.shape))
+            assert torch.equal(e1, e2), (e1 - e2).abs().max().item()
+            v1 = ours.quantizer.quantizers[0].vq2emb(c1)
+            v2 = off.quantizer.vq2emb(c1.unsqueeze(0))
+            assert torch.equal(v1, v2), (v1 - v2).abs().max().item()

@@ -16,8 +16,11 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use std::f64::consts::PI;
 
+/// `Resample`'s defaults, as infer_v2 uses them.
 pub const LOWPASS_FILTER_WIDTH: usize = 6;
 pub const ROLLOFF: f64 = 0.99;
+/// torchaudio's Kaiser beta when `beta` is None.
+pub const KAISER_BETA: f64 = 14.769656459379492;
 /// `_load_and_cut_audio(…, 15)`: speaker and emotion prompts keep their first 15 s.
 pub const MAX_PROMPT_SECONDS: f64 = 15.0;
 /// `infer(…, interval_silence=200)`: milliseconds of silence between segments.
@@ -28,9 +31,49 @@ pub const SR_22K: u32 = 22050;
 pub const SR_16K: u32 = 16000;
 
 pub const FAULTS: &[&str] = &[
-    "rectangular_window", // plain truncated sinc: the Hann window forgotten
+    "rectangular_window", // plain truncated sinc: the window forgotten
     "no_cut",             // the speaker prompt is not cut to 15 s
 ];
+
+/// `resampling_method` (the deprecated names torchaudio still accepts are aliases).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ResamplingMethod {
+    #[default]
+    SincInterpHann,
+    SincInterpKaiser,
+}
+
+impl<'de> Deserialize<'de> for ResamplingMethod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "sinc_interp_hann" | "sinc_interpolation" => Ok(ResamplingMethod::SincInterpHann),
+            "sinc_interp_kaiser" | "kaiser_window" => Ok(ResamplingMethod::SincInterpKaiser),
+            _ => Err(serde::de::Error::custom(format!(
+                "resampling_method `{s}` is not supported (supported: sinc_interp_hann, sinc_interp_kaiser; \
+                 the deprecated sinc_interpolation, kaiser_window)"
+            ))),
+        }
+    }
+}
+
+/// The kernel settings of `torchaudio.transforms.Resample`.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelParams {
+    pub method: ResamplingMethod,
+    pub lowpass_filter_width: usize,
+    pub rolloff: f64,
+    /// Kaiser only (torchaudio ignores it for Hann); None = `KAISER_BETA`.
+    pub beta: Option<f64>,
+    /// Fault switch: no window at all.
+    pub rectangular: bool,
+}
+
+impl Default for KernelParams {
+    fn default() -> Self {
+        KernelParams { method: ResamplingMethod::SincInterpHann, lowpass_filter_width: LOWPASS_FILTER_WIDTH, rolloff: ROLLOFF, beta: None, rectangular: false }
+    }
+}
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
@@ -38,6 +81,19 @@ fn gcd(a: u64, b: u64) -> u64 {
     } else {
         gcd(b, a % b)
     }
+}
+
+/// Modified Bessel function I0 by its power series Σ ((x/2)^k / k!)² (converges for every x;
+/// f64-accurate for the |x| ≤ ~50 a Kaiser window meets).
+fn bessel_i0(x: f64) -> f64 {
+    let q = x * x / 4.0;
+    let (mut term, mut sum, mut k) = (1.0f64, 1.0f64, 1.0f64);
+    while term > sum * 1e-18 {
+        term *= q / (k * k);
+        sum += term;
+        k += 1.0;
+    }
+    sum
 }
 
 /// The polyphase filter bank for one rate pair (rates already reduced by their gcd).
@@ -51,28 +107,41 @@ pub struct SincKernel {
 
 impl SincKernel {
     pub fn new(orig_freq: u32, new_freq: u32) -> Result<SincKernel> {
-        SincKernel::build(orig_freq, new_freq, true)
+        SincKernel::build(orig_freq, new_freq, &KernelParams::default())
     }
 
-    fn build(orig_freq: u32, new_freq: u32, hann: bool) -> Result<SincKernel> {
+    /// `_get_sinc_resample_kernel(orig, new, gcd, lowpass_filter_width, rolloff, method, beta)` with
+    /// `dtype=None`, as the class builds it: f64 math rounded to f32.
+    pub fn build(orig_freq: u32, new_freq: u32, p: &KernelParams) -> Result<SincKernel> {
         if orig_freq == 0 || new_freq == 0 {
             return input_err(format!("resample rates must be positive, got {orig_freq} → {new_freq}"));
         }
+        p.check()?;
         let g = gcd(orig_freq as u64, new_freq as u64);
         let (orig, new) = ((orig_freq as u64 / g) as usize, (new_freq as u64 / g) as usize);
-        let lw = LOWPASS_FILTER_WIDTH as f64;
-        let base = orig.min(new) as f64 * ROLLOFF;
-        let width = ((LOWPASS_FILTER_WIDTH * orig) as f64 / base).ceil() as usize;
+        let lw = p.lowpass_filter_width as f64;
+        let base = orig.min(new) as f64 * p.rolloff;
+        let width = ((p.lowpass_filter_width * orig) as f64 / base).ceil() as usize;
         let taps = orig + 2 * width;
         let scale = base / orig as f64;
+        // torchaudio holds beta (and so i0(beta)) as a float32 tensor, whatever the kernel dtype.
+        let beta = p.beta.unwrap_or(KAISER_BETA) as f32 as f64;
+        let i0_beta = bessel_i0(beta) as f32 as f64;
         let value = |t: f64| {
-            let c = (t * PI / lw / 2.0).cos();
-            let window = if hann { c * c } else { 1.0 };
+            let window = if p.rectangular {
+                1.0
+            } else if p.method == ResamplingMethod::SincInterpHann {
+                let c = (t * PI / lw / 2.0).cos();
+                c * c
+            } else {
+                let r = t / lw;
+                bessel_i0(beta * (1.0 - r * r).sqrt()) / i0_beta
+            };
             let t = t * PI;
             let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
             (sinc * (window * scale)) as f32
         };
-        // Taps clamped to ±6 crossings all take the edge value (0 in f32 with the window).
+        // Taps clamped to ±lw crossings all take the edge value (0 in f32 with the Hann window).
         let (edge_lo, edge_hi) = (value(-lw), value(lw));
         let zero_edges = edge_lo == 0.0 && edge_hi == 0.0;
         let mut phases = Vec::with_capacity(new);
@@ -90,8 +159,8 @@ impl SincKernel {
                     value(t)
                 }
             };
-            // t grows with k: only taps with |t| < 6 (plus a margin) can be non-zero, so coprime
-            // rate pairs (rows of ~orig taps) cost O(new · 12·orig/base), not O(new · orig).
+            // t grows with k: only taps with |t| < lw (plus a margin) can be non-zero, so coprime
+            // rate pairs (rows of ~orig taps) cost O(new · 2·lw·orig/base), not O(new · orig).
             let (lo, hi) = if zero_edges {
                 let edge = |c: f64| width as f64 + orig as f64 * (c / base - phase);
                 ((edge(-lw).floor() - 2.0).max(0.0) as usize, ((edge(lw).ceil() + 2.0).max(0.0) as usize).min(taps - 1))
@@ -106,7 +175,7 @@ impl SincKernel {
         Ok(SincKernel { orig, new, width, phases })
     }
 
-    /// The dense kernel `[new, orig + 2·width]` as torchaudio holds it (`kernel[:, 0, :]`).
+/// The dense kernel `[new, orig + 2·width]` as torchaudio holds it (`kernel[:, 0, :]`).
     pub fn dense(&self) -> Vec<f32> {
         let taps = self.orig + 2 * self.width;
         let mut out = vec![0f32; self.new * taps];
@@ -153,6 +222,24 @@ impl SincKernel {
     }
 }
 
+impl KernelParams {
+    /// What torchaudio rejects, or cannot compute (rolloff ≤ 0 gives an infinite width).
+    fn check(&self) -> Result<()> {
+        if self.lowpass_filter_width == 0 {
+            return input_err("resample config: lowpass_filter_width must be positive, got 0");
+        }
+        if !(self.rolloff.is_finite() && self.rolloff > 0.0) {
+            return input_err(format!("resample config: rolloff must be a finite value > 0, got {:?}", self.rolloff));
+        }
+        if let Some(b) = self.beta {
+            if !b.is_finite() || b < 0.0 {
+                return input_err(format!("resample config: beta must be finite and ≥ 0, got {b:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[C, N]` or `[N]` float32 → the host rows (C of them) and whether the input was rank 1.
 fn rows(x: &Tensor, what: &str) -> Result<(Vec<Vec<f32>>, bool)> {
     if x.dtype() != DType::F32 {
@@ -172,7 +259,7 @@ fn from_rows(rows: Vec<Vec<f32>>, flat: bool, like: &Tensor) -> Result<Tensor> {
     Ok(t)
 }
 
-fn resample_with(x: &Tensor, orig_freq: u32, new_freq: u32, hann: bool) -> Result<Tensor> {
+fn resample_with(x: &Tensor, orig_freq: u32, new_freq: u32, p: &KernelParams) -> Result<Tensor> {
     if orig_freq == 0 || new_freq == 0 {
         return input_err(format!("resample rates must be positive, got {orig_freq} → {new_freq}"));
     }
@@ -186,7 +273,7 @@ fn resample_with(x: &Tensor, orig_freq: u32, new_freq: u32, hann: bool) -> Resul
         return Ok(x.clone());
     }
     let (xs, flat) = rows(x, "resample")?;
-    let k = SincKernel::build(orig_freq, new_freq, hann)?;
+    let k = SincKernel::build(orig_freq, new_freq, p)?;
     let out = xs
         .iter()
         .map(|r| {
@@ -201,7 +288,7 @@ fn resample_with(x: &Tensor, orig_freq: u32, new_freq: u32, hann: bool) -> Resul
 /// `torchaudio.transforms.Resample(orig_freq, new_freq)(x)` with its defaults, for x `[C, N]` or
 /// `[N]` float32; the output keeps the rank and has `ceil(new·N/orig)` samples per channel.
 pub fn resample(x: &Tensor, orig_freq: u32, new_freq: u32) -> Result<Tensor> {
-    resample_with(x, orig_freq, new_freq, true)
+    resample_with(x, orig_freq, new_freq, &KernelParams::default())
 }
 
 /// `_load_and_cut_audio`: the first `int(seconds·sr)` samples along the last axis (all of them
@@ -256,16 +343,29 @@ pub fn to_pcm16(x: &Tensor) -> Result<Vec<i16>> {
     Ok(v.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0) as i16).collect())
 }
 
-/// The weightless registry kind: one rate pair from the config, the speaker front end, and the
-/// cut / join helpers with explicit rates.
+/// The weightless registry kind: `torchaudio.transforms.Resample`'s constructor arguments (absent
+/// keys take its defaults; infer_v2 builds `Resample(sr, 22050)` / `Resample(sr, 16000)`), used for
+/// the config's rate pair, the explicit pairs of `forward_rates` and the speaker front end.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ResampleConfig {
     pub orig_freq: u32,
     pub new_freq: u32,
+    pub resampling_method: ResamplingMethod,
+    pub lowpass_filter_width: usize,
+    pub rolloff: f64,
+    pub beta: Option<f64>,
+}
+
+impl Default for ResampleConfig {
+    fn default() -> Self {
+        ResampleConfig { orig_freq: 16000, new_freq: 16000, resampling_method: ResamplingMethod::SincInterpHann, lowpass_filter_width: LOWPASS_FILTER_WIDTH, rolloff: ROLLOFF, beta: None }
+    }
 }
 
 pub struct Resampler {
     cfg: ResampleConfig,
+    params: KernelParams,
     faults: Faults,
 }
 
@@ -274,18 +374,26 @@ impl Resampler {
         if cfg.orig_freq == 0 || cfg.new_freq == 0 {
             return input_err(format!("resample config: rates must be positive, got {cfg:?}"));
         }
-        Ok(Resampler { cfg, faults })
+        let params = KernelParams {
+            method: cfg.resampling_method,
+            lowpass_filter_width: cfg.lowpass_filter_width,
+            rolloff: cfg.rolloff,
+            beta: cfg.beta,
+            rectangular: faults.on("rectangular_window"),
+        };
+        params.check()?;
+        Ok(Resampler { cfg, params, faults })
     }
 
     /// Taps: `kernel` (`[new, orig + 2·width]`, only when the rates differ), `resampled`.
     pub fn forward(&self, x: &Tensor, orig_freq: u32, new_freq: u32, ctx: &mut Ctx) -> Result<Tensor> {
-        let hann = !self.faults.on("rectangular_window");
+        let p = &self.params;
         if ctx.records() && orig_freq != new_freq && orig_freq > 0 && new_freq > 0 {
-            let k = SincKernel::build(orig_freq, new_freq, hann)?;
+            let k = SincKernel::build(orig_freq, new_freq, p)?;
             let taps = k.orig + 2 * k.width;
             ctx.tap("kernel", &Tensor::from_vec(k.dense(), (k.new, taps), x.device())?);
         }
-        ctx.block("resampled", x, |x| resample_with(x, orig_freq, new_freq, hann))
+        ctx.block("resampled", x, |x| resample_with(x, orig_freq, new_freq, p))
     }
 
     /// The speaker branch at the config's `orig_freq`: cut to 15 s, then 22.05 kHz and 16 kHz.
@@ -293,10 +401,10 @@ impl Resampler {
     pub fn front(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
         let sr = self.cfg.orig_freq;
         let no_cut = self.faults.on("no_cut");
-        let hann = !self.faults.on("rectangular_window");
+        let p = &self.params;
         let clip = ctx.block("cut", x, |x| if no_cut { Ok(x.clone()) } else { cut(x, sr, MAX_PROMPT_SECONDS) })?;
-        let a22 = ctx.block("resample_22k", &clip, |c| resample_with(c, sr, SR_22K, hann))?;
-        let a16 = ctx.block("resample_16k", &clip, |c| resample_with(c, sr, SR_16K, hann))?;
+        let a22 = ctx.block("resample_22k", &clip, |c| resample_with(c, sr, SR_22K, p))?;
+        let a16 = ctx.block("resample_16k", &clip, |c| resample_with(c, sr, SR_16K, p))?;
         Ok((a22, a16))
     }
 

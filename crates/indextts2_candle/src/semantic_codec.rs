@@ -24,6 +24,8 @@ pub struct SemanticCodecConfig {
 
 pub const FAULTS: &[&str] = &[
     "codebook_unnormalised", // nearest code by raw euclidean distance, no L2 normalisation
+    "layer_norm_eps",        // every Vocos LayerNorm with eps 1e-5 (the torch default) instead of 1e-6
+    "gelu_tanh",             // ConvNeXt GELU with the tanh approximation instead of the exact erf form
 ];
 
 struct ConvNeXt {
@@ -36,7 +38,7 @@ struct ConvNeXt {
 }
 
 impl ConvNeXt {
-    fn load(w: &Weights, dim: usize, inter: usize) -> Result<ConvNeXt> {
+    fn load(w: &Weights, dim: usize, inter: usize, eps: f64) -> Result<ConvNeXt> {
         let dw = Conv1d::load(&w.pp("dwconv"), (dim, 1, 7), true, 3, 1, 1)?;
         let dw_taps = (0..7).map(|k| Ok(dw.w.narrow(2, k, 1)?.reshape((1, dim, 1))?)).collect::<Result<Vec<_>>>()?;
         let dw_bias = match &dw.b {
@@ -46,7 +48,7 @@ impl ConvNeXt {
         Ok(ConvNeXt {
             dw_taps,
             dw_bias,
-            norm: LayerNorm::load(&w.pp("norm"), dim, 1e-6)?,
+            norm: LayerNorm::load(&w.pp("norm"), dim, eps)?,
             pwconv1: Linear::load(&w.pp("pwconv1"), dim, inter, true)?,
             pwconv2: Linear::load(&w.pp("pwconv2"), inter, dim, true)?,
             gamma: w.get(dim, "gamma")?,
@@ -63,11 +65,20 @@ impl ConvNeXt {
         }
         Ok(y.broadcast_add(&self.dw_bias)?)
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.dwconv(x)?.transpose(1, 2)?;
-        let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
-        let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
-        Ok((x + h.transpose(1, 2)?)?)
+    /// Leaf taps `<n>.{dwconv, norm, pwconv1, act, pwconv2, gamma}`, then `<n>` (the residual add).
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx, n: &str, faults: &Faults) -> Result<Tensor> {
+        let x = ctx.input(n, x)?;
+        let h = ctx.block(&format!("{n}.dwconv"), &x, |x| self.dwconv(x))?;
+        let h = ctx.block(&format!("{n}.norm"), &h.transpose(1, 2)?, |h| self.norm.forward(h))?;
+        let h = ctx.block(&format!("{n}.pwconv1"), &h, |h| self.pwconv1.forward(h))?;
+        let h = ctx.block(&format!("{n}.act"), &h, |h| {
+            Ok(if faults.on("gelu_tanh") { h.gelu()? } else { h.gelu_erf()? })
+        })?;
+        let h = ctx.block(&format!("{n}.pwconv2"), &h, |h| self.pwconv2.forward(h))?;
+        let h = ctx.block(&format!("{n}.gamma"), &h, |h| Ok(h.broadcast_mul(&self.gamma)?))?;
+        let y = (x + h.transpose(1, 2)?)?;
+        ctx.tap(n, &y);
+        Ok(y)
     }
 }
 
@@ -79,25 +90,25 @@ struct Vocos {
 }
 
 impl Vocos {
-    fn load(w: &Weights, cfg: &SemanticCodecConfig) -> Result<Vocos> {
+    fn load(w: &Weights, cfg: &SemanticCodecConfig, eps: f64) -> Result<Vocos> {
         let d = cfg.vocos_dim;
         Ok(Vocos {
             embed: Conv1d::load(&w.pp("embed"), (d, cfg.hidden_size, 7), true, 3, 1, 1)?,
-            norm: LayerNorm::load(&w.pp("norm"), d, 1e-6)?,
+            norm: LayerNorm::load(&w.pp("norm"), d, eps)?,
             convnext: (0..cfg.vocos_num_layers)
-                .map(|i| ConvNeXt::load(&w.pp(format!("convnext.{i}")), d, cfg.vocos_intermediate_dim))
+                .map(|i| ConvNeXt::load(&w.pp(format!("convnext.{i}")), d, cfg.vocos_intermediate_dim, eps))
                 .collect::<Result<_>>()?,
-            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, 1e-6)?,
+            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, eps)?,
         })
     }
     /// `[B, Cin, T]` → `[B, T, dim]`.
-    fn forward(&self, x: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx, p: &str, faults: &Faults) -> Result<Tensor> {
         let x = ctx.block(&format!("{p}.embed"), x, |x| self.embed.forward(x))?;
         let mut x = ctx.block(&format!("{p}.norm"), &x, |x| {
             Ok(self.norm.forward(&x.transpose(1, 2)?)?.transpose(1, 2)?)
         })?;
         for (i, blk) in self.convnext.iter().enumerate() {
-            x = ctx.block(&format!("{p}.convnext.{i}"), &x, |x| blk.forward(x))?;
+            x = blk.forward(&x, ctx, &format!("{p}.convnext.{i}"), faults)?;
         }
         ctx.block(&format!("{p}.final_layer_norm"), &x, |x| self.final_layer_norm.forward(&x.transpose(1, 2)?))
     }
@@ -129,7 +140,9 @@ impl SemanticCodec {
             return input_err("semantic codec config: sizes must be positive");
         }
         let (h, d) = (cfg.hidden_size, cfg.codebook_dim);
-        let encoder = Vocos::load(&w.pp("encoder.0"), &cfg)?;
+        // Vocos LayerNorms: eps 1e-6 (the official code passes it explicitly).
+        let eps = if faults.on("layer_norm_eps") { 1e-5 } else { 1e-6 };
+        let encoder = Vocos::load(&w.pp("encoder.0"), &cfg, eps)?;
         let encoder_proj = Linear::load(&w.pp("encoder.1"), cfg.vocos_dim, h, true)?;
         let q = w.pp(Q);
         let inw = load_weight_norm(&q.pp("in_project"), (d, h, 1), false)?.reshape((d, h))?;
@@ -176,7 +189,7 @@ impl SemanticCodec {
         if h != self.cfg.hidden_size || t == 0 {
             return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
         }
-        let y = self.encoder.forward(&x.transpose(1, 2)?, ctx, "encoder.0")?;
+        let y = self.encoder.forward(&x.transpose(1, 2)?, ctx, "encoder.0", &self.faults)?;
         let y = ctx.block("encoder.1", &y, |y| self.encoder_proj.forward(y))?;
         let z_e = ctx.block(&format!("{Q}.in_project"), &y, |y| Ok(self.in_project.forward(y)?.transpose(1, 2)?))?;
         let codes = ctx.block(&format!("{Q}.codebook"), &z_e, |z| self.search(z))?;

@@ -85,8 +85,10 @@ impl WaveNet {
         Ok(WaveNet { hidden, cond_layer, in_layers, res_skip_layers })
     }
 
-    /// x `[B, H, T]`, mask `[B, 1, T]` (0/1), g `[B, H, 1]`. Taps `{prefix}.cond_layer`,
-    /// `{prefix}.in_layers.i`, `{prefix}.res_skip_layers.i`.
+    /// x `[B, H, T]`, mask `[B, 1, T]` (0/1), g `[B, H, 1]`. Taps `{prefix}.cond_layer`, then per
+    /// layer i: `{prefix}.in_layers.i`, `{prefix}.acts.i` (the gated unit tanh·σ of in_layer + the
+    /// cond slice), `{prefix}.res_skip_layers.i`, `{prefix}.x.i` (the residual update (x + res)·mask,
+    /// all layers but the last). The skip sum and its mask belong to the caller's `{prefix}` tap.
     pub fn forward(&self, x: &Tensor, mask: &Tensor, g: &Tensor, ctx: &mut Ctx, prefix: &str) -> Result<Tensor> {
         let h = self.hidden;
         let n = self.in_layers.len();
@@ -95,11 +97,13 @@ impl WaveNet {
         let mut output: Option<Tensor> = None;
         for i in 0..n {
             let a = ctx.block(&format!("{prefix}.in_layers.{i}"), &x, |x| self.in_layers[i].forward(x))?;
-            let a = a.broadcast_add(&g.narrow(1, 2 * h * i, 2 * h)?)?;
-            let acts = (a.narrow(1, 0, h)?.tanh()? * candle_nn::ops::sigmoid(&a.narrow(1, h, h)?)?)?;
+            let acts = ctx.block(&format!("{prefix}.acts.{i}"), &a, |a| {
+                let a = a.broadcast_add(&g.narrow(1, 2 * h * i, 2 * h)?)?;
+                Ok((a.narrow(1, 0, h)?.tanh()? * candle_nn::ops::sigmoid(&a.narrow(1, h, h)?)?)?)
+            })?;
             let rs = ctx.block(&format!("{prefix}.res_skip_layers.{i}"), &acts, |a| self.res_skip_layers[i].forward(a))?;
             let skip = if i + 1 < n {
-                x = (x + rs.narrow(1, 0, h)?)?.broadcast_mul(mask)?;
+                x = ctx.block(&format!("{prefix}.x.{i}"), &x, |x| Ok((x + rs.narrow(1, 0, h)?)?.broadcast_mul(mask)?))?;
                 rs.narrow(1, h, h)?
             } else {
                 rs

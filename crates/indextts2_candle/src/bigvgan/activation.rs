@@ -1,0 +1,187 @@
+//! Snake / SnakeBeta and the alias-free `Activation1d` (×2 upsample, activation, lowpass ×2 down).
+//!
+//! Taps (= module paths): `<name>.upsample`, `<name>.act`, `<name>.downsample.lowpass`.
+use crate::ctx::Ctx;
+use crate::error::Result;
+use crate::store::Weights;
+use crate::transforms::snake_param;
+use candle_core::Tensor;
+
+/// `x + 1/(β + 1e-9) · sin²(αx)`; Snake has no β and uses α for both.
+pub struct Snake {
+    alpha: Tensor,    // [1, C, 1], already exp'd when log-scale
+    inv_beta: Tensor, // [1, C, 1], 1/(β + 1e-9)
+}
+
+impl Snake {
+    pub fn load(w: &Weights, ch: usize, beta: bool, logscale: bool) -> Result<Snake> {
+        let alpha = snake_param(&w.get(ch, "alpha")?, logscale)?;
+        let b = if beta { snake_param(&w.get(ch, "beta")?, logscale)? } else { alpha.clone() };
+        let inv_beta = (b + 1e-9)?.recip()?;
+        Ok(Snake { alpha: alpha.reshape((1, ch, 1))?, inv_beta: inv_beta.reshape((1, ch, 1))? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
+        Ok((x + s.broadcast_mul(&self.inv_beta)?)?)
+    }
+}
+
+const RATIO: usize = 2;
+const K: usize = 12; // int(6 * ratio // 2) * 2
+
+/// Fault switches of the anti-alias filters (all false = the official behaviour).
+#[derive(Clone, Copy, Default)]
+pub struct FilterFaults {
+    pub up_zero_pad: bool,      // UpSample1d pads with zeros instead of replicate
+    pub down_zero_pad: bool,    // LowPassFilter1d pads with zeros instead of replicate
+    pub periodic_window: bool,  // filters rebuilt with torch.kaiser_window's default periodic=True
+}
+
+/// Alias-free activation with the filters from the checkpoint.
+///
+/// Both filters are one 12-tap kernel shared by every channel. They are applied per output phase
+/// (polyphase): exactly the sums torch's depthwise conv_transpose1d / conv1d compute, as 12 shifted
+/// multiply-adds on whole [B, C, T] tensors. Candle's CPU convs on B·C single-channel rows ran at
+/// 0.5–2.6 GFLOP/s and were most of BigVGAN's time (`benches/conv_speed.rs`).
+pub struct Activation1d {
+    act: Snake,
+    up_taps: Vec<f32>,   // UpSample1d.filter, stored [1, 1, K]
+    down_taps: Vec<f32>, // LowPassFilter1d.filter, stored [1, 1, K]
+    faults: FilterFaults,
+}
+
+/// Σ_i coef_i · x[..., start_i : start_i + len], the building block of both filters.
+fn shifted_sum(x: &Tensor, terms: &[(usize, f32)], len: usize) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for &(start, coef) in terms {
+        let term = x.narrow(2, start, len)?.affine(coef as f64, 0.0)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| crate::Error::Input("empty filter".into()))
+}
+
+fn pad(x: &Tensor, left: usize, right: usize, zeros: bool) -> Result<Tensor> {
+    Ok(if zeros { x.pad_with_zeros(2, left, right)? } else { x.pad_with_same(2, left, right)? })
+}
+
+impl Activation1d {
+    pub fn load(w: &Weights, ch: usize, beta: bool, logscale: bool, faults: FilterFaults) -> Result<Activation1d> {
+        let taps = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let mut up_taps = taps(w.pp("upsample").get((1, 1, K), "filter")?)?;
+        let mut down_taps = taps(w.pp("downsample.lowpass").get((1, 1, K), "filter")?)?;
+        if faults.periodic_window {
+            // both are kaiser_sinc_filter1d(0.5 / ratio, 0.6 / ratio, 12)
+            up_taps = kaiser_sinc_filter(0.5 / RATIO as f64, 0.6 / RATIO as f64, K, true);
+            down_taps = up_taps.clone();
+        }
+        Ok(Activation1d { act: Snake::load(&w.pp("act"), ch, beta, logscale)?, up_taps, down_taps, faults })
+    }
+
+    /// UpSample1d: replicate pad `K/2 − 1`, conv_transpose stride 2, ×2, crop `pad·2 + (K−2)/2` per
+    /// side. Output sample 2r+t = 2·Σ_j f[2j+p]·xp[r + m0 − j] with p = (t+crop) mod 2, m0 = (t+crop) div 2.
+    fn upsample(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let p_len = K / RATIO - 1;
+        let crop = p_len * RATIO + (K - RATIO) / 2;
+        let xp = pad(x, p_len, p_len, self.faults.up_zero_pad)?;
+        let mut phases = Vec::with_capacity(RATIO);
+        for ph in 0..RATIO {
+            let (p, m0) = ((ph + crop) % RATIO, (ph + crop) / RATIO);
+            let terms: Vec<(usize, f32)> = (0..)
+                .take_while(|j| j * RATIO + p < K)
+                .map(|j| (m0 - j, RATIO as f32 * self.up_taps[j * RATIO + p]))
+                .collect();
+            phases.push(shifted_sum(&xp, &terms, t)?);
+        }
+        Ok(Tensor::stack(&phases, 3)?.reshape((b, c, t * RATIO))?)
+    }
+
+    /// LowPassFilter1d: replicate pad (K/2 − 1, K/2), conv stride 2: out[r] = Σ_k f[k]·yp[2r + k],
+    /// read from the even / odd phases of yp (one extra sample on the right makes the length even;
+    /// no output reads it).
+    fn lowpass(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, c, t2) = y.dims3()?;
+        let yp = pad(y, K / 2 - 1, K / 2 + 1, self.faults.down_zero_pad)?;
+        let half = yp.dim(2)? / 2;
+        let pairs = yp.reshape((b, c, half, 2))?;
+        let even = pairs.narrow(3, 0, 1)?.squeeze(3)?.contiguous()?;
+        let odd = pairs.narrow(3, 1, 1)?.squeeze(3)?.contiguous()?;
+        let out_len = t2 / RATIO;
+        let ev: Vec<(usize, f32)> = (0..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
+        let od: Vec<(usize, f32)> = (1..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
+        Ok((shifted_sum(&even, &ev, out_len)? + shifted_sum(&odd, &od, out_len)?)?)
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {
+        let y = ctx.block(&format!("{name}.upsample"), x, |x| self.upsample(x))?;
+        let y = ctx.block(&format!("{name}.act"), &y, |y| self.act.forward(y))?;
+        ctx.block(&format!("{name}.downsample.lowpass"), &y, |y| self.lowpass(y))
+    }
+}
+
+/// Modified Bessel function of the first kind, order 0 (power series; converges for every x).
+fn bessel_i0(x: f64) -> f64 {
+    let q = x * x / 4.0;
+    let (mut sum, mut term) = (1.0, 1.0);
+    for k in 1..100 {
+        term *= q / (k * k) as f64;
+        sum += term;
+        if term < 1e-17 * sum {
+            break;
+        }
+    }
+    sum
+}
+
+/// `kaiser_sinc_filter1d` of the official `alias_free_activation/torch/filter.py`, in f64, with the
+/// Kaiser window symmetric (`periodic = false`, the official call) or periodic (torch's default).
+/// Only the `kaiser_periodic_window` fault uses it: the official model reads its filters from the file.
+pub fn kaiser_sinc_filter(cutoff: f64, half_width: f64, k: usize, periodic: bool) -> Vec<f32> {
+    let half = k / 2;
+    let atten = 2.285 * (half as f64 - 1.0) * std::f64::consts::PI * 4.0 * half_width + 7.95;
+    let beta = if atten > 50.0 {
+        0.1102 * (atten - 8.7)
+    } else if atten >= 21.0 {
+        0.5842 * (atten - 21.0).powf(0.4) + 0.07886 * (atten - 21.0)
+    } else {
+        0.0
+    };
+    let m = if periodic { k + 1 } else { k } as f64; // a periodic window is the symmetric one of k + 1, cut
+    let window = (0..k).map(|n| {
+        let r = 2.0 * n as f64 / (m - 1.0) - 1.0;
+        bessel_i0(beta * (1.0 - r * r).max(0.0).sqrt()) / bessel_i0(beta)
+    });
+    let sinc = |x: f64| if x == 0.0 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) };
+    let filt: Vec<f64> = window
+        .enumerate()
+        .map(|(n, w)| {
+            let t = if k % 2 == 0 { n as f64 - half as f64 + 0.5 } else { n as f64 - half as f64 };
+            2.0 * cutoff * w * sinc(2.0 * cutoff * t)
+        })
+        .collect();
+    let sum: f64 = filt.iter().sum();
+    filt.iter().map(|v| (v / sum) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kaiser_sinc_filter1d(0.25, 0.3, 12)` as the official code computes it (torch 2.9, float32).
+    #[test]
+    fn symmetric_filter_is_the_official_one() {
+        let torch = [
+            0.0020289646927267313f32, 0.009389465674757957, -0.0255434587597847, -0.057657383382320404,
+            0.12857258319854736, 0.44320979714393616,
+        ];
+        let f = kaiser_sinc_filter(0.25, 0.3, 12, false);
+        for i in 0..6 {
+            assert!((f[i] - torch[i]).abs() < 1e-7 && (f[11 - i] - torch[i]).abs() < 1e-7, "tap {i}: {}", f[i]);
+        }
+        let periodic = kaiser_sinc_filter(0.25, 0.3, 12, true);
+        assert!(f.iter().zip(&periodic).any(|(a, b)| (a - b).abs() > 1e-3), "the periodic window differs");
+    }
+}

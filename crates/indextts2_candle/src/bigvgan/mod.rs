@@ -1,0 +1,272 @@
+//! BigVGAN v2 vocoder (NVIDIA `bigvgan.py`, as vendored by IndexTTS in `s2mel/modules/bigvgan`).
+//!
+//! mel `[B, num_mels, T]` → wav `[B, 1, T·∏upsample_rates]`, then tanh or a clamp to [-1, 1].
+//! Anti-aliased activations: ×2 upsample (replicate pad, depthwise conv_transpose with the stored
+//! kaiser-sinc filter), Snake/SnakeBeta, lowpass + ×2 downsample (`activation.rs`); AMP resblocks
+//! type "1" and "2" (`resblock.rs`).
+mod activation;
+mod resblock;
+
+use crate::ctx::{Ctx, Faults};
+use crate::error::{input_err, Result};
+use crate::nn::Conv1d;
+use crate::store::Weights;
+use crate::transforms::load_weight_norm;
+use activation::{Activation1d, FilterFaults};
+use candle_core::Tensor;
+use resblock::{AmpBlock, BlockOpts};
+use serde::Deserialize;
+
+pub use activation::kaiser_sinc_filter;
+
+/// `h.resblock`: AMPBlock1 ("1", two convs per dilation) or AMPBlock2 ("2", one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Resblock {
+    #[serde(rename = "1")]
+    One,
+    #[serde(rename = "2")]
+    Two,
+}
+
+/// `h.activation` of every AMP block and of `activation_post`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Snake,
+    SnakeBeta,
+}
+
+/// The generator keys of BigVGAN's `config.json` (the `h` of the official `BigVGAN(h,
+/// use_cuda_kernel)`), plus its mel-input keys. Unknown keys are an error: the official file's
+/// training / discriminator / loss keys must be left out (the generator never reads them).
+/// Absent keys follow the official class: it reads `use_tanh_at_final` / `use_bias_at_final` with
+/// `h.get(.., True)` and indexes every other key (absent = error).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigVganConfig {
+    pub num_mels: usize,
+    pub upsample_rates: Vec<usize>,
+    pub upsample_kernel_sizes: Vec<usize>,
+    pub upsample_initial_channel: usize,
+    pub resblock: Resblock,
+    pub resblock_kernel_sizes: Vec<usize>,
+    pub resblock_dilation_sizes: Vec<Vec<usize>>,
+    pub activation: Activation,
+    pub snake_logscale: bool,
+    #[serde(default = "yes")]
+    pub use_tanh_at_final: bool,
+    #[serde(default = "yes")]
+    pub use_bias_at_final: bool,
+    /// The constructor argument: the fused CUDA anti-alias kernel. Only `false` (the torch path).
+    #[serde(default)]
+    pub use_cuda_kernel: bool,
+    // The mel input's description (meldataset); the generator does not read them.
+    #[serde(default)]
+    pub sampling_rate: Option<u32>,
+    #[serde(default)]
+    pub hop_size: Option<usize>,
+    #[serde(default)]
+    pub n_fft: Option<usize>,
+    #[serde(default)]
+    pub win_size: Option<usize>,
+    #[serde(default)]
+    pub fmin: Option<f64>,
+    #[serde(default)]
+    pub fmax: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// nvidia/bigvgan_v2_22khz_80band_256x `config.json` (the IndexTTS2 vocoder).
+impl Default for BigVganConfig {
+    fn default() -> Self {
+        BigVganConfig {
+            num_mels: 80,
+            upsample_rates: vec![4, 4, 2, 2, 2, 2],
+            upsample_kernel_sizes: vec![8, 8, 4, 4, 4, 4],
+            upsample_initial_channel: 1536,
+            resblock: Resblock::One,
+            resblock_kernel_sizes: vec![3, 7, 11],
+            resblock_dilation_sizes: vec![vec![1, 3, 5]; 3],
+            activation: Activation::SnakeBeta,
+            snake_logscale: true,
+            use_tanh_at_final: false,
+            use_bias_at_final: false,
+            use_cuda_kernel: false,
+            sampling_rate: Some(22050),
+            hop_size: Some(256),
+            n_fft: Some(1024),
+            win_size: Some(1024),
+            fmin: Some(0.0),
+            fmax: None,
+        }
+    }
+}
+
+impl BigVganConfig {
+    /// Refuses what the official class would reject or silently truncate (its `zip`s), and the
+    /// fused CUDA kernel.
+    fn check(&self) -> Result<()> {
+        if self.use_cuda_kernel {
+            return input_err("BigVGAN use_cuda_kernel = true is not supported: Candle computes the torch anti-alias path (use_cuda_kernel = false)");
+        }
+        if self.upsample_rates.len() != self.upsample_kernel_sizes.len() {
+            return input_err(format!(
+                "BigVGAN upsample_rates {:?} and upsample_kernel_sizes {:?} differ in length (the official zip would drop stages)",
+                self.upsample_rates, self.upsample_kernel_sizes
+            ));
+        }
+        if self.resblock_kernel_sizes.len() != self.resblock_dilation_sizes.len() {
+            return input_err(format!(
+                "BigVGAN resblock_kernel_sizes {:?} and resblock_dilation_sizes {:?} differ in length",
+                self.resblock_kernel_sizes, self.resblock_dilation_sizes
+            ));
+        }
+        if self.upsample_rates.is_empty() || self.resblock_kernel_sizes.is_empty() {
+            return input_err("BigVGAN needs at least one upsample stage and one resblock kernel");
+        }
+        if self.upsample_initial_channel >> self.upsample_rates.len() == 0 {
+            return input_err(format!(
+                "BigVGAN upsample_initial_channel {} cannot be halved {} times",
+                self.upsample_initial_channel,
+                self.upsample_rates.len()
+            ));
+        }
+        for (&u, &k) in self.upsample_rates.iter().zip(&self.upsample_kernel_sizes) {
+            if u == 0 || k < u {
+                return input_err(format!("BigVGAN upsample kernel {k} with rate {u}: needs rate ≥ 1 and kernel ≥ rate (padding (k − u)/2)"));
+            }
+        }
+        if let Some(&k) = self.resblock_kernel_sizes.iter().find(|&&k| k % 2 == 0) {
+            return input_err(format!(
+                "BigVGAN resblock_kernel_sizes: even kernel {k} is not supported (its 'same' padding shortens the signal and the residual add fails)"
+            ));
+        }
+        if self.resblock_dilation_sizes.iter().flatten().any(|&d| d == 0) {
+            return input_err("BigVGAN resblock_dilation_sizes: dilation 0 is invalid");
+        }
+        Ok(())
+    }
+}
+
+pub const FAULTS: &[&str] = &[
+    "skip_weight_norm",       // use weight_v as the weight: weight norm not folded
+    "ups_kernel_flipped",     // ups.0 kernel reversed in time (the "conv on zero-stuffed input" bug)
+    "swap_resblocks",         // resblocks 0 and 1 exchanged
+    "no_final_clamp",         // output not clamped to [-1, 1]
+    "snake_no_exp",           // log-scale α/β used without exp
+    "upsample_zero_pad",      // UpSample1d pads with zeros, not replicate
+    "lowpass_zero_pad",       // LowPassFilter1d pads with zeros, not replicate
+    "kaiser_periodic_window", // filters rebuilt with torch.kaiser_window's default periodic=True
+    "weight_f16",             // resblocks.1.convs1.1's weight rounded to f16 at load
+];
+
+struct ConvTranspose1d {
+    w: Tensor, // [Cin, Cout, k]
+    b: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl ConvTranspose1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv_transpose1d(&self.w, self.padding, 0, self.stride, 1, 1)?;
+        Ok(y.broadcast_add(&self.b.reshape((1, (), 1))?)?)
+    }
+}
+
+pub struct BigVgan {
+    cfg: BigVganConfig,
+    conv_pre: Conv1d,
+    ups: Vec<ConvTranspose1d>,
+    resblocks: Vec<AmpBlock>,
+    activation_post: Activation1d,
+    conv_post: Conv1d,
+    faults: Faults,
+}
+
+impl BigVgan {
+    pub fn load(w: &Weights, cfg: BigVganConfig, faults: Faults) -> Result<BigVgan> {
+        cfg.check()?;
+        let skip = faults.on("skip_weight_norm");
+        let filters = FilterFaults {
+            up_zero_pad: faults.on("upsample_zero_pad"),
+            down_zero_pad: faults.on("lowpass_zero_pad"),
+            periodic_window: faults.on("kaiser_periodic_window"),
+        };
+        let opts = BlockOpts::new(&cfg, skip, faults.on("snake_no_exp"), filters);
+        let c0 = cfg.upsample_initial_channel;
+        let conv_pre = Conv1d::load_wn(&w.pp("conv_pre"), (c0, cfg.num_mels, 7), true, 3, 1, skip)?;
+        let mut ups = Vec::new();
+        let mut resblocks = Vec::new();
+        for (i, (&u, &k)) in cfg.upsample_rates.iter().zip(&cfg.upsample_kernel_sizes).enumerate() {
+            let (cin, cout) = (c0 >> i, c0 >> (i + 1));
+            let uw = w.pp(format!("ups.{i}.0"));
+            let mut weight = load_weight_norm(&uw, (cin, cout, k), skip)?;
+            if i == 0 && faults.on("ups_kernel_flipped") {
+                let idx = Tensor::arange(0u32, k as u32, w.device())?.affine(-1.0, (k - 1) as f64)?;
+                weight = weight.index_select(&idx, 2)?;
+            }
+            ups.push(ConvTranspose1d { w: weight, b: uw.get(cout, "bias")?, stride: u, padding: (k - u) / 2 });
+            for (j, (&rk, d)) in cfg.resblock_kernel_sizes.iter().zip(&cfg.resblock_dilation_sizes).enumerate() {
+                let idx = i * cfg.resblock_kernel_sizes.len() + j;
+                resblocks.push(AmpBlock::load(&w.pp(format!("resblocks.{idx}")), cfg.resblock, cout, rk, d, &opts)?);
+            }
+        }
+        if faults.on("swap_resblocks") && resblocks.len() > 1 {
+            resblocks.swap(0, 1);
+        }
+        if faults.on("weight_f16") {
+            let list = if cfg.resblock == Resblock::One { "convs1" } else { "convs" };
+            match resblocks.get_mut(1) {
+                Some(b) => b.round_conv_to_f16(list, 1)?,
+                None => return input_err("fault weight_f16 needs a second resblock"),
+            }
+        }
+        let ch = c0 >> cfg.upsample_rates.len();
+        let activation_post = opts.activation(&w.pp("activation_post"), ch)?;
+        let conv_post = Conv1d::load_wn(&w.pp("conv_post"), (1, ch, 7), cfg.use_bias_at_final, 3, 1, skip)?;
+        Ok(BigVgan { cfg, conv_pre, ups, resblocks, activation_post, conv_post, faults })
+    }
+
+    /// Taps, in completion order (= reference/bigvgan.py): `conv_pre`; per stage i `ups.i.0`, each
+    /// resblock's leaves then `resblocks.k`, and `xs.i` (the stage mean `xs / num_kernels`, on the last
+    /// resblock's output); `activation_post.{upsample,act,downsample.lowpass}`; `conv_post`; `tanh` or `clamp`.
+    pub fn forward(&self, mel: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (_, m, t) = mel.dims3()?;
+        if m != self.cfg.num_mels || t == 0 {
+            return input_err(format!("BigVGAN expects mel [B, {}, T>0], got {:?}", self.cfg.num_mels, mel.dims()));
+        }
+        let mut x = ctx.block("conv_pre", mel, |x| self.conv_pre.forward(x))?;
+        let nk = self.cfg.resblock_kernel_sizes.len();
+        for (i, up) in self.ups.iter().enumerate() {
+            x = ctx.block(&format!("ups.{i}.0"), &x, |x| up.forward(x))?;
+            let mut ys = Vec::with_capacity(nk);
+            for j in 0..nk {
+                let k = i * nk + j;
+                let name = format!("resblocks.{k}");
+                ys.push(ctx.nest(&name, &x, |ctx, x| self.resblocks[k].forward(x, ctx, &name))?);
+            }
+            let last = ys.pop().ok_or_else(|| crate::Error::Input("BigVGAN has no resblocks".into()))?;
+            // official order: xs = y0; xs += y1; …; x = xs / num_kernels
+            x = ctx.block(&format!("xs.{i}"), &last, |last| {
+                let mut xs: Option<Tensor> = None;
+                for y in ys.iter().chain(std::iter::once(last)) {
+                    xs = Some(match xs {
+                        Some(s) => (s + y)?,
+                        None => y.clone(),
+                    });
+                }
+                Ok((xs.expect("nk ≥ 1") / nk as f64)?)
+            })?;
+        }
+        let x = self.activation_post.forward(&x, ctx, "activation_post")?;
+        let x = ctx.block("conv_post", &x, |x| self.conv_post.forward(x))?;
+        if self.cfg.use_tanh_at_final {
+            return ctx.block("tanh", &x, |x| Ok(x.tanh()?));
+        }
+        ctx.block("clamp", &x, |x| Ok(if self.faults.on("no_final_clamp") { x.clone() } else { x.clamp(-1f32, 1f32)? }))
+    }
+}
