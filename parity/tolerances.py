@@ -67,43 +67,11 @@ EXCEPTIONS: dict[tuple[str, str, str, str], Tolerance] = {
     # it bit for bit: max|Δ| 0 on the four clips and every hypothesis length (tests/test_w2v_bert.py).
     ("w2v_bert", "output:input_features", "cpu", "float32"): T(0.0, 0.0, 0.0, "float64 impossible (numpy float32 front end); bit-exact"),
     # --- campplus, mel_spectrogram, resample ---
-    # None needed: every tap runs in float64 on the reference side. Worst ratios on correct code
-    # (survey, seeds 0-2 tiny + seed 0 official size, both walks; mel over its five clips):
-    # campplus max 2.34 / rms 1.76 (official size; tiny 1.95 / 1.57), fbank stages ≤ 0.98 / 0.54,
-    # mel ≤ 1.05 / 0.52, resample 1.00 / 1.00 (Candle's kernel equals the float32 one bit for bit,
-    # so err = noise). Faults: campplus bn_eps_dropped 78 / 65 at head.bn1 (smallest), every other
-    # ≥ 1e4 (see the report's fault table).
-    # --- pipeline ---
 }
 
 # LEGACY: the per-pattern rows of the float32-only harness, used only by comparisons that have not
 # been given a float32 noise reference yet. Being removed model by model.
 TABLE: dict[tuple[str, str, str, str], Tolerance] = {
-    # Pipeline (parity/pipeline.py), one row per stage output; the tap is "<stage>.<output>" for the
-    # forced walk (each Candle stage fed the reference's previous output) and "chained:<stage>.<output>"
-    # for Candle end to end (the Rust `pipeline` kind uses the chained rows). Tiny pipeline configs,
-    # CPU fp32, seeds 0-3, absolute max|Δ| (peak in brackets where > 1):
-    # forced: features 0 (bit-exact), semantic_emb 2.74e-6, s_ref codes identical / emb 4.8e-7,
-    # ref_mel 1.14e-5 [11.5: log(1e-5) floor], spk_fbank 2.34e-5 [13.3], style 6e-8, prompt_cond
-    # 1.19e-6, spk_latent 9.5e-7, emovec 8.3e-7, codes identical, code_logits 1.91e-6, latent 1.55e-6,
-    # vq_emb 9.5e-7, s_infer 1.01e-6, target_cond 1.55e-6, cfm_mel 1.19e-6, wav 2.62e-6 (SNR ≥ 118 dB);
-    # chained: the same stages accumulate to ≤ 3.31e-6 (s_infer), wav 2.50e-6 (SNR ≥ 118.0 dB).
-    # log amplifies the STFT's rounding in low-energy bands: 1.0e-6 tiny (16 bands), 2.1e-5 at the
-    # official 80 bands (peak-relative; the mel model's own row measured 3.6e-5 on other clips)
-    ("pipeline", "*ref_mel.mel", "cpu", "float32"): T(6e-5, 0.0, 2.1e-5, "peak-relative 2.1e-5 (full size): log-mel, STFT order"),
-    ("pipeline", "*spk_fbank.feat", "cpu", "float32"): T(4e-5, 0.0, 1.6e-5, "peak-relative 1.6e-5 (full size, 80 bins): kaldi fbank, f32 log"),
-    ("pipeline", "*features.input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "w2v front end, bit-exact on CPU"),
-    ("pipeline", "*features.attention_mask", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer mask"),
-    ("pipeline", "*codes.codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer codes; near-tie rule in NEAR_TIE"),
-    ("pipeline", "*front.audio_*", "cpu", "float32"): T(3e-6, 0.0, 3.1e-7, "torchaudio resample kernel, f64 vs f32 sums"),
-    ("pipeline", "text.ids", "cpu", "float32"): T(0.0, 0.0, 0.0, "token ids, segment lengths: exact"),
-    ("pipeline", "text.segment_*", "cpu", "float32"): T(0.0, 0.0, 0.0, "exact"),
-    ("pipeline", "text.wav", "cpu", "float32"): T(4e-5, 0.0, 4.0e-6, "joined segment wavs (SNR 116 dB): as the chained wav", min_snr_db=95.0),
-    ("pipeline", "*s_ref.codes", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer codec indices"),
-    ("pipeline", "*emo_mix.rows", "cpu", "float32"): T(0.0, 0.0, 0.0, "integer prototype rows (argmax of cosine)"),
-    ("pipeline", "*wav.wav", "cpu", "float32"): T(3e-5, 0.0, 2.62e-6, "clamped wav", min_snr_db=95.0),
-    ("pipeline", "chained:*", "cpu", "float32"): T(4e-5, 1e-5, 3.31e-6, "errors of the earlier stages accumulate"),
-    ("pipeline", "*", "cpu", "float32"): T(3e-5, 1e-5, 2.74e-6, "one stage on the reference's input"),
 }
 
 # Greedy codes: a flip at step k is accepted when the reference's top-2 logit margin there is below

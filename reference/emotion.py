@@ -38,8 +38,10 @@ class EmotionMatrices(nn.Module):
         self.emo_matrix = nn.Parameter(torch.zeros(n, cfg["model_dim"]))
 
     def rows(self, style: torch.Tensor) -> torch.Tensor:
-        """Per emotion group, the prototype most cosine-similar to `style` [1, S] (first on ties)."""
-        return torch.stack([torch.argmax(F.cosine_similarity(style.float(), m.float(), dim=1))
+        """Per emotion group, the prototype most cosine-similar to `style` [1, S] (first on ties).
+        infer_v2 casts both to float32 (`.float()`); a float64 run (the parity truth) stays float64."""
+        dt = torch.float64 if style.dtype == torch.float64 else torch.float32
+        return torch.stack([torch.argmax(F.cosine_similarity(style.to(dt), m.to(dt), dim=1))
                             for m in torch.split(self.spk_matrix, self.emo_num)])
 
     def mix(self, style, emovec, weights):

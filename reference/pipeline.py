@@ -183,8 +183,10 @@ class Stage:
     post: Callable[[dict, dict], dict] = field(default=lambda outs, state: dict(outs))
 
 
-def _t(x):
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+def _t(x, dtype: torch.dtype = torch.float32):
+    """An input as a tensor; floating inputs in the run's dtype (float32 data widens exactly)."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def _n(x) -> np.ndarray:
@@ -307,22 +309,48 @@ def stage(name: str) -> Stage:
 
 
 @torch.no_grad()
-def run_reference_stage(st: Stage, module: torch.nn.Module, state: dict) -> tuple[dict, dict]:
-    """Returns (the stage's outputs as numpy, the state entries they become)."""
-    ins = st.inputs(state)
-    outs = {k: _n(v) for k, v in st.reference(module, {k: _t(v) for k, v in ins.items()}).items()}
-    return outs, st.post(outs, state)
+def run_stage_on(st: Stage, module: torch.nn.Module, ins: dict, dtype: torch.dtype = torch.float32) -> dict:
+    """The stage's reference outputs (numpy) on given method inputs, computed in `dtype`."""
+    return {k: _n(v) for k, v in st.reference(module, {k: _t(v, dtype) for k, v in ins.items()}).items()}
 
 
 @torch.no_grad()
-def run(modules: dict[str, torch.nn.Module], inputs: dict) -> tuple[dict, dict]:
-    """The whole reference pipeline: `modules[kind]` → ({stage: outputs}, final state incl. `wav`)."""
+def run_reference_stage(st: Stage, module: torch.nn.Module, state: dict, dtype: torch.dtype = torch.float32,
+                        trace: dict | None = None) -> tuple[dict, dict]:
+    """Returns (the stage's outputs as numpy, the state entries they become). `trace`, if given,
+    records the stage's method inputs under its name (what a forced walk feeds the other sides)."""
+    ins = st.inputs(state)
+    if trace is not None:
+        trace[st.name] = ins
+    outs = run_stage_on(st, module, ins, dtype)
+    return outs, st.post(outs, state)
+
+
+def _last_use(stages) -> dict[str, int]:
+    return {st.kind: i for i, st in enumerate(stages)}
+
+
+@torch.no_grad()
+def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict | None = None,
+        follow: Callable[[str, dict], dict] | None = None, release: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """The whole reference pipeline in `dtype` (float64: the truth, float32: what PyTorch users run):
+    `modules[kind]` → ({stage: outputs}, final state incl. `wav`). `trace`: see run_reference_stage;
+    `follow(stage, outputs)` may give other outputs for the pipeline to continue on (a near-tie code
+    flip: continue on the other run's codes; the returned record keeps what the stage computed); `release(kind)` is called after a
+    kind's last stage (official size: not every model's weights need to be held at once)."""
     state = {**inputs, **emotion_plan(inputs)}
     per_stage = {}
-    for st in STAGES:
-        outs, upd = run_reference_stage(st, modules[st.kind], state)
-        per_stage[st.name] = outs
+    last = _last_use(STAGES)
+    for i, st in enumerate(STAGES):
+        outs, upd = run_reference_stage(st, modules[st.kind], state, dtype, trace)
+        if follow is not None:
+            new = follow(st.name, outs)
+            if new is not outs:
+                upd = st.post(new, state)
+        per_stage[st.name] = outs  # what the stage computed, even where the state follows other outputs
         state.update(upd)
+        if release is not None and last[st.kind] == i:
+            release(st.kind)
     return per_stage, state
 
 
@@ -330,24 +358,32 @@ SEGMENT_START = "codes"  # stages from here on run once per text segment; the on
 
 
 @torch.no_grad()
-def run_text(modules: dict[str, torch.nn.Module], inputs: dict, tokenizer, text: str,
-             max_segment_tokens: int = 120, interval_ms: int = resample.INTERVAL_SILENCE_MS) -> dict:
+def run_text(modules, inputs: dict, tokenizer, text: str,
+             max_segment_tokens: int = 120, interval_ms: int = resample.INTERVAL_SILENCE_MS,
+             dtype: torch.dtype = torch.float32, release: Callable[[str], None] | None = None) -> dict:
     """Text to speech as infer_v2: `tokenizer.segments(text)` (reference/text.py: the bpe.model,
     the CJK pre-tokenizer, split_segments), the speaker/emotion stages once, the segment stages per
     segment (same `z_pool` for each: deterministic mode), each wav [1, N] clamped and joined with
-    `interval_ms` of silence at 22.05 kHz. Returns {"segments", "wavs", "wav"}."""
+    `interval_ms` of silence at 22.05 kHz, all in `dtype`. Returns {"segments", "wavs", "wav"}."""
     segments = tokenizer.segments(text, max_segment_tokens)
     if not segments:
         raise ValueError("the text gives no tokens")
     state = {**inputs, **emotion_plan(inputs)}
     k = next(i for i, st in enumerate(STAGES) if st.name == SEGMENT_START)
-    for st in STAGES[:k]:
-        state.update(run_reference_stage(st, modules[st.kind], state)[1])
+    seg_kinds = {st.kind for st in STAGES[k:]}
+    last = _last_use(STAGES[:k])
+    for i, st in enumerate(STAGES[:k]):
+        state.update(run_reference_stage(st, modules[st.kind], state, dtype)[1])
+        if release is not None and last[st.kind] == i and st.kind not in seg_kinds:
+            release(st.kind)
     wavs = []
     for ids in segments:
         seg = {**state, "text": np.array([ids], np.int64)}
         for st in STAGES[k:]:
-            seg.update(run_reference_stage(st, modules[st.kind], seg)[1])
+            seg.update(run_reference_stage(st, modules[st.kind], seg, dtype)[1])
         wavs.append(torch.from_numpy(np.ascontiguousarray(seg["wav"])).reshape(1, -1))
+    if release is not None:
+        for kind in seg_kinds:
+            release(kind)
     return {"segments": segments, "wavs": [w.numpy() for w in wavs],
             "wav": resample.join_segments(wavs, SR_22K, interval_ms).numpy()}
