@@ -30,7 +30,10 @@ def _write_wav(path: str, wav: np.ndarray, sr: int) -> None:
 
 
 def _plot(walks, path: str) -> None:
-    """One panel per model: peak-relative error per tap in forward order, chained solid, injected dashed."""
+    """One panel per model: the noise ratio max|candle − ref64| / max|ref32 − ref64| per tap in forward
+    order (chained solid, injected dashed), with the threshold K_MAX as a red line."""
+    from .tolerances import K_MAX
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,17 +45,20 @@ def _plot(walks, path: str) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(13, 3.2 * rows), squeeze=False)
     for ax, model in zip(axes.ravel(), models):
         for w in (w for w in walks if w.model == model):
-            ys = [max(r.atol_needed, 1e-12) if np.isfinite(r.atol_needed) else 1.0 for r in w.rows]
+            ys = [r.ratio_max if np.isfinite(r.ratio_max) else (r.atol_needed if np.isfinite(r.atol_needed) else 1.0)
+                  for r in w.rows]
+            ys = [max(y, 1e-3) for y in ys]
             ax.semilogy(range(len(ys)), ys, "-" if w.mode == "chained" else "--", marker=".", ms=3,
                         label=f"{w.case} ({w.mode})")
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("tap index (forward order)", fontsize=8)
-        ax.set_ylabel("max|Δ| / max(1, peak)", fontsize=8)
+        ax.axhline(K_MAX, color="red", lw=0.8)
+        ax.set_ylabel("noise ratio (max)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, loc="upper left")
     for ax in axes.ravel()[len(models):]:
         ax.axis("off")
-    fig.suptitle("Candle vs PyTorch: error per layer")
+    fig.suptitle("Candle vs PyTorch float64, in units of PyTorch float32's own error, per layer")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -64,6 +70,33 @@ def _rule_text(r) -> str:
     if r.tol.kind == "noise":
         return f"k {r.tol.k_max:g}/{r.tol.k_rms:g}"
     return "exact" if r.tol.atol == 0 and r.tol.rtol == 0 else f"fixed {r.tol.atol:.0e}/{r.tol.rtol:.0e}: {r.tol.note}"
+
+
+def _fault_sensitivity(fx, spec, device: str):
+    """Each fault switched on: the injected walk's first divergent tap and how far past the threshold
+    it stands there (the sensitivity margin; tests/test_models.py asserts ≥ FAULT_MARGIN)."""
+    from .compare import fault_margin_ok
+    from .runner import layer_walk
+    from .tolerances import FAULT_MARGIN
+
+    rows, failed = [], []
+    md = [f"#### {spec.name}: fault sensitivity (injected walk; margin = max(ratio max / k max, ratio rms / k rms), "
+          f"must be ≥ {FAULT_MARGIN:g})", "",
+          "| fault | expected leaf | first divergent tap | ratio max | ratio rms | margin | ok |", "|---|---|---|---|---|---|---|"]
+    for fault, (case_name, tap) in spec.faults.items():
+        case = next(c for c in spec.cases if c.name == case_name)
+        w = layer_walk(fx, fx.candle(device, [fault]), case, "injected", device)
+        r = w.row_of(tap)
+        ok = w.first_failure == tap and r is not None and fault_margin_ok(r)
+        row = {"fault": fault, "case": case_name, "expected_tap": tap, "first_failure": w.first_failure,
+               "ratio_max": None if r is None else r.ratio_max, "ratio_rms": None if r is None else r.ratio_rms,
+               "margin": None if r is None else r.margin, "max_abs": None if r is None else r.max_abs, "ok": ok}
+        rows.append(row)
+        md.append(f"| `{fault}` | `{tap}` | `{w.first_failure}` | {row['ratio_max'] or float('nan'):.1f} | "
+                  f"{row['ratio_rms'] or float('nan'):.1f} | {row['margin'] or float('nan'):.1f} | {'✓' if ok else '✗'} |")
+        if not ok:
+            failed.append(f"{spec.name}: fault `{fault}` not named at `{tap}` with margin (got `{w.first_failure}`)")
+    return rows, md + [""], failed
 
 
 def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -> int:
@@ -168,6 +201,10 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
                 md.append("")
                 if not w.ok:
                     failed.append(f"{name}/{case.name}/{mode}: first divergent tap `{w.first_failure}`")
+        if spec.faults and device == "cpu":
+            entry["faults"], fmd, ffailed = _fault_sensitivity(fx, spec, device)
+            md += fmd
+            failed += ffailed
         if name == "bigvgan":
             case = spec.cases[0]
             mel = np.concatenate([case.make_inputs(fx.cfg, s)["mel"] for s in range(8)], axis=2)

@@ -145,9 +145,13 @@ def test_every_read_key_is_required(model, tmp_path, fixtures, candle_models):
     step = max(1, len(keys) // 150)  # bounded: every key on tiny models, an even sample on big ones
     for k in keys[::step]:
         p = _write(tmp_path, {kk: v for kk, v in sd.items() if kk != k}, "drop.safetensors")
-        with pytest.raises(CheckpointError) as e:
-            fx.spec and Model(model, p, fx.spec.config_json(fx.cfg), "cpu", [], fx.spec.prefix)
-        assert f"`{k}`" in str(e.value) and p in str(e.value), str(e.value)
+        try:
+            Model(model, p, fx.spec.config_json(fx.cfg), "cpu", [], fx.spec.prefix)
+        except CheckpointError as e:
+            assert f"`{k}`" in str(e) and p in str(e), f"dropped `{k}`: the error must name it and the file {p}: {e}"
+        else:
+            pytest.fail(f"{model}: the load succeeded without `{k}` (expected a CheckpointError naming `{k}` and {p}): "
+                        f"a fallback stands in for that weight")
 
 
 def test_no_random_or_zero_weight_constructors_in_rust():

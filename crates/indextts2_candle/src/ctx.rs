@@ -76,6 +76,12 @@ impl Ctx {
         self.tap(name, &y);
         Ok(y)
     }
+    /// The input of a parent block whose children are tapped too, for code that cannot run its
+    /// children inside a closure: the injected tensor if one was given, else `x`. Tap its output
+    /// with [`Ctx::tap`] after the children, so the order stays children before parents.
+    pub fn input(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
+        Ok(self.injected(name, x)?.unwrap_or_else(|| x.clone()))
+    }
     fn injected(&mut self, name: &str, x: &Tensor) -> Result<Option<Tensor>> {
         if self.inject.is_empty() {
             return Ok(None);
