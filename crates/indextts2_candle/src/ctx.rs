@@ -100,29 +100,6 @@ impl Ctx {
             None => Ok(None),
         }
     }
-    /// A parent block whose body runs tapped children: like `block`, but `f` gets the context back.
-    /// The children's taps come before the parent's (forward completion order, as in PyTorch).
-    pub fn nest<F>(&mut self, name: &str, x: &Tensor, f: F) -> Result<Tensor>
-    where
-        F: FnOnce(&mut Ctx, &Tensor) -> Result<Tensor>,
-    {
-        let y = match self.inject.remove(name) {
-            Some(inj) => {
-                if inj.dims() != x.dims() {
-                    return input_err(format!(
-                        "injected input for `{name}` has shape {:?}, the block expects {:?}",
-                        inj.dims(),
-                        x.dims()
-                    ));
-                }
-                let inj = inj.to_dtype(x.dtype())?.to_device(x.device())?;
-                f(self, &inj)?
-            }
-            None => f(self, x)?,
-        };
-        self.tap(name, &y);
-        Ok(y)
-    }
     /// Fails if an injected input named a block that the forward never ran.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
         if !self.inject.is_empty() {
