@@ -30,7 +30,48 @@ FAULTS = [
     ("length_regulator", "interp_round", "prompt_cond"),
     ("dit", "adaln_swapped", "cfm_mel"),
     ("bigvgan", "skip_weight_norm", "wav"),
+    # the other switches of each kind, among them the leaf-level classes of issue 10 (eps, window,
+    # padding, activation, scale, interpolation, f16 weight); stage measured on tiny, seed 0, all walks
+    ("w2v_bert", "hidden_off_by_one", "semantic_emb"),
+    ("w2v_bert", "symmetric_dw_padding", "semantic_emb"),
+    ("campplus", "bn_eps_dropped", "style"),  # ratio 87 / 66 forced, 10 / 10 chained
+    ("campplus", "fbank_hanning_window", "spk_fbank"),
+    ("campplus", "fbank_no_preemphasis", "spk_fbank"),
+    ("campplus", "fbank_no_remove_dc", "spk_fbank"),
+    ("length_regulator", "groupnorm_per_channel", "prompt_cond"),
+    ("length_regulator", "nearest_exact", "prompt_cond"),
+    ("length_regulator", "groupnorm_eps", "prompt_cond"),  # ratio 38 / 37 forced
+    ("length_regulator", "mish_as_swish", "prompt_cond"),
+    ("gpt", "c_attn_untransposed", "codes"),
+    ("gpt", "to_kv_swapped", "spk_latent"),
+    ("gpt", "geglu_swapped", "spk_latent"),
+    ("gpt", "after_norm_skipped", "spk_latent"),
+    ("dit", "final_no_plus_one", "cfm_mel"),
+    ("dit", "wqkv_split_order", "cfm_mel"),
+    ("dit", "rope_halves", "cfm_mel"),
+    ("dit", "uvit_skip_shifted", "cfm_mel"),
+    ("dit", "wavenet_zero_pad", "cfm_mel"),
+    ("dit", "skip_weight_norm", "cfm_mel"),
+    ("dit", "final_ln_eps", "cfm_mel"),  # ratio 7.4 / 5.6 forced, 4.6 / 4.2 chained: the smallest margin
+    ("dit", "rope_base", "cfm_mel"),
+    ("dit", "softmax_scale_dim", "cfm_mel"),
+    ("dit", "ffn_swish_beta", "cfm_mel"),
+    ("bigvgan", "ups_kernel_flipped", "wav"),
+    ("bigvgan", "no_final_clamp", "wav"),
+    ("bigvgan", "snake_no_exp", "wav"),
+    ("bigvgan", "upsample_zero_pad", "wav"),
+    ("bigvgan", "lowpass_zero_pad", "wav"),
+    ("bigvgan", "kaiser_periodic_window", "wav"),
+    ("bigvgan", "weight_f16", "wav"),  # ratio 152 / 160 forced
 ]
+# Switches the pipeline cannot see at its inputs (the output is unchanged), each with the reason;
+# their own model tests name them.
+INVISIBLE = {
+    ("resample", "no_cut"): "the pipeline's 0.5 s speaker clip is shorter than the 15 s cut",
+    ("semantic_codec", "layer_norm_eps"): "encoder-only: flips no code at tiny; the pipeline uses the codes only",
+    ("semantic_codec", "gelu_tanh"): "encoder-only: flips no code at tiny; the pipeline uses the codes only",
+    ("bigvgan", "swap_resblocks"): "each stage averages its resblocks: the swap changes only their order in the sum",
+}
 
 
 def test_pipeline_faults_cover_every_switch():
@@ -39,7 +80,7 @@ def test_pipeline_faults_cover_every_switch():
 
     kinds = dict.fromkeys(st.kind for st in P.STAGES)
     have = {(k, f) for k in kinds for f in indextts_candle.faults(k)}
-    listed = {(k, f) for k, f, _ in FAULTS} | {("emotion", "dot_not_cosine")}  # its own test (vector input)
+    listed = {(k, f) for k, f, _ in FAULTS} | {("emotion", "dot_not_cosine")} | set(INVISIBLE)  # dot: own test
     assert have == listed, f"not in FAULTS: {sorted(have - listed)}; not built: {sorted(listed - have)}"
 
 
