@@ -15,6 +15,9 @@ use crate::transforms::{conv1d_to_linear, split_fused};
 use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
+#[path = "gpt_decode.rs"]
+pub mod decode;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct GptConfig {
     pub model_dim: usize,
@@ -146,6 +149,7 @@ pub struct UnifiedVoice {
     mel_head: Linear,
     speed_emb: Tensor,
     skip_final_norm: bool,
+    decode_faults: crate::sampling::DecodeFaults,
 }
 
 fn ids(t: &Tensor, what: &str, rank: usize) -> Result<(Vec<usize>, Vec<i64>)> {
@@ -197,6 +201,7 @@ impl UnifiedVoice {
             mel_head: Linear::load(&w.pp("mel_head"), d, cfg.number_mel_codes, true)?,
             speed_emb: w.pp("speed_emb").get((2, d), "weight")?,
             skip_final_norm: faults.on("final_norm_skipped"),
+            decode_faults: crate::sampling::DecodeFaults::from(&faults),
             cond_enc,
             perceiver,
             emo_enc,

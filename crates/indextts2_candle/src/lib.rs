@@ -20,6 +20,7 @@ pub mod registry;
 pub mod resample;
 pub mod semantic_codec;
 pub mod s2mel;
+pub mod sampling;
 pub mod store;
 pub mod text;
 pub mod transforms;
