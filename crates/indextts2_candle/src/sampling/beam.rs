@@ -183,7 +183,7 @@ pub fn generate(dec: &mut dyn Decoder, prompt: &[i64], cfg: &DecodeConfig, eos: 
             let q = draws.take(b * v)?;
             multinomial(&p::softmax(&total), &q, n)
         } else {
-            p::top_n_desc(&total, n)
+            super::stl::topk(&total, n)
         };
         match check_forced(step)? {
             Some(f) => cand = f,

@@ -6,6 +6,7 @@
 pub mod beam;
 pub mod processors;
 pub mod rng;
+pub mod stl;
 
 use crate::ctx::Faults;
 use crate::error::{input_err, Error, Result};
@@ -208,6 +209,11 @@ pub fn transform(name: &str, ts: &[Tensor]) -> Result<Vec<Tensor>> {
             let o = json(1)?;
             let (p, m) = (num(&o, "top_p")?, num(&o, "min_tokens_to_keep")? as usize);
             out.iter_mut().for_each(|r| processors::top_p(r, p, m, false));
+        }
+        "topk" => {
+            let n = num(&json(1)?, "k")? as usize;
+            let idx: Vec<i64> = scores.iter().flat_map(|r| stl::topk(r, n)).map(|i| i as i64).collect();
+            return Ok(vec![Tensor::from_vec(idx, (scores.len(), n), &Device::Cpu)?]);
         }
         "multinomial" => {
             // scores = probs [B, V], ts[1] = q [B, V], options {"n": …} → indices [B, n]

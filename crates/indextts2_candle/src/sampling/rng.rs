@@ -104,11 +104,14 @@ impl Draws {
     }
 }
 
-/// `argmax(p / q)` (n = 1) or `topk(p / q, n)`: descending ratio, ties by lower index (a tie has
-/// probability ~0 except among zero-probability entries, where torch's order is unspecified).
+/// `argmax(p / q)` (n = 1: first maximum) or `topk(p / q, n)` with torch's CPU tie order, which
+/// decides the zero-probability entries drawn when fewer than n are positive.
 pub fn multinomial(p: &[f32], q: &[f32], n: usize) -> Vec<usize> {
     let r: Vec<f32> = p.iter().zip(q).map(|(&a, &b)| a / b).collect();
-    super::processors::top_n_desc(&r, n)
+    if n == 1 {
+        return super::processors::top_n_desc(&r, 1);
+    }
+    super::stl::topk(&r, n)
 }
 
 #[cfg(test)]
