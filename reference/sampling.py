@@ -169,7 +169,7 @@ def decode(model, spk_latent, emovec, text, options: dict | None = None, draws: 
         beam_scores = beam_scores.view(-1)
         logits = g.start(B)
         V = logits.size(-1)
-        eos_t = torch.tensor([eos])
+        eos_t, pad_t = torch.tensor([eos]), torch.tensor(eos)  # generate's special-token tensors: eos 1-d, pad 0-d
         for step in range(max_new):
             sc = ps(ids, F.log_softmax(logits, dim=-1))
             total = (sc + beam_scores[:, None]).view(1, B * V)
@@ -186,7 +186,7 @@ def decode(model, spk_latent, emovec, text, options: dict | None = None, draws: 
             else:
                 ns, nt = torch.topk(total, n, dim=1, largest=True, sorted=True)
                 tr["margin"].append(float((ns[0, :-1] - ns[0, 1:]).min()))
-            out = scorer.process(ids, ns, nt % V, torch.div(nt, V, rounding_mode="floor"), pad_token_id=eos_t,
+            out = scorer.process(ids, ns, nt % V, torch.div(nt, V, rounding_mode="floor"), pad_token_id=pad_t,
                                  eos_token_id=eos_t, decoder_prompt_len=prompt.size(1))
             beam_scores, toks, idx = out["next_beam_scores"], out["next_beam_tokens"], out["next_beam_indices"]
             hyp = scorer._beam_hyps[0]
@@ -199,7 +199,7 @@ def decode(model, spk_latent, emovec, text, options: dict | None = None, draws: 
             if scorer.is_done or ids.size(1) >= prompt.size(1) + max_new:
                 break
             logits = g.step(toks, step + 1)
-        seq = scorer.finalize(ids, beam_scores, toks, idx, pad_token_id=eos_t, eos_token_id=eos_t,
+        seq = scorer.finalize(ids, beam_scores, toks, idx, pad_token_id=pad_t, eos_token_id=eos_t,
                               max_length=prompt.size(1) + max_new, decoder_prompt_len=prompt.size(1))["sequences"]
         return seq[:, prompt.size(1):], {k: _stack(v) for k, v in tr.items()}
 

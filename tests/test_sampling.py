@@ -43,7 +43,7 @@ FAULT_EXPECT = {  # fault → (stage, how the step is found on the reference tra
     "top_p_one_too_few": ("scores", "first"),
     "beam_scores_not_added": ("cand", "first"),
     "kv_cache_not_reordered": ("logits", "after_reorder"),
-    "length_penalty_one": ("hyps", "first_hyp"),
+    "length_penalty_one": ("hyps", "hyp_after_0"),
     "eos_beam_not_finalised": ("hyps", "first_hyp"),
 }
 
@@ -255,6 +255,9 @@ def test_sampling_topk_tie_order_property(n, k, zeros, seed):
     x = (rng.integers(0, 4, (1, n)) * (rng.random((1, n)) > zeros)).astype(np.float32)
     want = torch.topk(torch.from_numpy(x), min(k, n)).indices.numpy()
     assert np.array_equal(candle.transform("sampling.topk", x, _opts({"k": min(k, n)}))[0], want)
+    # torch.sort(ascending) — what TopPLogitsWarper sorts by — with the same ties
+    want = torch.sort(torch.from_numpy(x), descending=False).indices.numpy()
+    assert np.array_equal(candle.transform("sampling.argsort", x)[0], want)
 
 
 # ---- processors against transformers' own classes ------------------------------------------------
@@ -304,7 +307,7 @@ def test_sampling_top_p_property(scores, p, keep, inf):
     from transformers.generation.logits_process import TopPLogitsWarper
 
     scores = scores.copy()
-    scores[:, :inf] = -np.inf  # as after top-k
+    scores[:, :inf] = -3e38  # filtered entries (the bindings refuse ±inf inputs; probability 0 either way)
     x = torch.from_numpy(scores)
     want = TopPLogitsWarper(top_p=p, min_tokens_to_keep=keep)(None, x).numpy()
     got = candle.transform("sampling.top_p", scores, _opts({"top_p": p, "min_tokens_to_keep": keep}))[0]
@@ -413,6 +416,8 @@ def test_sampling_fault_is_named(fault, tmp_path, fixtures):
         step = 0
     elif where == "after_reorder":  # step 0's reorder copies identical rows; the next one matters
         step = 1 + next(s for s in range(1, len(tr["beam_idx"])) if tr["beam_idx"][s].tolist() != list(range(B)))
+    elif where == "hyp_after_0":  # a hypothesis finished at step 0 has length 1: len**1 = len**0
+        step = next(s for s in range(1, len(tr["hyps"])) if (tr["hyps"][s], tr["hyp_worst"][s]) != (tr["hyps"][s - 1], tr["hyp_worst"][s - 1]))
     else:
         step = int(np.argmax(tr["hyps"] > 0))
         assert tr["hyps"][step] > 0, "no hypothesis in the reference walk: raise the stop bias"

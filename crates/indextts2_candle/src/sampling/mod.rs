@@ -210,6 +210,10 @@ pub fn transform(name: &str, ts: &[Tensor]) -> Result<Vec<Tensor>> {
             let (p, m) = (num(&o, "top_p")?, num(&o, "min_tokens_to_keep")? as usize);
             out.iter_mut().for_each(|r| processors::top_p(r, p, m, false));
         }
+        "argsort" => {
+            let idx: Vec<i64> = scores.iter().flat_map(|r| stl::argsort_asc(r)).map(|i| i as i64).collect();
+            return Ok(vec![Tensor::from_vec(idx, (scores.len(), scores.first().map_or(0, |r| r.len())), &Device::Cpu)?]);
+        }
         "topk" => {
             let n = num(&json(1)?, "k")? as usize;
             let idx: Vec<i64> = scores.iter().flat_map(|r| stl::topk(r, n)).map(|i| i as i64).collect();

@@ -62,14 +62,13 @@ pub fn top_k(row: &mut [f32], k: usize, min_keep: usize) {
     }
 }
 
-/// Top-p over the ascending sort: the tokens whose cumulative probability is ≤ 1 − top_p are
+/// Top-p over the ascending sort (`torch.sort`, see `stl`): the tokens whose cumulative probability is ≤ 1 − top_p are
 /// removed, the last `min_keep` are always kept. torch's CPU cumsum accumulates in double and
 /// rounds every partial sum to float32; the threshold is compared in float32.
 /// `one_too_few` (a fault) also removes the smallest surviving token.
 pub fn top_p(row: &mut [f32], p: f64, min_keep: usize, one_too_few: bool) {
     let n = row.len();
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.sort_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap_or(std::cmp::Ordering::Equal));
+    let idx = super::stl::argsort_asc(row); // torch.sort's CPU order, ties included
     let sorted: Vec<f32> = idx.iter().map(|&i| row[i]).collect();
     let probs = softmax(&sorted);
     let thr = (1.0 - p) as f32;

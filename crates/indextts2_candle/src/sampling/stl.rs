@@ -12,6 +12,11 @@ fn gt(a: &E, b: &E) -> bool {
     a.0 > b.0
 }
 
+#[inline]
+fn lt(a: &E, b: &E) -> bool {
+    a.0 < b.0
+}
+
 pub fn topk(vals: &[f32], k: usize) -> Vec<usize> {
     let n = vals.len();
     let k = k.min(n);
@@ -20,13 +25,21 @@ pub fn topk(vals: &[f32], k: usize) -> Vec<usize> {
     }
     let mut q: Vec<E> = vals.iter().copied().zip(0..).collect();
     if k * 64 <= n {
-        heap_select(&mut q, k);
-        sort_heap(&mut q[..k]);
+        heap_select(gt, &mut q, k);
+        sort_heap(gt, &mut q[..k]);
     } else {
-        introselect(&mut q, k - 1);
-        sort(&mut q[..k - 1]);
+        introselect(gt, &mut q, k - 1);
+        sort(gt, &mut q[..k - 1]);
     }
     q[..k].iter().map(|e| e.1).collect()
+}
+
+/// `torch.sort(x, descending=False)` indices on CPU as `std::sort` of (value, index) pairs by
+/// value orders them (the tie order decides which of equal tokens top-p removes).
+pub fn argsort_asc(vals: &[f32]) -> Vec<usize> {
+    let mut q: Vec<E> = vals.iter().copied().zip(0..).collect();
+    sort(lt, &mut q);
+    q.iter().map(|e| e.1).collect()
 }
 
 fn lg(n: usize) -> usize {
@@ -34,7 +47,7 @@ fn lg(n: usize) -> usize {
 }
 
 /// Sift `value` into the hole at `hole` of the heap `q[..len]` (libstdc++ `__adjust_heap`).
-fn adjust_heap(q: &mut [E], mut hole: usize, len: usize, value: E) {
+fn adjust_heap<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], mut hole: usize, len: usize, value: E) {
     let top = hole;
     let mut second = hole;
     while len >= 1 && second < (len - 1) / 2 {
@@ -62,7 +75,7 @@ fn adjust_heap(q: &mut [E], mut hole: usize, len: usize, value: E) {
     q[hole] = value;
 }
 
-fn make_heap(q: &mut [E]) {
+fn make_heap<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E]) {
     let len = q.len();
     if len < 2 {
         return;
@@ -70,7 +83,7 @@ fn make_heap(q: &mut [E]) {
     let mut parent = (len - 2) / 2;
     loop {
         let v = q[parent];
-        adjust_heap(q, parent, len, v);
+        adjust_heap(gt, q, parent, len, v);
         if parent == 0 {
             return;
         }
@@ -79,31 +92,31 @@ fn make_heap(q: &mut [E]) {
 }
 
 /// `__pop_heap(first, first + len, result)`.
-fn pop_heap(q: &mut [E], len: usize, result: usize) {
+fn pop_heap<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], len: usize, result: usize) {
     let v = q[result];
     q[result] = q[0];
-    adjust_heap(q, 0, len, v);
+    adjust_heap(gt, q, 0, len, v);
 }
 
 /// `__heap_select(first, first + m, last)`.
-fn heap_select(q: &mut [E], m: usize) {
-    make_heap(&mut q[..m]);
+fn heap_select<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], m: usize) {
+    make_heap(gt, &mut q[..m]);
     for i in m..q.len() {
         if gt(&q[i], &q[0]) {
-            pop_heap(q, m, i);
+            pop_heap(gt, q, m, i);
         }
     }
 }
 
-fn sort_heap(q: &mut [E]) {
+fn sort_heap<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E]) {
     let mut last = q.len();
     while last > 1 {
         last -= 1;
-        pop_heap(q, last, last);
+        pop_heap(gt, q, last, last);
     }
 }
 
-fn move_median_to_first(q: &mut [E], result: usize, a: usize, b: usize, c: usize) {
+fn move_median_to_first<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], result: usize, a: usize, b: usize, c: usize) {
     let pick = if gt(&q[a], &q[b]) {
         if gt(&q[b], &q[c]) {
             b
@@ -123,10 +136,10 @@ fn move_median_to_first(q: &mut [E], result: usize, a: usize, b: usize, c: usize
 }
 
 /// `__unguarded_partition_pivot` on `q` (whole slice) → cut index.
-fn partition_pivot(q: &mut [E]) -> usize {
+fn partition_pivot<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E]) -> usize {
     let last = q.len();
     let mid = last / 2;
-    move_median_to_first(q, 0, 1, mid, last - 1);
+    move_median_to_first(gt, q, 0, 1, mid, last - 1);
     let (mut f, mut l) = (1usize, last);
     loop {
         while gt(&q[f], &q[0]) {
@@ -144,7 +157,7 @@ fn partition_pivot(q: &mut [E]) -> usize {
     }
 }
 
-fn insertion_sort(q: &mut [E]) {
+fn insertion_sort<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E]) {
     for i in 1..q.len() {
         let v = q[i];
         if gt(&v, &q[0]) {
@@ -162,7 +175,7 @@ fn insertion_sort(q: &mut [E]) {
 }
 
 /// `std::nth_element(first, first + nth, last)` (libstdc++ `__introselect`).
-fn introselect(q: &mut [E], nth: usize) {
+fn introselect<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], nth: usize) {
     if nth >= q.len() {
         return;
     }
@@ -170,29 +183,29 @@ fn introselect(q: &mut [E], nth: usize) {
     let mut depth = 2 * lg(q.len());
     while last - first > 3 {
         if depth == 0 {
-            heap_select(&mut q[first..last], nth - first + 1);
+            heap_select(gt, &mut q[first..last], nth - first + 1);
             q.swap(first, nth);
             return;
         }
         depth -= 1;
-        let cut = first + partition_pivot(&mut q[first..last]);
+        let cut = first + partition_pivot(gt, &mut q[first..last]);
         if cut <= nth {
             first = cut;
         } else {
             last = cut;
         }
     }
-    insertion_sort(&mut q[first..last]);
+    insertion_sort(gt, &mut q[first..last]);
 }
 
 /// `std::sort` (libstdc++ introsort + final insertion sort).
-fn sort(q: &mut [E]) {
+fn sort<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E]) {
     if q.len() < 2 {
         return;
     }
-    introsort_loop(q, 2 * lg(q.len()));
+    introsort_loop(gt, q, 2 * lg(q.len()));
     if q.len() > 16 {
-        insertion_sort(&mut q[..16]);
+        insertion_sort(gt, &mut q[..16]);
         for i in 16..q.len() {
             // `__unguarded_linear_insert`
             let v = q[i];
@@ -204,21 +217,21 @@ fn sort(q: &mut [E]) {
             q[j] = v;
         }
     } else {
-        insertion_sort(q);
+        insertion_sort(gt, q);
     }
 }
 
-fn introsort_loop(q: &mut [E], mut depth: usize) {
+fn introsort_loop<C: Fn(&E, &E) -> bool + Copy>(gt: C, q: &mut [E], mut depth: usize) {
     let mut last = q.len();
     while last > 16 {
         if depth == 0 {
-            heap_select(&mut q[..last], last);
-            sort_heap(&mut q[..last]);
+            heap_select(gt, &mut q[..last], last);
+            sort_heap(gt, &mut q[..last]);
             return;
         }
         depth -= 1;
-        let cut = partition_pivot(&mut q[..last]);
-        introsort_loop(&mut q[cut..last], depth);
+        let cut = partition_pivot(gt, &mut q[..last]);
+        introsort_loop(gt, &mut q[cut..last], depth);
         last = cut;
     }
 }
