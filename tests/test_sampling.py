@@ -449,11 +449,37 @@ class TestSamplingBadOptions:
 BENCH_STEPS = 24
 
 
+def _official_generate(fx, inp, q):
+    """The official code's own decode: `UnifiedVoice.inference_model.generate` set up exactly as
+    `inference_speech` does (conditioning given, not timed), infer_v2's kwargs, the same draws."""
+    from transformers import LogitsProcessorList
+
+    off = _official(fx.cfg)
+    off.load_state_dict(fx.reference().state_dict(), strict=True)
+    off.post_init_gpt2_config(kv_cache=True)
+    t = _t(inp)
+    stop = fx.cfg["stop_mel_token"]
+
+    def run():
+        with torch.no_grad():
+            conds = torch.cat((t["spk_latent"] + t["emovec"][:, None], off.speed_emb(torch.ones(1, dtype=torch.long))[:, None],
+                               off.speed_emb(torch.zeros(1, dtype=torch.long))[:, None]), 1)
+            ids, emb, mask = off.prepare_gpt_inputs(conds, t["text"])
+            off.inference_model.store_mel_emb(emb)
+            with S.draws_from(S.GivenDraws(q)):
+                return off.inference_model.generate(
+                    ids, bos_token_id=fx.cfg["start_mel_token"], pad_token_id=stop, eos_token_id=stop, attention_mask=mask,
+                    max_length=ids.shape[1] + BENCH_STEPS, logits_processor=LogitsProcessorList(), num_return_sequences=1,
+                    do_sample=True, top_p=0.8, top_k=30, temperature=0.8, length_penalty=0.0, num_beams=3,
+                    repetition_penalty=10.0)
+    return run
+
+
 @pytest.mark.benchmark(group="gpt_beam_sampling")
-@pytest.mark.parametrize("side", ["candle", "torch"])
+@pytest.mark.parametrize("side", ["candle", "torch", "official"])
 def test_bench_sampling_beam3(side, benchmark, bench_fixtures):
-    """3-beam sampled decode with the KV cache, BENCH_STEPS steps, same draws on both sides: Candle
-    `generate_sampled` vs the official-equivalent PyTorch loop (transformers' processors, scorer)."""
+    """3-beam sampled decode with the KV cache, BENCH_STEPS steps, same draws on every side: Candle
+    `generate_sampled`, the reference loop (torch), and the official `generate` (official)."""
     fx = bench_fixtures("gpt")
     V = fx.cfg["number_mel_codes"]
     inp = step_inputs(fx.cfg, 0, text_len=40)
@@ -463,8 +489,10 @@ def test_bench_sampling_beam3(side, benchmark, bench_fixtures):
     if side == "candle":
         cm = fx.candle("cpu")
         fn = lambda: candle.run(cm, "generate_sampled", dict(inp, options=_opts(opts), draws=q))  # noqa: E731
-    else:
+    elif side == "torch":
         ref, t = fx.reference("cpu"), _t(inp)
         fn = lambda: S.decode(ref, t["spk_latent"], t["emovec"], t["text"], opts, S.GivenDraws(q))  # noqa: E731
+    else:
+        fn = _official_generate(fx, inp, q)
     measure(benchmark, fn, rounds=2, tokens=BENCH_STEPS)
     benchmark.extra_info["tokens_per_s"] = BENCH_STEPS / benchmark.stats.stats.mean
