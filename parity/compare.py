@@ -124,6 +124,8 @@ def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -
     if not np.isfinite(c.max_abs) or ref64.size == 0:
         c.tol = tol
         c.ok = ref64.size == 0 and got.shape == ref64.shape
+        if not c.ok:  # a hard failure (shape, NaN/Inf) stands infinitely past any threshold
+            c.ratio_max = c.ratio_rms = float("inf")
         return c
     r = ref64.astype(np.float64)
     e = got.astype(np.float64) - r
@@ -144,9 +146,9 @@ def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -
 
 def fault_margin_ok(c: Comparison) -> bool:
     """A fault's first divergent tap must stand FAULT_MARGIN × past its threshold (or be a hard failure)."""
-    if isinstance(c.tol, NoiseFloor):
+    if isinstance(c.tol, NoiseFloor) and np.isfinite(c.ratio_max):
         return c.margin >= FAULT_MARGIN
-    return not c.ok
+    return not c.ok  # integer taps (exact) and hard failures (shape, NaN) have no ratio
 
 
 @dataclass

@@ -22,7 +22,8 @@ class Case:
     method: str
     make_inputs: Callable[[dict, int], dict[str, np.ndarray]]
     run_reference: Callable[[torch.nn.Module, dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
-    # Taps that the injected walk must not inject (e.g. a block whose input is not a single tensor).
+    # Taps that the injected walk must not inject (fnmatch patterns; an exact name matches itself),
+    # e.g. a block whose input is not a single tensor.
     no_inject: tuple[str, ...] = ()
 
 

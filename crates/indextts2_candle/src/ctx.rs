@@ -56,7 +56,37 @@ impl Ctx {
     where
         F: FnOnce(&Tensor) -> Result<Tensor>,
     {
-        let y = match self.inject.remove(name) {
+        let y = match self.injected(name, x)? {
+            Some(inj) => f(&inj)?,
+            None => f(x)?,
+        };
+        self.tap(name, &y);
+        Ok(y)
+    }
+    /// A tapped block whose body taps its own children (they complete, and are recorded, first):
+    /// `f` gets the context back with the (possibly injected) input.
+    pub fn nest<F>(&mut self, name: &str, x: &Tensor, f: F) -> Result<Tensor>
+    where
+        F: FnOnce(&mut Ctx, &Tensor) -> Result<Tensor>,
+    {
+        let y = match self.injected(name, x)? {
+            Some(inj) => f(self, &inj)?,
+            None => f(self, x)?,
+        };
+        self.tap(name, &y);
+        Ok(y)
+    }
+    /// The input of a parent block whose children are tapped too, for code that cannot run its
+    /// children inside a closure: the injected tensor if one was given, else `x`. Tap its output
+    /// with [`Ctx::tap`] after the children, so the order stays children before parents.
+    pub fn input(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
+        Ok(self.injected(name, x)?.unwrap_or_else(|| x.clone()))
+    }
+    fn injected(&mut self, name: &str, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.inject.is_empty() {
+            return Ok(None);
+        }
+        match self.inject.remove(name) {
             Some(inj) => {
                 if inj.dims() != x.dims() {
                     return input_err(format!(
@@ -65,12 +95,10 @@ impl Ctx {
                         x.dims()
                     ));
                 }
-                f(&inj.to_dtype(x.dtype())?.to_device(x.device())?)?
+                Ok(Some(inj.to_dtype(x.dtype())?.to_device(x.device())?))
             }
-            None => f(x)?,
-        };
-        self.tap(name, &y);
-        Ok(y)
+            None => Ok(None),
+        }
     }
     /// Fails if an injected input named a block that the forward never ran.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
