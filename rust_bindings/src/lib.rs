@@ -272,6 +272,7 @@ fn transform(py: Python<'_>, name: &str, tensors: Vec<WireIn>, sizes: Option<Vec
             "conv1d_to_linear" => vec![transforms::conv1d_to_linear(arg(0)?)?],
             "split_fused" => transforms::split_fused(arg(0)?, dim, &sizes.clone().unwrap_or_default())?,
             "snake_param" => vec![transforms::snake_param(arg(0)?, logscale)?],
+            n if n.starts_with("sampling.") => indextts2_candle::sampling::transform(&n["sampling.".len()..], &ts)?,
             _ => return Err(Error::Input(format!("unknown transform `{name}`"))),
         };
         res.iter().enumerate().map(|(i, t)| Ok((i.to_string(), to_wire(t)?))).collect::<indextts2_candle::Result<Vec<_>>>()

@@ -14,6 +14,9 @@ use crate::store::Weights;
 use crate::transforms::conv1d_to_linear;
 use candle_core::{DType, Device, Tensor, D};
 
+#[path = "gpt_decode.rs"]
+pub mod decode;
+
 pub use crate::gpt_config::GptConfig;
 
 pub const FAULTS: &[&str] = &[
@@ -136,6 +139,7 @@ pub struct UnifiedVoice {
     mel_head: Linear,
     speed_emb: Tensor,
     skip_final_norm: bool,
+    decode_faults: crate::sampling::DecodeFaults,
 }
 
 fn ids(t: &Tensor, what: &str, rank: usize) -> Result<(Vec<usize>, Vec<i64>)> {
@@ -190,6 +194,7 @@ impl UnifiedVoice {
             mel_head: Linear::load(&w.pp("mel_head"), d, cfg.number_mel_codes, true)?,
             speed_emb: w.pp("speed_emb").get((2, d), "weight")?,
             skip_final_norm: faults.on("final_norm_skipped"),
+            decode_faults: crate::sampling::DecodeFaults::from(&faults),
             cond_enc,
             perceiver,
             emo_enc,

@@ -207,6 +207,7 @@ pub mod resample;
 pub mod runnable;
 pub mod semantic_codec;
 pub mod s2mel;
+pub mod sampling;
 pub mod store;
 pub mod text;
 pub mod transforms;

@@ -36,7 +36,7 @@ macro_rules! kind {
 const TABLE: [Kind; 11] = [
     kind!("bigvgan", crate::bigvgan::BigVgan, crate::bigvgan::FAULTS),
     kind!("dit", crate::dit::Dit, crate::dit::FAULTS),
-    kind!("gpt", crate::gpt::UnifiedVoice, crate::gpt::FAULTS),
+    kind!("gpt", crate::gpt::UnifiedVoice, crate::sampling::with_decode_faults(crate::gpt::FAULTS)),
     kind!("length_regulator", crate::length_regulator::Regulator, crate::length_regulator::FAULTS),
     kind!("w2v_bert", crate::w2v_bert::W2vBert, crate::w2v_bert::FAULTS),
     kind!("semantic_codec", crate::semantic_codec::SemanticCodec, crate::semantic_codec::FAULTS),

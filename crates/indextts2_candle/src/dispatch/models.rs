@@ -97,8 +97,9 @@ impl Runnable for crate::gpt::UnifiedVoice {
                 let i = take(inputs, method, &[LATENT[0], LATENT[1], LATENT[2], "max_tokens"])?;
                 Ok(vec![("codes".into(), self.greedy(i[0], i[1], i[2], i[3])?)])
             }
+            "generate_sampled" => self.run_generate(inputs),
             _ => input_err(format!(
-                "gpt has no method `{method}` (methods: spk_conformer, emo_conformer, spk_perceiver, emo_perceiver, spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy)"
+                "gpt has no method `{method}` (methods: spk_conformer, emo_conformer, spk_perceiver, emo_perceiver, spk_cond, emo_cond, emovec, merge_emovec, forward_latent, step_logits, step_logits_full, greedy, generate_sampled)"
             )),
         }
     }

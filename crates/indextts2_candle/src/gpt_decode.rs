@@ -1,0 +1,155 @@
+//! The GPT as a [`Decoder`] for the official decode loop (`crate::sampling`): the prefix once,
+//! then one token per beam row through the KV cache, reordered to the chosen beams. A child
+//! module of `gpt` (declared there), so it reads the model's private parts.
+use super::{ids, rows, LayerCache, UnifiedVoice};
+use crate::ctx::Ctx;
+use crate::error::{input_err, Result};
+use crate::registry::Named;
+use crate::sampling::{self, rng::Draws, DecodeConfig, DecodeFaults, Decoder};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+
+/// `_reorder_cache`: every layer's K and V rows `index_select`ed to `idx`.
+pub fn reorder_kv_cache(caches: &mut [LayerCache], idx: &[usize], dev: &Device) -> Result<()> {
+    let n = idx.len();
+    let i = Tensor::from_vec(idx.iter().map(|&x| x as u32).collect::<Vec<_>>(), n, dev)?;
+    for c in caches.iter_mut() {
+        if let (Some(k), Some(v)) = (&c.k, &c.v) {
+            c.k = Some(k.index_select(&i, 0)?);
+            c.v = Some(v.index_select(&i, 0)?);
+        }
+    }
+    Ok(())
+}
+
+pub struct GptDecoder<'a> {
+    m: &'a UnifiedVoice,
+    prefix: Tensor,
+    caches: Vec<LayerCache>,
+}
+
+impl<'a> GptDecoder<'a> {
+    pub fn new(m: &'a UnifiedVoice, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor) -> Result<Self> {
+        let prefix = m.prefix(spk_latent, emovec, text)?;
+        Ok(GptDecoder { m, prefix, caches: vec![LayerCache::default(); m.blocks.len()] })
+    }
+    /// Length of `generate`'s input ids: conditioning + text + the start token.
+    pub fn prompt_len(&self) -> Result<usize> {
+        Ok(self.prefix.dim(1)? + 1)
+    }
+    fn last_logits(&self, enc: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let last = enc.narrow(1, enc.dim(1)? - 1, 1)?;
+        Ok(self.m.logits(&last)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}
+
+impl Decoder for GptDecoder<'_> {
+    fn vocab(&self) -> usize {
+        self.m.cfg.number_mel_codes
+    }
+    fn start(&mut self, n: usize) -> Result<Vec<Vec<f32>>> {
+        let dev = self.prefix.device().clone();
+        let x = Tensor::cat(&[&self.prefix, &self.m.mel_in(&[self.m.cfg.start_mel_token], 0, &dev)?], 1)?;
+        let off = self.prefix.dim(1)?;
+        let enc = self.m.lm(&x, off, Some(&mut self.caches), &mut Ctx::plain())?;
+        // Every beam row holds the same prefix: run it once, copy the cache rows.
+        reorder_kv_cache(&mut self.caches, &vec![0; n], &dev)?;
+        let row = self.last_logits(&enc)?.swap_remove(0);
+        Ok(vec![row; n])
+    }
+    fn step(&mut self, tokens: &[i64], step: usize) -> Result<Vec<Vec<f32>>> {
+        let dev = self.prefix.device().clone();
+        let d = self.m.cfg.model_dim;
+        let pos = rows(&self.m.mel_pos, &[step as i64 + 1], &dev, "mel position (sequence too long)")?;
+        let e = rows(&self.m.mel_embedding, tokens, &dev, "codes")?.broadcast_add(&pos)?;
+        let x = e.reshape((tokens.len(), 1, d))?;
+        let enc = self.m.lm(&x, 0, Some(&mut self.caches), &mut Ctx::plain())?;
+        self.last_logits(&enc)
+    }
+    fn reorder(&mut self, idx: &[usize]) -> Result<()> {
+        let dev = self.prefix.device().clone();
+        reorder_kv_cache(&mut self.caches, idx, &dev)
+    }
+}
+
+fn flat_i64(t: &Tensor) -> Result<Vec<i64>> {
+    if t.dtype() != DType::I64 {
+        return input_err(format!("expected int64, got {:?}", t.dtype()));
+    }
+    Ok(t.flatten_all()?.to_vec1::<i64>()?)
+}
+
+impl UnifiedVoice {
+    /// `inference_speech(..., do_sample, num_beams, …)` as infer_v2 calls it, then infer_v2's
+    /// trimming. Inputs: spk_latent, emovec, text; `options` (decoding options as UTF-8 JSON
+    /// bytes in an int64 tensor; `{}` = the official defaults); `draws` (f32, the Exp(1) draws of
+    /// all steps, beams·V per step) or `seed` (torch's CPU stream); optional `forced` [S, C]
+    /// (candidates replacing the first S steps') and `trace` (any value: return the per-step record).
+    pub fn run_generate(&self, inputs: &BTreeMap<String, Tensor>) -> Result<Named> {
+        let faults: DecodeFaults = self.decode_faults;
+        const KNOWN: &[&str] = &["spk_latent", "emovec", "text", "options", "draws", "seed", "forced", "trace"];
+        if let Some(k) = inputs.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return input_err(format!("`generate_sampled` takes inputs {KNOWN:?}; got unexpected `{k}`"));
+        }
+        let get = |n: &str| inputs.get(n).ok_or_else(|| crate::Error::Input(format!("`generate_sampled` needs input `{n}`")));
+        let opts: Vec<u8> = match inputs.get("options") {
+            Some(t) => flat_i64(t)?.iter().map(|&b| b as u8).collect(),
+            None => b"{}".to_vec(),
+        };
+        let cfg = DecodeConfig::from_json(&String::from_utf8_lossy(&opts))?;
+        let mut draws = match (inputs.get("draws"), inputs.get("seed")) {
+            (Some(q), None) => Draws::given(q.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            (None, Some(s)) => match flat_i64(s)?.as_slice() {
+                [s] if *s >= 0 => Draws::seeded(*s as u64),
+                _ => return input_err("`seed` must be one non-negative int64"),
+            },
+            (None, None) if !cfg.do_sample => Draws::given(Vec::new()),
+            _ => return input_err("give exactly one of `draws` and `seed` when sampling"),
+        };
+        let forced: Vec<Vec<i64>> = match inputs.get("forced") {
+            Some(f) => {
+                let (d, v) = ids(f, "forced", 2)?;
+                v.chunks(d[1].max(1)).take(d[0]).map(|c| c.to_vec()).collect()
+            }
+            None => Vec::new(),
+        };
+        if cfg.max_mel_tokens >= self.mel_pos.dim(0)? {
+            return input_err(format!("max_mel_tokens {} needs mel position {}, beyond the position table ({})", cfg.max_mel_tokens, cfg.max_mel_tokens, self.mel_pos.dim(0)?));
+        }
+        let mut dec = GptDecoder::new(self, get("spk_latent")?, get("emovec")?, get("text")?)?;
+        // generate's input ids: ones, the last one the start token (the penalty sees them all).
+        let mut prompt = vec![1i64; dec.prompt_len()?];
+        *prompt.last_mut().expect("non-empty prompt") = self.cfg.start_mel_token;
+        let out = sampling::generate(&mut dec, &prompt, &cfg, self.cfg.stop_mel_token, &mut draws, faults, &forced, inputs.contains_key("trace"))?;
+        let dev = Device::Cpu;
+        let mat = |r: &[Vec<i64>]| -> Result<Tensor> {
+            let w = r.first().map_or(0, |x| x.len());
+            Ok(Tensor::from_vec(r.concat(), (r.len(), w), &dev)?)
+        };
+        let (trim, lens) = sampling::infer_v2_trim(&out.sequences, self.cfg.stop_mel_token);
+        let nl = lens.len();
+        let t = &out.trace;
+        let mut named: Named = vec![
+            ("sequences".into(), mat(&out.sequences)?),
+            ("codes".into(), mat(&trim)?),
+            ("code_lens".into(), Tensor::from_vec(lens, nl, &dev)?),
+            ("steps".into(), Tensor::from_vec(vec![t.steps as i64], 1, &dev)?),
+        ];
+        if let Some(u) = draws.used() {
+            named.push(("draws_used".into(), Tensor::from_vec(vec![u as i64], 1, &dev)?));
+        }
+        if inputs.contains_key("trace") {
+            let (s, b, c, v) = (t.steps, t.rows, t.cands, self.cfg.number_mel_codes);
+            named.push(("logits".into(), Tensor::from_vec(t.logits.clone(), (s, b, v), &dev)?));
+            named.push(("scores".into(), Tensor::from_vec(t.scores.clone(), (s, b, v), &dev)?));
+            named.push(("cand".into(), Tensor::from_vec(t.cand.clone(), (s, c), &dev)?));
+            named.push(("cand_scores".into(), Tensor::from_vec(t.cand_scores.clone(), (s, c), &dev)?));
+            named.push(("beam_tokens".into(), Tensor::from_vec(t.beam_tokens.clone(), (s, b), &dev)?));
+            named.push(("beam_idx".into(), Tensor::from_vec(t.beam_idx.clone(), (s, b), &dev)?));
+            named.push(("beam_scores".into(), Tensor::from_vec(t.beam_scores.clone(), (s, b), &dev)?));
+            named.push(("hyps".into(), Tensor::from_vec(t.hyps.clone(), s, &dev)?));
+            named.push(("hyp_worst".into(), Tensor::from_vec(t.hyp_worst.clone(), s, &dev)?));
+        }
+        Ok(named)
+    }
+}
