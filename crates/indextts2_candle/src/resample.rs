@@ -462,11 +462,12 @@ mod tests {
 
     #[test]
     fn bessel_i0_known_values() {
-        // Abramowitz & Stegun table 9.8: I0(1), I0(5)·e^-5, I0(10)·e^-10
+        // numpy.i0 (Cephes): I0(1), I0(5)·e^-5, I0(10)·e^-10, I0 at torchaudio's default beta
         assert_eq!(bessel_i0(0.0), 1.0);
         assert!((bessel_i0(1.0) - 1.266_065_877_752_008_4).abs() < 1e-15);
-        assert!((bessel_i0(5.0) * (-5f64).exp() - 0.197_548_239_6).abs() < 1e-9);
-        assert!((bessel_i0(10.0) * (-10f64).exp() - 0.127_833_337_2).abs() < 1e-9);
+        assert!((bessel_i0(5.0) * (-5f64).exp() - 0.183_540_812_609_328_3).abs() < 1e-15);
+        assert!((bessel_i0(10.0) * (-10f64).exp() - 0.127_833_337_163_428_6).abs() < 1e-15);
+        assert!((bessel_i0(KAISER_BETA) / 271_903.640_681_456_6 - 1.0).abs() < 1e-14);
     }
 
     #[test]
