@@ -1,7 +1,7 @@
 //! The GPT as a [`Decoder`] for the official decode loop (`crate::sampling`): the prefix once,
 //! then one token per beam row through the KV cache, reordered to the chosen beams. A child
 //! module of `gpt` (declared there), so it reads the model's private parts.
-use super::{ids, rows, LayerCache, UnifiedVoice};
+use super::{ids, LayerCache, UnifiedVoice};
 use crate::ctx::Ctx;
 use crate::error::{input_err, Result};
 use crate::registry::Named;
@@ -30,16 +30,20 @@ pub struct GptDecoder<'a> {
 
 impl<'a> GptDecoder<'a> {
     pub fn new(m: &'a UnifiedVoice, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor) -> Result<Self> {
-        let prefix = m.prefix(spk_latent, emovec, text)?;
+        let (conds, text_emb) = m.prefix(spk_latent, emovec, text, &mut Ctx::plain())?;
+        let prefix = Tensor::cat(&[&conds, &text_emb], 1)?;
         Ok(GptDecoder { m, prefix, caches: vec![LayerCache::default(); m.blocks.len()] })
     }
     /// Length of `generate`'s input ids: conditioning + text + the start token.
     pub fn prompt_len(&self) -> Result<usize> {
         Ok(self.prefix.dim(1)? + 1)
     }
-    fn last_logits(&self, enc: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let last = enc.narrow(1, enc.dim(1)? - 1, 1)?;
-        Ok(self.m.logits(&last)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    /// GPT-2 over `x` through the caches, then `final_norm` and `mel_head` at the last position.
+    fn run(&mut self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let mut plain = Ctx::plain();
+        let h = self.m.stack(x, Some(&mut self.caches), &mut plain)?;
+        let last = self.m.final_norm(&h.narrow(1, h.dim(1)? - 1, 1)?, &mut plain)?;
+        Ok(self.m.mel_head.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 }
 
@@ -49,22 +53,18 @@ impl Decoder for GptDecoder<'_> {
     }
     fn start(&mut self, n: usize) -> Result<Vec<Vec<f32>>> {
         let dev = self.prefix.device().clone();
-        let x = Tensor::cat(&[&self.prefix, &self.m.mel_in(&[self.m.cfg.start_mel_token], 0, &dev)?], 1)?;
-        let off = self.prefix.dim(1)?;
-        let enc = self.m.lm(&x, off, Some(&mut self.caches), &mut Ctx::plain())?;
+        let start = self.m.mel_emb(&[self.m.cfg.start_mel_token], 1, &UnifiedVoice::mel_positions(0, 1), &mut Ctx::plain(), &dev)?;
+        let x = Tensor::cat(&[&self.prefix, &start], 1)?;
+        let row = self.run(&x)?.swap_remove(0);
         // Every beam row holds the same prefix: run it once, copy the cache rows.
         reorder_kv_cache(&mut self.caches, &vec![0; n], &dev)?;
-        let row = self.last_logits(&enc)?.swap_remove(0);
         Ok(vec![row; n])
     }
     fn step(&mut self, tokens: &[i64], step: usize) -> Result<Vec<Vec<f32>>> {
         let dev = self.prefix.device().clone();
-        let d = self.m.cfg.model_dim;
-        let pos = rows(&self.m.mel_pos, &[step as i64 + 1], &dev, "mel position (sequence too long)")?;
-        let e = rows(&self.m.mel_embedding, tokens, &dev, "codes")?.broadcast_add(&pos)?;
-        let x = e.reshape((tokens.len(), 1, d))?;
-        let enc = self.m.lm(&x, 0, Some(&mut self.caches), &mut Ctx::plain())?;
-        self.last_logits(&enc)
+        // one token per beam row, at the position greedy decoding feeds step `step` (≥ 1) at
+        let x = self.m.mel_emb(tokens, tokens.len(), &UnifiedVoice::mel_positions(step, 1), &mut Ctx::plain(), &dev)?;
+        self.run(&x)
     }
     fn reorder(&mut self, idx: &[usize]) -> Result<()> {
         let dev = self.prefix.device().clone();
