@@ -129,3 +129,22 @@ def test_unknown_fault_rejected(model, fixtures):
 
     with pytest.raises(InputError, match="unknown fault"):
         fixtures(model).candle("cpu", ["no_such_fault"])
+
+
+@pytest.mark.parametrize("model", [s.name for s in SPECS])
+def test_fault_names_have_one_source(model):
+    """The Rust crate is the source of truth for fault names (`indextts_candle.faults(kind)`); each
+    registry row's `faults` dict (the leaf each must be named at) lists exactly those switches, so
+    a renamed or new switch cannot go untested. The GPT kind's decode switches are the sampled
+    decode's and are named by tests/test_sampling.py."""
+    import indextts_candle
+
+    built = set(indextts_candle.faults(model))
+    if model == "gpt":
+        from test_sampling import FAULT_EXPECT  # tests/ is on sys.path (rootdir conftest)
+
+        assert set(FAULT_EXPECT) <= built, sorted(set(FAULT_EXPECT) - built)
+        built -= set(FAULT_EXPECT)
+    assert built == set(MODELS[model].faults), (
+        f"{model}: built but not in the registry row: {sorted(built - set(MODELS[model].faults))}; "
+        f"in the row but not built: {sorted(set(MODELS[model].faults) - built)}")
