@@ -8,11 +8,22 @@ use candle_core::Tensor;
 use std::collections::{BTreeSet, HashMap};
 
 /// The faults a model accepts, checked at construction so a typo can never be a silent no-op.
+/// Test-only: without the crate's `faults` feature every switch is off at compile time (`on` is a
+/// constant `false`, so the faulty branches are dead code the optimiser removes) and asking for one
+/// is an error.
 #[derive(Clone, Debug, Default)]
 pub struct Faults(BTreeSet<String>);
 
 impl Faults {
     pub fn new(names: &[String], known: &[&str], model: &str) -> Result<Faults> {
+        if names.is_empty() {
+            return Ok(Faults::default());
+        }
+        if !cfg!(feature = "faults") {
+            return input_err(format!(
+                "fault switches {names:?} for {model}: this build has no fault switches (they are test-only: build with the `faults` feature)"
+            ));
+        }
         for n in names {
             if !known.contains(&n.as_str()) {
                 return input_err(format!("unknown fault `{n}` for {model}; known faults: {known:?}"));
@@ -23,8 +34,9 @@ impl Faults {
     pub fn none() -> Faults {
         Faults::default()
     }
+    #[inline(always)]
     pub fn on(&self, name: &str) -> bool {
-        self.0.contains(name)
+        cfg!(feature = "faults") && self.0.contains(name)
     }
 }
 

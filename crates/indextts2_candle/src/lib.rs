@@ -176,7 +176,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dev = Device::Cpu;
 //! let w = Weights::new(Store::open("pipeline.safetensors", &dev)?);
-//! let pipe = Pipeline::load(&w, serde_json::from_str(&std::fs::read_to_string("pipeline.json")?)?, Faults::none())?;
+//! let pipe = Pipeline::load(&w, serde_json::from_str(&std::fs::read_to_string("pipeline.json")?)?)?;
 //! let speaker = Tensor::zeros(22050 * 3, DType::F32, &dev)?;
 //! let emotion = EmotionInput { clip_16k: None, alpha: 1.0, weights: None }; // the speaker's own emotion
 //! let z_pool = Tensor::randn(0f32, 1.0, (1, 80, 4000), &dev)?; // CFM noise, an input

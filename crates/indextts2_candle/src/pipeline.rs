@@ -150,7 +150,14 @@ fn i64_tensor(v: &[i64], dev: &candle_core::Device) -> Result<Tensor> {
 }
 
 impl Pipeline {
-    pub fn load(w: &Weights, cfg: PipelineConfig, faults: Faults) -> Result<Pipeline> {
+    /// Every model of the pipeline from one store (each under its prefix), strictly.
+    pub fn load(w: &Weights, cfg: PipelineConfig) -> Result<Pipeline> {
+        Self::load_with_faults(w, cfg, Faults::none())
+    }
+
+    /// [`Pipeline::load`] with the components' test-only fault switches (`<kind>:<fault>`); without
+    /// the `faults` feature any switch is refused.
+    pub fn load_with_faults(w: &Weights, cfg: PipelineConfig, faults: Faults) -> Result<Pipeline> {
         Ok(Pipeline {
             w2v: W2vBert::load(&w.pp(pre("w2v_bert")), cfg.w2v_bert, sub_faults(&faults, "w2v_bert"))?,
             codec: SemanticCodec::load(&w.pp(pre("semantic_codec")), cfg.semantic_codec, sub_faults(&faults, "semantic_codec"))?,

@@ -44,7 +44,11 @@ const TABLE: [Kind; 11] = [
     kind!("mel_spectrogram", crate::mel::MelSpectrogram, crate::mel::FAULTS),
     kind!("resample", crate::resample::Resampler, crate::resample::FAULTS),
     kind!("emotion", crate::emotion::EmotionMatrices, crate::emotion::FAULTS),
-    kind!("pipeline", crate::pipeline::Pipeline, crate::pipeline::faults()),
+    Kind {
+        name: "pipeline",
+        faults: crate::pipeline::faults,
+        load: |w, json, f| Ok(Box::new(crate::pipeline::Pipeline::load_with_faults(w, parse("pipeline", json)?, f)?)),
+    },
 ];
 
 /// Every kind, in the table's order.
