@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .common import NoTaps
+
 DEFAULTS = dict(do_sample=True, num_beams=3, top_k=30, top_p=0.8, temperature=0.8, repetition_penalty=10.0,
                 length_penalty=0.0, max_mel_tokens=1500, num_return_sequences=1, early_stopping=False)
 
@@ -96,15 +98,17 @@ class _Model:
 
     def __init__(self, model, spk_latent, emovec, text):
         self.m = model
-        self.pre = model._prefix(spk_latent, emovec, text)
+        conds, text_emb = model._prefix(spk_latent, emovec, text, NoTaps())
+        self.pre = torch.cat([conds, text_emb], 1)
         self.caches = [dict() for _ in model.gpt.h]
 
     def start(self, rows):
-        x = torch.cat([self.pre, self.m._mel_in(torch.tensor([[self.m.cfg["start_mel_token"]]]), 0)], 1)
+        start = torch.tensor([[self.m.cfg["start_mel_token"]]])
+        x = torch.cat([self.pre, self.m._mel_emb(start, self.m._mel_positions(0, 1), NoTaps())], 1)
         return self._logits(x.expand(rows, -1, -1).contiguous())
 
     def step(self, tokens, step):
-        pos = self.m.mel_pos_embedding.rows(torch.tensor([step + 1]))
+        pos = self.m.mel_pos_embedding.rows(torch.tensor([step + 1]), NoTaps(), "mel_pos_embedding")
         return self._logits((self.m.mel_embedding(tokens) + pos)[:, None])
 
     def _logits(self, x):

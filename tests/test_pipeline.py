@@ -23,6 +23,8 @@ FAULTS = [
     ("w2v_bert", "var_as_std", "semantic_emb"),
     ("semantic_codec", "codebook_unnormalised", "s_ref"),
     ("mel_spectrogram", "htk_mel_scale", "ref_mel"),
+    ("mel_spectrogram", "zero_padding", "ref_mel"),  # ratio 2.1e4 / 1.4e4
+    ("mel_spectrogram", "symmetric_window", "ref_mel"),  # ratio 2.3e3 / 3.8e3
     ("campplus", "bn_running_stats_ignored", "style"),
     ("gpt", "pos_bias_v_dropped", "spk_latent"),
     ("gpt", "final_norm_skipped", "codes"),

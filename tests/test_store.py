@@ -204,7 +204,7 @@ def test_no_random_or_zero_weight_constructors_in_rust():
         text = open(os.path.join(src, name)).read().split("#[cfg(test)]")[0]
         for i, line in enumerate(text.splitlines()):
             code = line.strip()
-            if code.startswith("//") or not pat.search(code) or "leading_zeros()" in code:
+            if code.startswith("//") or not pat.search(code.replace("leading_zeros()", "")):
                 continue
             allowed = [k for k in NOT_WEIGHTS if k[0] == name and k[1] in code]
             if allowed:
