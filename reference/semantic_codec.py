@@ -95,27 +95,73 @@ class ResidualVQ(nn.Module):
         self.quantizers = nn.ModuleList([FactorizedVectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n)])
 
 
+# Official RepCodec constructor defaults (repcodec_model.py); IndexTTS2's config.yaml sets the first six.
+DEFAULTS = {"codebook_size": 8192, "hidden_size": 1024, "codebook_dim": 8, "vocos_dim": 384,
+            "vocos_intermediate_dim": 2048, "vocos_num_layers": 12, "num_quantizers": 1, "downsample_scale": 1}
+
+
 class RepCodec(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
+        cfg = {**DEFAULTS, **cfg}
         h, d = cfg["hidden_size"], cfg["vocos_dim"]
         inter, n = cfg["vocos_intermediate_dim"], cfg["vocos_num_layers"]
+        if cfg["codebook_dim"] == h:
+            raise ValueError("codebook_dim == hidden_size: the official quantizer uses identity projections there; not reproduced")
+        self.downsample_scale = cfg["downsample_scale"]
+        if self.downsample_scale is not None and self.downsample_scale > 1:
+            # As the official class: stride 2 whatever the value (> 1); `up` is used only by forward().
+            self.down = nn.Conv1d(h, h, kernel_size=3, stride=2, padding=1)
+            self.up = nn.Conv1d(h, h, kernel_size=3, stride=1, padding=1)
         self.encoder = nn.Sequential(VocosBackbone(h, d, inter, n), nn.Linear(d, h))
         self.decoder = nn.Sequential(VocosBackbone(h, d, inter, n), nn.Linear(d, h))
-        self.quantizer = ResidualVQ(h, cfg["codebook_size"], cfg["codebook_dim"])
+        self.quantizer = ResidualVQ(h, cfg["codebook_size"], cfg["codebook_dim"], cfg["num_quantizers"])
 
     def quantize(self, x: torch.Tensor, taps: Taps | None = None):
-        """x [B, T, hidden] → (codes [B, T] int64, emb [B, T, hidden])."""
+        """x [B, T, hidden] → (codes [B, T] int64 (num_quantizers 1) or [N, B, T], emb [B, T', hidden];
+        T' = ⌈T/2⌉ with downsampling). The official `quantize`: optional down conv + exact GELU, the
+        encoder, then the residual quantizer loop (each stage quantizes what the earlier left)."""
         taps = taps or NoTaps()
+        if self.downsample_scale is not None and self.downsample_scale > 1:
+            x = taps.block("down", x.transpose(1, 2), self.down)
+            x = taps.block("gelu", x, F.gelu).transpose(1, 2)
         y = self.encoder[0](x.transpose(1, 2), taps, "encoder.0")
         y = taps.block("encoder.1", y, self.encoder[1])
-        q = self.quantizer.quantizers[0]
-        p = "quantizer.quantizers.0"
-        z_e = taps.block(f"{p}.in_project", y, lambda v: q.in_project(v.transpose(1, 2)))
-        codes = taps.block(f"{p}.codebook", z_e, q.search)
-        # Official straight-through form z_e + (z_q − z_e): same value, same rounding as upstream.
-        emb = taps.block(f"{p}.out_project", codes, lambda c: q.out_project(z_e + (q.codebook(c).transpose(1, 2) - z_e)).transpose(1, 2))
+        all_codes = []
+
+        def residual_vq(z):  # [B, T, hidden]; the official loop runs on [B, hidden, T] (same values)
+            quantized_out, residual = 0.0, z
+            for i, q in enumerate(self.quantizer.quantizers):
+                p = f"quantizer.quantizers.{i}"
+                z_e = taps.block(f"{p}.in_project", residual, lambda v, q=q: q.in_project(v.transpose(1, 2)))
+                codes = taps.block(f"{p}.codebook", z_e, q.search)
+                # Official straight-through form z_e + (z_q − z_e): same value, same rounding as upstream.
+                z_q = taps.block(f"{p}.out_project", codes, lambda c, q=q, z_e=z_e: q.out_project(
+                    z_e + (q.codebook(c).transpose(1, 2) - z_e)).transpose(1, 2))
+                quantized_out = quantized_out + z_q
+                residual = residual - z_q
+                all_codes.append(codes)
+            return quantized_out
+
+        emb = taps.block("quantizer", y, residual_vq)
+        codes = all_codes[0] if len(all_codes) == 1 else torch.stack(all_codes)
         return codes, emb
+
+    def vq2emb(self, codes: torch.Tensor, taps: Taps | None = None):
+        """`quantizer.vq2emb`: codes [B, T] (num_quantizers 1: quantizer 0, as infer_v2 calls it) or
+        [N, B, T] (Σ over the quantizers) → [B, hidden, T]; raw codebook rows."""
+        taps = taps or NoTaps()
+        qs = self.quantizer.quantizers
+        if len(qs) == 1:
+            return taps.block("quantizer.quantizers.0.out_project", codes, qs[0].vq2emb)
+
+        def total(c):
+            out = 0.0
+            for i, q in enumerate(qs):
+                out = out + taps.block(f"quantizer.quantizers.{i}.out_project", c[i], q.vq2emb)
+            return out
+
+        return taps.block("quantizer", codes, total)
 
 
 def build(cfg: dict) -> RepCodec:
@@ -130,7 +176,7 @@ def save_official(state_dict: dict, path: str) -> None:
 
 
 def config_json(cfg: dict) -> str:
-    return json.dumps(cfg)
+    return json.dumps({**DEFAULTS, **cfg})
 
 
 def make_features(cfg: dict, seed: int, frames: int = 37) -> dict[str, np.ndarray]:
@@ -143,7 +189,9 @@ def make_features(cfg: dict, seed: int, frames: int = 37) -> dict[str, np.ndarra
 
 def make_codes(cfg: dict, seed: int, frames: int = 29) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"codes": rng.integers(0, cfg["codebook_size"], (1, frames)).astype(np.int64)}
+    n = cfg.get("num_quantizers", 1)
+    shape = (1, frames) if n == 1 else (n, 1, frames)
+    return {"codes": rng.integers(0, cfg["codebook_size"], shape).astype(np.int64)}
 
 
 def run_quantize(model: RepCodec, inputs: dict, taps: Taps) -> dict:
@@ -153,9 +201,7 @@ def run_quantize(model: RepCodec, inputs: dict, taps: Taps) -> dict:
 
 def run_vq2emb(model: RepCodec, inputs: dict, taps: Taps) -> dict:
     # infer_v2: quantizer.vq2emb(codes.unsqueeze(1)) → vq[0] → [B, hidden, T]
-    emb = taps.block("quantizer.quantizers.0.out_project", inputs["codes"],
-                     lambda c: model.quantizer.quantizers[0].vq2emb(c))
-    return {"emb": emb}
+    return {"emb": model.vq2emb(inputs["codes"], taps)}
 
 
 def _codebook(key, rng, shape):
@@ -163,7 +209,7 @@ def _codebook(key, rng, shape):
     return rng.standard_normal(shape) * rng.uniform(0.2, 3.0, (shape[0], 1))
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
 SPEC = ModelSpec(
     name="semantic_codec",
@@ -174,11 +220,16 @@ SPEC = ModelSpec(
     save_official=save_official,
     config_json=config_json,
     cases=(
-        Case("semantic_codec_quantize", "quantize", make_features, run_quantize),
+        # a later quantizer's in_project input is the residual left by the earlier ones: not injected,
+        # so the subtraction stays visible there
+        Case("semantic_codec_quantize", "quantize", make_features, run_quantize,
+             tuple(f"quantizer.quantizers.{i}.in_project" for i in range(1, 16))),
         Case("semantic_codec_vq2emb", "vq2emb", make_codes, run_vq2emb),
     ),
-    allow_unused={"decoder.*": "RepCodec decoder: stored in the official file, never called by IndexTTS2 (quantize/vq2emb only)"},
-    untapped={"decoder.*": "RepCodec decoder: never called by IndexTTS2 (quantize/vq2emb only), so never run or read"},
+    allow_unused={"decoder.*": "RepCodec decoder: stored in the official file, never called by IndexTTS2 (quantize/vq2emb only)",
+                  "up.*": "downsample_scale > 1: the up conv belongs to the decoder path (RepCodec.forward), never quantize"},
+    untapped={"decoder.*": "RepCodec decoder: never called by IndexTTS2 (quantize/vq2emb only), so never run or read",
+              "up": "downsample_scale > 1: the up conv belongs to the decoder path (RepCodec.forward), never quantize"},
     faults={
         "codebook_unnormalised": ("semantic_codec_quantize", "quantizer.quantizers.0.codebook"),
         # the first LayerNorm in forward order (every Vocos LayerNorm has the fault)
@@ -186,4 +237,14 @@ SPEC = ModelSpec(
         "gelu_tanh": ("semantic_codec_quantize", "encoder.0.convnext.0.act"),
     },
     init_overrides={"codebook.weight": _codebook},
+    config_space=(
+        ConfigRow("num_quantizers", 2, {"num_quantizers": 2}, "parity"),
+        ConfigRow("num_quantizers", 2, {"num_quantizers": 2}, "parity", case="semantic_codec_vq2emb"),
+        ConfigRow("downsample_scale", 2, {"downsample_scale": 2}, "parity"),
+        ConfigRow("downsample_scale", 4, {"downsample_scale": 4}, "parity"),  # official: stride 2 for any value > 1
+        ConfigRow("downsample_scale", None, {"downsample_scale": None}, "parity"),
+        ConfigRow("vocos_num_layers", 1, {"vocos_num_layers": 1}, "parity"),
+        ConfigRow("codebook_size", 8192, {"codebook_size": 8192}, "parity"),
+        ConfigRow("codebook_dim", 32, {"codebook_dim": 32}, "refused", match="codebook_dim"),
+    ),
 )

@@ -150,16 +150,21 @@ def _official_repcodec():
     return RepCodec
 
 
-def test_semantic_codec_reference_matches_official_code(fixtures):
-    """Our reference against the official RepCodec itself: same keys (strict load), same codes,
-    same embeddings (quantize and vq2emb)."""
+@pytest.mark.parametrize("over", [{}, {"num_quantizers": 2}, {"downsample_scale": 2}, {"downsample_scale": 4}],
+                         ids=["default", "num_quantizers=2", "downsample_scale=2", "downsample_scale=4"])
+def test_semantic_codec_reference_matches_official_code(over, fixtures):
+    """Our reference against the official RepCodec itself, at the default and at the non-default
+    constructor values of the config space: same keys (strict load), same codes, same embeddings
+    (quantize and vq2emb), bit for bit in float32 and float64."""
+    from reference.common import synthetic_init
+
     official = _official_repcodec()
-    fx = fixtures("semantic_codec")
-    ours = fx.spec.build_reference(fx.cfg)
-    ours.load_state_dict(fx.reference().state_dict(), strict=True)
-    off = official(cfg=type("Cfg", (), dict(fx.cfg))()).eval()
+    cfg = {**fixtures("semantic_codec").cfg, **over}
+    ours = SPEC.build_reference(cfg)
+    synthetic_init(ours, 0, SPEC.init_overrides)
+    off = official(cfg=type("Cfg", (), dict(cfg))()).eval()
     off.load_state_dict(ours.state_dict(), strict=True)
-    x = torch.from_numpy(make_features(fx.cfg, 7, frames=64)["x"])
+    x = torch.from_numpy(make_features(cfg, 7, frames=64)["x"])
     for dtype in (torch.float32, torch.float64):  # the same arithmetic: equal bit for bit
         ours, off = ours.to(dtype), off.to(dtype)
         with torch.no_grad():
@@ -167,6 +172,6 @@ def test_semantic_codec_reference_matches_official_code(fixtures):
             c2, e2 = off.quantize(x.to(dtype))
             assert torch.equal(c1, c2.reshape(c1.shape))
             assert torch.equal(e1, e2), (e1 - e2).abs().max().item()
-            v1 = ours.quantizer.quantizers[0].vq2emb(c1)
-            v2 = off.quantizer.vq2emb(c1.unsqueeze(0))
+            v1 = ours.vq2emb(c1)
+            v2 = off.quantizer.vq2emb(c1.unsqueeze(0) if c1.dim() == 2 else c1)
             assert torch.equal(v1, v2), (v1 - v2).abs().max().item()

@@ -12,7 +12,9 @@ use crate::transforms::load_weight_norm;
 use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
 
+/// The official `RepCodec(...)` constructor arguments; absent keys take the official defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SemanticCodecConfig {
     pub codebook_size: usize,
     pub hidden_size: usize,
@@ -20,6 +22,25 @@ pub struct SemanticCodecConfig {
     pub vocos_dim: usize,
     pub vocos_intermediate_dim: usize,
     pub vocos_num_layers: usize,
+    /// Residual quantizer stages (each quantizes what the earlier ones left).
+    pub num_quantizers: usize,
+    /// `None`/1: no downsampling; any value > 1: the official stride-2 `down` conv + exact GELU.
+    pub downsample_scale: Option<usize>,
+}
+
+impl Default for SemanticCodecConfig {
+    fn default() -> Self {
+        SemanticCodecConfig {
+            codebook_size: 8192,
+            hidden_size: 1024,
+            codebook_dim: 8,
+            vocos_dim: 384,
+            vocos_intermediate_dim: 2048,
+            vocos_num_layers: 12,
+            num_quantizers: 1,
+            downsample_scale: Some(1),
+        }
+    }
 }
 
 pub const FAULTS: &[&str] = &[
@@ -114,16 +135,16 @@ impl Vocos {
     }
 }
 
-pub struct SemanticCodec {
-    cfg: SemanticCodecConfig,
-    encoder: Vocos,
-    encoder_proj: Linear,
+/// One `FactorizedVectorQuantize` stage (`quantizer.quantizers.i`).
+struct Quantizer {
+    name: String,
     in_project: Linear,  // weight-normed Conv1d k=1 folded to [codebook_dim, hidden]
     out_project: Linear, // [hidden, codebook_dim]
     codebook: Tensor,    // [K, codebook_dim], raw
     codebook_unit: Tensor,
     codebook_sq: Tensor, // [1, K]: Σ c², kept as the official distance expression has it
-    faults: Faults,
+    unnormalised: bool,
+    size: usize,
 }
 
 /// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12).
@@ -132,34 +153,26 @@ fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&n)?)
 }
 
-const Q: &str = "quantizer.quantizers.0";
-
-impl SemanticCodec {
-    pub fn load(w: &Weights, cfg: SemanticCodecConfig, faults: Faults) -> Result<SemanticCodec> {
-        if cfg.codebook_size == 0 || cfg.codebook_dim == 0 || cfg.hidden_size == 0 || cfg.vocos_dim == 0 {
-            return input_err("semantic codec config: sizes must be positive");
-        }
+impl Quantizer {
+    fn load(w: &Weights, name: String, cfg: &SemanticCodecConfig, faults: &Faults) -> Result<Quantizer> {
         let (h, d) = (cfg.hidden_size, cfg.codebook_dim);
-        // Vocos LayerNorms: eps 1e-6 (the official code passes it explicitly).
-        let eps = if faults.on("layer_norm_eps") { 1e-5 } else { 1e-6 };
-        let encoder = Vocos::load(&w.pp("encoder.0"), &cfg, eps)?;
-        let encoder_proj = Linear::load(&w.pp("encoder.1"), cfg.vocos_dim, h, true)?;
-        let q = w.pp(Q);
+        let q = w.pp(&name);
         let inw = load_weight_norm(&q.pp("in_project"), (d, h, 1), false)?.reshape((d, h))?;
         let in_project = Linear::from_tensors(inw, Some(q.pp("in_project").get(d, "bias")?));
         let outw = load_weight_norm(&q.pp("out_project"), (h, d, 1), false)?.reshape((h, d))?;
         let out_project = Linear::from_tensors(outw, Some(q.pp("out_project").get(h, "bias")?));
         let codebook = q.pp("codebook").get((cfg.codebook_size, d), "weight")?;
-        let codebook_unit = if faults.on("codebook_unnormalised") { codebook.clone() } else { l2_normalize(&codebook)? };
+        let unnormalised = faults.on("codebook_unnormalised");
+        let codebook_unit = if unnormalised { codebook.clone() } else { l2_normalize(&codebook)? };
         let codebook_sq = codebook_unit.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
-        Ok(SemanticCodec { cfg, encoder, encoder_proj, in_project, out_project, codebook, codebook_unit, codebook_sq, faults })
+        Ok(Quantizer { name, in_project, out_project, codebook, codebook_unit, codebook_sq, unnormalised, size: cfg.codebook_size })
     }
 
     /// z_e `[B, d, T]` → codes `[B, T]` (i64): argmin of the squared distance between unit vectors.
     fn search(&self, z_e: &Tensor) -> Result<Tensor> {
         let (b, d, t) = z_e.dims3()?;
         let enc = z_e.transpose(1, 2)?.reshape((b * t, d))?;
-        let enc = if self.faults.on("codebook_unnormalised") { enc } else { l2_normalize(&enc)? };
+        let enc = if self.unnormalised { enc } else { l2_normalize(&enc)? };
         let dist = enc
             .sqr()?
             .sum_keepdim(1)?
@@ -173,27 +186,19 @@ impl SemanticCodec {
         let (b, t) = codes.dims2()?;
         let flat = codes.to_dtype(DType::I64)?.flatten_all()?;
         let v = flat.to_vec1::<i64>()?;
-        if let Some(bad) = v.iter().find(|&&c| c < 0 || c as usize >= self.cfg.codebook_size) {
-            return input_err(format!("code {bad} outside the codebook [0, {})", self.cfg.codebook_size));
+        if let Some(bad) = v.iter().find(|&&c| c < 0 || c as usize >= self.size) {
+            return input_err(format!("code {bad} outside the codebook [0, {})", self.size));
         }
-        Ok(self.codebook.index_select(&flat, 0)?.reshape((b, t, self.cfg.codebook_dim))?)
+        Ok(self.codebook.index_select(&flat, 0)?.reshape((b, t, self.codebook.dim(1)?))?)
     }
 
-    /// Taps: `encoder.0.{embed,norm,convnext.i,final_layer_norm}`, `encoder.1`,
-    /// `quantizer.quantizers.0.{in_project,codebook,out_project}`.
-    pub fn quantize(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
-        if x.rank() != 3 {
-            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
-        }
-        let (_, t, h) = x.dims3()?;
-        if h != self.cfg.hidden_size || t == 0 {
-            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
-        }
-        let y = self.encoder.forward(&x.transpose(1, 2)?, ctx, "encoder.0", &self.faults)?;
-        let y = ctx.block("encoder.1", &y, |y| self.encoder_proj.forward(y))?;
-        let z_e = ctx.block(&format!("{Q}.in_project"), &y, |y| Ok(self.in_project.forward(y)?.transpose(1, 2)?))?;
-        let codes = ctx.block(&format!("{Q}.codebook"), &z_e, |z| self.search(z))?;
-        let emb = ctx.block(&format!("{Q}.out_project"), &codes, |c| {
+    /// residual `[B, T, hidden]` → (codes `[B, T]`, z_q `[B, T, hidden]`); taps
+    /// `<name>.{in_project, codebook, out_project}`.
+    fn quantize(&self, residual: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        let n = &self.name;
+        let z_e = ctx.block(&format!("{n}.in_project"), residual, |y| Ok(self.in_project.forward(y)?.transpose(1, 2)?))?;
+        let codes = ctx.block(&format!("{n}.codebook"), &z_e, |z| self.search(z))?;
+        let z_q = ctx.block(&format!("{n}.out_project"), &codes, |c| {
             let z_q = self.lookup(c)?.transpose(1, 2)?;
             if z_q.dims() != z_e.dims() {
                 return input_err(format!("codes {:?} do not match z_e {:?}", c.dims(), z_e.dims()));
@@ -202,14 +207,117 @@ impl SemanticCodec {
             let st = (&z_e + (z_q - &z_e)?)?;
             self.out_project.forward(&st.transpose(1, 2)?)
         })?;
+        Ok((codes, z_q))
+    }
+
+    /// codes `[B, T]` → `[B, hidden, T]` (raw codebook rows); tap `<name>.out_project`.
+    fn vq2emb(&self, codes: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        ctx.block(&format!("{}.out_project", self.name), codes, |c| Ok(self.out_project.forward(&self.lookup(c)?)?.transpose(1, 2)?))
+    }
+}
+
+pub struct SemanticCodec {
+    cfg: SemanticCodecConfig,
+    down: Option<Conv1d>, // k3, stride 2, pad 1 (downsample_scale > 1)
+    encoder: Vocos,
+    encoder_proj: Linear,
+    quantizers: Vec<Quantizer>,
+    faults: Faults,
+}
+
+impl SemanticCodec {
+    pub fn load(w: &Weights, cfg: SemanticCodecConfig, faults: Faults) -> Result<SemanticCodec> {
+        if cfg.codebook_size == 0 || cfg.codebook_dim == 0 || cfg.hidden_size == 0 || cfg.vocos_dim == 0 {
+            return input_err("semantic codec config: sizes must be positive");
+        }
+        if cfg.num_quantizers == 0 {
+            return input_err("semantic codec config: num_quantizers 0 is not supported (at least one quantizer)");
+        }
+        if cfg.codebook_dim == cfg.hidden_size {
+            return input_err(format!(
+                "semantic codec config: codebook_dim {} equal to hidden_size: the official quantizer then uses identity \
+                 in/out projections, which this port does not implement (supported: codebook_dim != hidden_size)",
+                cfg.codebook_dim
+            ));
+        }
+        let h = cfg.hidden_size;
+        let down = match cfg.downsample_scale {
+            Some(s) if s > 1 => {
+                let c = Conv1d::load(&w.pp("down"), (h, h, 3), true, 1, 2, 1)?;
+                Some(c)
+            }
+            _ => None,
+        };
+        // Vocos LayerNorms: eps 1e-6 (the official code passes it explicitly).
+        let eps = if faults.on("layer_norm_eps") { 1e-5 } else { 1e-6 };
+        let encoder = Vocos::load(&w.pp("encoder.0"), &cfg, eps)?;
+        let encoder_proj = Linear::load(&w.pp("encoder.1"), cfg.vocos_dim, h, true)?;
+        let quantizers = (0..cfg.num_quantizers)
+            .map(|i| Quantizer::load(w, format!("quantizer.quantizers.{i}"), &cfg, &faults))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SemanticCodec { cfg, down, encoder, encoder_proj, quantizers, faults })
+    }
+
+    /// Taps: [`down`, `gelu`], `encoder.0.{embed, norm, convnext.i.*, final_layer_norm}`,
+    /// `encoder.1`, per stage `quantizer.quantizers.i.{in_project, codebook, out_project}`, then
+    /// `quantizer` (the sum of the stages). Codes `[B, T]` with one quantizer, else `[N, B, T]`.
+    pub fn quantize(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
+        if x.rank() != 3 {
+            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
+        }
+        let (_, t, h) = x.dims3()?;
+        if h != self.cfg.hidden_size || t == 0 {
+            return input_err(format!("semantic codec expects x [B, T>0, {}], got {:?}", self.cfg.hidden_size, x.dims()));
+        }
+        let mut x = x.transpose(1, 2)?;
+        if let Some(down) = &self.down {
+            let y = ctx.block("down", &x, |x| down.forward(x))?;
+            x = ctx.block("gelu", &y, |y| Ok(y.gelu_erf()?))?;
+        }
+        let y = self.encoder.forward(&x, ctx, "encoder.0", &self.faults)?;
+        let y = ctx.block("encoder.1", &y, |y| self.encoder_proj.forward(y))?;
+        // ResidualVQ: each stage quantizes what the earlier ones left; emb = the sum of the stages.
+        let y = ctx.input("quantizer", &y)?;
+        let (mut residual, mut sum, mut all) = (y.clone(), None::<Tensor>, Vec::new());
+        for q in &self.quantizers {
+            let (codes, z_q) = q.quantize(&residual, ctx)?;
+            residual = (residual - &z_q)?;
+            sum = Some(match sum {
+                Some(s) => (s + z_q)?,
+                None => z_q,
+            });
+            all.push(codes);
+        }
+        let Some(emb) = sum else { return input_err("semantic codec has no quantizer") };
+        ctx.tap("quantizer", &emb);
+        let codes = if all.len() == 1 { all.remove(0) } else { Tensor::stack(&all, 0)? };
         Ok((codes, emb))
     }
 
-    /// `quantizer.vq2emb(codes.unsqueeze(1))`: codes `[B, T]` → `[B, hidden, T]`.
+    /// `quantizer.vq2emb`: codes `[B, T]` (one quantizer; infer_v2's `codes.unsqueeze(1)` → `vq[0]`)
+    /// or `[N, B, T]` (Σ over the N stages, then tap `quantizer`) → `[B, hidden, T]`.
     pub fn vq2emb(&self, codes: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        if codes.rank() != 2 || codes.dim(1)? == 0 {
-            return input_err(format!("vq2emb expects codes [B, T>0], got {:?}", codes.dims()));
+        let n = self.quantizers.len();
+        if n == 1 {
+            if codes.rank() != 2 || codes.dim(1)? == 0 {
+                return input_err(format!("vq2emb expects codes [B, T>0], got {:?}", codes.dims()));
+            }
+            return self.quantizers[0].vq2emb(codes, ctx);
         }
-        ctx.block(&format!("{Q}.out_project"), codes, |c| Ok(self.out_project.forward(&self.lookup(c)?)?.transpose(1, 2)?))
+        if codes.rank() != 3 || codes.dim(0)? != n || codes.dim(2)? == 0 {
+            return input_err(format!("vq2emb expects codes [{n}, B, T>0] ({n} quantizers), got {:?}", codes.dims()));
+        }
+        let codes = ctx.input("quantizer", codes)?;
+        let mut sum: Option<Tensor> = None;
+        for (i, q) in self.quantizers.iter().enumerate() {
+            let e = q.vq2emb(&codes.get(i)?, ctx)?;
+            sum = Some(match sum {
+                Some(s) => (s + e)?,
+                None => e,
+            });
+        }
+        let Some(emb) = sum else { return input_err("semantic codec has no quantizer") };
+        ctx.tap("quantizer", &emb);
+        Ok(emb)
     }
 }
