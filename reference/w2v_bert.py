@@ -69,7 +69,7 @@ TINY = {
 # SeamlessM4TFeatureExtractor as published with facebook/w2v-bert-2.0 (padding_value 1, stride 2).
 FEATURES = {"feature_size": 80, "num_mel_bins": 80, "sampling_rate": 16000, "stride": 2, "padding_value": 1.0}
 
-_OURS = ("output_layer", "with_stats")
+_OURS = ("output_layer", "with_stats", "features")
 
 
 def hf_config(cfg: dict) -> Wav2Vec2BertConfig:
@@ -80,13 +80,15 @@ def hf_config(cfg: dict) -> Wav2Vec2BertConfig:
     return Wav2Vec2BertConfig(**kw)
 
 
-def feature_extractor() -> SeamlessM4TFeatureExtractor:
-    return SeamlessM4TFeatureExtractor(**FEATURES)
+def feature_extractor(features: dict | None = None) -> SeamlessM4TFeatureExtractor:
+    return SeamlessM4TFeatureExtractor(**(features or FEATURES))
 
 
-def extract(audio: np.ndarray) -> dict[str, np.ndarray]:
-    """16 kHz float audio [N] -> {'input_features' [1,T,160] f32, 'attention_mask' [1,T] i64}."""
-    out = feature_extractor()(np.asarray(audio, np.float32), sampling_rate=16000, return_tensors="np")
+def extract(audio: np.ndarray, features: dict | None = None) -> dict[str, np.ndarray]:
+    """16 kHz float audio [N] -> {'input_features' [1,T,80·stride] f32, 'attention_mask' [1,T] i64};
+    `features`: the extractor's arguments (default: w2v-bert-2.0's, FEATURES)."""
+    fe = feature_extractor(features)
+    out = fe(np.asarray(audio, np.float32), sampling_rate=fe.sampling_rate, return_tensors="np")
     return {"input_features": out["input_features"].astype(np.float32),
             "attention_mask": out["attention_mask"].astype(np.int64)}
 
@@ -112,6 +114,7 @@ class W2vBertSemantic(Wav2Vec2BertModel):
     def __init__(self, cfg: dict) -> None:
         super().__init__(hf_config(cfg))
         self.output_layer = int(cfg["output_layer"])
+        self.features = dict(cfg.get("features", FEATURES))  # the front end's arguments
         self.with_stats = bool(cfg["with_stats"])
         if self.with_stats:
             setattr(self, STATS, SemanticStats(cfg["hidden_size"]))
@@ -299,8 +302,9 @@ def config_json(cfg: dict) -> str:
             "layer_norm_eps", "output_layer"]
     d = {k: cfg[k] for k in keys}
     d["stats"] = STATS if cfg["with_stats"] else None
-    d["features"] = {"num_mel_bins": FEATURES["num_mel_bins"], "stride": FEATURES["stride"],
-                     "padding_value": FEATURES["padding_value"], "sampling_rate": FEATURES["sampling_rate"]}
+    f = cfg.get("features", FEATURES)
+    d["features"] = {"num_mel_bins": f["num_mel_bins"], "stride": f["stride"],
+                     "padding_value": f["padding_value"], "sampling_rate": f["sampling_rate"]}
     return json.dumps(d)
 
 
@@ -325,7 +329,7 @@ def save_official(state_dict: dict, path: str) -> None:
 
 def _clip_features(clip: str):
     def make(cfg: dict, seed: int) -> dict[str, np.ndarray]:
-        return extract(load_clip(clip))
+        return extract(load_clip(clip), cfg.get("features"))
     return make
 
 
@@ -349,19 +353,19 @@ def run_unmasked(model, inputs: dict, taps) -> dict:
 
 
 def run_features(model, inputs: dict, taps) -> dict:
-    out = extract(inputs["audio"].cpu().numpy())
+    out = extract(inputs["audio"].cpu().numpy(), model.features)
     return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def run_embed_audio(model, inputs: dict, taps) -> dict:
     # The front end is numpy float32 in transformers (it casts float64 audio to float32), so the
     # float64 run gets the same features, widened exactly; the model then runs in its own dtype.
-    f = extract(inputs["audio"].cpu().numpy())
+    f = extract(inputs["audio"].cpu().numpy(), model.features)
     dtype = next(model.parameters()).dtype
     return run_with_taps(model, torch.from_numpy(f["input_features"]).to(dtype), torch.from_numpy(f["attention_mask"]), taps)
 
 
-from parity.spec import Case, ModelSpec  # noqa: E402  (registry row lives beside the model)
+from parity.spec import Case, ConfigRow, ModelSpec  # noqa: E402  (registry row lives beside the model)
 
 # Covers any read-out up to layer 48 (official 17; a config-space row may read another one).
 _NO_INJECT = no_inject({"output_layer": 48})
@@ -389,6 +393,23 @@ SPEC = ModelSpec(
         "encoder.layers.1[7-9].*": "layers after the hidden_states[17] read-out never run (IndexTTS2 reads layer 16's output)",
         "encoder.layers.2[0-3].*": "layers after the hidden_states[17] read-out never run (IndexTTS2 reads layer 16's output)",
     },
+    config_space=(
+        # transformers pads to an even count, drops n % stride frames, masks at index % stride == 1
+        ConfigRow("stride", 3, {"features": {**FEATURES, "stride": 3}, "feature_projection_input_dim": 240}, "parity",
+                  case="w2v_bert_features_odd"),
+        ConfigRow("stride", 3, {"features": {**FEATURES, "stride": 3}, "feature_projection_input_dim": 240}, "parity",
+                  case="w2v_bert_embed_odd"),
+        ConfigRow("stride", 1, {"features": {**FEATURES, "stride": 1}, "feature_projection_input_dim": 80}, "refused"),
+        ConfigRow("padding_value", 0.0, {"features": {**FEATURES, "padding_value": 0.0}}, "parity", case="w2v_bert_features_odd"),
+        ConfigRow("num_mel_bins", 40, {"features": {**FEATURES, "num_mel_bins": 40, "feature_size": 40},
+                                       "feature_projection_input_dim": 80}, "parity", case="w2v_bert_features_odd"),
+        ConfigRow("layer_norm_eps", 1e-6, {"layer_norm_eps": 1e-6}, "parity"),
+        ConfigRow("conv_depthwise_kernel_size", 3, {"conv_depthwise_kernel_size": 3}, "parity"),
+        ConfigRow("output_layer", 5, {"output_layer": 5}, "parity"),
+        ConfigRow("hidden_act", "gelu", {"hidden_act": "gelu"}, "refused"),
+        ConfigRow("position_embeddings_type", "rotary", {"position_embeddings_type": "rotary"}, "refused"),
+        ConfigRow("position_embeddings_type", "relative", {"position_embeddings_type": "relative"}, "refused"),
+    ),
     faults={
         "hidden_off_by_one": ("w2v_bert_speech", STATS),
         "var_as_std": ("w2v_bert_speech", STATS),

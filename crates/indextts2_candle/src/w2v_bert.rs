@@ -18,7 +18,12 @@ use crate::w2v_features::{FeatureConfig, FeatureExtractor, Features};
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
+/// The `Wav2Vec2BertConfig` values that reach `hidden_states[output_layer]`, plus the read-out,
+/// the stats and the front end; absent keys take w2v-bert-2.0's values (= transformers'
+/// defaults). Values that only matter elsewhere (dropouts, SpecAugment, adapter, heads) have no
+/// effect on that read-out and are not part of this config.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct W2vBertConfig {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -41,6 +46,27 @@ pub struct W2vBertConfig {
     pub stats: Option<String>,
     #[serde(default)]
     pub features: FeatureConfig,
+}
+
+impl Default for W2vBertConfig {
+    fn default() -> Self {
+        W2vBertConfig {
+            hidden_size: 1024,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            intermediate_size: 4096,
+            feature_projection_input_dim: 160,
+            hidden_act: d_act(),
+            position_embeddings_type: d_pos(),
+            left_max_position_embeddings: 64,
+            right_max_position_embeddings: 8,
+            conv_depthwise_kernel_size: 31,
+            layer_norm_eps: d_eps(),
+            output_layer: 17,
+            stats: None,
+            features: FeatureConfig::default(),
+        }
+    }
 }
 
 fn d_act() -> String {
@@ -321,6 +347,14 @@ impl W2vBert {
             ));
         }
         let (h, fin) = (cfg.hidden_size, cfg.feature_projection_input_dim);
+        // The front end first: its config errors name the extractor's own arguments.
+        let features = FeatureExtractor::new(cfg.features.clone())?;
+        if cfg.features.num_mel_bins * cfg.features.stride != fin {
+            return input_err(format!(
+                "Wav2Vec-BERT config: features give {}·{} values per frame, the projection takes {fin}",
+                cfg.features.num_mel_bins, cfg.features.stride
+            ));
+        }
         let eps = if faults.on("layer_norm_eps") { 1e-12 } else { cfg.layer_norm_eps };
         let fp = w.pp("feature_projection");
         let fp_layer_norm = LayerNorm::load(&fp.pp("layer_norm"), fin, eps)?;
@@ -340,13 +374,6 @@ impl W2vBert {
             }
             None => None,
         };
-        if cfg.features.num_mel_bins * cfg.features.stride != fin {
-            return input_err(format!(
-                "Wav2Vec-BERT config: features give {}·{} values per frame, the projection takes {fin}",
-                cfg.features.num_mel_bins, cfg.features.stride
-            ));
-        }
-        let features = FeatureExtractor::new(cfg.features.clone())?;
         Ok(W2vBert { cfg, fp_layer_norm, fp_projection, layers, stats, features, faults })
     }
 

@@ -3,7 +3,8 @@
 //! 16 kHz audio `[N]` → Kaldi-style 80-bin log-mel fbank (×2¹⁵, 400/160 frames, DC removal,
 //! pre-emphasis 0.97, povey window, 512-point FFT, kaldi mel triangles 20 Hz–8 kHz built in mel
 //! space, natural log with floor 2⁻²³) → per-bin mean / unbiased-variance normalisation → pad to
-//! an even frame count with `padding_value` → stack 2 frames → `[T, 160]` + attention mask.
+//! an even frame count with `padding_value` → drop `count % stride` frames → stack `stride` frames
+//! → `[T, 80·stride]` + the attention mask of sub-frame 1 of each stack (transformers' rule).
 //!
 //! The spectrum is computed in f64 like numpy, then rounded through complex64 as the reference
 //! stores it; the per-bin statistics reproduce numpy's float32 pairwise summation bit for bit so
@@ -20,10 +21,13 @@ const PREEMPH: f64 = 0.97;
 const MEL_FLOOR: f64 = 1.192092955078125e-07;
 const FMIN: f64 = 20.0;
 
+/// `SeamlessM4TFeatureExtractor(...)` arguments as w2v-bert-2.0's preprocessor config has them.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeatureConfig {
     #[serde(default = "d_mels")]
     pub num_mel_bins: usize,
+    /// Frames stacked per output frame (≥ 2; transformers' stride 1 yields an empty mask).
     #[serde(default = "d_stride")]
     pub stride: usize,
     /// The published w2v-bert-2.0 preprocessor config sets 1 (transformers' default is 0).
@@ -74,8 +78,15 @@ fn kaldi_mel(f: f64) -> f64 {
 
 impl FeatureExtractor {
     pub fn new(cfg: FeatureConfig) -> Result<FeatureExtractor> {
-        if cfg.num_mel_bins == 0 || cfg.stride == 0 || cfg.sampling_rate < 2 * FMIN as usize + 2 {
+        if cfg.num_mel_bins == 0 || cfg.sampling_rate < 2 * FMIN as usize + 2 {
             return input_err(format!("invalid feature extractor config {cfg:?}"));
+        }
+        if cfg.stride < 2 {
+            return input_err(format!(
+                "feature extractor stride {} is not supported: transformers then returns an empty attention mask \
+                 (mask frames at index % stride == 1); supported: stride >= 2",
+                cfg.stride
+            ));
         }
         // np.power(np.hanning(400), 0.85), symmetric.
         let window = (0..FRAME)
@@ -193,9 +204,14 @@ impl FeatureExtractor {
                 normed[t][j] = (col[t] - mean) / denom;
             }
         }
+        // transformers pads to an even count (pad_to_multiple_of=2, whatever the stride), drops the
+        // n % stride frames left over, stacks `stride` frames and takes the mask of sub-frame 1.
         let s = self.cfg.stride;
-        let padded = n.div_ceil(s) * s;
-        let frames = padded / s;
+        let padded = n.div_ceil(2) * 2;
+        let frames = (padded - padded % s) / s;
+        if frames == 0 {
+            return input_err(format!("audio gives {n} fbank frames, fewer than the feature stride {s}: no samples for a frame"));
+        }
         let dim = m * s;
         let mut data = Vec::with_capacity(frames * dim);
         let mut mask = Vec::with_capacity(frames);
@@ -206,8 +222,7 @@ impl FeatureExtractor {
                     None => data.extend(std::iter::repeat_n(self.cfg.padding_value, m)),
                 }
             }
-            // The stacked frame's mask is that of its last sub-frame.
-            mask.push(if t * s + s - 1 < n { 1 } else { 0 });
+            mask.push(if t * s + 1 < n { 1 } else { 0 });
         }
         Ok(Features { data, frames, dim, mask })
     }
