@@ -221,6 +221,19 @@ def test_gpt2_stack_matches_transformers(fixtures):
            theirs[torch.float32][1].numpy())
 
 
+def official_unified_voice(cls, cfg):
+    """The official UnifiedVoice built at a reference config (eval mode); also used by test_sampling."""
+    return cls(
+        layers=cfg["layers"], model_dim=cfg["model_dim"], heads=cfg["heads"], max_text_tokens=cfg["max_text_tokens"],
+        max_mel_tokens=cfg["max_mel_tokens"], number_text_tokens=cfg["number_text_tokens"],
+        number_mel_codes=cfg["number_mel_codes"], start_mel_token=cfg["start_mel_token"],
+        stop_mel_token=cfg["stop_mel_token"], start_text_token=cfg["start_text_token"],
+        stop_text_token=cfg["stop_text_token"], condition_num_latent=cfg["condition_num_latent"],
+        condition_type="conformer_perceiver",
+        condition_module=dict(cfg["condition_module"], input_layer="conv2d2"),
+        emo_condition_module=dict(cfg["emo_condition_module"], input_layer="conv2d2")).eval()
+
+
 def _official_unified_voice():
     """The official UnifiedVoice class from the PyPI snapshot of index-tts (`pip install --no-deps
     tts-webui-index-tts==2.0.1 einops`); skipped when absent. Its GPT code never touches
@@ -254,15 +267,7 @@ def test_gpt_reference_matches_official_code():
     official_cls = _official_unified_voice()
     cfg = copy.deepcopy(TINY)
     cfg.update(cond_input_size=1024, emo_dim=1024, perceiver_dim_head=64, pos_enc_max_len=5000)
-    off = official_cls(
-        layers=cfg["layers"], model_dim=cfg["model_dim"], heads=cfg["heads"], max_text_tokens=cfg["max_text_tokens"],
-        max_mel_tokens=cfg["max_mel_tokens"], number_text_tokens=cfg["number_text_tokens"],
-        number_mel_codes=cfg["number_mel_codes"], start_mel_token=cfg["start_mel_token"],
-        stop_mel_token=cfg["stop_mel_token"], start_text_token=cfg["start_text_token"],
-        stop_text_token=cfg["stop_text_token"], condition_num_latent=cfg["condition_num_latent"],
-        condition_type="conformer_perceiver",
-        condition_module=dict(cfg["condition_module"], input_layer="conv2d2"),
-        emo_condition_module=dict(cfg["emo_condition_module"], input_layer="conv2d2")).eval()
+    off = official_unified_voice(official_cls, cfg)
     synthetic_init(off, 0)
     ref = build_reference(cfg)
     ref.load_state_dict(off.state_dict(), strict=True)

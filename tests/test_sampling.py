@@ -344,15 +344,9 @@ def _official(cfg):
         pytest.fail("official index-tts package missing (pip install --no-deps tts-webui-index-tts==2.0.1)")
     from indextts.gpt.model_v2 import UnifiedVoice
 
-    return UnifiedVoice(
-        layers=cfg["layers"], model_dim=cfg["model_dim"], heads=cfg["heads"], max_text_tokens=cfg["max_text_tokens"],
-        max_mel_tokens=cfg["max_mel_tokens"], number_text_tokens=cfg["number_text_tokens"],
-        number_mel_codes=cfg["number_mel_codes"], start_mel_token=cfg["start_mel_token"],
-        stop_mel_token=cfg["stop_mel_token"], start_text_token=cfg["start_text_token"],
-        stop_text_token=cfg["stop_text_token"], condition_num_latent=cfg["condition_num_latent"],
-        condition_type="conformer_perceiver",
-        condition_module=dict(cfg["condition_module"], input_layer="conv2d2"),
-        emo_condition_module=dict(cfg["emo_condition_module"], input_layer="conv2d2")).eval()
+    from test_gpt import official_unified_voice  # tests/ is on sys.path (rootdir conftest)
+
+    return official_unified_voice(UnifiedVoice, cfg)
 
 
 @pytest.mark.parametrize("bias", [0.0, 2.5])
