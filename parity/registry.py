@@ -1,7 +1,7 @@
 """The model registry: one row per model. Tests, the report and the benchmarks iterate over it."""
 from __future__ import annotations
 
-from reference import bigvgan, campplus, gpt, resample, s2mel, semantic_codec, w2v_bert
+from .rows import bigvgan, campplus, gpt, resample, s2mel, semantic_codec, w2v_bert
 
 from .spec import ModelSpec
 

@@ -148,3 +148,15 @@ def test_fault_names_have_one_source(model):
     assert built == set(MODELS[model].faults), (
         f"{model}: built but not in the registry row: {sorted(built - set(MODELS[model].faults))}; "
         f"in the row but not built: {sorted(set(MODELS[model].faults) - built)}")
+
+
+def test_reference_stands_alone():
+    """`reference/` imports nothing from the harness: each module loads with `parity` never imported."""
+    import glob
+    import subprocess
+    import sys
+
+    mods = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "reference", "*.py")) if not p.endswith("__init__.py"))
+    code = "import importlib, sys\nfor m in %r:\n    importlib.import_module('reference.' + m)\nassert 'parity' not in sys.modules, sorted(k for k in sys.modules if k.startswith('parity'))" % mods
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

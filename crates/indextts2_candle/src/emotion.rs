@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmotionConfig {
-    /// rows per emotion (official [3,17,2,8,4,5,10,24]: happy … calm)
+    /// rows per emotion (official `[3,17,2,8,4,5,10,24]`: happy … calm)
     pub emo_num: Vec<usize>,
     pub style_dim: usize,
     pub model_dim: usize,
@@ -66,7 +66,7 @@ impl EmotionMatrices {
         self.cfg.emo_num.len()
     }
 
-    /// style [1, style_dim], emovec [1, model_dim], weights [groups] → (emovec [1, model_dim], rows [groups] i64).
+    /// style `[1, style_dim]`, emovec `[1, model_dim]`, weights `[groups]` → (emovec `[1, model_dim]`, rows `[groups]` i64).
     pub fn mix(&self, style: &Tensor, emovec: &Tensor, weights: &Tensor, _ctx: &mut Ctx) -> Result<(Tensor, Tensor)> {
         let g = self.groups();
         if style.dims() != [1, self.cfg.style_dim] || emovec.dims() != [1, self.cfg.model_dim] || weights.dims() != [g] {

@@ -212,7 +212,7 @@ impl UnifiedVoice {
         Ok((x.transpose(1, 2)?.contiguous()?, l))
     }
 
-    /// `get_conditioning`: x [B, 1024, T], lens [B] → [B, 32, D].
+    /// `get_conditioning`: x `[B, 1024, T]`, lens `[B]` → `[B, 32, D]`.
     pub fn spk_cond(&self, x: &Tensor, lens: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (xs, l) = self.features(x, lens)?;
         let (h, keep) = self.cond_enc.forward(&xs, &l, ctx)?;

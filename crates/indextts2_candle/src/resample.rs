@@ -192,7 +192,7 @@ impl SincKernel {
         (q.ceil() as usize).min((n / self.orig + 1) * self.new)
     }
 
-    /// One channel: y[f·new + j] = Σ_k row_j[k] · x[f·orig + k − width] (zero outside x).
+    /// One channel: `y[f·new + j] = Σ_k row_j[k] · x[f·orig + k − width]` (zero outside x).
     pub fn apply(&self, x: &[f32], y: &mut [f32]) {
         let n = x.len() as isize;
         let w = self.width as isize;

@@ -1,7 +1,7 @@
 //! The DiT's WaveNet post-net (`s2mel/modules/wavenet.py:WN`) built from encodec `SConv1d`s.
 //!
 //! Every conv is weight-normed (`conv.conv.weight_g/_v`) and pads **reflect** to keep the length
-//! (SConv1d ignores the `padding=` its caller passes). Gated units tanh(a[:H])·σ(a[H:]) with the
+//! (SConv1d ignores the `padding=` its caller passes). Gated units `tanh(a[:H])·σ(a[H:])` with the
 //! timestep condition added per layer from one wide `cond_layer` output.
 use crate::ctx::Ctx;
 use crate::error::Result;

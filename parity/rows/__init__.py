@@ -1,0 +1,1 @@
+"""Registry rows (ModelSpec) of the reference models."""
