@@ -31,9 +31,9 @@ pub struct W2vBertConfig {
     pub intermediate_size: usize,
     pub feature_projection_input_dim: usize,
     #[serde(default = "d_act")]
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     #[serde(default = "d_pos")]
-    pub position_embeddings_type: String,
+    pub position_embeddings_type: PositionEmbeddings,
     pub left_max_position_embeddings: usize,
     pub right_max_position_embeddings: usize,
     pub conv_depthwise_kernel_size: usize,
@@ -69,11 +69,47 @@ impl Default for W2vBertConfig {
     }
 }
 
-fn d_act() -> String {
-    "swish".into()
+/// `hidden_act`: the conformer's activation. transformers' `swish` and `silu` are the same function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HiddenAct {
+    Swish,
+    Silu,
 }
-fn d_pos() -> String {
-    "relative_key".into()
+
+impl TryFrom<String> for HiddenAct {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "swish" => Ok(HiddenAct::Swish),
+            "silu" => Ok(HiddenAct::Silu),
+            _ => Err(format!("Wav2Vec-BERT hidden_act {s:?} is not supported (supported: \"swish\", \"silu\"; w2v-bert-2.0 uses swish)")),
+        }
+    }
+}
+
+/// `position_embeddings_type`: only w2v-bert-2.0's relative-key attention is ported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PositionEmbeddings {
+    RelativeKey,
+}
+
+impl TryFrom<String> for PositionEmbeddings {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "relative_key" => Ok(PositionEmbeddings::RelativeKey),
+            _ => Err(format!("Wav2Vec-BERT position_embeddings_type {s:?} is not supported (supported: \"relative_key\", as w2v-bert-2.0)")),
+        }
+    }
+}
+
+fn d_act() -> HiddenAct {
+    HiddenAct::Swish
+}
+fn d_pos() -> PositionEmbeddings {
+    PositionEmbeddings::RelativeKey
 }
 fn d_eps() -> f64 {
     1e-5
@@ -328,12 +364,6 @@ pub struct Output {
 
 impl W2vBert {
     pub fn load(w: &Weights, cfg: W2vBertConfig, faults: Faults) -> Result<W2vBert> {
-        if cfg.hidden_act != "swish" && cfg.hidden_act != "silu" {
-            return input_err(format!("Wav2Vec-BERT hidden_act {:?} is not supported (w2v-bert-2.0 uses swish)", cfg.hidden_act));
-        }
-        if cfg.position_embeddings_type != "relative_key" {
-            return input_err(format!("Wav2Vec-BERT position_embeddings_type {:?} is not supported (w2v-bert-2.0 uses relative_key)", cfg.position_embeddings_type));
-        }
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return input_err("Wav2Vec-BERT config: hidden_size must be a multiple of num_attention_heads");
         }
