@@ -8,9 +8,9 @@ use crate::error::{input_err, Result};
 /// What the loop needs from a language model with a KV cache (rows = beams).
 pub trait Decoder {
     fn vocab(&self) -> usize;
-    /// Logits [rows][V] after the prefix and the start token, every row the same sequence.
+    /// Logits `[rows][V]` after the prefix and the start token, every row the same sequence.
     fn start(&mut self, rows: usize) -> Result<Vec<Vec<f32>>>;
-    /// Feeds one token per row at decode step `step` (≥ 1) → logits [rows][V].
+    /// Feeds one token per row at decode step `step` (≥ 1) → logits `[rows][V]`.
     fn step(&mut self, tokens: &[i64], step: usize) -> Result<Vec<Vec<f32>>>;
     /// New cache row r = old row `idx[r]`.
     fn reorder(&mut self, idx: &[usize]) -> Result<()>;
