@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .tolerances import FAULT_MARGIN, FLOOR, NoiseFloor, Tolerance, lookup, rule
+from .tolerances import FAULT_MARGIN, FLOOR, NoiseFloor, Tolerance, rule
 
 
 @dataclass
@@ -199,20 +199,17 @@ class Walk:
             raise AssertionError(f"parity failed at `{self.first_failure}`\n{self.table()}")
 
 
-def walk(model: str, case: str, mode: str, device: str, ref_taps: dict, candle_taps: dict, dtype: str = "float32",
-         noise_taps: dict | None = None) -> Walk:
+def walk(model: str, case: str, mode: str, device: str, ref_taps: dict, candle_taps: dict, dtype: str = "float32", *,
+         noise_taps: dict) -> Walk:
     """Compares taps in the reference's forward order; every tap must exist on both sides.
-
-    With `noise_taps` (the float32 reference's taps; `ref_taps` then come from the float64 run) each
-    tap is judged by the noise-floor rule; without, by the legacy hand-set rows."""
+    `ref_taps` come from the float64 reference, `noise_taps` from the float32 one (its own noise);
+    each tap is judged by its rule (tolerances.rule: the noise floor unless an exception row)."""
     w = Walk(model, case, mode, device)
     for name, ref in ref_taps.items():
         if name not in candle_taps:
             w.missing.append(name)
             continue
-        if noise_taps is None:
-            w.rows.append(compare(name, ref, candle_taps[name], lookup(model, name, device, dtype)))
-        elif name not in noise_taps:
+        if name not in noise_taps:
             w.missing.append(f"{name} (float32 reference)")
         else:
             w.rows.append(compare_noise(name, ref, noise_taps[name], candle_taps[name], rule(model, name, device, dtype)))

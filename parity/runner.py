@@ -12,7 +12,7 @@ from . import candle
 from .compare import Walk, compare, compare_noise, walk
 from .fixtures import Fixture
 from .spec import Case
-from .tolerances import lookup, rule
+from .tolerances import rule
 
 
 def to_np(t) -> np.ndarray:

@@ -90,11 +90,6 @@ EXCEPTIONS: dict[tuple[str, str, str, str], Tolerance] = {
     ("pipeline", "emo_features.input_features", "cpu", "float32"): T(1e-5, 0.0, 0.0, "SeamlessM4T features: numpy float32, bit-exact"),
 }
 
-# LEGACY: the per-pattern rows of the float32-only harness, used only by comparisons that have not
-# been given a float32 noise reference yet. Being removed model by model.
-TABLE: dict[tuple[str, str, str, str], Tolerance] = {
-}
-
 # Greedy codes: a flip at step k is accepted when the float32 reference's top-2 logit margin there is
 # below this. The per-step logits differ by ≤ 2.2e-6 on tiny (legacy code_logits row; official-size
 # GPT taps ≤ 2.1e-5), so a real flip needs a margin < 2·4e-5; 1e-4 covers that and nothing more. The
@@ -109,22 +104,6 @@ NEAR_TIE = 1e-4
 # the front end's float32 noise, amplified by the w2v log-mel features, carries through; Candle's
 # ratio to it is ≤ 0.39). The gates sit ≥ 10 dB above that.
 AUDIO_GATE = {"min_snr_db": 95.0, "max_log_mel_l1": 1e-5, "max_abs": 3e-5}
-
-
-def _legacy(model: str, tap: str, device: str, dtype: str) -> Tolerance:
-    dev = "cuda" if device.startswith("cuda") else device
-    for (m, pat, d, dt), tol in TABLE.items():
-        if m == model and d == dev and dt == dtype and fnmatch.fnmatchcase(tap, pat):
-            return tol
-    if dev == "cuda":  # unmeasured on CUDA: the CPU row ×10 (documented above)
-        cpu = _legacy(model, tap, "cpu", dtype)
-        return Tolerance(cpu.atol * 10, cpu.rtol * 10, cpu.measured, "CPU row ×10, CUDA not yet measured", cpu.min_snr_db)
-    raise KeyError(f"no tolerance row for ({model!r}, {tap!r}, {device!r}, {dtype!r}); add one to parity/tolerances.py")
-
-
-def lookup(model: str, tap: str, device: str, dtype: str) -> Tolerance:
-    """The hand-set row of a comparison that has no float32 noise reference (legacy path)."""
-    return _legacy(model, tap, device, dtype)
 
 
 def rule(model: str, tap: str, device: str, dtype: str) -> "Tolerance | NoiseFloor":
