@@ -76,7 +76,7 @@ def _official_bigvgan():
     import types
 
     if importlib.util.find_spec("indextts") is None:
-        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
+        pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1)")
     missing = {r for r in ("librosa", "scipy") if r not in sys.modules and importlib.util.find_spec(r) is None}
     stubs = [n for n in ("librosa", "librosa.util", "librosa.filters", "scipy", "scipy.io", "scipy.io.wavfile")
              if n.split(".")[0] in missing and n not in sys.modules]

@@ -115,7 +115,7 @@ def test_dit_reference_matches_official_code(over):
     bit. The official DiT hard-codes input_pos 16384 (whatever block_size says) and a 256-wide t embedding."""
     classes = R.official_classes()
     if classes is None:
-        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
+        pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1)")
     cfg = dict(R.TINY_DIT, freq_dim=256, **over)
     off = classes[0](R.official_args(cfg)).eval()
     synthetic_init(off, 0)

@@ -244,7 +244,7 @@ def _official_unified_voice():
     import types
 
     if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
-        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
+        pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
     if importlib.util.find_spec("torchaudio") is None:
         stub = types.ModuleType("torchaudio")
         stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)

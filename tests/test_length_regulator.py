@@ -127,7 +127,7 @@ def test_length_regulator_reference_matches_official_code(over):
 
     classes = R.official_classes()
     if classes is None:
-        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1)")
+        pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1)")
     cfg = dict(R.TINY_LR, **over)
     off = classes[1](**R.official_regulator_kwargs(cfg)).eval()
     synthetic_init(off, 0)

@@ -125,7 +125,7 @@ def _official_repcodec():
     import types
 
     if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
-        pytest.skip("official index-tts package not installed (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
+        pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
 
     def stub(name):
         m = types.ModuleType(name)

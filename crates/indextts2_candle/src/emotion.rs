@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmotionConfig {
     /// rows per emotion (official `[3,17,2,8,4,5,10,24]`: happy … calm)
     pub emo_num: Vec<usize>,

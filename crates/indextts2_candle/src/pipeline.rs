@@ -57,6 +57,7 @@ fn component(kind: &str) -> &'static Component {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     pub w2v_bert: W2vBertConfig,
     pub semantic_codec: SemanticCodecConfig,
