@@ -672,6 +672,20 @@ def _walks(entry: dict, md: list, failed: list, label: str, fxs, cms, inputs, re
     return chained
 
 
+def _text_md(md: list, failed: list, t: "TextResult", label: str, what: str, *intro: str) -> dict:
+    """One text walk's markdown (into `md`) and failure (into `failed`); returns its JSON entry."""
+    md += [f"### pipeline — {label} ({what}): {'OK' if t.ok else 'FAIL'}", "", *intro, *([""] if intro else [])] + MD_HEAD
+    md += [_md_row("text", "pipeline", r) for r in t.rows]
+    if t.audio is not None:
+        md += ["", f"Audio gate: SNR {t.audio.snr_db:.1f} dB, log-mel L1 {t.audio.log_mel_l1:.2e}, max|Δ| {t.audio.max_abs:.2e}"
+               f"{': FAIL ' + t.audio_fail if t.audio_fail else ''}"]
+    md.append("")
+    if not t.ok:
+        failed.append(f"pipeline/{label}: " + (t.audio_fail or "ids, segments or wav differ"))
+    return {"ok": t.ok, "segments": t.ref["segments"], "rows": [r.row() for r in t.rows],
+            "audio": None if t.audio is None else t.audio.row(), "audio_fail": t.audio_fail}
+
+
 def report_section(out: str, size: str, checkpoints: str | None, device: str, write_wav) -> tuple[dict, list[str], list[str]]:
     """Runs every walk; returns (JSON entry, markdown lines, failures) and writes the pipeline wavs
     and pipeline_mels.png under `out`."""
@@ -702,31 +716,14 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
     s_entry: dict = {"walks": [], "notes": s_ref.notes, "codes": codes.tolist(), "stop_bias": STOP_BIAS}
     _walks(s_entry, md, failed, "sampled ", sfxs, candle_models(sfxs, device), s_inputs, s_ref, device)
     st = text_walk(sfxs, s_inputs, device=device)
-    s_entry["text"] = {"ok": st.ok, "segments": st.ref["segments"], "rows": [r.row() for r in st.rows],
-                       "audio": None if st.audio is None else st.audio.row(), "audio_fail": st.audio_fail}
-    md += [f"### pipeline — sampled text ({len(st.ref['segments'])} segments, the draws consumed on from segment to "
-           f"segment): {'OK' if st.ok else 'FAIL'}", ""] + MD_HEAD + [_md_row("text", "pipeline", r) for r in st.rows]
-    if st.audio is not None:
-        md += ["", f"Audio gate: SNR {st.audio.snr_db:.1f} dB, log-mel L1 {st.audio.log_mel_l1:.2e}, max|Δ| "
-               f"{st.audio.max_abs:.2e}{': FAIL ' + st.audio_fail if st.audio_fail else ''}"]
-    md.append("")
-    if not st.ok:
-        failed.append("pipeline/sampled text: " + (st.audio_fail or "ids, segments or wav differ"))
+    s_entry["text"] = _text_md(md, failed, st, "sampled text", f"{len(st.ref['segments'])} segments, the draws "
+                               "consumed on from segment to segment")
     entry["sampled"] = s_entry
     del cms
     t = text_walk(fxs, inputs, device=device)
-    entry["text"] = {"ok": t.ok, "text": TEXT, "segments": t.ref["segments"], "rows": [r.row() for r in t.rows],
-                     "audio": None if t.audio is None else t.audio.row(), "audio_fail": t.audio_fail}
-    md += [f"### pipeline — text ({len(t.ref['segments'])} segments through `bpe.model`, joined with 200 ms "
-           f"silences): {'OK' if t.ok else 'FAIL'}", "", f"Text: “{TEXT}”", ""] + MD_HEAD
-    md += [_md_row("text", "pipeline", r) for r in t.rows]
-    if t.audio is not None:
-        md += ["", f"Audio gate: SNR {t.audio.snr_db:.1f} dB, log-mel L1 {t.audio.log_mel_l1:.2e}, max|Δ| {t.audio.max_abs:.2e}"
-               f"{': FAIL ' + t.audio_fail if t.audio_fail else ''}"]
-    md.append("")
-    if not t.ok:
-        failed.append("pipeline/text: " + (t.audio_fail or "ids, segments or wav differ"))
-    else:
+    entry["text"] = {"text": TEXT, **_text_md(md, failed, t, "text", f"{len(t.ref['segments'])} segments through "
+                                              f"`bpe.model`, joined with 200 ms silences", f"Text: “{TEXT}”")}
+    if t.ok:
         write_wav(os.path.join(out, "pipeline_text_reference.wav"), t.ref["wav"], 22050)
         write_wav(os.path.join(out, "pipeline_text_candle.wav"), t.candle["wav"], 22050)
         md += ["Wavs: `pipeline_text_reference.wav` (float64 reference), `pipeline_text_candle.wav`.", ""]
