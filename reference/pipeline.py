@@ -99,7 +99,7 @@ EMOTIONS = ("speaker", "clip", "vector")
 EMO_WEIGHTS = np.array([0.25, 0.0, 0.15, 0.0, 0.05, 0.0, 0.1, 0.2], np.float32)
 
 
-DECODINGS = ("greedy", "sampled")
+DECODINGS = ("greedy", "sampled", "seeded")
 
 
 def encode_options(o: dict) -> np.ndarray:
@@ -124,7 +124,8 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
     `decoding`: greedy (deterministic mode, at most `max_tokens` codes) or sampled: infer_v2's beam
     sampling with `options` over its defaults (max_mel_tokens = `max_tokens`), drawing from
     `draws`, Exp(1) float32 from torch's generator seeded with 1000 + seed (enough for every
-    step of every segment)."""
+    step of every segment); seeded: the same decoding and the CFM noise from torch's own generator
+    after torch.manual_seed(1000 + seed) (`seed`; no draws, no z_pool), as infer_v2 draws them."""
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion must be one of {EMOTIONS}, got {emotion!r}")
     if decoding not in DECODINGS:
@@ -142,6 +143,10 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
         "t_span": torch.linspace(0, 1, steps + 1).numpy(),
         "emo_alpha": np.array([1.0], np.float32),
     }
+    if decoding == "seeded":
+        del out["max_tokens"], out["z_pool"]
+        out["decode_options"] = encode_options({"max_mel_tokens": max_tokens, **(options or {})})
+        out["seed"] = np.array([1000 + seed], np.int64)
     if decoding == "sampled":
         o = {"max_mel_tokens": max_tokens, **(options or {})}
         full = dict(sampling.DEFAULTS, **o)
@@ -235,20 +240,24 @@ def _ref_greedy(m, i):
 
 
 def _ref_sampled(m, i):
-    """infer_v2's decode: the official beam sampler on the given draws, then its trimming. The
-    margins are the running minimum of the reference's own per-step ordering margins: a beam walk's
-    first differing code can stem from a flip at any earlier step."""
-    draws = sampling.GivenDraws(i["draws"].float().numpy())
+    """infer_v2's decode: the official beam sampler on the given draws (or, without `draws`, on
+    torch's global generator, as infer_v2 after torch.manual_seed), then its trimming. The margins
+    are the running minimum of the reference's own per-step ordering margins: a beam walk's first
+    differing code can stem from a flip at any earlier step."""
+    draws = sampling.GivenDraws(i["draws"].float().numpy()) if "draws" in i else None
     seq, tr = sampling.decode(m, i["spk_latent"], i["emovec"], i["text"], decode_options(i["options"]), draws)
     codes, lens = sampling.infer_v2_trim(seq, m.cfg["stop_mel_token"])
     if len(lens) != 1:
         raise ValueError("no stop token within max_mel_tokens: infer_v2 gives the row its length twice and its "
                          "length regulator / CFM concat then fails")
     margins = np.minimum.accumulate(np.asarray(tr["margin"], np.float64)) if len(tr["margin"]) else np.zeros(0)
-    return {"codes": codes, "margins": torch.from_numpy(margins), "draws_used": torch.tensor([draws.at])}
+    out = {"codes": codes, "margins": torch.from_numpy(margins)}
+    return out if draws is None else {**out, "draws_used": torch.tensor([draws.at])}
 
 
 def _sampled_post(o: dict, s: dict) -> dict:
+    if "draws" not in s:  # torch's generator: its state carries on by itself
+        return {"codes": o["codes"]}
     # the next segment draws on from where this one stopped (one stream, as torch's generator)
     return {"codes": o["codes"], "draws": s["draws"][int(np.asarray(o["draws_used"]).reshape(-1)[0]):]}
 
@@ -260,7 +269,10 @@ def _emo_inputs(s: dict) -> dict:
 def _cfm_inputs(s: dict) -> dict:
     mu = np.concatenate([s["prompt_cond"], s["target_cond"]], 1)  # cat_condition [1, Tm+Tt, C]
     t = mu.shape[1]
-    return {"z": s["z_pool"][:, :, :t], "x_lens": np.array([t], np.int64), "prompt": s["ref_mel"], "mu": mu,
+    # no z_pool: the CFM's own torch.randn([1, C, T]) on the global generator (infer_v2 after
+    # torch.manual_seed; the decode's multinomials came first)
+    z = s["z_pool"][:, :, :t] if "z_pool" in s else torch.randn([1, s["ref_mel"].shape[1], t]).numpy()
+    return {"z": z, "x_lens": np.array([t], np.int64), "prompt": s["ref_mel"], "mu": mu,
             "style": s["style"], "t_span": s["t_span"]}
 
 
@@ -347,13 +359,13 @@ STAGES: tuple[Stage, ...] = (
 # the sampled variant of stage `codes` (inputs with `draws`): gpt `generate_sampled`
 CODES_SAMPLED = Stage("codes", "gpt", "generate_sampled",
                       lambda s: {"spk_latent": s["spk_latent"], "emovec": s["emovec"], "text": s["text"],
-                                 "options": s["decode_options"], "draws": s["draws"]},
+                                 "options": s["decode_options"], **({"draws": s["draws"]} if "draws" in s else {})},
                       _ref_sampled, ("codes",), post=_sampled_post)
 
 
 def stages(inputs: dict) -> tuple[Stage, ...]:
-    """The stages for these inputs: greedy codes, or (with `draws`) the official sampled ones."""
-    if "draws" not in inputs:
+    """The stages for these inputs: greedy codes, or (with `draws` or `seed`) the official sampled ones."""
+    if "draws" not in inputs and "seed" not in inputs:
         return STAGES
     return tuple(CODES_SAMPLED if st.name == "codes" else st for st in STAGES)
 
@@ -401,6 +413,7 @@ def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict |
     state = {**inputs, **emotion_plan(inputs)}
     per_stage = {}
     sts = stages(inputs)
+    _manual_seed(inputs)
     last = _last_use(sts)
     for i, st in enumerate(sts):
         outs, upd = run_reference_stage(st, modules[st.kind], state, dtype, trace)
@@ -413,6 +426,16 @@ def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict |
         if release is not None and last[st.kind] == i:
             release(st.kind)
     return per_stage, state
+
+
+def _manual_seed(inputs: dict) -> None:
+    """`seed` in the inputs (no `draws`, no `z_pool`): the run draws from torch's global generator
+    after torch.manual_seed(seed), the decode's multinomials then each segment's CFM randn, as
+    infer_v2 does."""
+    if "seed" in inputs:
+        if "draws" in inputs or "z_pool" in inputs:
+            raise ValueError("`seed` is the torch stream of the decode and the CFM noise: give neither `draws` nor `z_pool`")
+        torch.manual_seed(int(np.asarray(inputs["seed"]).reshape(-1)[0]))
 
 
 SEGMENT_START = "codes"  # stages from here on run once per text segment; the ones before, once
@@ -431,6 +454,7 @@ def run_text(modules, inputs: dict, tokenizer, text: str,
         raise ValueError("the text gives no tokens")
     state = {**inputs, **emotion_plan(inputs)}
     sts = stages(inputs)
+    _manual_seed(inputs)
     k = next(i for i, st in enumerate(sts) if st.name == SEGMENT_START)
     seg_kinds = {st.kind for st in sts[k:]}
     last = _last_use(sts[:k])

@@ -601,3 +601,22 @@ def test_pipeline_sampled_without_stop_token_refused(pipe, rust_pipe):
     sampled = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, decoding="sampled", max_tokens=6)
     with pytest.raises(InputError, match="no stop token within max_mel_tokens = 6"):
         candle.run(rust_pipe, "synthesize", PP.synth_inputs(sampled))
+
+
+def test_pipeline_seed_is_torch_manual_seed(pipe):
+    """`seed` = s in the Rust pipeline (no draws, no z_pool) is torch.manual_seed(s) before the
+    official flow: w2v-bert's layerdrop draws, the decode's own torch.multinomial (unpatched), then
+    the CFM's torch.randn, from one generator, segment after segment. One segment (the rust walk;
+    1 beam, make_inputs seed 3: 12 codes, the 3-beam ones stop within 8) and a text of several
+    segments with infer_v2's 3 beams (seed 2: of seeds 0-7, 2, 4 and 7 give every segment a code;
+    a segment whose first candidate is the stop token cannot be synthesised, officially neither)."""
+    fxs0, _, _, _, device = pipe
+    fxs = PP.sampled_fixtures(fxs0)
+    cfg = P.CONFIGS[PP._size(fxs)]
+    one = P.make_inputs(cfg, 3, decoding="seeded", options={"num_beams": 1})
+    ref = PP.reference_run(fxs, one, device)
+    assert ref.per64["codes"]["codes"].shape[1] >= 10
+    PP.rust_walk(PP.rust_pipeline(fxs, device), one, ref, device).assert_ok()
+    t = PP.text_walk(fxs, P.make_inputs(cfg, 2, decoding="seeded"), device=device)
+    assert t.ok, t.table()
+    assert len(t.ref["segments"]) > 1

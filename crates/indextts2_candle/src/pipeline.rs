@@ -18,7 +18,7 @@ use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
 use crate::runnable::Named;
-use crate::sampling::{rng::Draws, DecodeConfig};
+use crate::sampling::{rng::{Draws, TorchCpuGenerator}, DecodeConfig};
 use crate::resample::{cut, join_segments, ResampleConfig, Resampler, MAX_PROMPT_SECONDS, SR_16K, SR_22K};
 use crate::text::TextTokenizer;
 use crate::store::Weights;
@@ -54,13 +54,40 @@ pub struct Decoding<'a> {
     pub progress: Option<&'a mut dyn FnMut(Progress)>,
 }
 
+/// Where each segment's CFM noise comes from.
+#[derive(Clone, Copy)]
+pub enum Noise<'a> {
+    /// The first frames of this pool [1, C, F], for every segment (the parity walks' input).
+    Pool(&'a Tensor),
+    /// `torch.randn([1, C, T])` from the seeded decode's own generator, drawn right after the
+    /// segment's decode: what infer_v2 draws after `torch.manual_seed(seed)` (the decode's
+    /// multinomials, then the CFM's randn, segment after segment).
+    Stream,
+}
+
 impl Decoding<'_> {
+    /// The generator the seeded decode draws from (and `Noise::Stream` after it).
+    fn generator(&mut self) -> Result<&mut TorchCpuGenerator> {
+        match &mut self.mode {
+            DecodeMode::Sampled { draws: Draws::Seeded(g), .. } => Ok(g),
+            _ => input_err("pipeline: CFM noise from the stream (no `z_pool`) needs the sampled decoding from a `seed`"),
+        }
+    }
     pub fn greedy(max_tokens: usize) -> Self {
         Decoding { mode: DecodeMode::Greedy { max_tokens }, progress: None }
     }
     /// The official decoding (infer_v2's options) from torch's CPU stream after `manual_seed(seed)`.
     pub fn official(seed: u64) -> Self {
         Decoding { mode: DecodeMode::Sampled { cfg: DecodeConfig::default(), draws: Draws::seeded(seed) }, progress: None }
+    }
+    /// Seeded sampling: advance the stream past `n` float32 `torch.rand` draws that the official
+    /// code takes outside the decode (w2v-bert's layerdrop checks); no-op otherwise.
+    fn skip_official_draws(&mut self, n: usize) {
+        if let DecodeMode::Sampled { draws: Draws::Seeded(g), .. } = &mut self.mode {
+            for _ in 0..n {
+                g.uniform_f32();
+            }
+        }
     }
     fn report(&mut self, p: Progress) {
         if let Some(f) = self.progress.as_mut() {
@@ -217,19 +244,19 @@ impl Pipeline {
     /// Runs every stage on one text segment (token ids): the typed stage outputs, which
     /// [`Synthesis::named`] lists as the Python walk names them.
     #[allow(clippy::too_many_arguments)]
-    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, decoding: &mut Decoding, z_pool: &Tensor, t_span: &Tensor) -> Result<Synthesis> {
+    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, decoding: &mut Decoding, noise: Noise, t_span: &Tensor) -> Result<Synthesis> {
         let front = self.front(speaker)?;
-        let prepared = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
-        let segment = self.segment(&prepared, text, decoding, z_pool, t_span, true)?;
+        let prepared = self.prepare(&front.audio_16k, &front.audio_22k, emotion, decoding)?;
+        let segment = self.segment(&prepared, text, decoding, noise, t_span, true)?;
         Ok(Synthesis { front, prepared, segment })
     }
 
     /// Text to speech (spec §5 steps 1-16): the text through the `bpe.model` (infer_v2's tokenizer
     /// and `split_segments`), the speaker/emotion side once, each segment synthesised, clamped and
     /// joined with `interval_ms` of silence at 22.05 kHz. The codes as `decoding` says (its draws
-    /// consumed segment after segment); every segment's CFM noise = the first frames of `z_pool`.
+    /// consumed segment after segment), each segment's CFM noise as `noise` says.
     #[allow(clippy::too_many_arguments)]
-    pub fn tts(&self, text: &str, speaker: &Tensor, emotion: &EmotionInput, decoding: &mut Decoding, z_pool: &Tensor, t_span: &Tensor,
+    pub fn tts(&self, text: &str, speaker: &Tensor, emotion: &EmotionInput, decoding: &mut Decoding, noise: Noise, t_span: &Tensor,
                max_segment_tokens: usize, interval_ms: i64) -> Result<TtsOutput> {
         let Some(tok) = &self.tokenizer else {
             return input_err("pipeline: text input needs `bpe_model` in the pipeline config");
@@ -239,14 +266,14 @@ impl Pipeline {
             return input_err("pipeline: the text gives no tokens");
         }
         let front = self.front(speaker)?;
-        let p = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
+        let p = self.prepare(&front.audio_16k, &front.audio_22k, emotion, decoding)?;
         let dev = speaker.device();
         let mut wavs = Vec::with_capacity(segments.len());
         for (index, ids) in segments.iter().enumerate() {
             decoding.report(Progress::Segment { index, count: segments.len() });
             let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let text = Tensor::from_vec(ids.clone(), (1, ids.len()), dev)?;
-            let seg = self.segment(&p, &text, decoding, z_pool, t_span, false)?;
+            let seg = self.segment(&p, &text, decoding, noise, t_span, false)?;
             wavs.push(seg.wav.flatten_all()?.unsqueeze(0)?); // [1, N], as infer_v2
         }
         let segment_samples = wavs.iter().map(|w| w.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
@@ -265,8 +292,9 @@ impl Pipeline {
     }
 
     /// Speaker and emotion side (spec §5 steps 2-8, 10): computed once per request, shared by every
-    /// text segment, as infer_v2 caches it.
-    pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput) -> Result<Prepared> {
+    /// text segment, as infer_v2 caches it. `decoding`: a seeded stream is advanced past the
+    /// draws the official w2v-bert forwards take (two, speaker and emotion clip).
+    pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput, decoding: &mut Decoding) -> Result<Prepared> {
         let mut c = Ctx::plain();
         if audio_16k.rank() != 1 || audio_22k.rank() != 1 {
             return input_err(format!("pipeline: audio_16k [N], audio_22k [M] expected; got {:?}, {:?}", audio_16k.dims(), audio_22k.dims()));
@@ -293,6 +321,7 @@ impl Pipeline {
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
         let (emo_features, emo_attention_mask) = self.w2v.features(&emo_clip)?;
         let eo = self.w2v.forward(&emo_features, Some(&emo_attention_mask), &mut c)?;
+        decoding.skip_official_draws(2 * self.w2v.official_rng_draws());
         let emo_emb = eo.emb.unwrap_or(eo.hidden); // has stats: checked above
         let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
         let alpha_t = Tensor::new(&[alpha], &dev)?;
@@ -352,10 +381,10 @@ impl Pipeline {
 
     /// One text segment (spec §5 steps 11-16): codes, (with `logits`: the teacher-forced logits,
     /// a parity tap), latent, S_infer, target condition, CFM (noise = the first frames of
-    /// `z_pool`), vocoder.
-    pub fn segment(&self, p: &Prepared, text: &Tensor, decoding: &mut Decoding, z_pool: &Tensor, t_span: &Tensor, logits: bool) -> Result<Segment> {
+    /// `noise`), vocoder.
+    pub fn segment(&self, p: &Prepared, text: &Tensor, decoding: &mut Decoding, noise: Noise, t_span: &Tensor, logits: bool) -> Result<Segment> {
         let mut c = Ctx::plain();
-        if text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
+        if text.rank() != 2 || matches!(noise, Noise::Pool(z) if z.rank() != 3) || t_span.rank() != 1 {
             return input_err("pipeline: text [1,L], z_pool [1,C,F], t_span [S+1] expected");
         }
         let dev = text.device().clone();
@@ -379,10 +408,19 @@ impl Pipeline {
         let mu = Tensor::cat(&[&p.prompt_cond, &target_cond], 1)?;
         let tm = p.ref_mel.dim(2)?;
         let total = tm + tt;
-        if z_pool.dim(2)? < total {
-            return input_err(format!("pipeline: z_pool has {} frames, needs {total}", z_pool.dim(2)?));
-        }
-        let z = z_pool.narrow(2, 0, total)?.contiguous()?;
+        let z = match noise {
+            Noise::Pool(z_pool) => {
+                if z_pool.dim(2)? < total {
+                    return input_err(format!("pipeline: z_pool has {} frames, needs {total}", z_pool.dim(2)?));
+                }
+                z_pool.narrow(2, 0, total)?.contiguous()?
+            }
+            Noise::Stream => {
+                let ch = p.ref_mel.dim(1)?;
+                let v = decoding.generator()?.normal_f32(ch * total);
+                Tensor::from_vec(v, (1, ch, total), &dev)?.to_dtype(p.ref_mel.dtype())?
+            }
+        };
         let ts = t_span.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let states = self.dit.solve_euler(&z, &[total as i64], &p.ref_mel, &mu, &p.style, &ts, &mut c)?;
         let cfm_mel = match states.last() {

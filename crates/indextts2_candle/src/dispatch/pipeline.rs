@@ -3,7 +3,7 @@
 use crate::ctx::Ctx;
 use crate::error::{input_err, Result};
 use crate::gpt::decode_inputs;
-use crate::pipeline::{DecodeMode, Decoding, EmotionInput, Pipeline};
+use crate::pipeline::{DecodeMode, Decoding, EmotionInput, Noise, Pipeline};
 use crate::resample::INTERVAL_SILENCE_MS;
 use crate::runnable::{expect_float, take, Named, Runnable};
 use crate::text::DEFAULT_MAX_SEGMENT_TOKENS;
@@ -17,10 +17,11 @@ impl Runnable for Pipeline {
                 let mut rest = inputs.clone();
                 let (clip, weights) = take_emotion(&mut rest)?;
                 let mut decoding = take_decoding(&mut rest)?;
-                let i = take(&rest, method, &["speaker", "text", "z_pool", "t_span", "emo_alpha"])?;
+                let z_pool = rest.remove("z_pool");
+                let i = take(&rest, method, &["speaker", "text", "t_span", "emo_alpha"])?;
                 expect_float(i[0], "speaker")?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[4], "emo_alpha")?, weights };
-                let mut out = self.synthesize(i[0], &emotion, i[1], &mut decoding, i[2], i[3])?.named();
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[3], "emo_alpha")?, weights };
+                let mut out = self.synthesize(i[0], &emotion, i[1], &mut decoding, noise(&z_pool), i[2])?.named();
                 for (n, t) in &out {
                     ctx.tap(n, t); // stage outputs double as taps, in pipeline order
                 }
@@ -39,11 +40,12 @@ impl Runnable for Pipeline {
                     None => INTERVAL_SILENCE_MS,
                 };
                 let mut decoding = take_decoding(&mut rest)?;
-                let i = take(&rest, method, &["speaker", "text_codepoints", "z_pool", "t_span", "emo_alpha"])?;
+                let z_pool = rest.remove("z_pool");
+                let i = take(&rest, method, &["speaker", "text_codepoints", "t_span", "emo_alpha"])?;
                 expect_float(i[0], "speaker")?;
                 let text = codepoints(i[1])?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[4], "emo_alpha")?, weights };
-                let o = self.tts(&text, i[0], &emotion, &mut decoding, i[2], i[3], max_seg, interval)?;
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[3], "emo_alpha")?, weights };
+                let o = self.tts(&text, i[0], &emotion, &mut decoding, noise(&z_pool), i[2], max_seg, interval)?;
                 let dev = i[0].device();
                 let ids: Vec<i64> = o.segments.iter().flatten().map(|&x| x as i64).collect();
                 let lens: Vec<i64> = o.segments.iter().map(|s| s.len() as i64).collect();
@@ -87,6 +89,11 @@ fn take_decoding(rest: &mut BTreeMap<String, Tensor>) -> Result<Decoding<'static
     }
     let (cfg, draws) = decode_inputs(&d, "decode_options")?;
     Ok(Decoding { mode: DecodeMode::Sampled { cfg, draws }, progress: None })
+}
+
+/// `z_pool` given: its first frames; absent: torch.randn from the seeded decode's stream.
+fn noise(z_pool: &Option<Tensor>) -> Noise<'_> {
+    z_pool.as_ref().map_or(Noise::Stream, Noise::Pool)
 }
 
 /// How many given draws the sampled decode consumed (an output only in that mode).
