@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, value_name = "WAV", conflicts_with = "emotion_vector")]
     emotion: Option<PathBuf>,
     /// Emotion strength in [0, 1] (infer_v2's emo_alpha): blends the emotion clip, scales the vector
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     emo_alpha: f32,
     /// 8 emotion weights: happy angry sad afraid disgusted melancholic surprised calm
     #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
@@ -79,9 +79,10 @@ struct Args {
     /// Write 32-bit float (the default; infer_v2 saves float32)
     #[arg(long)]
     float: bool,
-    /// Also write the CFM noise pool [1, C, F] as .npy (to reproduce the run elsewhere)
-    #[arg(long, value_name = "NPY", hide = true)]
-    save_noise: Option<PathBuf>,
+    /// Also write the pipeline's inputs as .npy into DIR (speaker_22k, emo_16k, z_pool [1, C, F]),
+    /// to reproduce the run elsewhere
+    #[arg(long, value_name = "DIR", hide = true)]
+    dump: Option<PathBuf>,
 }
 
 /// A user error (exit 2) or a failure inside the models (exit 1).
@@ -169,7 +170,7 @@ fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<(), String> {
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    std::fs::write(path, bytes).map_err(|e| format!("--save-noise {}: {e}", path.display()))
+    std::fs::write(path, bytes).map_err(|e| format!("--dump {}: {e}", path.display()))
 }
 
 fn run(a: &Args) -> Result<(), Fail> {
@@ -258,8 +259,13 @@ fn run(a: &Args) -> Result<(), Fail> {
     let (c, tm) = (prepared.ref_mel.dim(1)?, prepared.ref_mel.dim(2)?);
     let frames = tm + (max_tokens as f64 * LENGTH_RATIO) as usize + 1;
     let noise = TorchCpuGenerator::new(seed).normal_f32(c * frames);
-    if let Some(p) = &a.save_noise {
-        write_npy(p, &noise, &[1, c, frames])?;
+    if let Some(d) = &a.dump {
+        std::fs::create_dir_all(d).map_err(|e| format!("--dump {}: {e}", d.display()))?;
+        write_npy(&d.join("z_pool.npy"), &noise, &[1, c, frames])?;
+        write_npy(&d.join("speaker_22k.npy"), &spk.to_vec1::<f32>()?, &[spk.dim(0)?])?;
+        if let Some(e) = &emo_16k {
+            write_npy(&d.join("emo_16k.npy"), &e.to_vec1::<f32>()?, &[e.dim(0)?])?;
+        }
     }
     let z_pool = Tensor::from_vec(noise, (1, c, frames), &dev)?;
     let t_span = Tensor::new(linspace01(DIFFUSION_STEPS).as_slice(), &dev)?;
