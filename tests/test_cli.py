@@ -348,3 +348,35 @@ def test_cli_noise_is_torch_randn(seed):
         else:
             ulps = np.abs(got - want) / np.spacing(np.abs(want))
             assert ulps.max() <= 3, (seed, n, ulps.max())
+
+
+def test_cli_python_api_equals_cli(model_dir, tmp_path):
+    """`indextts2_candle.infer_v2.IndexTTS2(...).infer(...)` writes the CLI's samples (stereo 44.1 kHz
+    speaker, emotion clip at 48 kHz, same seed); unsupported official options are refused."""
+    from indextts2_candle.infer_v2 import IndexTTS2, UnsupportedOption
+
+    x = _speech(0.45, 44100)
+    write_wav(str(tmp_path / "spk.wav"), np.stack([x, 0.5 * x[::-1]]), 44100, "i16")
+    write_wav(str(tmp_path / "emo.wav"), _speech(0.3, 48000)[None], 48000, "i24")
+    cli("--model-dir", model_dir, "--speaker", tmp_path / "spk.wav", "--emotion", tmp_path / "emo.wav", "--emo-alpha", "0.7",
+        "--text", TEXT, "-o", tmp_path / "cli.wav", "--greedy", "--seed", "5", "--segment-tokens", SEG,
+        "--max-mel-tokens", "10", "--interval-ms", "100")
+    tts = IndexTTS2(cfg_path=os.path.join(model_dir, "config.yaml"), model_dir=model_dir, device="cpu")
+    out = tts.infer(str(tmp_path / "spk.wav"), TEXT, str(tmp_path / "api.wav"), emo_audio_prompt=str(tmp_path / "emo.wav"),
+                    emo_alpha=0.7, interval_silence=100, max_text_tokens_per_segment=int(SEG), do_sample=False,
+                    num_beams=1, max_mel_tokens=10, seed=5)
+    assert out == str(tmp_path / "api.wav")
+    assert np.array_equal(_read_out(out), _read_out(str(tmp_path / "cli.wav")))
+    spk = str(tmp_path / "spk.wav")
+    for kw, word in [({"use_emo_text": True}, "QwenEmotion"), ({"emo_text": "happy"}, "QwenEmotion"),
+                     ({"use_random": True}, "use_random"), ({}, "do_sample"),
+                     ({"do_sample": True, "num_beams": 1}, "do_sample"),
+                     ({"do_sample": False, "num_beams": 1, "top_k": 30}, "top_k")]:
+        with pytest.raises(UnsupportedOption, match=word):
+            tts.infer(spk, TEXT, None, **kw)
+    with pytest.raises(ValueError, match="8 weights expected"):
+        tts.infer(spk, TEXT, None, emo_vector=[0.1], do_sample=False, num_beams=1)
+    with pytest.raises(ValueError, match="emo_alpha"):
+        tts.infer(spk, TEXT, None, emo_alpha=2.0, do_sample=False, num_beams=1)
+    with pytest.raises(UnsupportedOption, match="use_fp16"):
+        IndexTTS2(os.path.join(model_dir, "config.yaml"), model_dir, use_fp16=True)
