@@ -152,14 +152,15 @@ def convert_dir(directory: str, progress: bool | None = None) -> dict[str, Any]:
     if not os.path.isdir(directory):
         raise ConversionError(f"{directory}: not a directory")
     try:
-        configs = OC.pipeline_configs(directory)
         cfg = OC.read_config_yaml(directory)
+        need = OC.files(directory, cfg)
+        missing = [f for f in need.values() if not os.path.isfile(os.path.join(directory, f))]
+        if missing:  # every one at once, before anything is read
+            raise ConversionError(f"{directory}: {len(missing)} file(s) of the official layout are missing: "
+                                  f"{', '.join(missing)}")
+        configs = OC.pipeline_configs(directory)
     except OC.OfficialConfigError as e:
         raise ConversionError(str(e)) from e
-    need = OC.files(directory, cfg)
-    missing = [f for f in need.values() if not os.path.isfile(os.path.join(directory, f))]
-    if missing:
-        raise ConversionError(f"{directory}: missing file(s): {', '.join(missing)}")
     parts = [("w2v_bert.", need["w2v_bert"]), ("w2v_bert.semantic_stats.", need["w2v_stat"]),
              ("semantic_codec.", need["semantic_codec"]), ("campplus.", need["campplus"]), ("gpt.", need["gpt"]),
              ("s2mel.", need["s2mel"]), ("bigvgan.", need["bigvgan"]),

@@ -380,3 +380,45 @@ def test_cli_python_api_equals_cli(model_dir, tmp_path):
         tts.infer(spk, TEXT, None, emo_alpha=2.0, do_sample=False, num_beams=1)
     with pytest.raises(UnsupportedOption, match="use_fp16"):
         IndexTTS2(os.path.join(model_dir, "config.yaml"), model_dir, use_fp16=True)
+
+
+def _py(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)}
+    import sys
+
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+def test_cli_parity_and_convert_user_errors(model_dir, tmp_path, capsys):
+    """`python -m parity …` and `indextts-convert`: one paragraph on stderr, exit 2, no traceback."""
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "afile").write_text("x")
+    partial = tmp_path / "partial"
+    shutil.copytree(model_dir, partial)
+    os.remove(partial / "gpt.pth")
+    os.remove(partial / "feat2.pt")
+    cases = [
+        (["-m", "parity", "report", "--checkpoints", empty, "--out", tmp_path / "rep"], ["gpt.pth", "bpe.model", "feat1.pt"]),
+        (["-m", "parity", "report", "--checkpoints", tmp_path / "nope"], ["not a directory"]),
+        (["-m", "parity", "report", "--models", "nope"], ["unknown models"]),
+        (["-m", "parity", "bogus"], ["invalid choice"]),
+        (["-m", "parity", "official-dir", tmp_path / "afile"], ["not a directory"]),
+        (["-m", "reference.convert", empty], ["config.yaml"]),
+        (["-m", "reference.convert", partial], ["gpt.pth", "feat2.pt", "2 file(s)"]),
+        (["-m", "reference.convert", tmp_path / "afile"], ["not a directory"]),
+        (["-m", "reference.convert", tmp_path / "nope.pth", tmp_path / "o.safetensors"], ["no such file"]),
+    ]
+    from parity.__main__ import main as parity_main
+
+    for args, words in cases:  # in process (each interpreter start costs seconds): no exception escapes
+        entry = parity_main if args[1] == "parity" else C.main
+        capsys.readouterr()
+        assert entry([str(a) for a in args[2:]]) == 2, args
+        err = capsys.readouterr().err
+        for w in words:
+            assert w in err, (args, w, err)
+    p = _py("-m", "parity", "report", "--checkpoints", empty, "--out", tmp_path / "rep")  # the issue's example
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "gpt.pth" in p.stderr, p.stderr
