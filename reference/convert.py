@@ -205,8 +205,8 @@ def _save(tensors: dict, dst: str, source: str, progress: bool | None) -> dict[s
     return {"tensors": len(plain), "bytes": total}
 
 
-USAGE = ("usage: indextts-convert [--no-progress] SRC DST  (SRC: official .pth/.pt/.bin/.safetensors, DST: .safetensors)\n"
-         "       indextts-convert [--no-progress] DIR      (an official IndexTTS-2 model directory → DIR/candle/)")
+USAGE = ("usage: indextts-convert [--no-progress] SRC DST | DIR  (SRC: official .pth/.pt/.bin/.safetensors, DST: "
+         ".safetensors; DIR: an official IndexTTS-2 model directory, written to DIR/candle/)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         a = ap.parse_args(argv)
         if a.dst is None:
             if not os.path.isdir(a.src):
-                raise ConversionError(f"{a.src}: not a directory; give SRC and DST to convert one file\n{USAGE}")
+                raise ConversionError(f"{a.src}: not a model directory; give SRC and DST to convert one file\n{USAGE}")
             info = convert_dir(a.src, progress=False if a.no_progress else None)
             print(f"wrote {info['out']}/{PIPELINE_FILE} ({info['tensors']} tensors, {info['bytes'] / 2**20:.1f} MiB) "
                   f"and {info['out']}/{PIPELINE_CONFIG}"
