@@ -3,11 +3,12 @@ the official argument names and defaults where they apply. It runs what the `ind
 (the same converted files, WAV reading, resampler, noise and pipeline calls), so both give the same
 samples. Options the port does not implement raise `UnsupportedOption` naming them.
 
-Differences from infer_v2 (see README "Use it"): greedy decoding only until the official sampler is
-wired in (pass `do_sample=False, num_beams=1`); the CFM noise is `torch.randn(1, C, F)` after
-`torch.manual_seed(seed)` (`seed=` keyword), every segment using its first frames, where infer_v2
-draws fresh noise per segment; WAV input is resampled by the project's torchaudio-equivalent
-resampler, not librosa's soxr; no text normaliser, no QwenEmotion, no fp16/DeepSpeed/CUDA kernel.
+Differences from infer_v2 (see README "Use it"): the decoding is infer_v2's (its generation
+keywords and defaults; the Exp(1) draws from torch's CPU stream after `torch.manual_seed(seed)`,
+`seed=` keyword), the CFM noise is `torch.randn(1, C, F)` after `torch.manual_seed(seed + 1)`, every
+segment using its first frames, where infer_v2 draws fresh noise per segment from the same global
+generator; WAV input is resampled by the project's torchaudio-equivalent resampler, not librosa's
+soxr; no text normaliser, no QwenEmotion, no fp16/DeepSpeed/CUDA kernel.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ SR_22K, SR_16K = 22050, 16000
 MAX_PROMPT_SECONDS = 15
 LENGTH_RATIO = 1.72  # infer_v2: target mel frames = int(codes · 1.72)
 DIFFUSION_STEPS = 25  # infer_v2: diffusion_steps=25
-# infer_v2's generation defaults; the greedy build accepts exactly these two at the greedy values
-GREEDY = {"do_sample": False, "num_beams": 1}
-SAMPLER_ONLY = ("top_p", "top_k", "temperature", "length_penalty", "repetition_penalty", "num_return_sequences")
+# the generation keywords infer_v2 passes on (crate::sampling::DecodeConfig; absent = infer_v2's defaults)
+DECODE_KEYS = ("do_sample", "num_beams", "top_k", "top_p", "temperature", "repetition_penalty", "length_penalty",
+               "max_mel_tokens", "num_return_sequences", "early_stopping")
 
 
 class UnsupportedOption(ValueError):
@@ -99,7 +100,7 @@ class IndexTTS2:
     def infer(self, spk_audio_prompt, text, output_path, emo_audio_prompt=None, emo_alpha=1.0, emo_vector=None,
               use_emo_text=False, emo_text=None, use_random=False, interval_silence=200, verbose=False,
               max_text_tokens_per_segment=120, **generation_kwargs):
-        """As infer_v2's `infer`; extra keyword `seed` (the CFM noise; default from the clock) and
+        """As infer_v2's `infer`; extra keyword `seed` (decoding draws and CFM noise; default from the clock) and
         `pcm16` (write 16-bit PCM instead of float32). Returns `output_path`, or `(22050, samples)`
         when it is None/empty, as infer_v2."""
         if use_emo_text or emo_text is not None:
@@ -109,16 +110,10 @@ class IndexTTS2:
         g = dict(generation_kwargs)
         seed = g.pop("seed", None)
         pcm16 = bool(g.pop("pcm16", False))
-        max_mel_tokens = int(g.pop("max_mel_tokens", 1500))
-        for k, v in GREEDY.items():
-            if k not in g:
-                raise UnsupportedOption(f"{k}: infer_v2 samples by default; this build decodes greedily only — pass "
-                                        f"do_sample=False, num_beams=1")
-            if g.pop(k) != v:
-                raise UnsupportedOption(f"{k}: only {v!r} (greedy) is implemented so far")
-        bad = sorted(k for k in g if k in SAMPLER_ONLY) + sorted(k for k in g if k not in SAMPLER_ONLY)
+        bad = sorted(k for k in g if k not in DECODE_KEYS)
         if bad:
-            raise UnsupportedOption(f"generation option(s) {bad}: not used by greedy decoding / not supported")
+            raise UnsupportedOption(f"generation option(s) {bad}: not supported (known: {list(DECODE_KEYS)})")
+        max_mel_tokens = int(g.pop("max_mel_tokens", 1500))
         if not (0.0 <= float(emo_alpha) <= 1.0):
             raise ValueError(f"emo_alpha={emo_alpha}: must be in [0, 1]")
         groups = len(self.cfg["emotion"]["emo_num"])
@@ -150,11 +145,11 @@ class IndexTTS2:
         frames = self._ref_frames(len(spk)) + int(max_tokens * LENGTH_RATIO) + 1
         if seed is None:
             seed = time.time_ns() & 0xFFFFFFFF
-        opts = np.frombuffer(json.dumps({"seed": int(seed), "n": c * frames}).encode(), np.uint8).astype(np.int64)
+        opts = _json({"seed": int(seed) + 1, "n": c * frames})  # seed itself feeds the sampler
         z = _from_wire(self._ic.transform("sampling.normal", [_to_wire(opts)])[0][1]).reshape(1, c, frames)
         t_span = _linspace01(DIFFUSION_STEPS)
-        ins.update(text_codepoints=np.array([ord(ch) for ch in text], np.int64), max_tokens=np.array([max_tokens], np.int64),
-                   z_pool=z, t_span=t_span, emo_alpha=np.array([emo_alpha], np.float32),
+        ins.update(text_codepoints=np.array([ord(ch) for ch in text], np.int64), seed=np.array([int(seed)], np.int64),
+                   decode_options=_json({**g, "max_mel_tokens": max_tokens}), z_pool=z, t_span=t_span, emo_alpha=np.array([emo_alpha], np.float32),
                    max_segment_tokens=np.array([int(max_text_tokens_per_segment)], np.int64),
                    interval_ms=np.array([int(interval_silence)], np.int64))
         out = _run(self._pipe, "tts", ins)["wav"].reshape(-1)
@@ -167,6 +162,10 @@ class IndexTTS2:
             os.makedirs(os.path.dirname(output_path), exist_ok=True)
         W.write(output_path, out, SR_22K, pcm16=pcm16)
         return output_path
+
+
+def _json(d: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(d).encode(), np.uint8).astype(np.int64)
 
 
 def _to_wire(a) -> tuple[str, list[int], bytes]:

@@ -176,14 +176,28 @@ def test_cli_end_to_end_equals_pipeline(model_dir, tmp_path, emotion):
     assert "RTF" in p.stderr and "peak RSS" in p.stderr, p.stderr
     noise = np.load(tmp_path / "dump" / "z_pool.npy")
     assert np.array_equal(np.load(tmp_path / "dump" / "speaker_22k.npy"), spk.astype(np.float32))  # 22.05 kHz float: as is
-    torch.manual_seed(7)
+    torch.manual_seed(8)  # seed + 1: the seed itself feeds the sampler
     ref_noise = torch.randn(noise.shape).numpy()
     assert np.abs(noise - ref_noise).max() <= 4 * np.spacing(np.float32(4)), "CLI noise is not torch.randn(seed)"
     got = _read_out(str(tmp_path / "out.wav"))
     want = _tts(_pipeline(model_dir), spk, noise, **extra)
     assert got.shape == want.shape and np.array_equal(got, want), f"max|Δ| {np.abs(got - want).max()}"
+    if emotion != "speaker":  # the output formats and the sampled decoding once
+        return
     # 16-bit output = the same samples through resample.to_pcm16's cast
     cli(*args, "--pcm16", "-o", tmp_path / "out16.wav")
+    # the default decoding: infer_v2's beam sampler from torch's stream after manual_seed(seed)
+    i = args.index("--max-mel-tokens")
+    sampled = [a for a in args[:i] + args[i + 2:] if a != "--greedy"]  # max-mel-tokens: the tiny GPT's 24
+    cli(*sampled, "-o", tmp_path / "outs.wav", "--dump", tmp_path / "dumps")
+    ins = {k: v for k, v in extra.items() if k != "emo_alpha"}
+    ins.update(speaker=spk.astype(np.float32), text_codepoints=np.array([ord(c) for c in TEXT], np.int64),
+               z_pool=np.load(tmp_path / "dumps" / "z_pool.npy"), t_span=torch.linspace(0, 1, 26).numpy(),
+               emo_alpha=np.array([extra.get("emo_alpha", 1.0)], np.float32),
+               max_segment_tokens=np.array([int(SEG)], np.int64), seed=np.array([7], np.int64),
+               decode_options=np.frombuffer(json.dumps({"max_mel_tokens": 24}).encode(), np.uint8).astype(np.int64))
+    want_s = candle.run(_pipeline(model_dir), "tts", ins)[0]["wav"].reshape(-1)
+    assert np.array_equal(_read_out(str(tmp_path / "outs.wav")), want_s)
     q, sr = read_independent(str(tmp_path / "out16.wav"))
     assert sr == SR
     assert np.array_equal(q, (np.clip(want, -1, 1) * 32767).astype(np.int16) / np.float32(32768))
@@ -359,25 +373,23 @@ def test_cli_python_api_equals_cli(model_dir, tmp_path):
     write_wav(str(tmp_path / "spk.wav"), np.stack([x, 0.5 * x[::-1]]), 44100, "i16")
     write_wav(str(tmp_path / "emo.wav"), _speech(0.3, 48000)[None], 48000, "i24")
     cli("--model-dir", model_dir, "--speaker", tmp_path / "spk.wav", "--emotion", tmp_path / "emo.wav", "--emo-alpha", "0.7",
-        "--text", TEXT, "-o", tmp_path / "cli.wav", "--greedy", "--seed", "5", "--segment-tokens", SEG,
-        "--max-mel-tokens", "10", "--interval-ms", "100")
+        "--text", TEXT, "-o", tmp_path / "cli.wav", "--seed", "5", "--segment-tokens", SEG, "--interval-ms", "100")
     tts = IndexTTS2(cfg_path=os.path.join(model_dir, "config.yaml"), model_dir=model_dir, device="cpu")
     out = tts.infer(str(tmp_path / "spk.wav"), TEXT, str(tmp_path / "api.wav"), emo_audio_prompt=str(tmp_path / "emo.wav"),
-                    emo_alpha=0.7, interval_silence=100, max_text_tokens_per_segment=int(SEG), do_sample=False,
-                    num_beams=1, max_mel_tokens=10, seed=5)
+                    emo_alpha=0.7, interval_silence=100, max_text_tokens_per_segment=int(SEG), seed=5)
     assert out == str(tmp_path / "api.wav")
     assert np.array_equal(_read_out(out), _read_out(str(tmp_path / "cli.wav")))
     spk = str(tmp_path / "spk.wav")
     for kw, word in [({"use_emo_text": True}, "QwenEmotion"), ({"emo_text": "happy"}, "QwenEmotion"),
-                     ({"use_random": True}, "use_random"), ({}, "do_sample"),
-                     ({"do_sample": True, "num_beams": 1}, "do_sample"),
-                     ({"do_sample": False, "num_beams": 1, "top_k": 30}, "top_k")]:
+                     ({"use_random": True}, "use_random"), ({"typical_p": 0.5}, "typical_p")]:
         with pytest.raises(UnsupportedOption, match=word):
             tts.infer(spk, TEXT, None, **kw)
     with pytest.raises(ValueError, match="8 weights expected"):
-        tts.infer(spk, TEXT, None, emo_vector=[0.1], do_sample=False, num_beams=1)
+        tts.infer(spk, TEXT, None, emo_vector=[0.1])
     with pytest.raises(ValueError, match="emo_alpha"):
-        tts.infer(spk, TEXT, None, emo_alpha=2.0, do_sample=False, num_beams=1)
+        tts.infer(spk, TEXT, None, emo_alpha=2.0)
+    with pytest.raises(Exception, match="temperature"):  # the Rust DecodeConfig's own check
+        tts.infer(spk, TEXT, None, temperature=0.0, max_text_tokens_per_segment=int(SEG), max_mel_tokens=4, seed=0)
     with pytest.raises(UnsupportedOption, match="use_fp16"):
         IndexTTS2(os.path.join(model_dir, "config.yaml"), model_dir, use_fp16=True)
 
@@ -408,7 +420,7 @@ def test_cli_parity_and_convert_user_errors(model_dir, tmp_path, capsys):
         (["-m", "parity", "official-dir", tmp_path / "afile"], ["not a directory"]),
         (["-m", "reference.convert", empty], ["config.yaml"]),
         (["-m", "reference.convert", partial], ["gpt.pth", "feat2.pt", "2 file(s)"]),
-        (["-m", "reference.convert", tmp_path / "afile"], ["not a directory"]),
+        (["-m", "reference.convert", tmp_path / "afile"], ["not a model directory"]),
         (["-m", "reference.convert", tmp_path / "nope.pth", tmp_path / "o.safetensors"], ["no such file"]),
     ]
     from parity.__main__ import main as parity_main

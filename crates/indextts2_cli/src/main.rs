@@ -10,7 +10,8 @@ mod wav;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use indextts2_candle::pipeline::{EmotionInput, Pipeline};
+use indextts2_candle::pipeline::{DecodeMode, Decoding, EmotionInput, Pipeline, Progress};
+use indextts2_candle::sampling::{rng::Draws, DecodeConfig};
 use indextts2_candle::resample::{join_segments, resample, SR_16K, SR_22K};
 use indextts2_candle::sampling::rng::TorchCpuGenerator;
 use indextts2_candle::store::{Store, Weights};
@@ -55,10 +56,13 @@ struct Args {
     /// 8 emotion weights: happy angry sad afraid disgusted melancholic surprised calm
     #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
     emotion_vector: Option<Vec<f32>>,
-    /// Seed of the CFM noise (torch.randn after torch.manual_seed(seed)); default: from the clock, printed
+    /// Seed: the sampler draws from torch's CPU stream after manual_seed(seed), the CFM noise is
+    /// torch.randn after manual_seed(seed + 1); default: from the clock, printed
     #[arg(long)]
     seed: Option<u64>,
-    /// Greedy decoding (the only decoding this build has; the official sampler is not wired in yet)
+    /// Greedy decoding (plain argmax, no repetition penalty: the parity suite's deterministic mode)
+    /// instead of infer_v2's beam sampling (do_sample, 3 beams, top_k 30, top_p 0.8, temperature 0.8,
+    /// repetition_penalty 10)
     #[arg(long)]
     greedy: bool,
     /// Most codes per segment (infer_v2's max_mel_tokens, capped by the model's own limit)
@@ -190,9 +194,6 @@ fn run(a: &Args) -> Result<(), Fail> {
     if a.interval_ms < 0 {
         return Err(Fail::User(format!("--interval-ms {}: must be ≥ 0", a.interval_ms)));
     }
-    if !a.greedy {
-        return Err(Fail::User("the official beam sampler is not wired into this build yet: pass --greedy (greedy decoding)".into()));
-    }
     let dev = device(&a.device)?;
     let mut missing: Vec<String> = Vec::new();
     for (flag, p) in [("--speaker", Some(&a.speaker)), ("--emotion", a.emotion.as_ref()), ("--text-file", a.text_file.as_ref())] {
@@ -254,11 +255,12 @@ fn run(a: &Args) -> Result<(), Fail> {
     let front = pipe.front(&spk)?;
     let prepared = pipe.prepare(&front.audio_16k, &front.audio_22k, &emotion)?;
 
-    // CFM noise: torch.randn(1, C, F) after torch.manual_seed(seed); every segment uses its first frames
+    // CFM noise: torch.randn(1, C, F) after torch.manual_seed(seed + 1) (seed itself feeds the
+    // sampler: one stream for both would correlate them); every segment uses its first frames
     let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 & 0xffff_ffff));
     let (c, tm) = (prepared.ref_mel.dim(1)?, prepared.ref_mel.dim(2)?);
     let frames = tm + (max_tokens as f64 * LENGTH_RATIO) as usize + 1;
-    let noise = TorchCpuGenerator::new(seed).normal_f32(c * frames);
+    let noise = TorchCpuGenerator::new(seed.wrapping_add(1)).normal_f32(c * frames);
     if let Some(d) = &a.dump {
         std::fs::create_dir_all(d).map_err(|e| format!("--dump {}: {e}", d.display()))?;
         write_npy(&d.join("z_pool.npy"), &noise, &[1, c, frames])?;
@@ -269,17 +271,28 @@ fn run(a: &Args) -> Result<(), Fail> {
     }
     let z_pool = Tensor::from_vec(noise, (1, c, frames), &dev)?;
     let t_span = Tensor::new(linspace01(DIFFUSION_STEPS).as_slice(), &dev)?;
-    let max_t = Tensor::new(&[max_tokens as i64], &dev)?;
 
     let bar = indicatif::ProgressBar::new(segments.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} segment {pos}/{len} [{elapsed_precise}] {wide_bar} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let step_bar = bar.clone();
+    let mut on_step = move |p: Progress| {
+        if let Progress::Step { step, max } = p {
+            step_bar.set_message(format!("decoding step {step} (≤ {max})"));
+        }
+    };
+    let mode = if a.greedy {
+        DecodeMode::Greedy { max_tokens }
+    } else {
+        DecodeMode::Sampled { cfg: DecodeConfig { max_mel_tokens: max_tokens, ..DecodeConfig::default() }, draws: Draws::seeded(seed) }
+    };
+    let mut decoding = Decoding { mode, progress: Some(&mut on_step) };
     let mut wavs = Vec::with_capacity(segments.len());
     for ids in &segments {
         bar.set_message(format!("{} text tokens", ids.len()));
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let len = ids.len();
-        let seg = pipe.segment(&prepared, &Tensor::from_vec(ids, (1, len), &dev)?, &max_t, &z_pool, &t_span)?;
+        let seg = pipe.segment(&prepared, &Tensor::from_vec(ids, (1, len), &dev)?, &mut decoding, &z_pool, &t_span, false)?;
         wavs.push(seg.wav.flatten_all()?.unsqueeze(0)?);
         bar.inc(1);
     }
@@ -289,11 +302,12 @@ fn run(a: &Args) -> Result<(), Fail> {
     wav::write(&a.output, &out, SR_22K, a.pcm16)?;
     let secs = out.len() as f64 / SR_22K as f64;
     eprintln!(
-        "wrote {}: {secs:.2} s of audio ({} Hz, {}), {} segment(s), seed {seed}; load {t_load:.2} s, synthesis {t_synth:.2} s, RTF {:.3}; peak RSS {}",
+        "wrote {}: {secs:.2} s of audio ({} Hz, {}), {} segment(s), {} decoding, seed {seed}; load {t_load:.2} s, synthesis {t_synth:.2} s, RTF {:.3}; peak RSS {}",
         a.output.display(),
         SR_22K,
         if a.pcm16 { "16-bit PCM" } else { "float32" },
         segments.len(),
+        if a.greedy { "greedy" } else { "sampled" },
         t_synth / secs.max(1e-9),
         peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")),
     );
