@@ -434,3 +434,43 @@ def test_cli_parity_and_convert_user_errors(model_dir, tmp_path, capsys):
             assert w in err, (args, w, err)
     p = _py("-m", "parity", "report", "--checkpoints", empty, "--out", tmp_path / "rep")  # the issue's example
     assert p.returncode == 2 and "Traceback" not in p.stderr and "gpt.pth" in p.stderr, p.stderr
+
+
+def test_cli_readme_use_it_runs_as_written(tmp_path):
+    """The README's "Use it" examples, as written (only /tmp/idx and the output names moved into
+    tmp_path). The Python entry points run in process (`python -m parity` = parity.__main__.main,
+    `indextts-convert` = reference.convert.main, the Python block by exec; an interpreter start
+    costs seconds each), the binaries as subprocesses."""
+    import re
+    import shlex
+
+    from parity.__main__ import main as parity_main
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    sec = text[text.index("## Use it"):]
+    sec = sec[:sec.index("\n## ", 5)]
+    bash, py = re.findall(r"```bash\n(.*?)```", sec, re.S)[0], re.findall(r"```python\n(.*?)```", sec, re.S)[0]
+    sub = lambda s: (s.replace("/tmp/idx", str(tmp_path / "idx")).replace("out.wav", str(tmp_path / "out.wav"))  # noqa: E731
+                     .replace("out_py.wav", str(tmp_path / "out_py.wav")))
+    for line in sub(bash).replace("\\\n", " ").splitlines():
+        argv = shlex.split(line, comments=True)
+        if not argv:
+            continue
+        if argv[:3] == ["python", "-m", "parity"]:
+            assert parity_main(argv[3:]) == 0, line
+        elif argv[0] == "indextts-convert":
+            assert C.main(argv[1:]) == 0, line
+        elif argv[0] == "cargo":  # built by ./run.sh (rebuilding here could drop its --features cuda)
+            assert argv[:3] == ["cargo", "build", "--release"] and _bin()
+        else:
+            assert argv[0] == "./target/release/indextts2", line
+            argv[0] = _bin()
+            p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, (line, p.stderr)
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the example's relative paths
+    try:
+        exec(compile(sub(py), "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    assert np.array_equal(_read_out(str(tmp_path / "out.wav")), _read_out(str(tmp_path / "out_py.wav")))
