@@ -275,6 +275,9 @@ def test_cli_bad_inputs(model_dir, tmp_path):
     refused(_bad(model_dir, tmp_path, "--emotion-vector", "0.1,0.2,0.3"), "8 weights expected", "got 3")
     refused(_bad(model_dir, tmp_path, "--emotion-vector", "0,0,0,0,0,0,0,-1"), "≥ 0")
     refused(_bad(model_dir, tmp_path, "--device", "cuda"), "without CUDA")
+    write_wav(str(tmp_path / "emo.wav"), _speech(0.2, 16000)[None], 16000, "i16")
+    refused(_bad(model_dir, tmp_path, "--emotion", tmp_path / "emo.wav", "--emotion-vector", "0,0,0,0,0,0,0,1"),
+            "cannot be used with")
     refused(_bad(model_dir, tmp_path, "--text-file", tmp_path / "nope.txt", text=None), "nope.txt")
     p = _bad(model_dir, tmp_path, text=None)
     assert p.returncode == 2 and "--text" in p.stderr  # clap: one of --text / --text-file
