@@ -113,7 +113,12 @@ class IndexTTS2:
         bad = sorted(k for k in g if k not in DECODE_KEYS)
         if bad:
             raise UnsupportedOption(f"generation option(s) {bad}: not supported (known: {list(DECODE_KEYS)})")
-        max_mel_tokens = int(g.pop("max_mel_tokens", 1500))
+        limit = self.cfg["gpt"]["max_mel_tokens"]
+        max_mel_tokens = g.pop("max_mel_tokens", None)
+        if max_mel_tokens is None:
+            max_mel_tokens = min(1500, limit)  # infer_v2's default, or the model's limit when smaller
+        elif not 1 <= int(max_mel_tokens) <= limit:
+            raise ValueError(f"max_mel_tokens={max_mel_tokens}: must be in [1, {limit}] (the model's gpt.max_mel_tokens)")
         if not (0.0 <= float(emo_alpha) <= 1.0):
             raise ValueError(f"emo_alpha={emo_alpha}: must be in [0, 1]")
         groups = len(self.cfg["emotion"]["emo_num"])
@@ -140,7 +145,7 @@ class IndexTTS2:
             ins["emo_16k"] = self._rate(e, esr, SR_16K)
         if emo_vector is not None:
             ins["emo_weights"] = np.array(emo_vector, np.float32)
-        max_tokens = min(max_mel_tokens, self.cfg["gpt"]["max_mel_tokens"])
+        max_tokens = int(max_mel_tokens)
         c = self.cfg["dit"]["in_channels"]
         frames = self._ref_frames(len(spk)) + int(max_tokens * LENGTH_RATIO) + 1
         if seed is None:

@@ -275,6 +275,7 @@ def test_cli_bad_inputs(model_dir, tmp_path):
     refused(_bad(model_dir, tmp_path, "--emotion-vector", "0.1,0.2,0.3"), "8 weights expected", "got 3")
     refused(_bad(model_dir, tmp_path, "--emotion-vector", "0,0,0,0,0,0,0,-1"), "≥ 0")
     refused(_bad(model_dir, tmp_path, "--device", "cuda"), "without CUDA")
+    refused(_bad(model_dir, tmp_path, "--max-mel-tokens", "25"), "--max-mel-tokens 25", "[1, 24]")
     write_wav(str(tmp_path / "emo.wav"), _speech(0.2, 16000)[None], 16000, "i16")
     refused(_bad(model_dir, tmp_path, "--emotion", tmp_path / "emo.wav", "--emotion-vector", "0,0,0,0,0,0,0,1"),
             "cannot be used with")
@@ -389,6 +390,8 @@ def test_cli_python_api_equals_cli(model_dir, tmp_path):
             tts.infer(spk, TEXT, None, **kw)
     with pytest.raises(ValueError, match="8 weights expected"):
         tts.infer(spk, TEXT, None, emo_vector=[0.1])
+    with pytest.raises(ValueError, match="max_mel_tokens"):
+        tts.infer(spk, TEXT, None, max_mel_tokens=25)
     with pytest.raises(ValueError, match="emo_alpha"):
         tts.infer(spk, TEXT, None, emo_alpha=2.0)
     with pytest.raises(Exception, match="temperature"):  # the Rust DecodeConfig's own check

@@ -65,9 +65,10 @@ struct Args {
     /// repetition_penalty 10)
     #[arg(long)]
     greedy: bool,
-    /// Most codes per segment (infer_v2's max_mel_tokens, capped by the model's own limit)
-    #[arg(long, default_value_t = MAX_MEL_TOKENS)]
-    max_mel_tokens: usize,
+    /// Most codes per segment (infer_v2's max_mel_tokens) [default: 1500, or the model's
+    /// `gpt.max_mel_tokens` when smaller]
+    #[arg(long)]
+    max_mel_tokens: Option<usize>,
     /// Most text tokens per segment (infer_v2's max_text_tokens_per_segment)
     #[arg(long, default_value_t = 120)]
     segment_tokens: usize,
@@ -235,7 +236,14 @@ fn run(a: &Args) -> Result<(), Fail> {
             return Err(Fail::User(format!("--emotion-vector: {groups} weights expected (happy angry sad afraid disgusted melancholic surprised calm), got {}", w.len())));
         }
     }
-    let max_tokens = a.max_mel_tokens.min(cfg.gpt.max_mel_tokens);
+    let limit = cfg.gpt.max_mel_tokens;
+    let max_tokens = match a.max_mel_tokens {
+        None => MAX_MEL_TOKENS.min(limit),
+        Some(n) if n == 0 || n > limit => {
+            return Err(Fail::User(format!("--max-mel-tokens {n}: must be in [1, {limit}] (the model's gpt.max_mel_tokens)")))
+        }
+        Some(n) => n,
+    };
     let store = Store::open(&md.weights, &dev)?;
     let pipe = Pipeline::load(&Weights::new(store), cfg)?;
     let t_load = t0.elapsed().as_secs_f64();
