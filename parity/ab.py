@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 
-def _bigvgan():
+def _bigvgan(candle_only=False):
     from parity import candle, fixtures
     from parity.registry import MODELS
 
@@ -26,12 +26,16 @@ def _bigvgan():
     fx = fixtures.get(spec, "full", None)
     mel = spec.cases[0].make_inputs(fx.cfg, 0)["mel"]
     mel = np.concatenate([mel] * 4, axis=2)[:, :, :86]
-    cm, ref, t = fx.candle("cpu"), fx.reference("cpu"), torch.from_numpy(mel)
-    return (lambda: candle.run(cm, "forward", {"mel": mel})), (lambda: ref(t)), 86 * 256 / 22050
+    cm, t = fx.candle("cpu"), torch.from_numpy(mel)
+    c = lambda: candle.run(cm, "forward", {"mel": mel})  # noqa: E731
+    if candle_only:
+        return c, None, None
+    ref = fx.reference("cpu")
+    return c, (lambda: ref(t)), 86 * 256 / 22050
 
 
 def _dit(which):
-    def setup():
+    def setup(candle_only=False):
         from parity import candle, fixtures
         from parity.registry import MODELS
         from parity.runner import run_reference
@@ -53,7 +57,7 @@ def _dit(which):
 
 
 def _gpt(which):
-    def setup():
+    def setup(candle_only=False):
         from parity import candle, fixtures
         from parity.runner import as_torch
         from parity.registry import MODELS
@@ -70,7 +74,10 @@ def _gpt(which):
                "codes": rng.integers(0, cfg["start_mel_token"], (1, 100)),
                "code_lens": np.array([100], np.int64),
                "emovec": rng.standard_normal((1, d)).astype(np.float32)}
-        cm, ref = fx.candle("cpu"), fx.reference("cpu")
+        cm = fx.candle("cpu")
+        if candle_only:
+            return (lambda: candle.run(cm, which, spk if which == "spk_cond" else lat)), None, None
+        ref = fx.reference("cpu")
         if which == "spk_cond":
             t = as_torch(spk, "cpu", torch.float32)
             return (lambda: candle.run(cm, "spk_cond", spk)), (lambda: ref.get_conditioning(t["x"], t["lens"])), None
@@ -81,7 +88,7 @@ def _gpt(which):
     return setup
 
 
-def _campplus():
+def _campplus(candle_only=False):
     from parity import candle, fixtures
     from parity.registry import MODELS
     from reference.campplus import campplus_features, load_wav
@@ -96,7 +103,7 @@ def _campplus():
     return c, (lambda: ref(campplus_features(t, 80, 16000.0)[None])), 10.0
 
 
-def _codec():
+def _codec(candle_only=False):
     from parity import candle, fixtures
     from parity.registry import MODELS
     from reference.semantic_codec import make_features
@@ -107,7 +114,7 @@ def _codec():
     return (lambda: candle.run(cm, "quantize", {"x": x})), (lambda: ref.quantize(t)), 10.0
 
 
-def _mel():
+def _mel(candle_only=False):
     from parity import candle
     from reference.campplus import load_wav
     from reference.mel import FULL, mel_spectrogram
@@ -125,7 +132,35 @@ def _mel():
     return (lambda: candle.run(cm, "forward", {"wav": wav})), (lambda: mel_spectrogram(t, FULL)), 10.0
 
 
-BENCHES = {"bigvgan": _bigvgan, "dit_estimator": _dit("estimator"), "dit_cfm25": _dit("cfm"),
+def _w2v(candle_only=False):
+    import copy
+
+    from parity import candle, fixtures
+    from parity.registry import MODELS
+    from reference import w2v_bert as R
+
+    fx = fixtures.get(MODELS["w2v_bert"], "full", None)
+    speech = R.load_clip("speech_16k.wav")
+    audio = np.concatenate([speech] * (160000 // len(speech) + 1))[:160000].astype(np.float32)
+    cm = fx.candle("cpu")
+    if candle_only:
+        return (lambda: candle.run(cm, "embed_audio", {"audio": audio})), None, None
+    ref = fx.reference("cpu")
+
+    def shallow(m):  # shares the weights, owns its submodule table (the cached model is untouched)
+        c = copy.copy(m)
+        c._modules = dict(m._modules)
+        return c
+
+    enc = shallow(ref.encoder)  # like for like: the 17 layers Candle runs (transformers has no early exit)
+    enc.layers = torch.nn.ModuleList(list(ref.encoder.layers)[: fx.cfg["output_layer"]])
+    ref = shallow(ref)
+    ref.encoder = enc
+    t = torch.from_numpy(audio)
+    return (lambda: candle.run(cm, "embed_audio", {"audio": audio})), (lambda: R.run_embed_audio(ref, {"audio": t}, None)), 10.0
+
+
+BENCHES = {"w2v_bert_17": _w2v, "bigvgan": _bigvgan, "dit_estimator": _dit("estimator"), "dit_cfm25": _dit("cfm"),
            "gpt_spk_cond": _gpt("spk_cond"), "gpt_forward_latent": _gpt("forward_latent"),
            "campplus": _campplus, "semantic_codec": _codec, "mel": _mel}
 
