@@ -76,8 +76,18 @@ def _gpt(which):
                "emovec": rng.standard_normal((1, d)).astype(np.float32)}
         cm = fx.candle("cpu")
         if candle_only:
-            return (lambda: candle.run(cm, which, spk if which == "spk_cond" else lat)), None, None
+            return (lambda: candle.run(cm, which, spk if which == "spk_cond" else lat)), None, None  # noqa: E501
         ref = fx.reference("cpu")
+        if which == "step_logits":  # KV-cache decoding, 17 steps (test_bench_gpt_greedy)
+            import os
+            import sys
+
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+            from test_gpt import _ref_cached_logits
+
+            inp = {"spk_latent": lat["spk_latent"], "emovec": lat["emovec"], "text": lat["text"], "codes": lat["codes"][:, :16]}
+            t = as_torch(inp, "cpu", torch.float32)
+            return (lambda: candle.run(cm, "step_logits", inp)), (lambda: _ref_cached_logits(ref, t, t["codes"])), None
         if which == "spk_cond":
             t = as_torch(spk, "cpu", torch.float32)
             return (lambda: candle.run(cm, "spk_cond", spk)), (lambda: ref.get_conditioning(t["x"], t["lens"])), None
@@ -161,7 +171,7 @@ def _w2v(candle_only=False):
 
 
 BENCHES = {"w2v_bert_17": _w2v, "bigvgan": _bigvgan, "dit_estimator": _dit("estimator"), "dit_cfm25": _dit("cfm"),
-           "gpt_spk_cond": _gpt("spk_cond"), "gpt_forward_latent": _gpt("forward_latent"),
+           "gpt_spk_cond": _gpt("spk_cond"), "gpt_forward_latent": _gpt("forward_latent"), "gpt_greedy17": _gpt("step_logits"),
            "campplus": _campplus, "semantic_codec": _codec, "mel": _mel}
 
 
