@@ -220,9 +220,9 @@ def main(argv=None) -> int:
         print(f"{name:<20} candle {' '.join(f'{x:.3f}' for x in r['candle_s'])} s | torch "
               f"{' '.join(f'{x:.3f}' for x in r['torch_s'])} s | ratio median {r['ratio_median']:.2f}, "
               f"of min {r['ratio_of_min']:.2f}", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        if a.json:  # after every bench: a later one that dies (memory) keeps the earlier figures
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
     return 0
 
 

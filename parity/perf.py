@@ -103,7 +103,7 @@ def section(out: str, paths: list[str]) -> tuple[dict, list[str]]:
           f"CPU: `{d['cpu']}`; threads: {d['threads'] or 'n/a'}; from {', '.join(f'`{os.path.basename(p)}`' for p in paths)}", ""]
     if d["stages"]:
         _plot(d["stages"], os.path.join(out, "perf.png"), d["cpu"])
-        md += ["| stage | Candle s | PyTorch s | Candle ÷ PyTorch | RTF Candle | RTF PyTorch | source |", "|---|---|---|---|---|---|---|"]
+        md += ["| stage | Candle s (best) | PyTorch s (best) | Candle ÷ PyTorch | RTF Candle | RTF PyTorch | source |", "|---|---|---|---|---|---|---|"]
         for s in d["stages"]:
             rtf = (f"{s['rtf_candle']:.3f} | {s['rtf_torch']:.3f}" if "rtf_candle" in s else "- | -")
             md.append(f"| {s['stage']} | {s['candle_s']:.3f} | {s['torch_s']:.3f} | {s['ratio']:.2f} | {rtf} | {s['source']} |")
