@@ -142,7 +142,8 @@ def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -
     return 1 if failed else 0
 
 
-def report(out: str, models: list[str] | None, size: str, checkpoints: str | None, device: str) -> int:
+def report(out: str, models: list[str] | None, size: str, checkpoints: str | None, device: str,
+           perf: list[str] | None = None) -> int:
     import warnings
 
     import torch
@@ -228,6 +229,11 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
         result["pipeline"], pmd, pfailed = report_section(out, size, checkpoints, device, _write_wav)
         md += pmd
         failed += pfailed
+    if perf:  # read from benchmark JSON written earlier: timing nothing here keeps the report fast
+        from .perf import section
+
+        result["performance"], pmd = section(out, perf)
+        md += pmd
     if walks:  # `--models pipeline` alone has no per-model walks
         _plot(walks, os.path.join(out, "errors.png"))
     result["ok"] = not failed
@@ -293,6 +299,11 @@ def _main(argv: list[str] | None = None) -> int:
     r.add_argument("--full-size", action="store_true", help="synthetic checkpoints at official size")
     r.add_argument("--checkpoints", metavar="DIR", help="official checkpoint directory")
     r.add_argument("--device", default="cpu")
+    r.add_argument("--perf", nargs="+", metavar="JSON", help="add the performance section from benchmark JSON files "
+                   "(pytest --benchmark-json, python -m parity.ab/loadbench --json); nothing is timed by the report")
+    f = sub.add_parser("perf", help="write only the performance section (perf.md, perf.json, perf.png) from benchmark JSON")
+    f.add_argument("json", nargs="+")
+    f.add_argument("--out", default="report")
     v = sub.add_parser("survey", help="measure the noise ratios of correct code (the basis of K_MAX / K_RMS)")
     v.add_argument("--models", nargs="*")
     v.add_argument("--full-size", action="store_true")
@@ -314,9 +325,20 @@ def _main(argv: list[str] | None = None) -> int:
         for f in files:
             print(os.path.join(a.dir, f))
         return 0
+    if a.cmd == "perf":
+        from .perf import section
+
+        os.makedirs(a.out, exist_ok=True)
+        d, md = section(a.out, a.json)
+        with open(os.path.join(a.out, "perf.json"), "w") as fh:
+            json.dump(d, fh, indent=1)
+        with open(os.path.join(a.out, "perf.md"), "w") as fh:
+            fh.write("\n".join(md) + "\n")
+        print(f"performance section written to {a.out}/ (perf.md, perf.json{', perf.png' if d['stages'] else ''})")
+        return 0
     if a.cmd == "survey":
         return survey(a.models, "full" if a.full_size else "tiny", a.seeds, a.device)
-    return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device)
+    return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device, a.perf)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ impl Ctx {
     pub fn records(&self) -> bool {
         self.record
     }
+    /// Neither records nor injects: a model may then fuse tapped leaves into one kernel.
+    pub fn is_plain(&self) -> bool {
+        !self.record && self.inject.is_empty()
+    }
     pub fn tap(&mut self, name: &str, t: &Tensor) {
         if self.record {
             self.taps.push((name.to_string(), t.clone()));

@@ -139,7 +139,11 @@ impl ConvModule {
             Ok((h.narrow(1, 0, self.c)? * candle_nn::ops::sigmoid(&h.narrow(1, self.c, self.c)?)?)?)
         })?;
         let h = ctx.block(&format!("{name}.depthwise_conv"), &h, |h| {
-            let y = h.contiguous()?.conv1d(&self.dw_w, (self.k - 1) / 2, 1, 1, self.c)?;
+            let pad = (self.k - 1) / 2;
+            let y = match crate::nn::depthwise_conv1d(h, &self.dw_w, pad, pad)? {
+                Some(y) => y,
+                None => h.contiguous()?.conv1d(&self.dw_w, pad, 1, 1, self.c)?,
+            };
             Ok(y.broadcast_add(&self.dw_b.reshape((1, self.c, 1))?)?)
         })?;
         let h = ctx.block(&format!("{name}.norm"), &h, |h| self.norm.forward(&h.transpose(1, 2)?.contiguous()?))?;

@@ -97,3 +97,115 @@ impl LayerNorm {
         layer_norm(x, Some(&self.w), self.b.as_ref(), self.eps)
     }
 }
+
+/// Depthwise conv1d (one filter per channel, stride 1, dilation 1, zero padding) as one pass per
+/// row on the rayon pool. Candle runs `groups = C` as C separate convs plus a concat, and a chain of
+/// shifted tensor products costs a full pass per tap. Per output: `Σ_j x[t + j]·w[j]`, j ascending
+/// (the order of the shifted-sum form, so that form and this one agree bit for bit).
+/// `x` `[B, C, T]`, `w` `[C, 1, k]` → `[B, C, T + left + right − k + 1]`. `None` where it does not
+/// apply (not on the CPU, or not f32/f64): the caller keeps its tensor form.
+pub fn depthwise_conv1d(x: &Tensor, w: &Tensor, left: usize, right: usize) -> Result<Option<Tensor>> {
+    use candle_core::DType;
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) || x.dtype() != w.dtype() || x.dims().len() != 3 {
+        return Ok(None);
+    }
+    let (_, c, t) = x.dims3()?;
+    let (wc, one, k) = w.dims3()?;
+    if wc != c || one != 1 || k == 0 || t + left + right < k {
+        return crate::error::input_err(format!("depthwise conv: input {:?} and weight {:?} do not fit", x.dims(), w.dims()));
+    }
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &Depthwise { left, right })?))
+}
+
+struct Depthwise {
+    left: usize,
+    right: usize,
+}
+
+impl Depthwise {
+    fn run<T>(&self, x: &[T], w: &[T], c: usize, t: usize, k: usize) -> Vec<T>
+    where
+        T: Copy + Send + Sync + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+    {
+        use rayon::prelude::*;
+        let tp = t + self.left + self.right;
+        let n = tp + 1 - k;
+        let mut out = vec![T::default(); x.len() / t.max(1) * n];
+        if n == 0 {
+            return out;
+        }
+        out.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![T::default(); tp],
+            |xp, (row, o)| {
+                xp[self.left..self.left + t].copy_from_slice(&x[row * t..(row + 1) * t]);
+                let wr = &w[(row % c) * k..(row % c + 1) * k];
+                for (i, v) in o.iter_mut().enumerate() {
+                    let mut acc = xp[i] * wr[0];
+                    for j in 1..k {
+                        acc = acc + xp[i + j] * wr[j];
+                    }
+                    *v = acc;
+                }
+            },
+        );
+        out
+    }
+}
+
+impl candle_core::CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "depthwise-conv1d"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (b, c, t) = l1.shape().dims3()?;
+        let k = l2.shape().dims3()?.2;
+        let msg = || candle_core::Error::Msg("depthwise conv: contiguous f32/f64 operands of one dtype expected".into());
+        let (a0, a1) = l1.contiguous_offsets().ok_or_else(msg)?;
+        let (w0, w1) = l2.contiguous_offsets().ok_or_else(msg)?;
+        let out = match (s1, s2) {
+            (S::F32(x), S::F32(w)) => S::F32(self.run(&x[a0..a1], &w[w0..w1], c, t, k)),
+            (S::F64(x), S::F64(w)) => S::F64(self.run(&x[a0..a1], &w[w0..w1], c, t, k)),
+            _ => return Err(msg()),
+        };
+        Ok((out, candle_core::Shape::from((b, c, t + self.left + self.right + 1 - k))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Against candle's grouped conv (f64: equal to rounding) and bit for bit against the
+    /// shifted-sum form, with padding on either side.
+    #[test]
+    fn depthwise_matches_grouped_conv_and_shifted_sums() -> Result<()> {
+        let d = Device::Cpu;
+        for (b, c, t, k, l, r) in [(1, 3, 10, 3, 1, 1), (2, 4, 17, 5, 4, 0), (1, 2, 5, 5, 0, 0), (1, 5, 3, 7, 3, 3)] {
+            let x = Tensor::randn(0f64, 1.0, (b, c, t), &d)?;
+            let w = Tensor::randn(0f64, 1.0, (c, 1, k), &d)?;
+            let got = depthwise_conv1d(&x, &w, l, r)?.unwrap();
+            let xp = x.pad_with_zeros(2, l, r)?;
+            let want = xp.conv1d(&w, 0, 1, 1, c)?;
+            let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{b}x{c}x{t} k{k}: {diff}");
+            let n = t + l + r + 1 - k;
+            let xp32 = xp.to_dtype(DType::F32)?;
+            let w32 = w.to_dtype(DType::F32)?;
+            let mut acc = xp32.narrow(2, 0, n)?.broadcast_mul(&w32.narrow(2, 0, 1)?.reshape((1, c, 1))?)?;
+            for j in 1..k {
+                acc = (acc + xp32.narrow(2, j, n)?.broadcast_mul(&w32.narrow(2, j, 1)?.reshape((1, c, 1))?)?)?;
+            }
+            let got32 = depthwise_conv1d(&x.to_dtype(DType::F32)?, &w32, l, r)?.unwrap();
+            assert_eq!(got32.flatten_all()?.to_vec1::<f32>()?, acc.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(())
+    }
+}

@@ -119,6 +119,15 @@ impl Store {
         let t = view
             .load(&self.device)
             .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: cannot load: {e}", self.path)))?;
+        // The bytes are copied now: drop their pages from this process's resident set (they stay
+        // in the page cache; a second read of the key refaults them), so peak memory is the weights
+        // once, not the weights plus the touched file.
+        #[cfg(unix)]
+        if e > s {
+            // SAFETY: a read-only file mapping; MADV_DONTNEED only unmaps pages, which a later
+            // access reads back from the unchanged file. No reference into them outlives `load`.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.data_start + s, e - s) };
+        }
         self.requested
             .lock()
             .expect("store lock")

@@ -225,6 +225,7 @@ struct ConvModule {
     layer_norm: LayerNorm,
     pointwise_conv1: Linear, // [2H, H, 1] as a Linear
     depthwise: Vec<Tensor>,  // tap j of the depthwise kernel as [1, H, 1]
+    depthwise_w: Tensor,     // the kernel [H, 1, k]
     depthwise_layer_norm: LayerNorm,
     pointwise_conv2: Linear,
     k: usize,
@@ -247,6 +248,7 @@ impl ConvModule {
             layer_norm: LayerNorm::load(&w.pp("layer_norm"), h, eps)?,
             pointwise_conv1: Linear::from_tensors(pw1, None),
             depthwise: (0..k).map(|j| Ok(dw.narrow(2, j, 1)?.reshape((1, h, 1))?)).collect::<Result<_>>()?,
+            depthwise_w: dw.contiguous()?,
             depthwise_layer_norm: LayerNorm::load(&w.pp("depthwise_layer_norm"), h, eps)?,
             pointwise_conv2: Linear::from_tensors(pw2, None),
             k,
@@ -273,6 +275,9 @@ impl ConvModule {
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
         let yp = y.pad_with_zeros(2, pl, pr)?;
         let y = ctx.block(&format!("{n}.depthwise_conv"), &yp, |yp| {
+            if let Some(y) = crate::nn::depthwise_conv1d(yp, &self.depthwise_w, 0, 0)? {
+                return Ok(y); // the same sums in one pass
+            }
             let t = yp.dim(2)? + 1 - self.k;
             let mut acc = yp.narrow(2, 0, t)?.broadcast_mul(&self.depthwise[0])?;
             for (j, wj) in self.depthwise.iter().enumerate().skip(1) {

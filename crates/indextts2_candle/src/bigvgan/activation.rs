@@ -5,7 +5,8 @@ use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::store::Weights;
 use crate::transforms::snake_param;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// `x + 1/(β + 1e-9) · sin²(αx)`; Snake has no β and uses α for both.
 pub struct Snake {
@@ -116,9 +117,139 @@ impl Activation1d {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {
+        // No tap is kept and none injected: the three leaves in one pass (same sums, same order).
+        if ctx.is_plain() && x.device().is_cpu() && x.dims().len() == 3 && x.dim(2)? > 0
+            && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        {
+            let op = FusedActivation { up: &self.up_taps, down: &self.down_taps, act: &self.act, faults: self.faults };
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
         let y = ctx.block(&format!("{name}.upsample"), x, |x| self.upsample(x))?;
         let y = ctx.block(&format!("{name}.act"), &y, |y| self.act.forward(y))?;
         ctx.block(&format!("{name}.downsample.lowpass"), &y, |y| self.lowpass(y))
+    }
+}
+
+/// The element types the fused activation runs in; the arithmetic is written once, so f32 and f64
+/// do exactly what the tensor path does in that type.
+trait Elem: Copy + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + candle_core::WithDType {
+    fn of_f32(v: f32) -> Self;
+    fn sine(self) -> Self;
+}
+impl Elem for f32 {
+    fn of_f32(v: f32) -> f32 {
+        v
+    }
+    fn sine(self) -> f32 {
+        self.sin()
+    }
+}
+impl Elem for f64 {
+    fn of_f32(v: f32) -> f64 {
+        v as f64
+    }
+    fn sine(self) -> f64 {
+        self.sin()
+    }
+}
+
+/// UpSample1d → Snake(Beta) → LowPassFilter1d on contiguous `[B, C, T]`, one row per task on the
+/// rayon pool. Per output sample it computes the very expressions of the tensor path
+/// (`upsample`, `Snake::forward`, `lowpass`): the same coefficients, the same summation order, the
+/// `+ 0` of candle's affine, so the result is bit-identical (the unit test checks it).
+struct FusedActivation<'a> {
+    up: &'a [f32],
+    down: &'a [f32],
+    act: &'a Snake,
+    faults: FilterFaults,
+}
+
+impl FusedActivation<'_> {
+    fn run<T: Elem>(&self, x: &[T], c: usize, t: usize) -> Result<Vec<T>> {
+        let alpha = self.act.alpha.flatten_all()?.to_vec1::<T>()?;
+        let inv_beta = self.act.inv_beta.flatten_all()?.to_vec1::<T>()?;
+        let zero = T::from_f64(0.0);
+        // upsample: per output phase, (offset into the padded row, coefficient) in the order the
+        // tensor path adds them
+        let p_len = K / RATIO - 1;
+        let crop = p_len * RATIO + (K - RATIO) / 2;
+        let phases: Vec<Vec<(usize, T)>> = (0..RATIO)
+            .map(|ph| {
+                let (p, m0) = ((ph + crop) % RATIO, (ph + crop) / RATIO);
+                (0..).take_while(|j| j * RATIO + p < K).map(|j| (m0 - j, T::of_f32(RATIO as f32 * self.up[j * RATIO + p]))).collect()
+            })
+            .collect();
+        let down: Vec<T> = self.down.iter().map(|&v| T::of_f32(v)).collect();
+        let (t2, dl, dr) = (t * RATIO, K / 2 - 1, K / 2 + 1);
+        let pad_read = |row: &[T], i: isize, zeros: bool| -> T {
+            if i >= 0 && (i as usize) < row.len() {
+                row[i as usize]
+            } else if zeros {
+                zero
+            } else {
+                row[if i < 0 { 0 } else { row.len() - 1 }]
+            }
+        };
+        let mut out = vec![zero; x.len()]; // ↑2 then ↓2: the input's length
+        out.par_chunks_mut(t).enumerate().for_each_init(
+            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr]),
+            |(xp, yp), (row, o)| {
+                let xr = &x[row * t..(row + 1) * t];
+                let ch = row % c;
+                for (i, v) in xp.iter_mut().enumerate() {
+                    *v = pad_read(xr, i as isize - p_len as isize, self.faults.up_zero_pad);
+                }
+                // ×2 upsample and the activation, written into the padded lowpass row
+                let (a, ib) = (alpha[ch], inv_beta[ch]);
+                for r in 0..t {
+                    for (ph, terms) in phases.iter().enumerate() {
+                        let mut acc = xp[r + terms[0].0] * terms[0].1 + zero;
+                        for &(off, coef) in &terms[1..] {
+                            acc = acc + (xp[r + off] * coef + zero);
+                        }
+                        let s = (acc * a).sine();
+                        yp[dl + r * RATIO + ph] = acc + (s * s) * ib;
+                    }
+                }
+                for i in 0..dl {
+                    yp[i] = if self.faults.down_zero_pad { zero } else { yp[dl] };
+                }
+                for i in dl + t2..yp.len() {
+                    yp[i] = if self.faults.down_zero_pad { zero } else { yp[dl + t2 - 1] };
+                }
+                // lowpass ↓2: the even taps' sum, then the odd taps', then their sum
+                for (r, v) in o.iter_mut().enumerate() {
+                    let base = r * RATIO;
+                    let mut even = yp[base] * down[0] + zero;
+                    for k in (2..K).step_by(2) {
+                        even = even + (yp[base + k] * down[k] + zero);
+                    }
+                    let mut odd = yp[base + 1] * down[1] + zero;
+                    for k in (3..K).step_by(2) {
+                        odd = odd + (yp[base + k] * down[k] + zero);
+                    }
+                    *v = even + odd;
+                }
+            },
+        );
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for FusedActivation<'_> {
+    fn name(&self) -> &'static str {
+        "bigvgan-fused-activation1d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, t) = l.shape().dims3()?;
+        let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused activation needs a contiguous input".into()))?;
+        let err = |e: crate::Error| candle_core::Error::Msg(e.to_string());
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end], c, t).map_err(err)?),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[start..end], c, t).map_err(err)?),
+            _ => return Err(candle_core::Error::Msg("fused activation: f32 and f64 only".to_string())),
+        };
+        Ok((out, Shape::from((b, c, t))))
     }
 }
 
@@ -169,6 +300,37 @@ pub fn kaiser_sinc_filter(cutoff: f64, half_width: f64, k: usize, periodic: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device};
+
+    /// The fused kernel (plain runs) against the three tapped leaves (parity runs): bit-identical
+    /// in f32 and f64, with each pad fault, on random signals and per-channel parameters.
+    #[test]
+    fn fused_activation_equals_the_tapped_leaves() -> Result<()> {
+        let d = Device::Cpu;
+        let taps = kaiser_sinc_filter(0.25, 0.3, K, false);
+        for dt in [DType::F32, DType::F64] {
+            for faults in [
+                FilterFaults::default(),
+                FilterFaults { up_zero_pad: true, ..Default::default() },
+                FilterFaults { down_zero_pad: true, ..Default::default() },
+            ] {
+                for (b, c, t) in [(1, 3, 1), (2, 5, 7), (1, 4, 64)] {
+                    let alpha = (Tensor::rand(0.2f64, 2.0, (1, c, 1), &d)?).to_dtype(dt)?;
+                    let inv_beta = (Tensor::rand(0.5f64, 3.0, (1, c, 1), &d)?).to_dtype(dt)?;
+                    let act = Activation1d { act: Snake { alpha, inv_beta }, up_taps: taps.clone(), down_taps: taps.iter().rev().map(|v| v * 0.9).collect(), faults };
+                    let x = (Tensor::randn(0f64, 1.0, (b, c, t), &d)?).to_dtype(dt)?;
+                    let fused = act.forward(&x, &mut Ctx::plain(), "a")?;
+                    let mut rec = Ctx::new(true, Default::default());
+                    let leaves = act.forward(&x, &mut rec, "a")?;
+                    assert_eq!(rec.finish()?.len(), 3);
+                    let (f, l) = (fused.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?, leaves.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+                    assert_eq!(fused.dims(), leaves.dims());
+                    assert!(f.iter().zip(&l).all(|(a, b)| a.to_bits() == b.to_bits()), "{dt:?} {b}x{c}x{t}: fused differs");
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// `kaiser_sinc_filter1d(0.25, 0.3, 12)` as the official code computes it (torch 2.9, float32).
     #[test]

@@ -219,8 +219,16 @@ struct ConvTranspose1d {
 }
 
 impl ConvTranspose1d {
+    /// Padding of a transposed conv only drops `padding` outputs per side: run it unpadded and
+    /// crop, since Candle's CPU kernel for padding ≠ 0 is a slow direct loop (its col2im path,
+    /// a matmul, needs padding 0). The same products are summed, so only the rounding order differs.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose1d(&self.w, self.padding, 0, self.stride, 1, 1)?;
+        let y = x.conv_transpose1d(&self.w, 0, 0, self.stride, 1, 1)?;
+        let n = y.dim(2)?;
+        if n < 2 * self.padding + 1 {
+            return crate::error::input_err(format!("BigVGAN upsampler: {} input frames give no output", x.dim(2)?));
+        }
+        let y = y.narrow(2, self.padding, n - 2 * self.padding)?;
         Ok(y.broadcast_add(&self.b.reshape((1, (), 1))?)?)
     }
 }

@@ -1,0 +1,170 @@
+"""Load-to-ready and peak memory at official size, three load figures from ONE run:
+
+* Candle: `Model(...)` construction (mmap the converted safetensors, copy/convert every tensor,
+  the finiteness scan, the model's load-time transforms);
+* official: what infer_v2 does per model: build the modules, `torch.load` the official file
+  (`weights_only=True`), `load_state_dict(strict=True)`, `.eval()`;
+* floor: the checkpoint's bytes ÷ this machine's memcpy bandwidth, measured in the same run.
+
+The sides alternate round by round (a shared machine's load hits both). `--rss` instead runs one
+Candle-only child process per model (load + one forward at the benchmark's input) and reports its
+peak RSS (VmHWM) against the weights' bytes.
+
+    python -m parity.loadbench gpt bigvgan dit --rounds 3 [--json F]
+    python -m parity.loadbench --rss gpt bigvgan dit
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CONTAINERS = {"bigvgan": "generator", "gpt": None, "dit": None}
+
+
+def memcpy_gbps(nbytes: int = 1 << 30, reps: int = 3) -> float:
+    """Best of `reps` copies of a `nbytes` buffer (pages touched first), GB/s."""
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    b[:] = 0.0
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def _flatten(d: dict, pre: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{pre}{k}."))
+        else:
+            out[f"{pre}{k}"] = v
+    return out
+
+
+def official_load(spec, fx):
+    """The official load path on the official-format file."""
+    import fnmatch
+
+    import torch
+
+    t0 = time.perf_counter()
+    m = spec.build_reference(fx.cfg)
+    ck = torch.load(fx.official_path, map_location="cpu", weights_only=True)
+    if CONTAINERS.get(spec.name):
+        ck = ck[CONTAINERS[spec.name]]
+    sd = _flatten(ck)
+    pre = spec.prefix + "." if spec.prefix else ""
+    own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)
+           and not any(fnmatch.fnmatchcase(k, p) for p in spec.other_kinds_keys)}
+    m.load_state_dict(own, strict=True)
+    m.eval()
+    dt = time.perf_counter() - t0
+    del m, ck, sd, own
+    return dt
+
+
+def candle_load(fx):
+    t0 = time.perf_counter()
+    m = fx.candle("cpu")
+    dt = time.perf_counter() - t0
+    del m
+    return dt
+
+
+def load_figures(name: str, rounds: int) -> dict:
+    import torch
+
+    from parity import fixtures
+    from parity.registry import MODELS
+
+    spec = MODELS[name]
+    fx = fixtures.get(spec, "full", None)
+    nbytes = os.path.getsize(fx.safetensors_path)
+    candle_load(fx), official_load(spec, fx)  # page cache warm for both files
+    cs, os_ = [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            cs.append(candle_load(fx)), os_.append(official_load(spec, fx))
+        else:
+            os_.append(official_load(spec, fx)), cs.append(candle_load(fx))
+    bw = memcpy_gbps()
+    floor = nbytes / (bw * 1e9)
+    c, o = statistics.median(cs), statistics.median(os_)
+    return {"name": name, "checkpoint_bytes": nbytes, "candle_s": cs, "official_s": os_, "memcpy_gbps": bw,
+            "floor_s": floor, "candle_over_official": c / o, "candle_over_floor": c / floor,
+            "threads": torch.get_num_threads()}
+
+
+def _rss_child(name: str) -> None:
+    """One Candle-only process: load, one forward at the benchmark input, peak RSS."""
+    from parity import ab
+
+    setup = ab.BENCHES[{"dit": "dit_estimator", "gpt": "gpt_forward_latent", "w2v_bert": "w2v_bert_17"}.get(name, name)]
+    from parity import fixtures
+    from parity.registry import MODELS
+
+    fx = fixtures.get(MODELS[name], "full", None)
+    with open("/proc/self/status") as f:  # python, torch, numpy and the extension: not the model's
+        base = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+    c, _, _ = setup(candle_only=True)
+    c()
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    print(json.dumps({"name": name, "peak_rss_bytes": hwm, "baseline_rss_bytes": base,
+                      "weights_bytes": os.path.getsize(fx.safetensors_path)}))
+
+
+def rss_figures(name: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "parity.loadbench", "--rss-child", name], capture_output=True,
+                         text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["ratio"] = r["peak_rss_bytes"] / r["weights_bytes"]
+    r["ratio_above_baseline"] = (r["peak_rss_bytes"] - r["baseline_rss_bytes"]) / r["weights_bytes"]
+    return r
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rss", action="store_true")
+    p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    if a.rss_child:
+        _rss_child(a.models[0])
+        return 0
+    res = []
+    for n in a.models:
+        if a.rss:
+            r = rss_figures(n)
+            print(f"{n:<16} peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, weights {r['weights_bytes'] / 1e9:.2f} GB, "
+                  f"ratio {r['ratio']:.2f}; above the interpreter's {r['baseline_rss_bytes'] / 1e9:.2f} GB: "
+                  f"{r['ratio_above_baseline']:.2f}", flush=True)
+        else:
+            if n not in CONTAINERS:
+                raise SystemExit(f"load figures: {n} has no official .pth load path here (known: {sorted(CONTAINERS)})")
+            r = load_figures(n, a.rounds)
+            print(f"{n:<16} candle {' '.join(f'{x:.2f}' for x in r['candle_s'])} s | official "
+                  f"{' '.join(f'{x:.2f}' for x in r['official_s'])} s | floor {r['floor_s']:.2f} s "
+                  f"({r['checkpoint_bytes'] / 1e9:.2f} GB at {r['memcpy_gbps']:.1f} GB/s) | candle/official "
+                  f"{r['candle_over_official']:.2f}, candle/floor {r['candle_over_floor']:.2f}", flush=True)
+        res.append(r)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
