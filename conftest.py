@@ -1,6 +1,8 @@
 """Session-wide options and fixtures for the parity suite.
 
 --device {cpu,cuda,all}  which devices to parametrize (CUDA cases skip cleanly without a GPU)
+--dtype {float32,float16,bfloat16,all}  the precision of the layer walks (Candle model and reference);
+                         default float32; `all` parametrises the tests that take `dtype`
 --full-size              synthetic checkpoints at the official size instead of tiny ones
 --checkpoints DIR        run on the user's official files instead of synthetic ones
 """
@@ -23,6 +25,8 @@ torch.backends.cudnn.deterministic = True
 def pytest_addoption(parser):
     g = parser.getgroup("parity")
     g.addoption("--device", default="all", choices=["cpu", "cuda", "all"], help="devices to compare on")
+    g.addoption("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "all"],
+                help="precision of the layer walks: Candle and the reference both run in it (default float32)")
     g.addoption("--full-size", action="store_true", help="synthetic checkpoints at official size")
     g.addoption("--checkpoints", default=None, metavar="DIR", help="directory with the official checkpoint files")
 
@@ -37,11 +41,22 @@ def cuda_ready() -> tuple[bool, str]:
     return True, ""
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
         opt = metafunc.config.getoption("--device")
         devs = ["cpu", "cuda"] if opt == "all" else [opt]
         metafunc.parametrize("device", devs, indirect=True, scope="session")
+    # one dtype: a plain fixture (test ids unchanged); `all`: one case per dtype
+    if "dtype" in metafunc.fixturenames and metafunc.config.getoption("--dtype") == "all":
+        metafunc.parametrize("dtype", DTYPES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def dtype(request) -> str:
+    return getattr(request, "param", None) or request.config.getoption("--dtype")
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +98,13 @@ def fixtures(request):
 
 @pytest.fixture(scope="session")
 def candle_models(fixtures):
-    """`candle_models(name, device, faults=())` → a loaded Candle model, cached per session."""
+    """`candle_models(name, device, faults=(), dtype="float32")` → a loaded Candle model, cached per session."""
     cache: dict = {}
 
-    def get(name: str, device: str = "cpu", faults: tuple = ()):
-        key = (name, device, tuple(faults))
+    def get(name: str, device: str = "cpu", faults: tuple = (), dtype: str = "float32"):
+        key = (name, device, tuple(faults), dtype)
         if key not in cache:
-            cache[key] = fixtures(name).candle(device, list(faults))
+            cache[key] = fixtures(name).candle(device, list(faults), dtype)
         return cache[key]
 
     return get

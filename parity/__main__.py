@@ -99,9 +99,10 @@ def _fault_sensitivity(fx, spec, device: str):
     return rows, md + [""], failed
 
 
-def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -> int:
-    """The measurement behind K_MAX / K_RMS: every case, seed and walk on correct code; prints the
-    worst noise ratios per (model, case, walk) and overall."""
+def survey(models: list[str] | None, size: str, seeds: list[int], device: str, dtype: str = "float32") -> int:
+    """The measurement behind K_MAX / K_RMS (and, with `dtype`, behind NOISE_HALF): every case, seed
+    and walk on correct code, both sides in `dtype`; prints the worst noise ratios per (model, case,
+    walk) and overall."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*torch.nn.utils.weight_norm. is deprecated", category=FutureWarning)
@@ -113,13 +114,13 @@ def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -
     for name in models or list(MODELS):
         spec = MODELS[name]
         fx = get(spec, size, None)
-        cm = fx.candle(device)
+        cm = fx.candle(device, None, dtype)
         for case in spec.cases:
             for mode in ("chained", "injected"):
                 for seed in seeds:
                     where = f"{name}/{case.name}/{mode}/seed {seed}"
                     try:
-                        w = layer_walk(fx, cm, case, mode, device, seed=seed)
+                        w = layer_walk(fx, cm, case, mode, device, seed=seed, dtype=dtype)
                     except Exception as e:  # noqa: BLE001 - a survey reports every case
                         print(f"{where:<58} ERROR {type(e).__name__}: {str(e)[:300]}")
                         failed.append(f"{where}: {type(e).__name__}")
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--full-size", action="store_true")
     v.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     v.add_argument("--device", default="cpu")
+    v.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     o = sub.add_parser("official-dir", help="write a synthetic checkpoint directory in the official layout")
     o.add_argument("dir")
     o.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             print(os.path.join(a.dir, f))
         return 0
     if a.cmd == "survey":
-        return survey(a.models, "full" if a.full_size else "tiny", a.seeds, a.device)
+        return survey(a.models, "full" if a.full_size else "tiny", a.seeds, a.device, a.dtype)
     return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device)
 
 

@@ -44,6 +44,7 @@ class NoiseFloor:
     k_rms: float
     note: str = ""
     kind: str = "noise"
+    floor: float = 2.0**-23  # one ulp (relative) of the noise run's dtype: float32 unless a half row
 
 
 # Measured worst ratios on correct code (`python -m parity survey`, tiny seeds 0-2 every model and
@@ -106,12 +107,28 @@ NEAR_TIE = 1e-4
 AUDIO_GATE = {"min_snr_db": 95.0, "max_log_mel_l1": 1e-5, "max_abs": 3e-5}
 
 
+# --- half precision (`pytest --dtype float16|bfloat16|all`) ---
+# The same rule, one dtype down: truth = the float64 reference, noise = the reference run in that
+# dtype (weights cast by `.to(dtype)`, inputs rounded to it; in the injected walk each block gets
+# the float64 input rounded to it), Candle loaded in that dtype (weights converted at load).
+HALF_MODELS = frozenset({"gpt", "dit", "bigvgan"})  # measured; other models' half rows do not exist
+NOISE_HALF: dict[str, NoiseFloor] = {
+    "float16": NoiseFloor(1e9, 1e9, "PROVISIONAL", floor=2.0**-10),
+    "bfloat16": NoiseFloor(1e9, 1e9, "PROVISIONAL", floor=2.0**-7),
+}
+
+
 def rule(model: str, tap: str, device: str, dtype: str) -> "Tolerance | NoiseFloor":
-    """The rule for a tap compared with a float64 reference and a float32 noise reference: an
-    exception row if one matches, else the noise-floor rule. The same k holds on CUDA (its float32
-    noise is measured on CUDA too); CUDA rows are unmeasured until a GPU run (README, "CUDA")."""
+    """The rule for a tap compared with a float64 reference and a noise reference in `dtype`: an
+    exception row if one matches, else the noise-floor rule (NOISE, or NOISE_HALF[dtype] for the
+    measured half-precision models). The same k holds on CUDA (its noise is measured on CUDA too);
+    CUDA rows are unmeasured until a GPU run (README, "CUDA")."""
+    if dtype != "float32":
+        if dtype not in NOISE_HALF or model not in HALF_MODELS:
+            raise ValueError(f"no measured noise rule for {model} in {dtype} (measured: {sorted(HALF_MODELS)} "
+                             f"in {sorted(NOISE_HALF)})")
     dev = "cuda" if device.startswith("cuda") else device
     for (m, pat, d, dt), tol in EXCEPTIONS.items():
         if m == model and d == dev and dt == dtype and fnmatch.fnmatchcase(tap, pat):
             return tol
-    return NOISE
+    return NOISE if dtype == "float32" else NOISE_HALF[dtype]

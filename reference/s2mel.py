@@ -228,7 +228,9 @@ class TimestepEmbedder(nn.Module):
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if self.freq_dim % 2:
             emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
+        # float32 math, then the MLP's dtype: what autocast does for a half-precision model (the
+        # official class would hand a float32 tensor to a half Linear); a no-op in float32/float64
+        return emb.to(self.mlp[0].weight.dtype)
 
     def forward(self, t, taps=None, prefix=""):
         taps = taps or NoTaps()
