@@ -127,6 +127,25 @@ def bench_fixtures(request):
     return get
 
 
+@pytest.fixture(scope="session")
+def bench_device(request) -> str:
+    """Where the benchmarks run: cuda under `--device cuda` (both sides; skipped without a GPU),
+    else cpu."""
+    if request.config.getoption("--device") == "cuda":
+        ok, why = cuda_ready()
+        if not ok:
+            pytest.skip(f"CUDA benchmark skipped: {why}")
+        return "cuda"
+    return "cpu"
+
+
+@pytest.fixture(scope="session")
+def bench_dtype(request) -> str:
+    """The precision both sides of a benchmark run in: `--dtype` (float32 under `all`)."""
+    d = request.config.getoption("--dtype")
+    return "float32" if d == "all" else d
+
+
 def pytest_collection_modifyitems(config, items):
     """Benchmarks are official-size and slow: they run only under --benchmark-only."""
     if config.getoption("benchmark_only", False):
@@ -147,7 +166,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if not benches:
         return
     tr = terminalreporter
-    tr.section("benchmark figures (CPU, float32)")
+    dev = "CUDA" if config.getoption("--device") == "cuda" else "CPU"
+    dt = config.getoption("--dtype")
+    tr.section(f"benchmark figures ({dev}, {'float32' if dt == 'all' else dt})")
     groups: dict = {}
     for b in benches:
         mean = b.stats.mean

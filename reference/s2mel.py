@@ -106,7 +106,7 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float, dtype: torch
     precompute_freqs_cis (float32 math, cast to the weights' dtype) — except that a float64 model
     computes the table in float64 (the truth), not float32 widened."""
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].to(ct) / head_dim))
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].to(ct) / head_dim))
     ang = torch.outer(positions.to(ct), freqs)
     rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: they differ by an ulp
     return torch.stack([rot.real, rot.imag], dim=-1).to(dtype)

@@ -240,7 +240,7 @@ impl ConformerEncoder {
         let mut pos = None;
         let x = ctx.nest(&n, xs, |c, xs| {
             let y = c.block(&format!("{n}.conv.0"), xs, |x| {
-                let y = x.unsqueeze(1)?.conv2d(&self.conv_w, 0, 2, 1, 1)?;
+                let y = crate::nn::conv2d(&x.unsqueeze(1)?, &self.conv_w, 0, 2, 1, 1)?;
                 Ok(y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?) // [B, d, T', F']
             })?;
             let y = c.block(&format!("{n}.conv.1"), &y, |y| Ok(y.relu()?))?;

@@ -19,6 +19,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(&widen(x)?)?.to_dtype(x.dtype())?)
 }
 
+/// `conv2d`; Candle's CPU conv2d has no bf16 matmul, so a bf16 CPU conv runs widened to f32 and is
+/// rounded once (what torch's bf16 CPU conv computes: f32 accumulation).
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, dilation: usize, groups: usize) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        return Ok(widen(x)?.conv2d(&widen(w)?, padding, stride, dilation, groups)?.to_dtype(DType::BF16)?);
+    }
+    Ok(x.conv2d(w, padding, stride, dilation, groups)?)
+}
+
 /// `nn.Linear`: weight `[out, in]`, optional bias.
 #[derive(Clone)]
 pub struct Linear {
