@@ -2,7 +2,7 @@
 
 --device {cpu,cuda,all}  which devices to parametrize (CUDA cases skip cleanly without a GPU)
 --dtype {float32,float16,bfloat16,all}  the precision of the layer walks (Candle model and reference);
-                         default float32; `all` parametrises the tests that take `dtype`
+                         default float32; `all` parametrises the tests that take `run_dtype`
 --full-size              synthetic checkpoints at the official size instead of tiny ones
 --checkpoints DIR        run on the user's official files instead of synthetic ones
 """
@@ -50,12 +50,13 @@ def pytest_generate_tests(metafunc):
         devs = ["cpu", "cuda"] if opt == "all" else [opt]
         metafunc.parametrize("device", devs, indirect=True, scope="session")
     # one dtype: a plain fixture (test ids unchanged); `all`: one case per dtype
-    if "dtype" in metafunc.fixturenames and metafunc.config.getoption("--dtype") == "all":
-        metafunc.parametrize("dtype", DTYPES, indirect=True, scope="session")
+    if "run_dtype" in metafunc.fixturenames and metafunc.config.getoption("--dtype") == "all":
+        metafunc.parametrize("run_dtype", DTYPES, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
-def dtype(request) -> str:
+def run_dtype(request) -> str:
+    """The precision a layer walk runs in (`--dtype`), both sides."""
     return getattr(request, "param", None) or request.config.getoption("--dtype")
 
 

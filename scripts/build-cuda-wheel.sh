@@ -4,6 +4,8 @@
 # GPU machine lacks at our pins. Output: dist/cuda/ (wheels, <= 64 MiB together, checked).
 #
 #   scripts/build-cuda-wheel.sh            # toolchain in .cuda-toolchain/, cargo target in target/cuda/
+#   scripts/build-cuda-wheel.sh --cpu      # the rehearsal's CPU wheel (dist/cpu/) + sentencepiece for
+#                                          # this interpreter (the carried one is built for Python 3.12)
 #
 # Pins: nvcc 13.0 because the GPU machine's driver is 580 (CUDA 13.0); PTX from a newer nvcc is
 # refused there (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). CUDA_COMPUTE_CAP=90 (H200; no GPU to detect).
@@ -16,6 +18,16 @@ PY=${PYTHON:-python3}
 TC=${CUDA_TOOLCHAIN_DIR:-$ROOT/.cuda-toolchain}
 OUTDIR=${CUDA_WHEEL_DIR:-$ROOT/dist/cuda}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ "${1:-}" = "--cpu" ]; then
+  out=$ROOT/dist/cpu
+  rm -rf "$out" && mkdir -p "$out"
+  "$PY" -m pip install -q "maturin>=1.5,<2"
+  nice -n "${NICE:-10}" "$PY" -m maturin build --release -m rust_bindings/Cargo.toml --auditwheel skip -o "$out"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$out" sentencepiece==0.2.3
+  ls -l "$out"
+  exit 0
+fi
 
 # 1. The CUDA 13.0 toolchain from PyPI. The 13.x nvcc wheel is split: nvcc (+ptxas, fatbinary) in
 #    nvidia-cuda-nvcc, cicc/libdevice in nvidia-nvvm, the crt/ headers in nvidia-cuda-crt, the

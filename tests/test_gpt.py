@@ -49,7 +49,7 @@ def test_gpt_greedy_matches_reference(seed, fixtures, candle_models):
     del inp["codes"]
     max_tokens = fx.cfg["max_mel_tokens"] - 4
     with torch.no_grad():
-        t = as_torch(inp, bench_device, TORCH_DTYPES[bench_dtype])
+        t = _t(inp)
         ref_codes, margins = ref.greedy(t["spk_latent"], t["emovec"], t["text"], max_tokens)
     ref_codes, margins = ref_codes.numpy()[0], margins.numpy()
     got, _ = candle.run(cm, "greedy", dict(inp, max_tokens=np.array([max_tokens])))

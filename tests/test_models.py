@@ -77,9 +77,10 @@ def test_coverage(model, fixtures, candle_models):
 
 @pytest.mark.parametrize("mode", ["chained", "injected"])
 @pytest.mark.parametrize("model,case", CASES, ids=[c for _, c in CASES])
-def test_layers(model, case, mode, device, dtype, fixtures, candle_models):
+def test_layers(model, case, mode, device, run_dtype, fixtures, candle_models):
     """Every tap within tolerance, in forward order; a failure names the first divergent tap.
     `--dtype` picks the precision both sides run in (tolerances.rule: that dtype's k)."""
+    dtype = run_dtype
     if dtype != "float32" and model not in HALF_MODELS:
         pytest.skip(f"{model}: half precision is measured for {sorted(HALF_MODELS)} only (tolerances.NOISE_HALF)")
     layer_walk(fixtures(model), candle_models(model, device, (), dtype), _case(model, case), mode, device,

@@ -123,7 +123,7 @@ struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    /// `dtype`: the precision the model runs in (float32, float16, bfloat16, float64); float
+    /// `dtype`: the precision the model runs in (float32; float16 / bfloat16 for gpt, dit, bigvgan); float
     /// weights are converted to it at load, float inputs on entry, outputs widened to float32.
     #[pyo3(signature = (kind, checkpoint, config_json, device="cpu", faults=None, prefix="", dtype="float32"))]
     #[allow(clippy::too_many_arguments)]

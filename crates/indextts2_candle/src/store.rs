@@ -221,8 +221,7 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "float32" => DType::F32,
         "float16" => DType::F16,
         "bfloat16" => DType::BF16,
-        "float64" => DType::F64,
-        d => return Err(Error::Input(format!("unsupported model dtype `{d}` (float32, float16, bfloat16, float64)"))),
+        d => return Err(Error::Input(format!("unsupported model dtype `{d}` (float32, float16, bfloat16)"))),
     })
 }
 
@@ -244,10 +243,10 @@ impl Weights {
         let prefix = if self.prefix.is_empty() { s.to_string() } else { format!("{}.{s}", self.prefix) };
         Weights { store: self.store.clone(), prefix, dtype: self.dtype }
     }
-    /// The same view with float weights converted to `dtype` (f32, f16, bf16 or f64).
+    /// The same view with float weights converted to `dtype` (f32, f16 or bf16).
     pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            return Err(Error::Input(format!("unsupported model dtype {dtype:?} (float32, float16, bfloat16, float64)")));
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Input(format!("unsupported model dtype {dtype:?} (float32, float16, bfloat16)")));
         }
         Ok(Weights { store: self.store.clone(), prefix: self.prefix.clone(), dtype })
     }

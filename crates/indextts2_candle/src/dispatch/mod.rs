@@ -54,6 +54,9 @@ const TABLE: [Kind; 11] = [
     },
 ];
 
+/// The kinds ported to half precision (f16 / bf16; parity measured: `parity/tolerances.py`).
+pub const HALF_KINDS: &[&str] = &["gpt", "dit", "bigvgan"];
+
 /// Every kind, in the table's order.
 pub const KINDS: &[&str] = &{
     let mut names = [""; TABLE.len()];
@@ -81,6 +84,13 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
 /// The model runs in `w.dtype()`: its float inputs (f32 on the wire) are converted to it on entry.
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
+    if w.dtype() != DType::F32 && !HALF_KINDS.contains(&kind) {
+        let why = if kind == "pipeline" { " (the pipeline runs in float32; its config's `gpt_dtype` sets the GPT's)" } else { "" };
+        return input_err(format!(
+            "{kind} runs in float32 only{why}; {} is ported for {HALF_KINDS:?}",
+            crate::store::dtype_name(w.dtype())
+        ));
+    }
     let m = match row(kind) {
         Some(k) => (k.load)(w, config_json, f)?,
         None => return input_err(format!("unknown model kind `{kind}`")),
