@@ -106,6 +106,22 @@ def summary(outdir: str) -> int:
             res["steps"][name] = {"rc": int(rc), "seconds": float(secs)}
     for j in sorted(glob.glob(os.path.join(outdir, "junit-*.xml"))):
         res[os.path.basename(j)[6:-4]] = _junit(j)
+    # a pytest step killed at its time limit writes no JUnit file: count its -v lines in run.log
+    log = os.path.join(outdir, "run.log")
+    if os.path.exists(log):
+        step = None
+        counts: dict = {}
+        for line in open(log, errors="replace"):
+            if line.startswith("=== "):
+                step = line[4:].split(" ")[0].rstrip(":")
+                continue
+            for word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+                if step and f" {word}" in line and "::" in line:
+                    counts.setdefault(step, {}).setdefault(word.lower(), 0)
+                    counts[step][word.lower()] += 1
+        for step, c in counts.items():
+            if step not in res:
+                res[step] = {"from_log": True, **c}
     for name in ("env", "survey", "determinism"):
         p = os.path.join(outdir, f"{name}.json")
         if os.path.exists(p):
@@ -125,6 +141,9 @@ def summary(outdir: str) -> int:
     md += ["", "| step | rc | seconds |", "|---|---|---|"]
     md += [f"| {k} | {v['rc']} | {v['seconds']:.0f} |" for k, v in res["steps"].items()]
     for k, v in res.items():
+        if isinstance(v, dict) and v.get("from_log"):
+            md.append(f"\n**{k}** (no JUnit file: killed at its limit; counted from run.log): "
+                      + ", ".join(f"{n} {w}" for w, n in v.items() if w != "from_log"))
         if isinstance(v, dict) and "tests" in v:
             md.append(f"\n**{k}**: {v['passed']} passed, {v['failures'] + v['errors']} failed, {v['skipped']} skipped"
                       + ("".join(f"\n- FAILED {i}" for i in v["failed_ids"])))
@@ -140,7 +159,7 @@ def summary(outdir: str) -> int:
                           f"| {r['ratio_rms']:.2f} | {r['at_rms']} |")
         md.append(f"\nworst: max {s['worst_max'][0]:.3f} ({s['worst_max'][1]}), rms {s['worst_rms'][0]:.3f} ({s['worst_rms'][1]})")
     if "determinism" in res:
-        md += ["", f"## determinism (two Candle runs, {res['determinism']['device']})", "", "| model | case | max|Δ| | at |",
+        md += ["", f"## determinism (two Candle runs, {res['determinism']['device']})", "", "| model | case | max abs difference | at |",
                "|---|---|---|---|"]
         md += [f"| {r['model']} | {r['case']} | {r['max_abs_between_runs']:.3e} | {r['at']} |" for r in res["determinism"]["cases"]]
     if "bench" in res:

@@ -15,7 +15,8 @@
 #   full         pytest --device D --full-size: the layer walks of the GPT, DiT and BigVGAN at official size
 #   bench        pytest --benchmark-only --device D: GPT, DiT, BigVGAN, Candle vs torch → bench.json
 #   half         pytest --device D --dtype all: the half-precision layer walks (tiny, GPT/DiT/BigVGAN)
-# Then summary.json + summary.md. Exit status 0 only if every step passed. Selections and limits can
+# Then summary.json + summary.md, run.log and raw.tar.gz (the JSON / JUnit files): four files, within
+# the eight the device tool brings back. Exit status 0 only if every step passed. Selections and limits can
 # be narrowed with TINY_K / FULL_K / BENCH_K / HALF_K and LIMIT_<STEP> (seconds); the rehearsal
 # narrows TINY_K / FULL_K / BENCH_K (this machine: 2 shared cores, no official-size GPT).
 set -uo pipefail
@@ -30,7 +31,7 @@ ROOT=$PWD
 mkdir -p "$1" && OUT=$(cd "$1" && pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
-BUDGET=${BUDGET:-470}  # seconds for all steps; a step that would start past it is skipped (rc 125)
+BUDGET=${BUDGET:-450}  # seconds for all steps: each step's limit is cut to what is left, a step past it is skipped (rc 125)
 if [ $REHEARSE = 1 ]; then
   DEV=cpu
   EXT_DIR=${EXT_DIR:-$ROOT/dist/cpu}
@@ -64,13 +65,19 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD under a time limit, records rc an
   shift 2
   local var="LIMIT_${name^^}"
   limit=${!var:-$(( limit * SCALE ))}
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  [ "$limit" -le "$left" ] || limit=$left
   t0=$(date +%s.%N)
-  if [ $(( $(date +%s) - START )) -ge "$BUDGET" ]; then
+  if [ "$left" -le 0 ]; then
     rc=125
     echo "=== $name: skipped, the ${BUDGET}s budget is spent" | tee -a "$LOG"
   else
     echo "=== $name (limit ${limit}s): $*" >> "$LOG"
-    timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+    if declare -F "$1" > /dev/null; then  # a shell function (timeout runs programs only)
+      "$@" >> "$LOG" 2>&1
+    else
+      timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+    fi
     rc=$?
   fi
   t1=$(date +%s.%N)
@@ -82,7 +89,7 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD under a time limit, records rc an
 
 # --- install: the extension from EXT_DIR, the reference's wheels from dist/cuda (a wheel that EXT_DIR
 # also holds, e.g. the rehearsal's sentencepiece for this interpreter, is taken from EXT_DIR) ---
-install() {
+install_wheels() {
   local wheels=() have=() w n
   for w in "$EXT_DIR"/*.whl; do wheels+=("$w"); have+=("$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')"); done
   for w in "$ROOT"/dist/cuda/*.whl; do
@@ -94,7 +101,7 @@ install() {
   rm -rf "$SITE"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
 }
-step install 120 install
+step install 120 install_wheels
 export PYTHONPATH=$SITE
 # The extension links libcuda (the driver) and the CUDA 13 libraries torch's wheels bring
 # (nvidia/cu13/lib: cudart, nvrtc, cublas, cublasLt, curand); nothing of CUDA is in the wheel.
@@ -121,7 +128,8 @@ if ldd "$SITE"/indextts_candle/*.so "$SITE"/indextts_candle*.so 2>/dev/null | gr
 fi
 
 if step env 60 "$PY" -m parity.gpu_run env "$OUT/env.json" --device "$DEV"; then
-  PYTEST=("$PY" -m pytest -p no:cacheprovider -q -rfE --device "$DEV")
+  # -v: a step killed at its limit writes no JUnit file; its PASSED/FAILED lines in run.log still count
+  PYTEST=("$PY" -m pytest -p no:cacheprovider -v -rfE --device "$DEV")
   step determinism 60 "$PY" -m parity.gpu_run determinism "$OUT/determinism.json" --device "$DEV"
   step survey 120 "$PY" -m parity survey --device "$DEV" --models gpt dit bigvgan --seeds $SURVEY_SEEDS --json "$OUT/survey.json"
   step tiny 150 "${PYTEST[@]}" -k "$TINY_K" --junitxml "$OUT/junit-tiny.xml"
@@ -130,6 +138,9 @@ if step env 60 "$PY" -m parity.gpu_run env "$OUT/env.json" --device "$DEV"; then
   step half 90 "${PYTEST[@]}" --dtype all -k "$HALF_K" --junitxml "$OUT/junit-half.xml"
 fi
 "$PY" -m parity.gpu_run summary "$OUT" >> "$LOG" 2>&1
-echo "total $(( $(date +%s) - START )) s; $OUT/summary.md"
 cat "$OUT/steps.tsv"
+# The device tool returns at most 8 files: summary.json (which holds env, survey, determinism, the
+# JUnit totals and the benchmarks), summary.md, run.log, and the raw files in one archive.
+( cd "$OUT" && tar czf raw.tar.gz --remove-files steps.tsv $(ls env.json survey.json determinism.json bench.json junit-*.xml 2>/dev/null) )
+echo "total $(( $(date +%s) - START )) s; $OUT/summary.md"
 exit $FAILED
