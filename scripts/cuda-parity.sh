@@ -61,13 +61,13 @@ rm -f "$OUT"/junit-*.xml "$OUT"/{env,survey,determinism,bench,summary}.json "$OU
 FAILED=0
 
 step() {  # step NAME LIMIT_S CMD...: runs CMD under a time limit, records rc and seconds
-  local name=$1 limit=$2 rc t0 t1
+  local name=$1 limit=$2 rc t0 t1 ms
   shift 2
   local var="LIMIT_${name^^}"
   limit=${!var:-$(( limit * SCALE ))}
   local left=$(( BUDGET - ($(date +%s) - START) ))
   [ "$limit" -le "$left" ] || limit=$left
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   if [ "$left" -le 0 ]; then
     rc=125
     echo "=== $name: skipped, the ${BUDGET}s budget is spent" | tee -a "$LOG"
@@ -80,8 +80,9 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD under a time limit, records rc an
     fi
     rc=$?
   fi
-  t1=$(date +%s.%N)
-  printf '%s\t%d\t%.1f\n' "$name" "$rc" "$(echo "$t1 - $t0" | bc)" >> "$OUT/steps.tsv"
+  t1=$(date +%s%N)
+  ms=$(( (t1 - t0) / 1000000 ))  # bash arithmetic: the GPU machine may have no bc
+  printf '%s\t%d\t%d.%03d\n' "$name" "$rc" $(( ms / 1000 )) $(( ms % 1000 )) >> "$OUT/steps.tsv"
   echo "$name: rc $rc, $(tail -1 "$OUT/steps.tsv" | cut -f3) s"
   [ "$rc" -eq 0 ] || FAILED=1
   return "$rc"
