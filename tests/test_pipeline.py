@@ -338,8 +338,8 @@ def test_pipeline_rust_end_to_end(pipe, rust_pipe):
     assert w.audio is not None and not w.audio_fail
 
 
-@pytest.mark.parametrize("gpt_dtype", ["float16", "bfloat16"])
-def test_pipeline_rust_half_gpt(gpt_dtype, pipe):
+@pytest.mark.parametrize("gpt_dtype", ["float16", "bfloat16"], ids=["f16", "bf16"])
+def test_pipeline_rust_half_precision_mode(gpt_dtype, pipe):
     """The official fp16 mode (config `gpt_dtype`: the GPT in half precision, the rest float32), one
     Rust call, against the reference in the same mode: every stage by the noise rule (the GPT's and
     the stages it feeds with tolerances.NOISE_HALF, the others float32's), codes exact."""
@@ -362,7 +362,7 @@ def test_pipeline_rust_half_gpt(gpt_dtype, pipe):
     assert spk.tol.k_max == NOISE_HALF[gpt_dtype].k_max  # the GPT stages are judged as half precision
 
 
-def test_pipeline_rust_half_gpt_refused(pipe):
+def test_pipeline_half_precision_mode_refused(pipe):
     fxs = pipe[0]
     from parity.candle import InputError
 
