@@ -92,19 +92,31 @@ def fixtures(request):
                 cache[name] = fx.get(MODELS[name], size, ckpt)
             except fx.MissingCheckpoints as e:
                 pytest.fail(str(e), pytrace=False)
+        if size != "tiny" or ckpt:  # official size: only the model under test keeps its references
+            for other, f in cache.items():
+                if other != name:
+                    f.drop_references()
         return cache[name]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def candle_models(fixtures):
-    """`candle_models(name, device, faults=(), dtype="float32")` → a loaded Candle model, cached per session."""
+def candle_models(request, fixtures):
+    """`candle_models(name, device, faults=(), dtype="float32")` → a loaded Candle model, cached per
+    session (at official size only the last one: each holds GBs, and every fault switch is a model of
+    its own)."""
     cache: dict = {}
+    one = bool(request.config.getoption("--full-size") or request.config.getoption("--checkpoints"))
 
     def get(name: str, device: str = "cpu", faults: tuple = (), dtype: str = "float32"):
         key = (name, device, tuple(faults), dtype)
         if key not in cache:
+            if one:
+                cache.clear()
+                import gc
+
+                gc.collect()
             cache[key] = fixtures(name).candle(device, list(faults), dtype)
         return cache[key]
 

@@ -13,6 +13,8 @@ setup() {
   [ "${INDEXTTS_CUDA:-0}" = "1" ] && features=(--features cuda)
   rm -rf target/wheels-local
   "$PY" -m maturin build --release -q -m rust_bindings/Cargo.toml -o target/wheels-local "${features[@]}"
+  # the `indextts2` CLI (target/release/indextts2): tests/test_cli.py runs it
+  cargo build --release -q -p indextts2_cli "${features[@]}"
   local whl
   whl=$(ls target/wheels-local/*.whl)
   # The wheel's metadata carries the dependency ranges of pyproject.toml; [test] adds the test tools.

@@ -173,14 +173,18 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    os.makedirs(out, exist_ok=True)
     names = models or [*MODELS, "pipeline"]
     with_pipeline = "pipeline" in names
     names = [n for n in names if n != "pipeline"]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
-        print(f"unknown models {unknown}; known: {[*MODELS, 'pipeline']}", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown models {unknown}; known: {[*MODELS, 'pipeline']}")
+    if checkpoints:
+        _check_checkpoints(checkpoints, names, with_pipeline)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the report directory: {e.strerror or e}") from None
     result = {"environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                               "platform": platform.platform(), "device": device, "size": "real" if checkpoints else size,
                               "candle_cuda": indextts_candle.cuda_available()},
@@ -250,8 +254,50 @@ def report(out: str, models: list[str] | None, size: str, checkpoints: str | Non
     return 0 if not failed else 1
 
 
+class UserError(Exception):
+    """A user error: printed as one paragraph, exit status 2, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(f"{message}\n{self.format_usage().strip()}")
+
+
+def _check_checkpoints(directory: str, names: list[str], with_pipeline: bool) -> None:
+    """Every file the requested models need, all missing ones at once (before any work starts)."""
+    from .fixtures import official_layout
+    from .pipeline import missing_files
+    from .registry import MODELS
+
+    if not os.path.isdir(directory):
+        raise UserError(f"--checkpoints {directory}: not a directory")
+    need = [f"{MODELS[n].official_file} ({n})" for n in names
+            if MODELS[n].official_file and not MODELS[n].weightless
+            and not os.path.isfile(os.path.join(directory, MODELS[n].official_file))]
+    if with_pipeline:
+        need += [f for f in missing_files(directory) if f not in need]
+    if need:
+        raise UserError(f"--checkpoints {directory}: {len(need)} file(s) missing: {', '.join(need)}. "
+                        f"Expected layout:\n{official_layout()}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m parity …`: user errors (bad arguments, missing or unreadable checkpoint files, an
+    unwritable directory) print one paragraph on stderr and return 2, with no traceback."""
+    from reference.convert import ConversionError
+    from reference.official_config import OfficialConfigError
+
+    from .fixtures import MissingCheckpoints
+
+    try:
+        return _main(argv)
+    except (UserError, MissingCheckpoints, ConversionError, OfficialConfigError) as e:
+        print(f"python -m parity: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = _Parser(prog="python -m parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("report", help="run every model's parity walk and write the report")
     r.add_argument("--out", default="report")
@@ -273,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "official-dir":
         from .official_dir import write
 
-        for f in write(a.dir, a.size):
+        if os.path.exists(a.dir) and not os.path.isdir(a.dir):
+            raise UserError(f"{a.dir}: exists and is not a directory")
+        try:
+            files = write(a.dir, a.size)
+        except OSError as e:
+            raise UserError(f"{a.dir}: cannot write the directory: {e.strerror or e}") from None
+        for f in files:
             print(os.path.join(a.dir, f))
         return 0
     if a.cmd == "survey":

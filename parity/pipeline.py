@@ -215,7 +215,7 @@ def reference_run(fxs: dict[str, Fixture], inputs: dict, device: str = "cpu") ->
 
     m32 = LazyReferences(fxs, device, torch.float32)
     try:
-        forced32 = {st.name: P.run_stage_on(st, m32[st.kind], inputs64[st.name], torch.float32) for st in P.STAGES}
+        forced32 = {st.name: P.run_stage_on(st, m32[st.kind], inputs64[st.name], torch.float32) for st in P.stages(inputs)}
         per32, state32 = P.run(m32, inputs, torch.float32, follow=follow, release=m32.release)
     finally:
         m32.release_all()
@@ -329,6 +329,36 @@ def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fi
     fxs["emotion"] = Fixture(EMOTION_SPEC, size, P.CONFIGS[size]["emotion"], os.path.join(loose, E.FILES["emo_matrix"]),
                              _merged("emotion", [(k, os.path.join(loose, f)) for k, f in E.FILES.items()]))
     return fxs
+
+
+# Synthetic GPT weights, unlike trained ones, hardly ever emit the stop token, and infer_v2 cannot
+# synthesise a segment without one (see `Pipeline::codes`). The sampled walks therefore raise the
+# GPT's stop logit: `mel_head.bias[stop] += STOP_BIAS`. Measured on tiny, make_inputs seeds 0-4,
+# max 20 codes: 3 beams end with 6-11 codes, 1 beam with 1-12 (seed 4, 1 beam: no stop at all); at
+# 1.5 and above most 3-beam runs stop within 0-3 codes, too short for the CFM and the audio gate.
+STOP_BIAS = 0.75
+
+
+def sampled_fixtures(fxs: dict[str, Fixture], bias: float = STOP_BIAS) -> dict[str, Fixture]:
+    """`fxs` with the GPT's stop logit raised by `bias` (a copy of its converted file, cached beside
+    it); official checkpoints (`--checkpoints`) are used as they are."""
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    fx = fxs["gpt"]
+    if fx.size == "real":
+        return fxs
+    path = os.path.join(os.path.dirname(fx.safetensors_path), f"stop-biased-{bias:g}.safetensors")
+    if not os.path.exists(path):
+        sd = load_file(fx.safetensors_path)
+        key = (fx.spec.prefix + "." if fx.spec.prefix else "") + "mel_head.bias"
+        sd[key] = sd[key].clone()
+        sd[key][fx.cfg["stop_mel_token"]] += bias
+        tmp = path + f".{os.getpid()}.tmp.safetensors"
+        save_file(sd, tmp)
+        os.replace(tmp, path)  # atomic: safe across xdist workers
+    return {**fxs, "gpt": dataclasses.replace(fx, safetensors_path=path, _refs={})}
 
 
 def candle_model(fxs: dict[str, Fixture], kind: str, device: str = "cpu", faults: list[str] | None = None):
@@ -451,7 +481,7 @@ def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: st
         ref = reference_run(fxs, inputs, device)
     w = PipelineWalk(mode, device)
     c_state = {**inputs, **P.emotion_plan(inputs)}
-    for st in P.STAGES:
+    for st in P.stages(inputs):
         res = StageResult(st.name, st.kind)
         w.stages.append(res)
         r64 = ref.per64[st.name]
@@ -497,8 +527,15 @@ def audio_gate_failure(a: AudioMetrics) -> str:
 # the two s2mel kinds share `s2mel.` + their `net.…` keys).
 RUST_PREFIX = {"w2v_bert": "w2v_bert.", "semantic_codec": "semantic_codec.", "campplus": "campplus.", "gpt": "gpt.",
                "length_regulator": "s2mel.", "dit": "s2mel.", "bigvgan": "bigvgan.", "emotion": "emotion."}
-SYNTH_INPUTS = ("speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha")
-SYNTH_OPTIONAL = ("emo_16k", "emo_weights")
+SYNTH_INPUTS = ("speaker", "text", "z_pool", "t_span", "emo_alpha")
+# greedy: max_tokens; sampled: decode_options + draws (or seed)
+SYNTH_OPTIONAL = ("emo_16k", "emo_weights", "max_tokens", "decode_options", "draws", "seed")
+
+
+def synth_inputs(inputs: dict, text: bool = True) -> dict:
+    """The inputs of the Rust pipeline's `synthesize` (`text=False`: of `tts`, which takes the text
+    as code points instead)."""
+    return {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs and (text or k != "text")}
 
 
 def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
@@ -550,12 +587,12 @@ def rust_walk(model, inputs: dict, ref: Reference, device: str = "cpu", dtype_of
     code is reported as accepted but the stages after it then differ in length."""
     w = PipelineWalk(mode, device)
     try:
-        outs, _ = candle.run(model, "synthesize", {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs})
+        outs, _ = candle.run(model, "synthesize", synth_inputs(inputs))
     except Exception as e:
         w.stages.append(StageResult(P.STAGES[0].name, "pipeline", note=f"candle raised {type(e).__name__}: {e}"))
         return w
     c_state = dict(inputs)
-    for st in P.STAGES:
+    for st in P.stages(inputs):
         res = StageResult(st.name, st.kind)
         w.stages.append(res)
         got = {o: outs[f"{st.name}.{o}"] for o in st.compare if f"{st.name}.{o}" in outs}
@@ -623,7 +660,7 @@ def text_walk(fxs: dict[str, Fixture], inputs: dict, text: str = TEXT, max_segme
     rule (`text.wav`) and the audio gate against the float64 wav."""
     ref64, ref32 = ref or text_reference(fxs, inputs, text, max_segment_tokens, device)
     model = model or rust_pipeline(fxs, device)
-    ins = {k: inputs[k] for k in SYNTH_INPUTS + SYNTH_OPTIONAL if k in inputs and k != "text"}
+    ins = synth_inputs(inputs, text=False)
     ins["text_codepoints"] = np.array([ord(c) for c in text], np.int64)
     ins["max_segment_tokens"] = np.array([max_segment_tokens], np.int64)
     got, _ = candle.run(model, "tts", ins)
@@ -683,6 +720,47 @@ MD_HEAD = ["| stage | kind | output | shape | ratio max | ratio rms | max abs Δ
            "ref32 noise rms | SNR dB | rule | ok |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
+SAMPLED_SEED = 1  # make_inputs seed of the report's sampled walk: 11 codes with 3 beams at tiny
+
+
+def _walks(entry: dict, md: list, failed: list, label: str, fxs, cms, inputs, ref, device):
+    """The forced, chained and rust walks of one case into `entry` / `md` / `failed`; returns the chained walk."""
+    chained = None
+    for mode in ("forced", "chained", "rust"):
+        w = rust_walk(rust_pipeline(fxs, device), inputs, ref, device) if mode == "rust" else walk(fxs, cms, inputs, mode, device, ref=ref)
+        chained = w if mode == "chained" else chained
+        entry["walks"].append({"mode": mode, "ok": w.ok, "first_failure": w.first_failure, "rows": w.rows(),
+                               "audio": None if w.audio is None else w.audio.row(), "audio_fail": w.audio_fail})
+        md += [f"### pipeline — {label}{mode}: {'OK' if w.ok else 'FAIL at stage `' + str(w.first_failure) + '`'}", ""] + MD_HEAD
+        for s in w.stages:
+            md += [_md_row(s.stage, s.kind, r) for r in s.rows]
+            if s.note:
+                md.append(f"| {s.stage} | {s.kind} | note | {s.note} | | | | | | | | | |")
+        md.append("")
+        if w.audio is not None:
+            a = w.audio
+            md += [f"Audio gate vs the float64 wav ({a.samples} samples): SNR {a.snr_db:.1f} dB (≥ {AUDIO_GATE['min_snr_db']}), "
+                   f"log-mel L1 {a.log_mel_l1:.2e} (≤ {AUDIO_GATE['max_log_mel_l1']}), max|Δ| {a.max_abs:.2e} "
+                   f"(≤ {AUDIO_GATE['max_abs']}): {'OK' if not w.audio_fail else 'FAIL ' + w.audio_fail}", ""]
+        if not w.ok:
+            failed.append(f"pipeline/{label}{mode}: first divergent stage `{w.first_failure}`")
+    return chained
+
+
+def _text_md(md: list, failed: list, t: "TextResult", label: str, what: str, *intro: str) -> dict:
+    """One text walk's markdown (into `md`) and failure (into `failed`); returns its JSON entry."""
+    md += [f"### pipeline — {label} ({what}): {'OK' if t.ok else 'FAIL'}", "", *intro, *([""] if intro else [])] + MD_HEAD
+    md += [_md_row("text", "pipeline", r) for r in t.rows]
+    if t.audio is not None:
+        md += ["", f"Audio gate: SNR {t.audio.snr_db:.1f} dB, log-mel L1 {t.audio.log_mel_l1:.2e}, max|Δ| {t.audio.max_abs:.2e}"
+               f"{': FAIL ' + t.audio_fail if t.audio_fail else ''}"]
+    md.append("")
+    if not t.ok:
+        failed.append(f"pipeline/{label}: " + (t.audio_fail or "ids, segments or wav differ"))
+    return {"ok": t.ok, "segments": t.ref["segments"], "rows": [r.row() for r in t.rows],
+            "audio": None if t.audio is None else t.audio.row(), "audio_fail": t.audio_fail}
+
+
 def report_section(out: str, size: str, checkpoints: str | None, device: str, write_wav) -> tuple[dict, list[str], list[str]]:
     """Runs every walk; returns (JSON entry, markdown lines, failures) and writes the pipeline wavs
     and pipeline_mels.png under `out`."""
@@ -697,39 +775,30 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
           "and ref64 each end to end; rust: the Rust `pipeline` kind in one call. ratio = Candle's error vs float64 "
           "over the float32 reference's own (max, rms); integers exact vs float32.", ""]
     md += [f"Note: {n}" for n in ref.notes]
-    chained = None
-    for mode in ("forced", "chained", "rust"):
-        w = rust_walk(rust_pipeline(fxs, device), inputs, ref, device) if mode == "rust" else walk(fxs, cms, inputs, mode, device, ref=ref)
-        chained = w if mode == "chained" else chained
-        entry["walks"].append({"mode": mode, "ok": w.ok, "first_failure": w.first_failure, "rows": w.rows(),
-                               "audio": None if w.audio is None else w.audio.row(), "audio_fail": w.audio_fail})
-        md += [f"### pipeline — {mode}: {'OK' if w.ok else 'FAIL at stage `' + str(w.first_failure) + '`'}", ""] + MD_HEAD
-        for s in w.stages:
-            md += [_md_row(s.stage, s.kind, r) for r in s.rows]
-            if s.note:
-                md.append(f"| {s.stage} | {s.kind} | note | {s.note} | | | | | | | | | |")
-        md.append("")
-        if w.audio is not None:
-            a = w.audio
-            md += [f"Audio gate vs the float64 wav ({a.samples} samples): SNR {a.snr_db:.1f} dB (≥ {AUDIO_GATE['min_snr_db']}), "
-                   f"log-mel L1 {a.log_mel_l1:.2e} (≤ {AUDIO_GATE['max_log_mel_l1']}), max|Δ| {a.max_abs:.2e} "
-                   f"(≤ {AUDIO_GATE['max_abs']}): {'OK' if not w.audio_fail else 'FAIL ' + w.audio_fail}", ""]
-        if not w.ok:
-            failed.append(f"pipeline/{mode}: first divergent stage `{w.first_failure}`")
+    chained = _walks(entry, md, failed, "", fxs, cms, inputs, ref, device)
+    # the official decoding: infer_v2's beam sampling on given Exp(1) draws (stop-biased tiny GPT)
+    sfxs = sampled_fixtures(fxs)
+    s_inputs = P.make_inputs(P.CONFIGS[size], SAMPLED_SEED, decoding="sampled")
+    s_ref = reference_run(sfxs, s_inputs, device)
+    codes = s_ref.per64["codes"]["codes"]
+    md += ["## pipeline — sampled decoding (infer_v2's beam sampling)", "",
+           f"Text ids → infer_v2's decoding (3 beams, top-k 30, top-p 0.8, temperature 0.8, repetition penalty 10) on "
+           f"the same Exp(1) draws on every side → codes ({codes.shape[1]} codes, "
+           f"{int(s_ref.per64['codes']['draws_used'][0])} draws) → wav through the audio gate."
+           + ("" if sfxs is fxs else f" The synthetic GPT's stop logit is raised by {STOP_BIAS} (trained weights end "
+              "utterances, random ones hardly ever; infer_v2 cannot synthesise a segment without a stop token)."), ""]
+    md += [f"Note: {n}" for n in s_ref.notes]
+    s_entry: dict = {"walks": [], "notes": s_ref.notes, "codes": codes.tolist(), "stop_bias": STOP_BIAS}
+    _walks(s_entry, md, failed, "sampled ", sfxs, candle_models(sfxs, device), s_inputs, s_ref, device)
+    st = text_walk(sfxs, s_inputs, device=device)
+    s_entry["text"] = _text_md(md, failed, st, "sampled text", f"{len(st.ref['segments'])} segments, the draws "
+                               "consumed on from segment to segment")
+    entry["sampled"] = s_entry
     del cms
     t = text_walk(fxs, inputs, device=device)
-    entry["text"] = {"ok": t.ok, "text": TEXT, "segments": t.ref["segments"], "rows": [r.row() for r in t.rows],
-                     "audio": None if t.audio is None else t.audio.row(), "audio_fail": t.audio_fail}
-    md += [f"### pipeline — text ({len(t.ref['segments'])} segments through `bpe.model`, joined with 200 ms "
-           f"silences): {'OK' if t.ok else 'FAIL'}", "", f"Text: “{TEXT}”", ""] + MD_HEAD
-    md += [_md_row("text", "pipeline", r) for r in t.rows]
-    if t.audio is not None:
-        md += ["", f"Audio gate: SNR {t.audio.snr_db:.1f} dB, log-mel L1 {t.audio.log_mel_l1:.2e}, max|Δ| {t.audio.max_abs:.2e}"
-               f"{': FAIL ' + t.audio_fail if t.audio_fail else ''}"]
-    md.append("")
-    if not t.ok:
-        failed.append("pipeline/text: " + (t.audio_fail or "ids, segments or wav differ"))
-    else:
+    entry["text"] = {"text": TEXT, **_text_md(md, failed, t, "text", f"{len(t.ref['segments'])} segments through "
+                                              f"`bpe.model`, joined with 200 ms silences", f"Text: “{TEXT}”")}
+    if t.ok:
         write_wav(os.path.join(out, "pipeline_text_reference.wav"), t.ref["wav"], 22050)
         write_wav(os.path.join(out, "pipeline_text_candle.wav"), t.candle["wav"], 22050)
         md += ["Wavs: `pipeline_text_reference.wav` (float64 reference), `pipeline_text_candle.wav`.", ""]

@@ -136,7 +136,77 @@ def convert(src: str, dst: str, progress: bool | None = None) -> dict[str, Any]:
     return {"tensors": len(plain), "bytes": total, "skipped": skipped, "ignored": ignored}
 
 
-USAGE = "usage: indextts-convert [--no-progress] SRC DST  (SRC: official .pth/.pt/.bin/.safetensors, DST: .safetensors)"
+CONVERTED_DIR = "candle"  # DIR/candle/: what `indextts-convert DIR` writes and the Rust CLI reads
+PIPELINE_FILE, PIPELINE_CONFIG = "pipeline.safetensors", "pipeline.json"
+
+
+def convert_dir(directory: str, progress: bool | None = None) -> dict[str, Any]:
+    """An official IndexTTS-2 model directory → `DIR/candle/pipeline.safetensors` (every model under
+    its pipeline prefix, official key names) + `DIR/candle/pipeline.json` (the Candle
+    `PipelineConfig`, from config.yaml and the external models' config files; `bpe_model` is left
+    null: the reader takes `dataset.bpe_model` from config.yaml)."""
+    import json
+
+    from . import official_config as OC
+
+    if not os.path.isdir(directory):
+        raise ConversionError(f"{directory}: not a directory")
+    try:
+        cfg = OC.read_config_yaml(directory)
+        need = OC.files(directory, cfg)
+        missing = [f for f in need.values() if not os.path.isfile(os.path.join(directory, f))]
+        if missing:  # every one at once, before anything is read
+            raise ConversionError(f"{directory}: {len(missing)} file(s) of the official layout are missing: "
+                                  f"{', '.join(missing)}")
+        configs = OC.pipeline_configs(directory)
+    except OC.OfficialConfigError as e:
+        raise ConversionError(str(e)) from e
+    parts = [("w2v_bert.", need["w2v_bert"]), ("w2v_bert.semantic_stats.", need["w2v_stat"]),
+             ("semantic_codec.", need["semantic_codec"]), ("campplus.", need["campplus"]), ("gpt.", need["gpt"]),
+             ("s2mel.", need["s2mel"]), ("bigvgan.", need["bigvgan"]),
+             ("emotion.spk_matrix", need["spk_matrix"]), ("emotion.emo_matrix", need["emo_matrix"])]
+    tensors: dict[str, torch.Tensor] = {}
+    report: dict[str, list[str]] = {}
+    for prefix, rel in parts:
+        sd, skipped, ignored = flatten(load_official(os.path.join(directory, rel)), rel)
+        if skipped or ignored:
+            report[rel] = skipped + ignored
+        for k, v in sd.items():
+            key = prefix if k == "tensor" else prefix + k  # a bare tensor file is stored under its prefix
+            tensors[key] = v
+    out = os.path.join(directory, CONVERTED_DIR)
+    info = _save(tensors, os.path.join(out, PIPELINE_FILE), f"{os.path.basename(os.path.abspath(directory))}/",
+                 progress)
+    tmp = os.path.join(out, PIPELINE_CONFIG + ".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(OC.rust_config(configs), f, indent=1)
+    os.replace(tmp, os.path.join(out, PIPELINE_CONFIG))
+    return {**info, "skipped": [f"{r}: {v}" for r, v in report.items()], "ignored": [], "out": out}
+
+
+def _save(tensors: dict, dst: str, source: str, progress: bool | None) -> dict[str, Any]:
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    show = progress if progress is not None else (total > 100 * 2**20 and sys.stderr.isatty())
+    items = tensors.items()
+    if show:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(tensors), desc=f"convert {source}", unit="tensor")
+    plain = {k: v.detach().contiguous().clone() for k, v in items}
+    tmp = dst + ".partial"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        save_file(plain, tmp, metadata={"source": source, "converter": "indextts2-parity convert v1"})
+        os.replace(tmp, dst)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConversionError(f"{dst}: cannot write the output: {e.strerror or e}") from e
+    return {"tensors": len(plain), "bytes": total}
+
+
+USAGE = ("usage: indextts-convert [--no-progress] SRC DST | DIR  (SRC: official .pth/.pt/.bin/.safetensors, DST: "
+         ".safetensors; DIR: an official IndexTTS-2 model directory, written to DIR/candle/)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,10 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     unwritable destination) prints one paragraph to stderr and returns 2, with no traceback."""
     ap = _Parser(prog="indextts-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="official checkpoint (.pth/.pt/.bin, or .safetensors)")
-    ap.add_argument("dst", help="output .safetensors")
+    ap.add_argument("dst", nargs="?", help="output .safetensors (omit when SRC is a model directory)")
     ap.add_argument("--no-progress", action="store_true")
     try:
         a = ap.parse_args(argv)
+        if a.dst is None:
+            if not os.path.isdir(a.src):
+                raise ConversionError(f"{a.src}: not a model directory; give SRC and DST to convert one file\n{USAGE}")
+            info = convert_dir(a.src, progress=False if a.no_progress else None)
+            print(f"wrote {info['out']}/{PIPELINE_FILE} ({info['tensors']} tensors, {info['bytes'] / 2**20:.1f} MiB) "
+                  f"and {info['out']}/{PIPELINE_CONFIG}"
+                  + (f"; skipped entries beside the weights: {info['skipped']}" if info["skipped"] else ""))
+            return 0
         if os.path.abspath(a.src) == os.path.abspath(a.dst):
             raise ConversionError(f"{a.dst}: the output would overwrite the source; name another file")
         info = convert(a.src, a.dst, progress=False if a.no_progress else None)

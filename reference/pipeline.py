@@ -19,13 +19,14 @@ vector over the `feat1.pt`/`feat2.pt` prototypes (reference/emotion.py). B = 1 t
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from . import bigvgan, campplus, emotion, gpt, mel, resample, s2mel, semantic_codec, w2v_bert
+from . import bigvgan, campplus, emotion, gpt, mel, resample, s2mel, sampling, semantic_codec, w2v_bert
 
 # ---- configs --------------------------------------------------------------------------------------
 _H = 32  # w2v hidden = codec width (tiny)
@@ -98,17 +99,37 @@ EMOTIONS = ("speaker", "clip", "vector")
 EMO_WEIGHTS = np.array([0.25, 0.0, 0.15, 0.0, 0.05, 0.0, 0.1, 0.2], np.float32)
 
 
+DECODINGS = ("greedy", "sampled", "seeded")
+
+
+def encode_options(o: dict) -> np.ndarray:
+    """Decoding options on the tensor wire: the JSON's UTF-8 bytes as int64."""
+    return np.frombuffer(json.dumps(o, sort_keys=True).encode(), np.uint8).astype(np.int64)
+
+
+def decode_options(t) -> dict:
+    return json.loads(bytes(np.asarray(t).astype(np.uint8).tolist()).decode())
+
+
 def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6, max_tokens: int = 20,
-                steps: int = 25, emotion: str = "speaker") -> dict[str, np.ndarray]:
+                steps: int = 25, emotion: str = "speaker", decoding: str = "greedy",
+                options: dict | None = None) -> dict[str, np.ndarray]:
     """Everything the pipeline consumes: the speaker clip at 22.05 kHz (as librosa.load gives it;
     the `front` stage cuts it to 15 s and resamples it to 16 kHz), token ids, CFM noise,
     and the emotion inputs as a user gives them (`emotion`):
       speaker: none (the speaker clip is the emotion reference, emo_alpha 1);
       clip:    another clip at 16 kHz (`emo_16k`) with emo_alpha 0.6;
       vector:  8 emotion weights (`emo_weights`) with emo_alpha 0.8.
-    `seed` picks the token ids and the noise."""
+    `seed` picks the token ids and the noise.
+    `decoding`: greedy (deterministic mode, at most `max_tokens` codes) or sampled: infer_v2's beam
+    sampling with `options` over its defaults (max_mel_tokens = `max_tokens`), drawing from
+    `draws`, Exp(1) float32 from torch's generator seeded with 1000 + seed (enough for every
+    step of every segment); seeded: the same decoding and the CFM noise from torch's own generator
+    after torch.manual_seed(1000 + seed) (`seed`; no draws, no z_pool), as infer_v2 draws them."""
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion must be one of {EMOTIONS}, got {emotion!r}")
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
     rng = np.random.default_rng(seed)
     a22 = w2v_bert.load_clip("speech_22k.wav")[: int(seconds * SR_22K)]
     g = c["gpt"]
@@ -122,6 +143,17 @@ def make_inputs(c: dict, seed: int = 0, seconds: float = 0.5, text_len: int = 6,
         "t_span": torch.linspace(0, 1, steps + 1).numpy(),
         "emo_alpha": np.array([1.0], np.float32),
     }
+    if decoding == "seeded":
+        del out["max_tokens"], out["z_pool"]
+        out["decode_options"] = encode_options({"max_mel_tokens": max_tokens, **(options or {})})
+        out["seed"] = np.array([1000 + seed], np.int64)
+    if decoding == "sampled":
+        o = {"max_mel_tokens": max_tokens, **(options or {})}
+        full = dict(sampling.DEFAULTS, **o)
+        n = 8 * full["max_mel_tokens"] * full["num_beams"] * g["number_mel_codes"]  # 8 segments at most
+        del out["max_tokens"]
+        out["decode_options"] = encode_options(o)
+        out["draws"] = torch.empty(n).exponential_(1, generator=torch.Generator().manual_seed(1000 + seed)).numpy()
     if emotion == "clip":
         out["emo_16k"] = w2v_bert.load_clip("odd_16k.wav").astype(np.float32)
         out["emo_alpha"] = np.array([0.6], np.float32)
@@ -211,6 +243,29 @@ def _ref_greedy(m, i):
     return {"codes": codes, "margins": margins}
 
 
+def _ref_sampled(m, i):
+    """infer_v2's decode: the official beam sampler on the given draws (or, without `draws`, on
+    torch's global generator, as infer_v2 after torch.manual_seed), then its trimming. The margins
+    are the running minimum of the reference's own per-step ordering margins: a beam walk's first
+    differing code can stem from a flip at any earlier step."""
+    draws = sampling.GivenDraws(i["draws"].float().numpy()) if "draws" in i else None
+    seq, tr = sampling.decode(m, i["spk_latent"], i["emovec"], i["text"], decode_options(i["options"]), draws)
+    codes, lens = sampling.infer_v2_trim(seq, m.cfg["stop_mel_token"])
+    if len(lens) != 1:
+        raise ValueError("no stop token within max_mel_tokens: infer_v2 gives the row its length twice and its "
+                         "length regulator / CFM concat then fails")
+    margins = np.minimum.accumulate(np.asarray(tr["margin"], np.float64)) if len(tr["margin"]) else np.zeros(0)
+    out = {"codes": codes, "margins": torch.from_numpy(margins)}
+    return out if draws is None else {**out, "draws_used": torch.tensor([draws.at])}
+
+
+def _sampled_post(o: dict, s: dict) -> dict:
+    if "draws" not in s:  # torch's generator: its state carries on by itself
+        return {"codes": o["codes"]}
+    # the next segment draws on from where this one stopped (one stream, as torch's generator)
+    return {"codes": o["codes"], "draws": s["draws"][int(np.asarray(o["draws_used"]).reshape(-1)[0]):]}
+
+
 def _emo_inputs(s: dict) -> dict:
     return {"audio": s["audio_16k"] if s["emo_audio"] is None else s["emo_audio"]}
 
@@ -218,7 +273,10 @@ def _emo_inputs(s: dict) -> dict:
 def _cfm_inputs(s: dict) -> dict:
     mu = np.concatenate([s["prompt_cond"], s["target_cond"]], 1)  # cat_condition [1, Tm+Tt, C]
     t = mu.shape[1]
-    return {"z": s["z_pool"][:, :, :t], "x_lens": np.array([t], np.int64), "prompt": s["ref_mel"], "mu": mu,
+    # no z_pool: the CFM's own torch.randn([1, C, T]) on the global generator (infer_v2 after
+    # torch.manual_seed; the decode's multinomials came first)
+    z = s["z_pool"][:, :, :t] if "z_pool" in s else torch.randn([1, s["ref_mel"].shape[1], t]).numpy()
+    return {"z": z, "x_lens": np.array([t], np.int64), "prompt": s["ref_mel"], "mu": mu,
             "style": s["style"], "t_span": s["t_span"]}
 
 
@@ -302,6 +360,20 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+# the sampled variant of stage `codes` (inputs with `draws`): gpt `generate_sampled`
+CODES_SAMPLED = Stage("codes", "gpt", "generate_sampled",
+                      lambda s: {"spk_latent": s["spk_latent"], "emovec": s["emovec"], "text": s["text"],
+                                 "options": s["decode_options"], **({"draws": s["draws"]} if "draws" in s else {})},
+                      _ref_sampled, ("codes",), post=_sampled_post)
+
+
+def stages(inputs: dict) -> tuple[Stage, ...]:
+    """The stages for these inputs: greedy codes, or (with `draws` or `seed`) the official sampled ones."""
+    if "draws" not in inputs and "seed" not in inputs:
+        return STAGES
+    return tuple(CODES_SAMPLED if st.name == "codes" else st for st in STAGES)
+
+
 def bigvgan_forward(m, mel):
     from .common import NoTaps
 
@@ -347,8 +419,10 @@ def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict |
     with `modules` holding the GPT in that dtype); their stage inputs are cast to it."""
     state = {**inputs, **emotion_plan(inputs)}
     per_stage = {}
-    last = _last_use(STAGES)
-    for i, st in enumerate(STAGES):
+    sts = stages(inputs)
+    _manual_seed(inputs)
+    last = _last_use(sts)
+    for i, st in enumerate(sts):
         outs, upd = run_reference_stage(st, modules[st.kind], state, (dtypes or {}).get(st.kind, dtype), trace)
         if follow is not None:
             new = follow(st.name, outs)
@@ -359,6 +433,16 @@ def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict |
         if release is not None and last[st.kind] == i:
             release(st.kind)
     return per_stage, state
+
+
+def _manual_seed(inputs: dict) -> None:
+    """`seed` in the inputs (no `draws`, no `z_pool`): the run draws from torch's global generator
+    after torch.manual_seed(seed), the decode's multinomials then each segment's CFM randn, as
+    infer_v2 does."""
+    if "seed" in inputs:
+        if "draws" in inputs or "z_pool" in inputs:
+            raise ValueError("`seed` is the torch stream of the decode and the CFM noise: give neither `draws` nor `z_pool`")
+        torch.manual_seed(int(np.asarray(inputs["seed"]).reshape(-1)[0]))
 
 
 SEGMENT_START = "codes"  # stages from here on run once per text segment; the ones before, once
@@ -376,18 +460,22 @@ def run_text(modules, inputs: dict, tokenizer, text: str,
     if not segments:
         raise ValueError("the text gives no tokens")
     state = {**inputs, **emotion_plan(inputs)}
-    k = next(i for i, st in enumerate(STAGES) if st.name == SEGMENT_START)
-    seg_kinds = {st.kind for st in STAGES[k:]}
-    last = _last_use(STAGES[:k])
-    for i, st in enumerate(STAGES[:k]):
+    sts = stages(inputs)
+    _manual_seed(inputs)
+    k = next(i for i, st in enumerate(sts) if st.name == SEGMENT_START)
+    seg_kinds = {st.kind for st in sts[k:]}
+    last = _last_use(sts[:k])
+    for i, st in enumerate(sts[:k]):
         state.update(run_reference_stage(st, modules[st.kind], state, dtype)[1])
         if release is not None and last[st.kind] == i and st.kind not in seg_kinds:
             release(st.kind)
     wavs = []
     for ids in segments:
         seg = {**state, "text": np.array([ids], np.int64)}
-        for st in STAGES[k:]:
+        for st in sts[k:]:
             seg.update(run_reference_stage(st, modules[st.kind], seg, dtype)[1])
+        if "draws" in seg:
+            state["draws"] = seg["draws"]
         wavs.append(torch.from_numpy(np.ascontiguousarray(seg["wav"])).reshape(1, -1))
     if release is not None:
         for kind in seg_kinds:

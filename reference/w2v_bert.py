@@ -287,6 +287,10 @@ def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attentio
     try:
         with torch.no_grad():
             out = model.embed(input_features, attention_mask, taps)
+            # transformers draws one torch.rand([]) per layer (layerdrop, in eval too) and the official
+            # call runs every layer: take the skipped layers' draws so torch's generator ends where
+            # the official forward leaves it (infer_v2 after torch.manual_seed)
+            torch.rand(len(all_layers) - model.output_layer)
     finally:
         enc.layers = all_layers
         for m in patched:

@@ -203,7 +203,7 @@ def _evil_file(tmp_path):
     ("directory", "is a directory"),
     ("garbage", "not a readable torch checkpoint"),
     ("evil", "refused to unpickle"),
-    ("no_dst", "required: dst"),
+    ("no_dst", "give SRC and DST"),  # one argument = a model directory
     ("bad_flag", "unrecognized arguments: --bogus"),
     ("same", "overwrite the source"),
     ("unwritable", "cannot write the output"),

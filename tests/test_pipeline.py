@@ -92,11 +92,12 @@ INVISIBLE = {
     ("semantic_codec", "gelu_tanh"): "encoder-only: flips no code at tiny; the pipeline uses the codes only",
     ("bigvgan", "swap_resblocks"): "each stage averages its resblocks: the swap changes only their order in the sum",
 }
-# The decoding faults of the sampled decode (tests/test_sampling.py names their step and stage): the
-# pipeline decodes greedily until the sampled decode is wired into it.
-INVISIBLE.update({("gpt", f): "sampled decoding only; the pipeline decodes greedily" for f in (
-    "penalty_on_logits", "top_p_one_too_few", "beam_scores_not_added", "kv_cache_not_reordered",
-    "length_penalty_one", "eos_beam_not_finalised")})
+# The decoding faults act on the sampled decode only: the greedy walks of FAULTS cannot see them;
+# test_pipeline_sampled_decode_fault_named names each at stage `codes` (tests/test_sampling.py at
+# its decoding step).
+DECODE_FAULTS = ("penalty_on_logits", "top_p_one_too_few", "beam_scores_not_added", "kv_cache_not_reordered",
+                 "length_penalty_one", "eos_beam_not_finalised")
+INVISIBLE.update({("gpt", f): "sampled decoding only: see test_pipeline_sampled_decode_fault_named" for f in DECODE_FAULTS})
 
 
 def test_pipeline_faults_cover_every_switch():
@@ -398,7 +399,7 @@ def test_pipeline_rust_bad_input(pipe, rust_pipe):
     from parity.candle import InputError
 
     fxs, _, inputs, _, device = pipe
-    ins = {k: inputs[k] for k in PP.SYNTH_INPUTS}
+    ins = PP.synth_inputs(inputs)
     with pytest.raises(InputError, match="needs input `t_span`"):
         candle.run(rust_pipe, "synthesize", {k: v for k, v in ins.items() if k != "t_span"})
     with pytest.raises(InputError, match="z_pool"):
@@ -429,7 +430,7 @@ def test_bench_pipeline_rtf(side, benchmark, request):
     fxs, inputs = _bench_pipe(request)
     if side == "candle":
         m = PP.rust_pipeline(fxs, "cpu")
-        ins = {k: inputs[k] for k in PP.SYNTH_INPUTS}
+        ins = PP.synth_inputs(inputs)
         fn = lambda: candle.run(m, "synthesize", ins)[0]["wav.wav"]  # noqa: E731
     else:
         mods = PP.references(fxs, "cpu")
@@ -517,8 +518,140 @@ def test_pipeline_text_bad_input(pipe, rust_pipe):
     from parity.candle import InputError
 
     _, _, inputs, _, _ = pipe
-    ins = {k: inputs[k] for k in PP.SYNTH_INPUTS if k != "text"}
+    ins = PP.synth_inputs(inputs, text=False)
     with pytest.raises(InputError, match="Unicode scalar"):
         candle.run(rust_pipe, "tts", {**ins, "text_codepoints": np.array([0xD800], np.int64)})
     with pytest.raises(InputError, match="no tokens"):
         candle.run(rust_pipe, "tts", {**ins, "text_codepoints": np.array([ord(" ")], np.int64)})
+
+
+# ---- the official sampled decoding through the pipeline (issue 12 §5) ------------------------------
+# make_inputs seed and beams of each sampled case (with the stop-biased GPT, see PP.STOP_BIAS): 3 beams
+# (infer_v2's) seed 1, 11 codes; 1 beam seed 0, 12 codes (the audio gate's log-mel needs > 1024
+# samples, i.e. ≥ 10 codes at tiny).
+SAMPLED = {"beam3": (PP.SAMPLED_SEED, {}), "beam1": (0, {"num_beams": 1})}
+# The decoding faults' case: of seeds 0-7 (3 beams) only 0 and 3 let every decoding fault change the
+# codes (top_p_one_too_few and length_penalty_one leave the others' unchanged); seed 3, 7 codes.
+FAULT_SEED = 3
+
+
+@pytest.fixture(scope="session", params=sorted(SAMPLED), ids=lambda k: f"sampled_{k}")
+def sampled_pipe(request, pipe):
+    fxs0, _, _, _, device = pipe
+    fxs = PP.sampled_fixtures(fxs0)
+    seed, opts = SAMPLED[request.param]
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], seed, decoding="sampled", options=opts)
+    return fxs, PP.candle_models(fxs, device), inputs, PP.reference_run(fxs, inputs, device), device
+
+
+def test_pipeline_sampled_walks(sampled_pipe):
+    """Text ids → sampled codes (the same Exp(1) draws on every side) → wav: the forced and chained
+    walks and the Rust pipeline in one call, through the audio gate; the codes end with a stop
+    token, and the Rust pipeline consumed exactly the reference's draws."""
+    from parity import candle
+
+    fxs, cms, inputs, ref, device = sampled_pipe
+    codes = ref.per64["codes"]["codes"]
+    assert codes.shape[1] >= 4, f"only {codes.shape[1]} codes: the case is too short to mean anything"
+    for mode in ("forced", "chained"):
+        PP.walk(fxs, cms, inputs, mode, device, ref=ref).assert_ok()
+    rust = PP.rust_pipeline(fxs, device)
+    PP.rust_walk(rust, inputs, ref, device).assert_ok()
+    outs, _ = candle.run(rust, "synthesize", PP.synth_inputs(inputs))
+    assert int(outs["draws_used"][0]) == int(ref.per32["codes"]["draws_used"][0])
+
+
+def test_pipeline_sampled_differs_from_greedy(sampled_pipe):
+    """The sampled walk really samples: its codes are not the greedy decode of the same inputs."""
+    fxs, cms, inputs, ref, device = sampled_pipe
+    from parity import candle
+
+    greedy = {k: v for k, v in inputs.items() if k not in ("draws", "decode_options")}
+    greedy["max_tokens"] = np.array([20], np.int64)
+    st = ref.inputs64["codes"]
+    got, _ = candle.run(cms["gpt"], "greedy", {k: st[k] for k in ("spk_latent", "emovec", "text")} | {"max_tokens": greedy["max_tokens"]})
+    assert not (got["codes"].shape == ref.per64["codes"]["codes"].shape and (got["codes"] == ref.per64["codes"]["codes"]).all())
+
+
+@pytest.fixture(scope="session")
+def sampled_fault_pipe(pipe):
+    fxs0, _, _, _, device = pipe
+    fxs = PP.sampled_fixtures(fxs0)
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], FAULT_SEED, decoding="sampled")
+    return fxs, PP.candle_models(fxs, device), inputs, PP.reference_run(fxs, inputs, device), device
+
+
+@pytest.mark.parametrize("fault", DECODE_FAULTS)
+def test_pipeline_sampled_decode_fault_named(fault, sampled_fault_pipe):
+    """Each decoding fault breaks the pipeline at stage `codes` (infer_v2's 3 beams)."""
+    fxs, cms, inputs, ref, device = sampled_fault_pipe
+    PP.walk(fxs, cms, inputs, "forced", device, ref=ref).assert_ok()  # correct code passes on this case
+    broken = {**cms, "gpt": PP.candle_model(fxs, "gpt", device, [fault])}
+    w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
+    assert w.first_failure == "codes", f"decode fault `{fault}` named `{w.first_failure}`\n{w.table()}"
+
+
+def test_pipeline_sampled_text(sampled_pipe):
+    """Text through bpe.model → several segments, each sampled on from where the previous segment's
+    draws stopped (one stream, as torch's generator), joined: ids, segments and wav."""
+    fxs, _, inputs, _, device = sampled_pipe
+    if "num_beams" in P.decode_options(inputs["decode_options"]):
+        pytest.skip("1 beam: a segment of the text never stops at tiny (infer_v2 cannot synthesise it); 3 beams do")
+    t = PP.text_walk(fxs, inputs, device=device)
+    assert t.ok, t.table()
+    assert len(t.ref["segments"]) > 1
+
+
+def test_pipeline_decoding_bad_input(pipe, rust_pipe):
+    from parity import candle
+    from parity.candle import InputError
+
+    fxs, _, inputs, _, _ = pipe
+    ins = PP.synth_inputs(inputs)
+    sampled = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, decoding="sampled")
+    with pytest.raises(InputError, match="exclude each other"):
+        candle.run(rust_pipe, "synthesize", {**ins, "draws": sampled["draws"]})
+    no_decoding = {k: v for k, v in ins.items() if k != "max_tokens"}
+    with pytest.raises(InputError, match="give `max_tokens`"):
+        candle.run(rust_pipe, "synthesize", no_decoding)
+    with pytest.raises(InputError, match="num_return_sequences"):
+        candle.run(rust_pipe, "synthesize", {**no_decoding, "draws": sampled["draws"],
+                                             "decode_options": P.encode_options({"num_return_sequences": 2, "max_mel_tokens": 20})})
+    with pytest.raises(InputError, match="top_p"):
+        candle.run(rust_pipe, "synthesize", {**no_decoding, "seed": np.array([0]),
+                                             "decode_options": P.encode_options({"top_p": 1.5})})
+    with pytest.raises(InputError, match="unknown field"):
+        candle.run(rust_pipe, "synthesize", {**no_decoding, "seed": np.array([0]),
+                                             "decode_options": P.encode_options({"beams": 3})})
+
+
+def test_pipeline_sampled_without_stop_token_refused(pipe, rust_pipe):
+    """infer_v2 cannot synthesise a segment whose decode never stops (its code_lens get the length
+    twice; the CFM concat then fails): the Rust pipeline refuses it with that reason (the unbiased
+    tiny GPT does not stop within 6 codes)."""
+    from parity import candle
+    from parity.candle import InputError
+
+    fxs, _, inputs, _, _ = pipe
+    sampled = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, decoding="sampled", max_tokens=6)
+    with pytest.raises(InputError, match="no stop token within max_mel_tokens = 6"):
+        candle.run(rust_pipe, "synthesize", PP.synth_inputs(sampled))
+
+
+def test_pipeline_seed_is_torch_manual_seed(pipe):
+    """`seed` = s in the Rust pipeline (no draws, no z_pool) is torch.manual_seed(s) before the
+    official flow: w2v-bert's layerdrop draws, the decode's own torch.multinomial (unpatched), then
+    the CFM's torch.randn, from one generator, segment after segment. One segment (the rust walk;
+    1 beam, make_inputs seed 3: 12 codes, the 3-beam ones stop within 8) and a text of several
+    segments with infer_v2's 3 beams (seed 2: of seeds 0-7, 2, 4 and 7 give every segment a code;
+    a segment whose first candidate is the stop token cannot be synthesised, officially neither)."""
+    fxs0, _, _, _, device = pipe
+    fxs = PP.sampled_fixtures(fxs0)
+    cfg = P.CONFIGS[PP._size(fxs)]
+    one = P.make_inputs(cfg, 3, decoding="seeded", options={"num_beams": 1})
+    ref = PP.reference_run(fxs, one, device)
+    assert ref.per64["codes"]["codes"].shape[1] >= 10
+    PP.rust_walk(PP.rust_pipeline(fxs, device), one, ref, device).assert_ok()
+    t = PP.text_walk(fxs, P.make_inputs(cfg, 2, decoding="seeded"), device=device)
+    assert t.ok, t.table()
+    assert len(t.ref["segments"]) > 1

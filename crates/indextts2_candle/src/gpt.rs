@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor, D};
 pub mod decode;
 
 pub use crate::gpt_config::GptConfig;
+pub use decode::{decode_inputs, Decoded};
 
 pub const FAULTS: &[&str] = &[
     "c_attn_untransposed",     // Conv1D [in,out] memory reinterpreted as [out,in] (reshape, not transpose)

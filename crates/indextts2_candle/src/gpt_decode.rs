@@ -5,7 +5,7 @@ use super::{ids, LayerCache, UnifiedVoice};
 use crate::ctx::Ctx;
 use crate::error::{input_err, Result};
 use crate::registry::Named;
-use crate::sampling::{self, rng::Draws, DecodeConfig, DecodeFaults, Decoder};
+use crate::sampling::{self, rng::Draws, DecodeConfig, Decoder};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
@@ -26,13 +26,15 @@ pub struct GptDecoder<'a> {
     m: &'a UnifiedVoice,
     prefix: Tensor,
     caches: Vec<LayerCache>,
+    /// called with the decode step (≥ 1) before each step's forward: progress for the CLI
+    on_step: Option<&'a mut dyn FnMut(usize)>,
 }
 
 impl<'a> GptDecoder<'a> {
     pub fn new(m: &'a UnifiedVoice, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor) -> Result<Self> {
         let (conds, text_emb) = m.prefix(spk_latent, emovec, text, &mut Ctx::plain())?;
         let prefix = Tensor::cat(&[&conds, &text_emb], 1)?;
-        Ok(GptDecoder { m, prefix, caches: vec![LayerCache::default(); m.blocks.len()] })
+        Ok(GptDecoder { m, prefix, caches: vec![LayerCache::default(); m.blocks.len()], on_step: None })
     }
     /// Length of `generate`'s input ids: conditioning + text + the start token.
     pub fn prompt_len(&self) -> Result<usize> {
@@ -61,6 +63,9 @@ impl Decoder for GptDecoder<'_> {
         Ok(vec![row; n])
     }
     fn step(&mut self, tokens: &[i64], step: usize) -> Result<Vec<Vec<f32>>> {
+        if let Some(f) = self.on_step.as_mut() {
+            f(step);
+        }
         let dev = self.prefix.device().clone();
         // one token per beam row, at the position greedy decoding feeds step `step` (≥ 1) at
         let x = self.m.mel_emb(tokens, tokens.len(), &UnifiedVoice::mel_positions(step, 1), &mut Ctx::plain(), &dev)?;
@@ -79,33 +84,70 @@ fn flat_i64(t: &Tensor) -> Result<Vec<i64>> {
     Ok(t.flatten_all()?.to_vec1::<i64>()?)
 }
 
+/// The decoding options (`options_key`: UTF-8 JSON bytes in an int64 tensor; absent = the official
+/// defaults) and the draws (`draws`: f32 Exp(1) draws, or `seed`: torch's CPU stream) of a
+/// tensor-wire call.
+pub fn decode_inputs(inputs: &BTreeMap<String, Tensor>, options_key: &str) -> Result<(DecodeConfig, Draws)> {
+    let opts: Vec<u8> = match inputs.get(options_key) {
+        Some(t) => flat_i64(t)?.iter().map(|&b| b as u8).collect(),
+        None => b"{}".to_vec(),
+    };
+    let cfg = DecodeConfig::from_json(&String::from_utf8_lossy(&opts))?;
+    let draws = match (inputs.get("draws"), inputs.get("seed")) {
+        (Some(q), None) => Draws::given(q.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        (None, Some(s)) => match flat_i64(s)?.as_slice() {
+            [s] if *s >= 0 => Draws::seeded(*s as u64),
+            _ => return input_err("`seed` must be one non-negative int64"),
+        },
+        (None, None) if !cfg.do_sample => Draws::given(Vec::new()),
+        _ => return input_err("give exactly one of `draws` and `seed` when sampling"),
+    };
+    Ok((cfg, draws))
+}
+
+/// One decode as infer_v2 runs it: `generate`'s sequences, then infer_v2's trimming.
+pub struct Decoded {
+    /// rows as `generate` returns them (after the prompt), stop token and padding included
+    pub sequences: Vec<Vec<i64>>,
+    /// infer_v2's codes: every row cut at the last row's code length
+    pub codes: Vec<Vec<i64>>,
+    /// infer_v2's `code_lens` (a row without a stop token gives its length twice)
+    pub code_lens: Vec<i64>,
+    pub trace: sampling::beam::Trace,
+}
+
 impl UnifiedVoice {
+    /// `inference_speech` with decoding options `cfg` (infer_v2's by default), the draws from
+    /// `draws`, then infer_v2's trimming. `forced[s]` replaces step s's candidates (the parity
+    /// walk's near-tie rule); `record` keeps the per-step trace; `on_step` sees each step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode<'a>(&'a self, spk_latent: &Tensor, emovec: &Tensor, text: &Tensor, cfg: &DecodeConfig, draws: &mut Draws,
+                      forced: &[Vec<i64>], record: bool, on_step: Option<&'a mut dyn FnMut(usize)>) -> Result<Decoded> {
+        if cfg.max_mel_tokens >= self.mel_pos.dim(0)? {
+            return input_err(format!("max_mel_tokens {} needs mel position {}, beyond the position table ({})", cfg.max_mel_tokens, cfg.max_mel_tokens, self.mel_pos.dim(0)?));
+        }
+        let mut dec = GptDecoder::new(self, spk_latent, emovec, text)?;
+        dec.on_step = on_step;
+        // generate's input ids: ones, the last one the start token (the penalty sees them all).
+        let mut prompt = vec![1i64; dec.prompt_len()?];
+        *prompt.last_mut().expect("non-empty prompt") = self.cfg.start_mel_token;
+        let out = sampling::generate(&mut dec, &prompt, cfg, self.cfg.stop_mel_token, draws, self.decode_faults, forced, record)?;
+        let (codes, code_lens) = sampling::infer_v2_trim(&out.sequences, self.cfg.stop_mel_token);
+        Ok(Decoded { sequences: out.sequences, codes, code_lens, trace: out.trace })
+    }
+
     /// `inference_speech(..., do_sample, num_beams, …)` as infer_v2 calls it, then infer_v2's
     /// trimming. Inputs: spk_latent, emovec, text; `options` (decoding options as UTF-8 JSON
     /// bytes in an int64 tensor; `{}` = the official defaults); `draws` (f32, the Exp(1) draws of
     /// all steps, beams·V per step) or `seed` (torch's CPU stream); optional `forced` [S, C]
     /// (candidates replacing the first S steps') and `trace` (any value: return the per-step record).
     pub fn run_generate(&self, inputs: &BTreeMap<String, Tensor>) -> Result<Named> {
-        let faults: DecodeFaults = self.decode_faults;
         const KNOWN: &[&str] = &["spk_latent", "emovec", "text", "options", "draws", "seed", "forced", "trace"];
         if let Some(k) = inputs.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return input_err(format!("`generate_sampled` takes inputs {KNOWN:?}; got unexpected `{k}`"));
         }
         let get = |n: &str| inputs.get(n).ok_or_else(|| crate::Error::Input(format!("`generate_sampled` needs input `{n}`")));
-        let opts: Vec<u8> = match inputs.get("options") {
-            Some(t) => flat_i64(t)?.iter().map(|&b| b as u8).collect(),
-            None => b"{}".to_vec(),
-        };
-        let cfg = DecodeConfig::from_json(&String::from_utf8_lossy(&opts))?;
-        let mut draws = match (inputs.get("draws"), inputs.get("seed")) {
-            (Some(q), None) => Draws::given(q.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            (None, Some(s)) => match flat_i64(s)?.as_slice() {
-                [s] if *s >= 0 => Draws::seeded(*s as u64),
-                _ => return input_err("`seed` must be one non-negative int64"),
-            },
-            (None, None) if !cfg.do_sample => Draws::given(Vec::new()),
-            _ => return input_err("give exactly one of `draws` and `seed` when sampling"),
-        };
+        let (cfg, mut draws) = decode_inputs(inputs, "options")?;
         let forced: Vec<Vec<i64>> = match inputs.get("forced") {
             Some(f) => {
                 let (d, v) = ids(f, "forced", 2)?;
@@ -113,25 +155,17 @@ impl UnifiedVoice {
             }
             None => Vec::new(),
         };
-        if cfg.max_mel_tokens >= self.mel_pos.dim(0)? {
-            return input_err(format!("max_mel_tokens {} needs mel position {}, beyond the position table ({})", cfg.max_mel_tokens, cfg.max_mel_tokens, self.mel_pos.dim(0)?));
-        }
-        let mut dec = GptDecoder::new(self, get("spk_latent")?, get("emovec")?, get("text")?)?;
-        // generate's input ids: ones, the last one the start token (the penalty sees them all).
-        let mut prompt = vec![1i64; dec.prompt_len()?];
-        *prompt.last_mut().expect("non-empty prompt") = self.cfg.start_mel_token;
-        let out = sampling::generate(&mut dec, &prompt, &cfg, self.cfg.stop_mel_token, &mut draws, faults, &forced, inputs.contains_key("trace"))?;
+        let d = self.decode(get("spk_latent")?, get("emovec")?, get("text")?, &cfg, &mut draws, &forced, inputs.contains_key("trace"), None)?;
         let dev = Device::Cpu;
         let mat = |r: &[Vec<i64>]| -> Result<Tensor> {
             let w = r.first().map_or(0, |x| x.len());
             Ok(Tensor::from_vec(r.concat(), (r.len(), w), &dev)?)
         };
-        let (trim, lens) = sampling::infer_v2_trim(&out.sequences, self.cfg.stop_mel_token);
+        let Decoded { sequences, codes, code_lens: lens, trace: t } = d;
         let nl = lens.len();
-        let t = &out.trace;
         let mut named: Named = vec![
-            ("sequences".into(), mat(&out.sequences)?),
-            ("codes".into(), mat(&trim)?),
+            ("sequences".into(), mat(&sequences)?),
+            ("codes".into(), mat(&codes)?),
             ("code_lens".into(), Tensor::from_vec(lens, nl, &dev)?),
             ("steps".into(), Tensor::from_vec(vec![t.steps as i64], 1, &dev)?),
         ];

@@ -171,7 +171,7 @@
 //! text and a 22.05 kHz speaker clip → the joined wav at 22.05 kHz.
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
-//! use indextts2_candle::pipeline::{EmotionInput, Pipeline};
+//! use indextts2_candle::pipeline::{Decoding, EmotionInput, Pipeline};
 //! use indextts2_candle::{ctx::Faults, resample::INTERVAL_SILENCE_MS, store::{Store, Weights}, text::DEFAULT_MAX_SEGMENT_TOKENS};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dev = Device::Cpu;
@@ -181,8 +181,8 @@
 //! let emotion = EmotionInput { clip_16k: None, alpha: 1.0, weights: None }; // the speaker's own emotion
 //! let z_pool = Tensor::randn(0f32, 1.0, (1, 80, 4000), &dev)?; // CFM noise, an input
 //! let t_span = Tensor::new((0..=25).map(|i| i as f32 / 25.0).collect::<Vec<_>>().as_slice(), &dev)?;
-//! let max_tokens = Tensor::new(&[1500i64], &dev)?;
-//! let out = pipe.tts("HELLO WORLD.", &speaker, &emotion, &max_tokens, &z_pool, &t_span,
+//! let mut decoding = Decoding::official(0); // infer_v2's beam sampler, torch's stream after manual_seed(0)
+//! let out = pipe.tts("HELLO WORLD.", &speaker, &emotion, &mut decoding, &z_pool, &t_span,
 //!                    DEFAULT_MAX_SEGMENT_TOKENS, INTERVAL_SILENCE_MS)?;
 //! println!("{} samples in {} segments", out.wav.dim(1)?, out.segments.len());
 //! # Ok(()) }

@@ -18,6 +18,7 @@ use crate::error::{input_err, Result};
 use crate::gpt::{GptConfig, UnifiedVoice};
 use crate::length_regulator::{Regulator, RegulatorConfig};
 use crate::runnable::Named;
+use crate::sampling::{rng::{Draws, TorchCpuGenerator}, DecodeConfig};
 use crate::resample::{cut, join_segments, ResampleConfig, Resampler, MAX_PROMPT_SECONDS, SR_16K, SR_22K};
 use crate::text::TextTokenizer;
 use crate::store::Weights;
@@ -28,6 +29,72 @@ use std::sync::OnceLock;
 
 /// infer_v2: target mel frames = int(codes · 1.72).
 const LENGTH_RATIO: f64 = 1.72;
+
+/// How the GPT's codes are made.
+pub enum DecodeMode {
+    /// Deterministic mode: greedy codes, at most `max_tokens` (the parity suite's default walk).
+    Greedy { max_tokens: usize },
+    /// The official beam sampler (`DecodeConfig::default()` = what infer_v2 passes), drawing from
+    /// `draws` (given Exp(1) draws, or torch's CPU stream from a seed); consumed in segment order.
+    Sampled { cfg: DecodeConfig, draws: Draws },
+}
+
+/// What a long synthesis reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Progress {
+    /// segment `index` (0-based) of `count` starts
+    Segment { index: usize, count: usize },
+    /// decoding step `step` (≥ 1) of at most `max` (sampled mode only)
+    Step { step: usize, max: usize },
+}
+
+/// The decoding options of one request, and where its progress goes.
+pub struct Decoding<'a> {
+    pub mode: DecodeMode,
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+}
+
+/// Where each segment's CFM noise comes from.
+#[derive(Clone, Copy)]
+pub enum Noise<'a> {
+    /// The first frames of this pool [1, C, F], for every segment (the parity walks' input).
+    Pool(&'a Tensor),
+    /// `torch.randn([1, C, T])` from the seeded decode's own generator, drawn right after the
+    /// segment's decode: what infer_v2 draws after `torch.manual_seed(seed)` (the decode's
+    /// multinomials, then the CFM's randn, segment after segment).
+    Stream,
+}
+
+impl Decoding<'_> {
+    /// The generator the seeded decode draws from (and `Noise::Stream` after it).
+    fn generator(&mut self) -> Result<&mut TorchCpuGenerator> {
+        match &mut self.mode {
+            DecodeMode::Sampled { draws: Draws::Seeded(g), .. } => Ok(g),
+            _ => input_err("pipeline: CFM noise from the stream (no `z_pool`) needs the sampled decoding from a `seed`"),
+        }
+    }
+    pub fn greedy(max_tokens: usize) -> Self {
+        Decoding { mode: DecodeMode::Greedy { max_tokens }, progress: None }
+    }
+    /// The official decoding (infer_v2's options) from torch's CPU stream after `manual_seed(seed)`.
+    pub fn official(seed: u64) -> Self {
+        Decoding { mode: DecodeMode::Sampled { cfg: DecodeConfig::default(), draws: Draws::seeded(seed) }, progress: None }
+    }
+    /// Seeded sampling: advance the stream past `n` float32 `torch.rand` draws that the official
+    /// code takes outside the decode (w2v-bert's layerdrop checks); no-op otherwise.
+    fn skip_official_draws(&mut self, n: usize) {
+        if let DecodeMode::Sampled { draws: Draws::Seeded(g), .. } = &mut self.mode {
+            for _ in 0..n {
+                g.uniform_f32();
+            }
+        }
+    }
+    fn report(&mut self, p: Progress) {
+        if let Some(f) = self.progress.as_mut() {
+            f(p);
+        }
+    }
+}
 
 /// One model inside the pipeline: its kind, the prefix of its keys in the pipeline file and its
 /// fault switches (the model's own `FAULTS`; the pipeline accepts them as `<kind>:<fault>`).
@@ -193,19 +260,19 @@ impl Pipeline {
     /// Runs every stage on one text segment (token ids): the typed stage outputs, which
     /// [`Synthesis::named`] lists as the Python walk names them.
     #[allow(clippy::too_many_arguments)]
-    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Synthesis> {
+    pub fn synthesize(&self, speaker: &Tensor, emotion: &EmotionInput, text: &Tensor, decoding: &mut Decoding, noise: Noise, t_span: &Tensor) -> Result<Synthesis> {
         let front = self.front(speaker)?;
-        let prepared = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
-        let segment = self.segment(&prepared, text, max_tokens, z_pool, t_span)?;
+        let prepared = self.prepare(&front.audio_16k, &front.audio_22k, emotion, decoding)?;
+        let segment = self.segment(&prepared, text, decoding, noise, t_span, true)?;
         Ok(Synthesis { front, prepared, segment })
     }
 
     /// Text to speech (spec §5 steps 1-16): the text through the `bpe.model` (infer_v2's tokenizer
     /// and `split_segments`), the speaker/emotion side once, each segment synthesised, clamped and
-    /// joined with `interval_ms` of silence at 22.05 kHz. Deterministic mode: greedy codes, every
-    /// segment's CFM noise = the first frames of `z_pool`.
+    /// joined with `interval_ms` of silence at 22.05 kHz. The codes as `decoding` says (its draws
+    /// consumed segment after segment), each segment's CFM noise as `noise` says.
     #[allow(clippy::too_many_arguments)]
-    pub fn tts(&self, text: &str, speaker: &Tensor, emotion: &EmotionInput, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor,
+    pub fn tts(&self, text: &str, speaker: &Tensor, emotion: &EmotionInput, decoding: &mut Decoding, noise: Noise, t_span: &Tensor,
                max_segment_tokens: usize, interval_ms: i64) -> Result<TtsOutput> {
         let Some(tok) = &self.tokenizer else {
             return input_err("pipeline: text input needs `bpe_model` in the pipeline config");
@@ -215,13 +282,14 @@ impl Pipeline {
             return input_err("pipeline: the text gives no tokens");
         }
         let front = self.front(speaker)?;
-        let p = self.prepare(&front.audio_16k, &front.audio_22k, emotion)?;
+        let p = self.prepare(&front.audio_16k, &front.audio_22k, emotion, decoding)?;
         let dev = speaker.device();
         let mut wavs = Vec::with_capacity(segments.len());
-        for ids in &segments {
+        for (index, ids) in segments.iter().enumerate() {
+            decoding.report(Progress::Segment { index, count: segments.len() });
             let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let text = Tensor::from_vec(ids.clone(), (1, ids.len()), dev)?;
-            let seg = self.segment(&p, &text, max_tokens, z_pool, t_span)?;
+            let seg = self.segment(&p, &text, decoding, noise, t_span, false)?;
             wavs.push(seg.wav.flatten_all()?.unsqueeze(0)?); // [1, N], as infer_v2
         }
         let segment_samples = wavs.iter().map(|w| w.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
@@ -240,8 +308,9 @@ impl Pipeline {
     }
 
     /// Speaker and emotion side (spec §5 steps 2-8, 10): computed once per request, shared by every
-    /// text segment, as infer_v2 caches it.
-    pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput) -> Result<Prepared> {
+    /// text segment, as infer_v2 caches it. `decoding`: a seeded stream is advanced past the
+    /// draws the official w2v-bert forwards take (two, speaker and emotion clip).
+    pub fn prepare(&self, audio_16k: &Tensor, audio_22k: &Tensor, emotion: &EmotionInput, decoding: &mut Decoding) -> Result<Prepared> {
         let mut c = Ctx::plain();
         if audio_16k.rank() != 1 || audio_22k.rank() != 1 {
             return input_err(format!("pipeline: audio_16k [N], audio_22k [M] expected; got {:?}, {:?}", audio_16k.dims(), audio_22k.dims()));
@@ -268,6 +337,7 @@ impl Pipeline {
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
         let (emo_features, emo_attention_mask) = self.w2v.features(&emo_clip)?;
         let eo = self.w2v.forward(&emo_features, Some(&emo_attention_mask), &mut c)?;
+        decoding.skip_official_draws(2 * self.w2v.official_rng_draws());
         let emo_emb = eo.emb.unwrap_or(eo.hidden); // has stats: checked above
         let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
         let alpha_t = Tensor::new(&[alpha], &dev)?;
@@ -297,21 +367,54 @@ impl Pipeline {
         })
     }
 
-    /// One text segment (spec §5 steps 11-16): greedy codes, teacher-forced logits, latent, S_infer,
-    /// target condition, CFM (noise = the first frames of `z_pool`), vocoder.
-    pub fn segment(&self, p: &Prepared, text: &Tensor, max_tokens: &Tensor, z_pool: &Tensor, t_span: &Tensor) -> Result<Segment> {
+    /// The codes of one segment: greedy, or sampled and trimmed as infer_v2 does.
+    fn codes(&self, p: &Prepared, text: &Tensor, decoding: &mut Decoding) -> Result<Tensor> {
+        let dev = text.device().clone();
+        let Decoding { mode, progress } = decoding;
+        let (spk, emovec) = (self.to_gpt(&p.spk)?, self.to_gpt(&p.emovec)?); // the GPT's dtype (gpt_dtype)
+        let codes = match mode {
+            DecodeMode::Greedy { max_tokens } => self.gpt.greedy(&spk, &emovec, text, &i64_tensor(&[*max_tokens as i64], &dev)?)?,
+            DecodeMode::Sampled { cfg, draws } => {
+                if cfg.num_return_sequences != 1 {
+                    return input_err(format!("decoding option `num_return_sequences` = {}: the pipeline synthesises one sequence (infer_v2 uses 1)", cfg.num_return_sequences));
+                }
+                let max = cfg.max_mel_tokens;
+                let mut step = |s: usize| {
+                    if let Some(f) = progress.as_mut() {
+                        f(Progress::Step { step: s, max });
+                    }
+                };
+                let d = self.gpt.decode(&spk, &emovec, text, cfg, draws, &[], false, Some(&mut step))?;
+                if d.code_lens.len() != 1 {
+                    // infer_v2 gives such a row its length twice; its length regulator then makes a
+                    // batch of 2 that the CFM's concat with the prompt refuses: it fails too.
+                    return input_err(format!(
+                        "pipeline: no stop token within max_mel_tokens = {max} (the official infer_v2 fails on this segment as well); raise `max_mel_tokens` or use shorter segments"
+                    ));
+                }
+                let row = d.codes.into_iter().next().unwrap_or_default();
+                Tensor::from_vec(row.clone(), (1, row.len()), &dev)?
+            }
+        };
+        Ok(codes)
+    }
+
+    /// One text segment (spec §5 steps 11-16): codes, (with `logits`: the teacher-forced logits,
+    /// a parity tap), latent, S_infer, target condition, CFM (noise = the first frames of
+    /// `noise`), vocoder.
+    pub fn segment(&self, p: &Prepared, text: &Tensor, decoding: &mut Decoding, noise: Noise, t_span: &Tensor, logits: bool) -> Result<Segment> {
         let mut c = Ctx::plain();
-        if text.rank() != 2 || z_pool.rank() != 3 || t_span.rank() != 1 {
+        if text.rank() != 2 || matches!(noise, Noise::Pool(z) if z.rank() != 3) || t_span.rank() != 1 {
             return input_err("pipeline: text [1,L], z_pool [1,C,F], t_span [S+1] expected");
         }
         let dev = text.device().clone();
         let (spk, emovec) = (&self.to_gpt(&p.spk)?, &self.to_gpt(&p.emovec)?);
-        let codes = self.gpt.greedy(spk, emovec, text, max_tokens)?;
+        let codes = self.codes(p, text, decoding)?;
         let lc = codes.dim(1)?;
         if lc == 0 {
             return input_err("pipeline: the decoder emitted the stop token first (no codes)");
         }
-        let code_logits = self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?.to_dtype(DType::F32)?;
+        let code_logits = if logits { Some(self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?.to_dtype(DType::F32)?) } else { None };
         let text_lens = i64_tensor(&[text.dim(1)? as i64], &dev)?;
         let code_lens = i64_tensor(&[lc as i64], &dev)?;
         let latent = self.gpt.forward_latent(spk, text, &text_lens, &codes, &code_lens, emovec, &mut c)?.to_dtype(DType::F32)?;
@@ -325,10 +428,19 @@ impl Pipeline {
         let mu = Tensor::cat(&[&p.prompt_cond, &target_cond], 1)?;
         let tm = p.ref_mel.dim(2)?;
         let total = tm + tt;
-        if z_pool.dim(2)? < total {
-            return input_err(format!("pipeline: z_pool has {} frames, needs {total}", z_pool.dim(2)?));
-        }
-        let z = z_pool.narrow(2, 0, total)?.contiguous()?;
+        let z = match noise {
+            Noise::Pool(z_pool) => {
+                if z_pool.dim(2)? < total {
+                    return input_err(format!("pipeline: z_pool has {} frames, needs {total}", z_pool.dim(2)?));
+                }
+                z_pool.narrow(2, 0, total)?.contiguous()?
+            }
+            Noise::Stream => {
+                let ch = p.ref_mel.dim(1)?;
+                let v = decoding.generator()?.normal_f32(ch * total);
+                Tensor::from_vec(v, (1, ch, total), &dev)?.to_dtype(p.ref_mel.dtype())?
+            }
+        };
         let ts = t_span.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let states = self.dit.solve_euler(&z, &[total as i64], &p.ref_mel, &mu, &p.style, &ts, &mut c)?;
         let cfm_mel = match states.last() {
@@ -395,8 +507,8 @@ pub struct Prepared {
 pub struct Segment {
     /// `codes.codes`: greedy GPT codes [1, Lc]
     pub codes: Tensor,
-    /// `code_logits.logits`: teacher-forced logits over the codes
-    pub code_logits: Tensor,
+    /// `code_logits.logits`: teacher-forced logits over the codes (`synthesize` only)
+    pub code_logits: Option<Tensor>,
     /// `latent.latent`
     pub latent: Tensor,
     /// `vq_emb.emb`: vq2emb(codes)
@@ -455,16 +567,19 @@ impl Prepared {
 impl Segment {
     /// The stage outputs as `<stage>.<output>`, in pipeline order (the last is `wav.wav`).
     pub fn named(&self) -> Named {
-        named(&[
-            ("codes.codes", &self.codes),
-            ("code_logits.logits", &self.code_logits),
+        let mut v = named(&[("codes.codes", &self.codes)]);
+        if let Some(l) = &self.code_logits {
+            v.push(("code_logits.logits".into(), l.clone()));
+        }
+        v.extend(named(&[
             ("latent.latent", &self.latent),
             ("vq_emb.emb", &self.vq_emb),
             ("s_infer.out", &self.latent_proj),
             ("target_cond.out", &self.target_cond),
             ("cfm_mel.mel", &self.cfm_mel),
             ("wav.wav", &self.wav),
-        ])
+        ]));
+        v
     }
 }
 

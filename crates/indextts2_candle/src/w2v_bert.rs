@@ -363,6 +363,13 @@ pub struct Output {
 }
 
 impl W2vBert {
+    /// transformers' encoder draws one `torch.rand([])` per layer (its layerdrop check, in eval
+    /// too), and infer_v2 runs all `num_hidden_layers`: what one official forward takes from
+    /// torch's generator.
+    pub fn official_rng_draws(&self) -> usize {
+        self.cfg.num_hidden_layers
+    }
+
     pub fn load(w: &Weights, cfg: W2vBertConfig, faults: Faults) -> Result<W2vBert> {
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return input_err("Wav2Vec-BERT config: hidden_size must be a multiple of num_attention_heads");

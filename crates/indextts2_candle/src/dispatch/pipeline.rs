@@ -2,7 +2,8 @@
 //! Python walk names them, doubling as taps) and `tts` (text as code points; the joined wav).
 use crate::ctx::Ctx;
 use crate::error::{input_err, Result};
-use crate::pipeline::{EmotionInput, Pipeline};
+use crate::gpt::decode_inputs;
+use crate::pipeline::{DecodeMode, Decoding, EmotionInput, Noise, Pipeline};
 use crate::resample::INTERVAL_SILENCE_MS;
 use crate::runnable::{expect_float, take, Named, Runnable};
 use crate::text::DEFAULT_MAX_SEGMENT_TOKENS;
@@ -15,13 +16,16 @@ impl Runnable for Pipeline {
             "synthesize" => {
                 let mut rest = inputs.clone();
                 let (clip, weights) = take_emotion(&mut rest)?;
-                let i = take(&rest, method, &["speaker", "text", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
+                let mut decoding = take_decoding(&mut rest)?;
+                let z_pool = rest.remove("z_pool");
+                let i = take(&rest, method, &["speaker", "text", "t_span", "emo_alpha"])?;
                 expect_float(i[0], "speaker")?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
-                let out = self.synthesize(i[0], &emotion, i[1], i[2], i[3], i[4])?.named();
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[3], "emo_alpha")?, weights };
+                let mut out = self.synthesize(i[0], &emotion, i[1], &mut decoding, noise(&z_pool), i[2])?.named();
                 for (n, t) in &out {
                     ctx.tap(n, t); // stage outputs double as taps, in pipeline order
                 }
+                out.extend(draws_used(&decoding, i[0].device())?);
                 Ok(out)
             }
             "tts" => {
@@ -35,25 +39,72 @@ impl Runnable for Pipeline {
                     Some(t) => scalar_i64(&t, "interval_ms")?,
                     None => INTERVAL_SILENCE_MS,
                 };
-                let i = take(&rest, method, &["speaker", "text_codepoints", "max_tokens", "z_pool", "t_span", "emo_alpha"])?;
+                let mut decoding = take_decoding(&mut rest)?;
+                let z_pool = rest.remove("z_pool");
+                let i = take(&rest, method, &["speaker", "text_codepoints", "t_span", "emo_alpha"])?;
                 expect_float(i[0], "speaker")?;
                 let text = codepoints(i[1])?;
-                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[5], "emo_alpha")?, weights };
-                let o = self.tts(&text, i[0], &emotion, i[2], i[3], i[4], max_seg, interval)?;
+                let emotion = EmotionInput { clip_16k: clip.as_ref(), alpha: scalar_f32(i[3], "emo_alpha")?, weights };
+                let o = self.tts(&text, i[0], &emotion, &mut decoding, noise(&z_pool), i[2], max_seg, interval)?;
                 let dev = i[0].device();
                 let ids: Vec<i64> = o.segments.iter().flatten().map(|&x| x as i64).collect();
                 let lens: Vec<i64> = o.segments.iter().map(|s| s.len() as i64).collect();
                 let samples: Vec<i64> = o.segment_samples.iter().map(|&n| n as i64).collect();
-                Ok(vec![
+                let mut out: Named = vec![
                     ("wav".into(), o.wav),
                     ("ids".into(), Tensor::from_vec(ids.clone(), ids.len(), dev)?),
                     ("segment_lens".into(), Tensor::from_vec(lens.clone(), lens.len(), dev)?),
                     ("segment_samples".into(), Tensor::from_vec(samples.clone(), samples.len(), dev)?),
-                ])
+                ];
+                out.extend(draws_used(&decoding, dev)?);
+                Ok(out)
             }
             _ => input_err(format!("pipeline has no method `{method}` (methods: [\"synthesize\", \"tts\"])")),
         }
     }
+}
+
+/// The decoding inputs, taken out before the strict input check: `max_tokens` (int64) = greedy
+/// (deterministic mode); otherwise the official beam sampler with `decode_options` (JSON bytes as
+/// int64; absent = infer_v2's) and its `draws` (f32 Exp(1) draws) or `seed`.
+fn take_decoding(rest: &mut BTreeMap<String, Tensor>) -> Result<Decoding<'static>> {
+    if let Some(m) = rest.remove("max_tokens") {
+        if let Some(k) = ["decode_options", "draws", "seed"].iter().find(|k| rest.contains_key(**k)) {
+            return input_err(format!("`max_tokens` (greedy decoding) and `{k}` (sampled decoding) exclude each other"));
+        }
+        let n = scalar_i64(&m, "max_tokens")?;
+        if n < 0 {
+            return input_err(format!("max_tokens: {n} is negative"));
+        }
+        return Ok(Decoding::greedy(n as usize));
+    }
+    let mut d = BTreeMap::new();
+    for k in ["decode_options", "draws", "seed"] {
+        if let Some(t) = rest.remove(k) {
+            d.insert(k.to_string(), t);
+        }
+    }
+    if !d.contains_key("draws") && !d.contains_key("seed") && !d.contains_key("decode_options") {
+        return input_err("decoding: give `max_tokens` (greedy) or `draws` / `seed` (the official beam sampling, options in `decode_options`)");
+    }
+    let (cfg, draws) = decode_inputs(&d, "decode_options")?;
+    Ok(Decoding { mode: DecodeMode::Sampled { cfg, draws }, progress: None })
+}
+
+/// `z_pool` given: its first frames; absent: torch.randn from the seeded decode's stream.
+fn noise(z_pool: &Option<Tensor>) -> Noise<'_> {
+    z_pool.as_ref().map_or(Noise::Stream, Noise::Pool)
+}
+
+/// How many given draws the sampled decode consumed (an output only in that mode).
+fn draws_used(d: &Decoding, dev: &candle_core::Device) -> Result<Named> {
+    Ok(match &d.mode {
+        DecodeMode::Sampled { draws, .. } => match draws.used() {
+            Some(u) => vec![("draws_used".into(), Tensor::from_vec(vec![u as i64], 1, dev)?)],
+            None => vec![],
+        },
+        DecodeMode::Greedy { .. } => vec![],
+    })
 }
 
 /// The two optional emotion inputs, taken out before the strict input check.

@@ -184,6 +184,12 @@ pub fn transform(name: &str, ts: &[Tensor]) -> Result<Vec<Tensor>> {
         let n = q.len();
         return Ok(vec![Tensor::from_vec(q, n, &Device::Cpu)?]);
     }
+    if name == "normal" {
+        let o = json(0)?;
+        let q = rng::TorchCpuGenerator::new(num(&o, "seed")? as u64).normal_f32(num(&o, "n")? as usize);
+        let n = q.len();
+        return Ok(vec![Tensor::from_vec(q, n, &Device::Cpu)?]);
+    }
     let scores = arg(0)?.to_vec2::<f32>()?;
     let mut out = scores.clone();
     match name {

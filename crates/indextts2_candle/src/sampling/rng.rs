@@ -61,6 +61,59 @@ impl TorchCpuGenerator {
         let lo = self.0.next_u32() as u64;
         (((hi << 32) | lo) & ((1u64 << 53) - 1)) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+    /// `torch.rand(dtype=float32)`: 24 low bits of one draw.
+    pub fn uniform_f32(&mut self) -> f32 {
+        (self.0.next_u32() & ((1 << 24) - 1)) as f32 * (1.0 / (1u32 << 24) as f32)
+    }
+    /// `torch.randn(n)` (float32, CPU, after `torch.manual_seed`) from a fresh generator. ATen's
+    /// `normal_fill` for n ≥ 16: n float uniforms, Box–Muller in float on blocks of 16 (u1 = 1 − x[j],
+    /// u2 = x[j+8] for j < 8: radius·cos → j, radius·sin → j+8); a tail n % 16 ≠ 0 redoes the last 16
+    /// values from 16 fresh uniforms. n < 16: the scalar `normal_distribution<double>` (two 53-bit
+    /// uniforms per pair, sin cached for the next value, as the generator's normal cache does).
+    /// torch's AVX2 build computes log/cos/sin with SLEEF (≤ 1 ulp) where this uses libm, so values
+    /// may differ in the last bits (tests/test_cli.py measures it); the uniforms are identical.
+    pub fn normal_f32(&mut self, n: usize) -> Vec<f32> {
+        fn fill16(d: &mut [f32]) {
+            for j in 0..8 {
+                let (u1, u2) = (1.0 - d[j], d[j + 8]);
+                let radius = (-2.0 * u1.ln()).sqrt();
+                let theta = 2.0 * std::f32::consts::PI * u2;
+                d[j] = radius * theta.cos();
+                d[j + 8] = radius * theta.sin();
+            }
+        }
+        if n < 16 {
+            let mut out = Vec::with_capacity(n);
+            let mut cached: Option<f64> = None;
+            for _ in 0..n {
+                let v = match cached.take() {
+                    Some(v) => v,
+                    None => {
+                        let u1 = self.uniform_f64();
+                        let u2 = self.uniform_f64();
+                        let r = (-2.0 * (-u2).ln_1p()).sqrt();
+                        let theta = 2.0 * std::f64::consts::PI * u1;
+                        cached = Some(r * theta.sin());
+                        r * theta.cos()
+                    }
+                };
+                out.push(v as f32);
+            }
+            return out;
+        }
+        let mut d: Vec<f32> = (0..n).map(|_| self.uniform_f32()).collect();
+        for i in (0..n - 15).step_by(16) {
+            fill16(&mut d[i..i + 16]);
+        }
+        if n % 16 != 0 {
+            let tail = &mut d[n - 16..];
+            for x in tail.iter_mut() {
+                *x = self.uniform_f32();
+            }
+            fill16(tail);
+        }
+        d
+    }
     /// `torch.empty(n).exponential_(1)` in float32.
     pub fn exponential_f32(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| (-(-self.uniform_f64()).ln_1p()) as f32).collect()
