@@ -80,7 +80,7 @@ fi
 rm -rf "$OUTDIR" && mkdir -p "$OUTDIR"
 "$PY" -m pip install -q "maturin>=1.5,<2"
 nice -n "${NICE:-15}" "$PY" -m maturin build --release -m rust_bindings/Cargo.toml --features cuda \
-  --auditwheel skip --strip --target-dir "$CARGO_TARGET_DIR" -o "$OUTDIR"
+  --auditwheel skip --target-dir "$CARGO_TARGET_DIR" -o "$OUTDIR"
 
 # 4. The Python wheels the GPU machine lacks at our pins (it has torch 2.11 cu130, numpy,
 #    safetensors, torchaudio, hypothesis, pytest, pytest-benchmark; no registry): transformers at the
