@@ -343,7 +343,8 @@ def test_pipeline_rust_end_to_end(pipe, rust_pipe):
 def test_pipeline_rust_half_precision_mode(gpt_dtype, pipe):
     """The official fp16 mode (config `gpt_dtype`: the GPT in half precision, the rest float32), one
     Rust call, against the reference in the same mode: every stage by the noise rule (the GPT's and
-    the stages it feeds with tolerances.NOISE_HALF, the others float32's), codes exact."""
+    the stages it feeds with tolerances.NOISE_HALF, the others float32's), codes exact. Seed 0 only:
+    on other tiny seeds half-precision greedy codes flip at margins above NEAR_TIE (README, Precision)."""
     import gc
 
     fxs, _, inputs, ref, device = pipe
