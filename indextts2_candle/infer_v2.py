@@ -4,10 +4,10 @@ the official argument names and defaults where they apply. It runs what the `ind
 samples. Options the port does not implement raise `UnsupportedOption` naming them.
 
 Differences from infer_v2 (see README "Use it"): the decoding is infer_v2's (its generation
-keywords and defaults; the Exp(1) draws from torch's CPU stream after `torch.manual_seed(seed)`,
-`seed=` keyword), the CFM noise is `torch.randn(1, C, F)` after `torch.manual_seed(seed + 1)`, every
-segment using its first frames, where infer_v2 draws fresh noise per segment from the same global
-generator; WAV input is resampled by the project's torchaudio-equivalent resampler, not librosa's
+keywords and defaults) on torch's CPU stream after `torch.manual_seed(seed)` (`seed=` keyword), which
+also gives w2v-bert's layerdrop draws and each segment's CFM `torch.randn`, in infer_v2's order (the
+same stream as infer_v2 under that seed; randn may differ from torch's AVX2 kernel in the last
+ulps); WAV input is resampled by the project's torchaudio-equivalent resampler, not librosa's
 soxr; no text normaliser, no QwenEmotion, no fp16/DeepSpeed/CUDA kernel.
 """
 from __future__ import annotations
@@ -21,8 +21,6 @@ import numpy as np
 from . import wav as W
 
 SR_22K, SR_16K = 22050, 16000
-MAX_PROMPT_SECONDS = 15
-LENGTH_RATIO = 1.72  # infer_v2: target mel frames = int(codes · 1.72)
 DIFFUSION_STEPS = 25  # infer_v2: diffusion_steps=25
 # the generation keywords infer_v2 passes on (crate::sampling::DecodeConfig; absent = infer_v2's defaults)
 DECODE_KEYS = ("do_sample", "num_beams", "top_k", "top_p", "temperature", "repetition_penalty", "length_penalty",
@@ -91,12 +89,6 @@ class IndexTTS2:
         return _run(self._resample, "forward_rates",
                     {"wav": x, "orig_freq": np.array([sr], np.int64), "new_freq": np.array([new], np.int64)})["wav"]
 
-    def _ref_frames(self, n22: int) -> int:
-        m = self.cfg["mel_spectrogram"]
-        n = min(n22, int(MAX_PROMPT_SECONDS * SR_22K))
-        pad = (m["n_fft"] - m["hop_size"]) // 2
-        return (n + 2 * pad - m["n_fft"]) // m["hop_size"] + 1
-
     def infer(self, spk_audio_prompt, text, output_path, emo_audio_prompt=None, emo_alpha=1.0, emo_vector=None,
               use_emo_text=False, emo_text=None, use_random=False, interval_silence=200, verbose=False,
               max_text_tokens_per_segment=120, **generation_kwargs):
@@ -146,15 +138,11 @@ class IndexTTS2:
         if emo_vector is not None:
             ins["emo_weights"] = np.array(emo_vector, np.float32)
         max_tokens = int(max_mel_tokens)
-        c = self.cfg["dit"]["in_channels"]
-        frames = self._ref_frames(len(spk)) + int(max_tokens * LENGTH_RATIO) + 1
         if seed is None:
             seed = time.time_ns() & 0xFFFFFFFF
-        opts = _json({"seed": int(seed) + 1, "n": c * frames})  # seed itself feeds the sampler
-        z = _from_wire(self._ic.transform("sampling.normal", [_to_wire(opts)])[0][1]).reshape(1, c, frames)
         t_span = _linspace01(DIFFUSION_STEPS)
         ins.update(text_codepoints=np.array([ord(ch) for ch in text], np.int64), seed=np.array([int(seed)], np.int64),
-                   decode_options=_json({**g, "max_mel_tokens": max_tokens}), z_pool=z, t_span=t_span, emo_alpha=np.array([emo_alpha], np.float32),
+                   decode_options=_json({**g, "max_mel_tokens": max_tokens}), t_span=t_span, emo_alpha=np.array([emo_alpha], np.float32),
                    max_segment_tokens=np.array([int(max_text_tokens_per_segment)], np.int64),
                    interval_ms=np.array([int(interval_silence)], np.int64))
         out = _run(self._pipe, "tts", ins)["wav"].reshape(-1)

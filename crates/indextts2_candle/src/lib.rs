@@ -171,7 +171,7 @@
 //! text and a 22.05 kHz speaker clip → the joined wav at 22.05 kHz.
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
-//! use indextts2_candle::pipeline::{Decoding, EmotionInput, Pipeline};
+//! use indextts2_candle::pipeline::{Decoding, EmotionInput, Noise, Pipeline};
 //! use indextts2_candle::{ctx::Faults, resample::INTERVAL_SILENCE_MS, store::{Store, Weights}, text::DEFAULT_MAX_SEGMENT_TOKENS};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dev = Device::Cpu;
@@ -179,10 +179,11 @@
 //! let pipe = Pipeline::load(&w, serde_json::from_str(&std::fs::read_to_string("pipeline.json")?)?)?;
 //! let speaker = Tensor::zeros(22050 * 3, DType::F32, &dev)?;
 //! let emotion = EmotionInput { clip_16k: None, alpha: 1.0, weights: None }; // the speaker's own emotion
-//! let z_pool = Tensor::randn(0f32, 1.0, (1, 80, 4000), &dev)?; // CFM noise, an input
 //! let t_span = Tensor::new((0..=25).map(|i| i as f32 / 25.0).collect::<Vec<_>>().as_slice(), &dev)?;
-//! let mut decoding = Decoding::official(0); // infer_v2's beam sampler, torch's stream after manual_seed(0)
-//! let out = pipe.tts("HELLO WORLD.", &speaker, &emotion, &mut decoding, &z_pool, &t_span,
+//! // infer_v2's beam sampler on torch's stream after manual_seed(0), which also gives each
+//! // segment's CFM noise (Noise::Stream); Noise::Pool(&z) takes given noise instead
+//! let mut decoding = Decoding::official(0);
+//! let out = pipe.tts("HELLO WORLD.", &speaker, &emotion, &mut decoding, Noise::Stream, &t_span,
 //!                    DEFAULT_MAX_SEGMENT_TOKENS, INTERVAL_SILENCE_MS)?;
 //! println!("{} samples in {} segments", out.wav.dim(1)?, out.segments.len());
 //! # Ok(()) }

@@ -10,7 +10,7 @@ mod wav;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use indextts2_candle::pipeline::{DecodeMode, Decoding, EmotionInput, Pipeline, Progress};
+use indextts2_candle::pipeline::{DecodeMode, Decoding, EmotionInput, Noise, Pipeline, Progress};
 use indextts2_candle::sampling::{rng::Draws, DecodeConfig};
 use indextts2_candle::resample::{join_segments, resample, SR_16K, SR_22K};
 use indextts2_candle::sampling::rng::TorchCpuGenerator;
@@ -260,26 +260,7 @@ fn run(a: &Args) -> Result<(), Fail> {
         None => None,
     };
     let emotion = EmotionInput { clip_16k: emo_16k.as_ref(), alpha: a.emo_alpha, weights: a.emotion_vector.clone() };
-    let front = pipe.front(&spk)?;
-    let prepared = pipe.prepare(&front.audio_16k, &front.audio_22k, &emotion)?;
-
-    // CFM noise: torch.randn(1, C, F) after torch.manual_seed(seed + 1) (seed itself feeds the
-    // sampler: one stream for both would correlate them); every segment uses its first frames
     let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 & 0xffff_ffff));
-    let (c, tm) = (prepared.ref_mel.dim(1)?, prepared.ref_mel.dim(2)?);
-    let frames = tm + (max_tokens as f64 * LENGTH_RATIO) as usize + 1;
-    let noise = TorchCpuGenerator::new(seed.wrapping_add(1)).normal_f32(c * frames);
-    if let Some(d) = &a.dump {
-        std::fs::create_dir_all(d).map_err(|e| format!("--dump {}: {e}", d.display()))?;
-        write_npy(&d.join("z_pool.npy"), &noise, &[1, c, frames])?;
-        write_npy(&d.join("speaker_22k.npy"), &spk.to_vec1::<f32>()?, &[spk.dim(0)?])?;
-        if let Some(e) = &emo_16k {
-            write_npy(&d.join("emo_16k.npy"), &e.to_vec1::<f32>()?, &[e.dim(0)?])?;
-        }
-    }
-    let z_pool = Tensor::from_vec(noise, (1, c, frames), &dev)?;
-    let t_span = Tensor::new(linspace01(DIFFUSION_STEPS).as_slice(), &dev)?;
-
     let bar = indicatif::ProgressBar::new(segments.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} segment {pos}/{len} [{elapsed_precise}] {wide_bar} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
@@ -289,18 +270,49 @@ fn run(a: &Args) -> Result<(), Fail> {
             step_bar.set_message(format!("decoding step {step} (≤ {max})"));
         }
     };
+    // sampled (default): infer_v2 after torch.manual_seed(seed): one stream for w2v-bert's
+    // layerdrop draws, each segment's decode and then its CFM noise (Noise::Stream)
     let mode = if a.greedy {
         DecodeMode::Greedy { max_tokens }
     } else {
         DecodeMode::Sampled { cfg: DecodeConfig { max_mel_tokens: max_tokens, ..DecodeConfig::default() }, draws: Draws::seeded(seed) }
     };
     let mut decoding = Decoding { mode, progress: Some(&mut on_step) };
+    let front = pipe.front(&spk)?;
+    let prepared = pipe.prepare(&front.audio_16k, &front.audio_22k, &emotion, &mut decoding)?;
+
+    // greedy: CFM noise torch.randn(1, C, F) after torch.manual_seed(seed + 1), every segment its
+    // first frames (the parity suite's deterministic mode)
+    let pool = if a.greedy {
+        let (c, tm) = (prepared.ref_mel.dim(1)?, prepared.ref_mel.dim(2)?);
+        let frames = tm + (max_tokens as f64 * LENGTH_RATIO) as usize + 1;
+        Some((TorchCpuGenerator::new(seed.wrapping_add(1)).normal_f32(c * frames), c, frames))
+    } else {
+        None
+    };
+    if let Some(d) = &a.dump {
+        std::fs::create_dir_all(d).map_err(|e| format!("--dump {}: {e}", d.display()))?;
+        if let Some((noise, c, frames)) = &pool {
+            write_npy(&d.join("z_pool.npy"), noise, &[1, *c, *frames])?;
+        }
+        write_npy(&d.join("speaker_22k.npy"), &spk.to_vec1::<f32>()?, &[spk.dim(0)?])?;
+        if let Some(e) = &emo_16k {
+            write_npy(&d.join("emo_16k.npy"), &e.to_vec1::<f32>()?, &[e.dim(0)?])?;
+        }
+    }
+    let z_pool = match pool {
+        Some((noise, c, frames)) => Some(Tensor::from_vec(noise, (1, c, frames), &dev)?),
+        None => None,
+    };
+    let noise = z_pool.as_ref().map_or(Noise::Stream, Noise::Pool);
+    let t_span = Tensor::new(linspace01(DIFFUSION_STEPS).as_slice(), &dev)?;
+
     let mut wavs = Vec::with_capacity(segments.len());
     for ids in &segments {
         bar.set_message(format!("{} text tokens", ids.len()));
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let len = ids.len();
-        let seg = pipe.segment(&prepared, &Tensor::from_vec(ids, (1, len), &dev)?, &mut decoding, &z_pool, &t_span, false)?;
+        let seg = pipe.segment(&prepared, &Tensor::from_vec(ids, (1, len), &dev)?, &mut decoding, noise, &t_span, false)?;
         wavs.push(seg.wav.flatten_all()?.unsqueeze(0)?);
         bar.inc(1);
     }
