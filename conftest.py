@@ -1,6 +1,8 @@
 """Session-wide options and fixtures for the parity suite.
 
 --device {cpu,cuda,all}  which devices to parametrize (CUDA cases skip cleanly without a GPU)
+--dtype {float32,float16,bfloat16,all}  the precision of the layer walks (Candle model and reference);
+                         default float32; `all` parametrises the tests that take `run_dtype`
 --full-size              synthetic checkpoints at the official size instead of tiny ones
 --checkpoints DIR        run on the user's official files instead of synthetic ones
 """
@@ -23,6 +25,8 @@ torch.backends.cudnn.deterministic = True
 def pytest_addoption(parser):
     g = parser.getgroup("parity")
     g.addoption("--device", default="all", choices=["cpu", "cuda", "all"], help="devices to compare on")
+    g.addoption("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "all"],
+                help="precision of the layer walks: Candle and the reference both run in it (default float32)")
     g.addoption("--full-size", action="store_true", help="synthetic checkpoints at official size")
     g.addoption("--checkpoints", default=None, metavar="DIR", help="directory with the official checkpoint files")
 
@@ -37,11 +41,23 @@ def cuda_ready() -> tuple[bool, str]:
     return True, ""
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
         opt = metafunc.config.getoption("--device")
         devs = ["cpu", "cuda"] if opt == "all" else [opt]
         metafunc.parametrize("device", devs, indirect=True, scope="session")
+    # one dtype: a plain fixture (test ids unchanged); `all`: one case per dtype
+    if "run_dtype" in metafunc.fixturenames and metafunc.config.getoption("--dtype") == "all":
+        metafunc.parametrize("run_dtype", DTYPES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def run_dtype(request) -> str:
+    """The precision a layer walk runs in (`--dtype`), both sides."""
+    return getattr(request, "param", None) or request.config.getoption("--dtype")
 
 
 @pytest.fixture(scope="session")
@@ -87,20 +103,21 @@ def fixtures(request):
 
 @pytest.fixture(scope="session")
 def candle_models(request, fixtures):
-    """`candle_models(name, device, faults=())` → a loaded Candle model, cached per session (at
-    official size only the last one: each holds GBs, and every fault switch is a model of its own)."""
+    """`candle_models(name, device, faults=(), dtype="float32")` → a loaded Candle model, cached per
+    session (at official size only the last one: each holds GBs, and every fault switch is a model of
+    its own)."""
     cache: dict = {}
     one = bool(request.config.getoption("--full-size") or request.config.getoption("--checkpoints"))
 
-    def get(name: str, device: str = "cpu", faults: tuple = ()):
-        key = (name, device, tuple(faults))
+    def get(name: str, device: str = "cpu", faults: tuple = (), dtype: str = "float32"):
+        key = (name, device, tuple(faults), dtype)
         if key not in cache:
             if one:
                 cache.clear()
                 import gc
 
                 gc.collect()
-            cache[key] = fixtures(name).candle(device, list(faults))
+            cache[key] = fixtures(name).candle(device, list(faults), dtype)
         return cache[key]
 
     return get
@@ -123,6 +140,25 @@ def bench_fixtures(request):
     return get
 
 
+@pytest.fixture(scope="session")
+def bench_device(request) -> str:
+    """Where the benchmarks run: cuda under `--device cuda` (both sides; skipped without a GPU),
+    else cpu."""
+    if request.config.getoption("--device") == "cuda":
+        ok, why = cuda_ready()
+        if not ok:
+            pytest.skip(f"CUDA benchmark skipped: {why}")
+        return "cuda"
+    return "cpu"
+
+
+@pytest.fixture(scope="session")
+def bench_dtype(request) -> str:
+    """The precision both sides of a benchmark run in: `--dtype` (float32 under `all`)."""
+    d = request.config.getoption("--dtype")
+    return "float32" if d == "all" else d
+
+
 def pytest_collection_modifyitems(config, items):
     """Benchmarks are official-size and slow: they run only under --benchmark-only."""
     if config.getoption("benchmark_only", False):
@@ -143,7 +179,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if not benches:
         return
     tr = terminalreporter
-    tr.section("benchmark figures (CPU, float32)")
+    dev = "CUDA" if config.getoption("--device") == "cuda" else "CPU"
+    dt = config.getoption("--dtype")
+    tr.section(f"benchmark figures ({dev}, {'float32' if dt == 'all' else dt})")
     groups: dict = {}
     for b in benches:
         mean = b.stats.mean

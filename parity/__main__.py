@@ -99,9 +99,11 @@ def _fault_sensitivity(fx, spec, device: str):
     return rows, md + [""], failed
 
 
-def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -> int:
-    """The measurement behind K_MAX / K_RMS: every case, seed and walk on correct code; prints the
-    worst noise ratios per (model, case, walk) and overall."""
+def survey(models: list[str] | None, size: str, seeds: list[int], device: str, dtype: str = "float32",
+           json_out: str | None = None) -> int:
+    """The measurement behind K_MAX / K_RMS (and, with `dtype`, behind NOISE_HALF): every case, seed
+    and walk on correct code, both sides in `dtype`; prints the worst noise ratios per (model, case,
+    walk) and overall."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*torch.nn.utils.weight_norm. is deprecated", category=FutureWarning)
@@ -109,26 +111,32 @@ def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -
     from .registry import MODELS
     from .runner import layer_walk
 
-    worst_max, worst_rms, failed = (0.0, ""), (0.0, ""), []
+    worst_max, worst_rms, failed, records = (0.0, ""), (0.0, ""), [], []
     for name in models or list(MODELS):
         spec = MODELS[name]
         fx = get(spec, size, None)
-        cm = fx.candle(device)
+        cm = fx.candle(device, None, dtype)
         for case in spec.cases:
             for mode in ("chained", "injected"):
                 for seed in seeds:
                     where = f"{name}/{case.name}/{mode}/seed {seed}"
                     try:
-                        w = layer_walk(fx, cm, case, mode, device, seed=seed)
+                        w = layer_walk(fx, cm, case, mode, device, seed=seed, dtype=dtype)
                     except Exception as e:  # noqa: BLE001 - a survey reports every case
                         print(f"{where:<58} ERROR {type(e).__name__}: {str(e)[:300]}")
                         failed.append(f"{where}: {type(e).__name__}")
+                        records.append({"model": name, "case": case.name, "mode": mode, "seed": seed,
+                                        "error": f"{type(e).__name__}: {str(e)[:300]}"})
                         continue
                     rows = [r for r in w.rows if r.tol is not None and r.tol.kind == "noise"]
                     if not rows:
                         continue
                     m = max(rows, key=lambda r: r.ratio_max)
                     q = max(rows, key=lambda r: r.ratio_rms)
+                    records.append({"model": name, "case": case.name, "mode": mode, "seed": seed, "ok": w.ok,
+                                    "first_failure": w.first_failure, "ratio_max": m.ratio_max, "at_max": m.name,
+                                    "ratio_rms": q.ratio_rms, "at_rms": q.name, "max_abs": m.max_abs,
+                                    "noise_max": m.noise_max})
                     print(f"{where:<58} max {m.ratio_max:6.2f} at {m.name:<50} rms {q.ratio_rms:5.2f} at {q.name}"
                           + ("" if w.ok else f"   FAIL at {w.first_failure}"))
                     if m.ratio_max > worst_max[0]:
@@ -139,6 +147,10 @@ def survey(models: list[str] | None, size: str, seeds: list[int], device: str) -
                         failed.append(f"{where}: {w.first_failure}")
         fx.drop_references()
     print(f"worst max-ratio {worst_max[0]:.3f} ({worst_max[1]}); worst rms-ratio {worst_rms[0]:.3f} ({worst_rms[1]})")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"device": device, "dtype": dtype, "size": size, "seeds": seeds, "failed": failed,
+                       "worst_max": list(worst_max), "worst_rms": list(worst_rms), "runs": records}, f, indent=1)
     return 1 if failed else 0
 
 
@@ -309,6 +321,8 @@ def _main(argv: list[str] | None = None) -> int:
     v.add_argument("--full-size", action="store_true")
     v.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     v.add_argument("--device", default="cpu")
+    v.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    v.add_argument("--json", metavar="FILE", help="also write every run's worst ratios as JSON")
     o = sub.add_parser("official-dir", help="write a synthetic checkpoint directory in the official layout")
     o.add_argument("dir")
     o.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -337,7 +351,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"performance section written to {a.out}/ (perf.md, perf.json{', perf.png' if d['stages'] else ''})")
         return 0
     if a.cmd == "survey":
-        return survey(a.models, "full" if a.full_size else "tiny", a.seeds, a.device)
+        return survey(a.models, "full" if a.full_size else "tiny", a.seeds, a.device, a.dtype, a.json)
     return report(a.out, a.models, "full" if a.full_size else "tiny", a.checkpoints, a.device, a.perf)
 
 

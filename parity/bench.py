@@ -15,9 +15,23 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def measure(benchmark, fn, rounds: int, warmup: bool = True, **info) -> None:
+def synced(fn, device: str):
+    """fn, then wait for the GPU: a CUDA call returns before its kernels finish (Candle's outputs
+    come back to the host, which waits anyway; torch's do not)."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+def measure(benchmark, fn, rounds: int, warmup: bool = True, device: str = "cpu", dtype: str = "float32", **info) -> None:
+    fn = synced(fn, device)
     if warmup:
         fn()
     benchmark.pedantic(fn, rounds=rounds, iterations=1)
-    benchmark.extra_info.update({"device": "cpu", "dtype": "float32", "threads": torch.get_num_threads(),
+    benchmark.extra_info.update({"device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                  "peak_rss_mb_process": peak_rss_mb(), **info})

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .tolerances import FAULT_MARGIN, FLOOR, NoiseFloor, Tolerance, rule
+from .tolerances import FAULT_MARGIN, NoiseFloor, Tolerance, rule
 
 
 @dataclass
@@ -133,8 +133,9 @@ def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -
     peak = float(np.max(np.abs(r)))
     rms_ref = float(np.sqrt(np.mean(r * r)))
     c.err_rms = float(np.sqrt(np.mean(e * e)))
-    c.noise_max = max(float(np.max(np.abs(n))), FLOOR * peak, 1e-30)
-    c.noise_rms = max(float(np.sqrt(np.mean(n * n))), FLOOR * rms_ref, 1e-30)
+    floor = tol.floor  # one ulp of the noise run's dtype
+    c.noise_max = max(float(np.max(np.abs(n))), floor * peak, 1e-30)
+    c.noise_rms = max(float(np.sqrt(np.mean(n * n))), floor * rms_ref, 1e-30)
     c.ratio_max = c.max_abs / c.noise_max
     c.ratio_rms = c.err_rms / c.noise_rms
     c.tol = tol

@@ -67,11 +67,12 @@ class Fixture:
         """Frees the cached reference modules (official size: several GB in float64)."""
         self._refs.clear()
 
-    def candle(self, device: str = "cpu", faults: list[str] | None = None):
+    def candle(self, device: str = "cpu", faults: list[str] | None = None, dtype: str = "float32"):
+        """The Candle model in `dtype` (float weights converted at load, by name: never implicit)."""
         from .candle import Model
 
         return Model(self.spec.name, self.safetensors_path, self.spec.config_json(self.cfg), device,
-                     faults or [], self.spec.prefix)
+                     faults or [], self.spec.prefix, dtype)
 
 
 def _stamp(spec: ModelSpec, cfg: dict) -> str:

@@ -95,6 +95,73 @@ class LazyReferences(dict):
             self.release(k)
 
 
+class MixedReferences:
+    """kind -> reference module for the official fp16 mode: the GPT in `gpt_dtype`, the rest float32."""
+
+    def __init__(self, fxs: dict[str, Fixture], device: str, gpt_dtype):
+        import torch
+
+        self.half, self.full = LazyReferences(fxs, device, gpt_dtype), LazyReferences(fxs, device, torch.float32)
+
+    def __getitem__(self, kind: str):
+        return (self.half if kind == "gpt" else self.full)[kind]
+
+    def release(self, kind: str) -> None:
+        self.half.release(kind)
+        self.full.release(kind)
+
+    def release_all(self) -> None:
+        self.half.release_all()
+        self.full.release_all()
+
+
+# Stages whose float outputs carry the GPT's half-precision noise in the mixed mode (the GPT's own and
+# everything fed by its float outputs); the others (the speaker/emotion front end, vq_emb of the
+# exact codes) are pure float32 there and keep the float32 rule.
+GPT_HALF_STAGES = ("spk_latent", "emovec", "emo_mix", "code_logits", "latent", "s_infer", "target_cond", "cfm_mel", "wav")
+
+
+def mixed_reference(fxs: dict[str, Fixture], inputs: dict, ref: "Reference", gpt_dtype: str,
+                    device: str = "cpu") -> tuple[dict, list[str]]:
+    """The reference pipeline end to end in the official fp16 mode (GPT in `gpt_dtype`, the rest in
+    float32): the mixed mode's noise against `ref`'s float64 run. After a code flip of its own it
+    continues on the float64 codes. Returns ({stage: outputs}, notes)."""
+    import torch
+
+    from .runner import TORCH_DTYPES
+
+    notes: list[str] = []
+    per64 = ref.per64
+
+    def follow(name: str, outs: dict) -> dict:
+        if name == "codes" and not _same(outs["codes"], per64["codes"]["codes"]):
+            notes.append(f"mixed: the {gpt_dtype}-GPT reference's codes differ from the float64 ones; "
+                         "it continues on the float64 codes")
+            return {**outs, "codes": per64["codes"]["codes"]}
+        return outs
+
+    mods = MixedReferences(fxs, device, TORCH_DTYPES[gpt_dtype])
+    try:
+        per, _ = P.run(mods, inputs, torch.float32, follow=follow, release=mods.release,
+                       dtypes={"gpt": TORCH_DTYPES[gpt_dtype]})
+    finally:
+        mods.release_all()
+        release_references(fxs)
+    return per, notes
+
+
+def mixed_rust_walk(model, inputs: dict, ref: "Reference", per_mixed: dict, gpt_dtype: str,
+                    device: str = "cpu") -> "PipelineWalk":
+    """The Rust pipeline loaded with `gpt_dtype` (one call) against the float64 run, in units of the
+    mixed-mode reference's own error: GPT_HALF_STAGES by NOISE_HALF[gpt_dtype], the rest by the
+    float32 rule; codes exact against the mixed reference (near-tie rule)."""
+    # AUDIO_GATE's absolute thresholds are float32's (the half GPT alone puts the reference's own wav
+    # at ≈ 63 dB SNR): here the wav is judged by the noise rule like every stage, the metrics are kept.
+    mixed = dataclasses.replace(ref, per32=per_mixed)
+    return rust_walk(model, inputs, mixed, device, dtype_of=lambda stage: gpt_dtype if stage in GPT_HALF_STAGES else "float32",
+                     mode=f"rust-{gpt_dtype}-gpt", gate=False)
+
+
 @dataclass
 class Reference:
     """The reference runs of one input set (deterministic: computed once, reused by every walk).
@@ -385,15 +452,16 @@ def _codes_row(name: str, ref: dict, got: np.ndarray, tol) -> tuple[Comparison, 
     return c, "", False
 
 
-def _rows(st, r64: dict, r32: dict, got: dict, key: str, device: str, res: "StageResult") -> None:
+def _rows(st, r64: dict, r32: dict, got: dict, key: str, device: str, res: "StageResult", dtype: str = "float32") -> None:
     """One row per compared output: codes by the near-tie rule against ref32, the rest by
-    compare_noise (floats: Candle vs ref64 within k × ref32's own noise; integers exact vs ref32)."""
+    compare_noise (floats: Candle vs ref64 within k × ref32's own noise; integers exact vs ref32).
+    `dtype`: the precision of the noise run at this stage (the mixed mode's GPT stages: half)."""
     for o in st.compare:
         if o not in got:
             res.note = f"candle returned no `{o}`"
             continue
         name = f"{st.name}.{o}"
-        tol = rule("pipeline", key + name, device, "float32")
+        tol = rule("pipeline", key + name, device, dtype)
         if st.name == "codes":
             row, note, _ = _codes_row(name, r32, got[o], tol)
             res.note = note
@@ -500,17 +568,24 @@ def rust_files(fxs: dict[str, Fixture]) -> tuple[str, str]:
     return path, json.dumps(cfg)
 
 
-def rust_pipeline(fxs: dict[str, Fixture], device: str = "cpu", faults: list[str] | None = None):
-    """faults: `<kind>:<fault>` names (the components' own switches)."""
+def rust_pipeline(fxs: dict[str, Fixture], device: str = "cpu", faults: list[str] | None = None,
+                  gpt_dtype: str | None = None):
+    """faults: `<kind>:<fault>` names (the components' own switches); gpt_dtype: the official fp16
+    mode's GPT precision (config `gpt_dtype`; None = float32 throughout)."""
+    import json
+
     path, cfg = rust_files(fxs)
+    if gpt_dtype is not None:
+        cfg = json.dumps({**json.loads(cfg), "gpt_dtype": gpt_dtype})
     return candle.Model("pipeline", path, cfg, device, faults or [], "")
 
 
-def rust_walk(model, inputs: dict, ref: Reference, device: str = "cpu") -> PipelineWalk:
+def rust_walk(model, inputs: dict, ref: Reference, device: str = "cpu", dtype_of=lambda stage: "float32",
+              mode: str = "rust", gate: bool = True) -> PipelineWalk:
     """The Rust pipeline end to end (chained by construction) against the end-to-end references,
     same rows as the Python-composed chained walk. It cannot be teacher-forced: a near-tie flip of a
     code is reported as accepted but the stages after it then differ in length."""
-    w = PipelineWalk("rust", device)
+    w = PipelineWalk(mode, device)
     try:
         outs, _ = candle.run(model, "synthesize", synth_inputs(inputs))
     except Exception as e:
@@ -521,7 +596,7 @@ def rust_walk(model, inputs: dict, ref: Reference, device: str = "cpu") -> Pipel
         res = StageResult(st.name, st.kind)
         w.stages.append(res)
         got = {o: outs[f"{st.name}.{o}"] for o in st.compare if f"{st.name}.{o}" in outs}
-        _rows(st, ref.per64[st.name], ref.per32[st.name], got, "chained:", device, res)
+        _rows(st, ref.per64[st.name], ref.per32[st.name], got, "chained:", device, res, dtype_of(st.name))
         if len(got) < len(st.compare):
             res.note = f"the Rust pipeline returned no `{st.name}.{next(o for o in st.compare if o not in got)}`"
         if not res.ok:
@@ -533,7 +608,7 @@ def rust_walk(model, inputs: dict, ref: Reference, device: str = "cpu") -> Pipel
     w.notes = [n for n in ref.notes if n.startswith("chained")]
     if w.first_failure is None:
         w.audio = audio_metrics(ref.state64["wav"], c_state["wav"])
-        w.audio_fail = audio_gate_failure(w.audio)
+        w.audio_fail = audio_gate_failure(w.audio) if gate else ""
     return w
 
 

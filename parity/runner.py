@@ -16,7 +16,11 @@ from .tolerances import rule
 
 
 def to_np(t) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    """Half-precision tensors are widened to float32 (exact; numpy has no bfloat16)."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
+    return np.asarray(t)
 
 
 def as_torch(inputs: dict, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
@@ -40,9 +44,13 @@ def run_reference(fx: Fixture, case: Case, inputs: dict, device: str = "cpu", dt
     return {k: to_np(v) for k, v in outs.items()}, taps
 
 
-def reference_pair(fx: Fixture, case: Case, inputs: dict, mode: str, device: str = "cpu"):
-    """The float64 truth and the float32 noise run of one case. In the injected walk the float32 run
-    gets every block's float64 input, as Candle does. Returns (out64, taps64, out32, taps32, inject)."""
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def reference_pair(fx: Fixture, case: Case, inputs: dict, mode: str, device: str = "cpu", dtype: str = "float32"):
+    """The float64 truth and the noise run (the reference in `dtype`, float32 by default) of one
+    case. In the injected walk the noise run gets every block's float64 input, as Candle does.
+    Returns (out64, taps64, out_dt, taps_dt, inject)."""
     out64, taps64 = run_reference(fx, case, inputs, device, torch.float64)
     inject = None
     if mode == "injected":
@@ -50,18 +58,20 @@ def reference_pair(fx: Fixture, case: Case, inputs: dict, mode: str, device: str
                   if not any(fnmatch.fnmatchcase(k, p) for p in case.no_inject)}
     elif mode != "chained":
         raise ValueError(mode)
-    out32, taps32 = run_reference(fx, case, inputs, device, torch.float32, inject)
+    out32, taps32 = run_reference(fx, case, inputs, device, TORCH_DTYPES[dtype], inject)
     return out64, taps64, out32, taps32, inject
 
 
-def layer_walk(fx: Fixture, cm, case: Case, mode: str, device: str, seed: int = 0, inputs: dict | None = None) -> Walk:
-    """chained: all three run end to end. injected: each Candle block (and each float32 reference
-    block) gets the float64 reference's input. Every float tap is judged by the noise-floor rule."""
+def layer_walk(fx: Fixture, cm, case: Case, mode: str, device: str, seed: int = 0, inputs: dict | None = None,
+               dtype: str = "float32") -> Walk:
+    """chained: all three run end to end. injected: each Candle block (and each reference block in
+    `dtype`) gets the float64 reference's input. Every float tap is judged by the noise-floor rule:
+    Candle (loaded in `dtype`) against float64, in units of the reference's own error in `dtype`."""
     inputs = inputs if inputs is not None else case.make_inputs(fx.cfg, seed)
-    out64, taps64, out32, taps32, inject = reference_pair(fx, case, inputs, mode, device)
+    out64, taps64, out32, taps32, inject = reference_pair(fx, case, inputs, mode, device, dtype)
     outs, ctaps = candle.run(cm, case.method, inputs, taps=True, inject=inject)
     w = walk(fx.spec.name, case.name, mode, device, {k: to_np(v) for k, v in taps64.outputs.items()}, ctaps,
-             noise_taps={k: to_np(v) for k, v in taps32.outputs.items()})
+             dtype, noise_taps={k: to_np(v) for k, v in taps32.outputs.items()})
     if mode == "chained":  # the method's named outputs, after the taps
         for k, ref in out64.items():
             got = outs.get(k)
@@ -69,5 +79,5 @@ def layer_walk(fx: Fixture, cm, case: Case, mode: str, device: str, seed: int = 
                 w.missing.append(f"output:{k}")
             else:
                 name = f"output:{k}"
-                w.rows.append(compare_noise(name, ref, out32[k], got, rule(fx.spec.name, name, device, "float32")))
+                w.rows.append(compare_noise(name, ref, out32[k], got, rule(fx.spec.name, name, device, dtype)))
     return w

@@ -294,15 +294,15 @@ class UnifiedVoice(nn.Module):
         taps = taps or NoTaps()
         c = self.cfg
         text, codes = text.clone(), codes.clone()
-        t_idx = torch.arange(text.size(1))[None]
+        t_idx = torch.arange(text.size(1), device=text.device)[None]
         text[t_idx >= text_lens[:, None]] = c["stop_text_token"]
-        m_idx = torch.arange(codes.size(1))[None]
+        m_idx = torch.arange(codes.size(1), device=codes.device)[None]
         codes[m_idx >= code_lens[:, None]] = c["stop_mel_token"]
         text = F.pad(F.pad(text, (0, 1), value=c["stop_text_token"]), (1, 0), value=c["start_text_token"])
         codes = F.pad(F.pad(codes, (0, 1), value=c["stop_mel_token"]), (1, 0), value=c["start_mel_token"])
         conds = self._conds(spk_latent, emovec, taps)
         text_emb = self._text_emb(text, taps)
-        mel_emb = self._mel_emb(codes, torch.arange(codes.size(1)), taps)
+        mel_emb = self._mel_emb(codes, torch.arange(codes.size(1), device=codes.device), taps)
         enc = self._lm(conds, text_emb, mel_emb, taps)
         return enc[:, -codes.size(1):][:, :-2]
 
@@ -311,21 +311,21 @@ class UnifiedVoice(nn.Module):
         c = self.cfg
         ids = text[0]
         ids = ids[(ids != c["stop_text_token"]) & (ids != c["start_text_token"])]
-        ids = torch.cat([torch.tensor([c["start_text_token"]]), ids, torch.tensor([c["stop_text_token"]])])
+        ids = torch.cat([ids.new_tensor([c["start_text_token"]]), ids, ids.new_tensor([c["stop_text_token"]])])
         return self._conds(spk_latent, emovec, taps), self._text_emb(ids[None], taps)
 
     @staticmethod
-    def _mel_positions(start_pos: int, n: int):
+    def _mel_positions(start_pos: int, n: int, device=None):
         """Positions of mel tokens fed at decode steps start_pos.. (step 0 → 0, step s ≥ 1 → s + 1)."""
-        steps = torch.arange(start_pos, start_pos + n)
+        steps = torch.arange(start_pos, start_pos + n, device=device)
         return torch.where(steps == 0, steps, steps + 1)
 
     def step_logits(self, spk_latent, emovec, text, codes, taps=None):
         """Logits of every decode step when `codes` [1, K] are fed after the start token: [1, K+1, V]."""
         taps = taps or NoTaps()
         conds, text_emb = self._prefix(spk_latent, emovec, text, taps)
-        toks = torch.cat([torch.tensor([[self.cfg["start_mel_token"]]]), codes], 1)
-        mel_emb = self._mel_emb(toks, self._mel_positions(0, toks.size(1)), taps)
+        toks = torch.cat([codes.new_tensor([[self.cfg["start_mel_token"]]]), codes], 1)
+        mel_emb = self._mel_emb(toks, self._mel_positions(0, toks.size(1), codes.device), taps)
         enc = self._lm(conds, text_emb, mel_emb, taps)  # final_norm runs over text + mel positions
         return taps.block("mel_head", enc[:, -toks.size(1):], self.mel_head)
 
@@ -334,7 +334,8 @@ class UnifiedVoice(nn.Module):
         c, taps = self.cfg, NoTaps()
         caches = [dict() for _ in self.gpt.h]
         conds, text_emb = self._prefix(spk_latent, emovec, text, taps)
-        start = self._mel_emb(torch.tensor([[c["start_mel_token"]]]), self._mel_positions(0, 1), taps)
+        dev = text.device
+        start = self._mel_emb(torch.tensor([[c["start_mel_token"]]], device=dev), self._mel_positions(0, 1, dev), taps)
         x = torch.cat([conds, text_emb, start], 1)
         out, margins = [], []
         for step in range(max_tokens):
@@ -346,7 +347,7 @@ class UnifiedVoice(nn.Module):
             if tok == c["stop_mel_token"]:
                 break
             out.append(tok)
-            x = self._mel_emb(torch.tensor([[tok]]), self._mel_positions(step + 1, 1), taps)
+            x = self._mel_emb(torch.tensor([[tok]], device=dev), self._mel_positions(step + 1, 1, dev), taps)
         return torch.tensor([out], dtype=torch.long), torch.tensor(margins)
 
 

@@ -222,7 +222,11 @@ def _t(x, dtype: torch.dtype = torch.float32):
 
 
 def _n(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    """numpy; half-precision tensors widened to float32 (exact; numpy has no bfloat16)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
+    return np.asarray(x)
 
 
 def _ref_features(_m, i):
@@ -404,19 +408,22 @@ def _last_use(stages) -> dict[str, int]:
 
 @torch.no_grad()
 def run(modules, inputs: dict, dtype: torch.dtype = torch.float32, trace: dict | None = None,
-        follow: Callable[[str, dict], dict] | None = None, release: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+        follow: Callable[[str, dict], dict] | None = None, release: Callable[[str], None] | None = None,
+        dtypes: dict | None = None) -> tuple[dict, dict]:
     """The whole reference pipeline in `dtype` (float64: the truth, float32: what PyTorch users run):
     `modules[kind]` → ({stage: outputs}, final state incl. `wav`). `trace`: see run_reference_stage;
     `follow(stage, outputs)` may give other outputs for the pipeline to continue on (a near-tie code
     flip: continue on the other run's codes; the returned record keeps what the stage computed); `release(kind)` is called after a
-    kind's last stage (official size: not every model's weights need to be held at once)."""
+    kind's last stage (official size: not every model's weights need to be held at once). `dtypes`:
+    kind → dtype for the kinds that run in another one (the official fp16 mode: {"gpt": float16},
+    with `modules` holding the GPT in that dtype); their stage inputs are cast to it."""
     state = {**inputs, **emotion_plan(inputs)}
     per_stage = {}
     sts = stages(inputs)
     _manual_seed(inputs)
     last = _last_use(sts)
     for i, st in enumerate(sts):
-        outs, upd = run_reference_stage(st, modules[st.kind], state, dtype, trace)
+        outs, upd = run_reference_stage(st, modules[st.kind], state, (dtypes or {}).get(st.kind, dtype), trace)
         if follow is not None:
             new = follow(st.name, outs)
             if new is not outs:

@@ -106,7 +106,7 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float, dtype: torch
     precompute_freqs_cis (float32 math, cast to the weights' dtype) — except that a float64 model
     computes the table in float64 (the truth), not float32 widened."""
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].to(ct) / head_dim))
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].to(ct) / head_dim))
     ang = torch.outer(positions.to(ct), freqs)
     rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: they differ by an ulp
     return torch.stack([rot.real, rot.imag], dim=-1).to(dtype)
@@ -228,7 +228,9 @@ class TimestepEmbedder(nn.Module):
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if self.freq_dim % 2:
             emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
+        # float32 math, then the MLP's dtype: what autocast does for a half-precision model (the
+        # official class would hand a float32 tensor to a half Linear); a no-op in float32/float64
+        return emb.to(self.mlp[0].weight.dtype)
 
     def forward(self, t, taps=None, prefix=""):
         taps = taps or NoTaps()

@@ -13,7 +13,7 @@ from parity.bench import measure
 from parity.audio import audio_metrics
 from parity.compare import compare_noise
 from parity.registry import MODELS
-from parity.runner import run_reference
+from parity.runner import TORCH_DTYPES, run_reference
 from parity.tolerances import rule
 
 SPEC = MODELS["bigvgan"]
@@ -142,19 +142,19 @@ def test_bigvgan_resblock2_keys_match_official_code():
 
 @pytest.mark.benchmark(group="bigvgan")
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_bigvgan(side, benchmark, bench_fixtures):
-    """≈1 s of 22.05 kHz audio (86 mel frames) at official size on CPU."""
+def test_bench_bigvgan(side, benchmark, bench_fixtures, bench_device, bench_dtype):
+    """≈1 s of 22.05 kHz audio (86 mel frames) at official size (`--device cuda`: on the GPU)."""
     fx = bench_fixtures("bigvgan")
     mel = CASE.make_inputs(fx.cfg, 0)["mel"]
     mel = np.concatenate([mel] * 4, axis=2)[:, :, :86]
     if side == "candle":
-        cm = fx.candle("cpu")
+        cm = fx.candle(bench_device, None, bench_dtype)
         fn = lambda: candle.run(cm, "forward", {"mel": mel})  # noqa: E731
     else:
-        ref = fx.reference("cpu")
-        t = torch.from_numpy(mel)
+        ref = fx.reference(bench_device, TORCH_DTYPES[bench_dtype])
+        t = torch.from_numpy(mel).to(bench_device, TORCH_DTYPES[bench_dtype])
 
         def fn():
             with torch.no_grad():
                 return ref(t)
-    measure(benchmark, fn, rounds=3, audio_s=86 * 256 / 22050)
+    measure(benchmark, fn, rounds=3, device=bench_device, dtype=bench_dtype, audio_s=86 * 256 / 22050)

@@ -23,7 +23,7 @@ from parity.candle import InputError
 from parity.compare import compare_noise
 from parity.coverage import coverage
 from parity.registry import MODELS
-from parity.runner import layer_walk, run_reference
+from parity.runner import TORCH_DTYPES, layer_walk, run_reference
 from parity.tolerances import rule
 from reference import s2mel as R
 from reference.common import synthetic_init
@@ -253,16 +253,17 @@ def _bench_inputs(cfg, which):
 @pytest.mark.benchmark(group="dit")
 @pytest.mark.parametrize("which", ["estimator", "cfm25"])
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_dit(side, which, benchmark, bench_fixtures):
-    """Official size on CPU: one estimator call (CFG batch of 2) and the full 25-step CFM."""
+def test_bench_dit(side, which, benchmark, bench_fixtures, bench_device, bench_dtype):
+    """Official size: one estimator call (CFG batch of 2) and the full 25-step CFM (`--device cuda`:
+    on the GPU)."""
     fx = bench_fixtures("dit")
     case = EST if which == "estimator" else CFM_CASE
     inputs = _bench_inputs(fx.cfg, "estimator" if which == "estimator" else "cfm")
     if side == "candle":
-        cm = fx.candle("cpu")
+        cm = fx.candle(bench_device, None, bench_dtype)
         fn = lambda: candle.run(cm, case.method, inputs)  # noqa: E731
     else:
-        fn = lambda: run_reference(fx, case, inputs)  # noqa: E731
-    # the 25-step CFM is minutes long: one round, no warm-up
+        fn = lambda: run_reference(fx, case, inputs, bench_device, TORCH_DTYPES[bench_dtype])  # noqa: E731
+    # the 25-step CFM is minutes long on CPU: one round, no warm-up
     measure(benchmark, fn, rounds=3 if which == "estimator" else 1, warmup=which == "estimator",
-            frames=BENCH_T, audio_s=BENCH_T * 256 / 22050)
+            device=bench_device, dtype=bench_dtype, frames=BENCH_T, audio_s=BENCH_T * 256 / 22050)

@@ -13,7 +13,7 @@ from parity import candle
 from parity.bench import measure
 from parity.compare import compare_noise
 from parity.registry import MODELS
-from parity.runner import as_torch
+from parity.runner import TORCH_DTYPES, as_torch
 from parity.tolerances import NEAR_TIE, rule
 from reference.gpt import latent_inputs, spk_inputs, step_inputs
 
@@ -123,14 +123,14 @@ def _ref_cached_logits(ref, t, codes):
 
     taps, caches = NoTaps(), [dict() for _ in ref.gpt.h]
     conds, text_emb = ref._prefix(t["spk_latent"], t["emovec"], t["text"], taps)
-    toks = torch.cat([torch.tensor([[ref.cfg["start_mel_token"]]]), codes], 1)
-    x = torch.cat([conds, text_emb, ref._mel_emb(toks[:, :1], ref._mel_positions(0, 1), taps)], 1)
+    toks = torch.cat([torch.tensor([[ref.cfg["start_mel_token"]]], device=codes.device), codes], 1)
+    x = torch.cat([conds, text_emb, ref._mel_emb(toks[:, :1], ref._mel_positions(0, 1, codes.device), taps)], 1)
     out = []
     for s in range(toks.shape[1]):
         h = ref.gpt(x, None, caches)[:, -1:]
         out.append(ref.mel_head(ref.final_norm(h)))
         if s + 1 < toks.shape[1]:
-            x = ref._mel_emb(toks[:, s + 1:s + 2], ref._mel_positions(s + 1, 1), taps)
+            x = ref._mel_emb(toks[:, s + 1:s + 2], ref._mel_positions(s + 1, 1, codes.device), taps)
     return torch.cat(out, 1)
 
 
@@ -391,65 +391,65 @@ def _bench_inputs(cfg):
     return spk, lat
 
 
-def _side(side, fx):
+def _side(side, fx, device="cpu", dtype="float32"):
     if side == "candle":
-        return fx.candle("cpu"), None
-    return None, fx.reference("cpu")
+        return fx.candle(device, None, dtype), None
+    return None, fx.reference(device, TORCH_DTYPES[dtype])
 
 
 @pytest.mark.benchmark(group="gpt")
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_gpt_spk_cond(side, benchmark, bench_fixtures):
+def test_bench_gpt_spk_cond(side, benchmark, bench_fixtures, bench_device, bench_dtype):
     """Speaker conditioning (Conformer + Perceiver) on 5 s of features."""
     fx = bench_fixtures("gpt")
-    cm, ref = _side(side, fx)
+    cm, ref = _side(side, fx, bench_device, bench_dtype)
     spk, _ = _bench_inputs(fx.cfg)
     if cm is not None:
         fn = lambda: candle.run(cm, "spk_cond", spk)  # noqa: E731
     else:
-        t = _t(spk)
+        t = as_torch(spk, bench_device, TORCH_DTYPES[bench_dtype])
 
         def fn():
             with torch.no_grad():
                 return ref.get_conditioning(t["x"], t["lens"])
-    measure(benchmark, fn, rounds=2, frames=BENCH_FRAMES)
+    measure(benchmark, fn, rounds=2, device=bench_device, dtype=bench_dtype, frames=BENCH_FRAMES)
 
 
 @pytest.mark.benchmark(group="gpt")
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_gpt_forward_latent(side, benchmark, bench_fixtures):
+def test_bench_gpt_forward_latent(side, benchmark, bench_fixtures, bench_device, bench_dtype):
     """Teacher-forced forward: 34 conditioning + 42 text + 102 mel positions."""
     fx = bench_fixtures("gpt")
-    cm, ref = _side(side, fx)
+    cm, ref = _side(side, fx, bench_device, bench_dtype)
     _, lat = _bench_inputs(fx.cfg)
     if cm is not None:
         fn = lambda: candle.run(cm, "forward_latent", lat)  # noqa: E731
     else:
-        t = _t(lat)
+        t = as_torch(lat, bench_device, TORCH_DTYPES[bench_dtype])
 
         def fn():
             with torch.no_grad():
                 return ref.forward_latent(t["spk_latent"], t["text"], t["text_lens"], t["codes"], t["code_lens"], t["emovec"])
-    measure(benchmark, fn, rounds=2, positions=34 + BENCH_TEXT + 2 + BENCH_CODES + 2)
+    measure(benchmark, fn, rounds=2, device=bench_device, dtype=bench_dtype, positions=34 + BENCH_TEXT + 2 + BENCH_CODES + 2)
 
 
 @pytest.mark.benchmark(group="gpt")
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_gpt_greedy(side, benchmark, bench_fixtures):
+def test_bench_gpt_greedy(side, benchmark, bench_fixtures, bench_device, bench_dtype):
     """Greedy decoding with a KV cache: prefix of 34 + 42 positions, then BENCH_NEW steps
     (teacher-forced through `step_logits`, so both sides run exactly BENCH_NEW + 1 steps)."""
     fx = bench_fixtures("gpt")
-    cm, ref = _side(side, fx)
+    cm, ref = _side(side, fx, bench_device, bench_dtype)
     _, lat = _bench_inputs(fx.cfg)
     inp = {"spk_latent": lat["spk_latent"], "emovec": lat["emovec"], "text": lat["text"],
            "codes": lat["codes"][:, :BENCH_NEW]}
     if cm is not None:
         fn = lambda: candle.run(cm, "step_logits", inp)  # noqa: E731
     else:
-        t = _t(inp)
+        t = as_torch(inp, bench_device, TORCH_DTYPES[bench_dtype])
 
         def fn():  # the reference's cached loop, fed the same tokens
             with torch.no_grad():
                 _ref_cached_logits(ref, t, t["codes"])
-    measure(benchmark, fn, rounds=2, tokens=BENCH_NEW + 1)
+    measure(benchmark, fn, rounds=2, device=bench_device, dtype=bench_dtype, tokens=BENCH_NEW + 1)
     benchmark.extra_info["tokens_per_s"] = (BENCH_NEW + 1) / benchmark.stats.stats.mean

@@ -14,7 +14,7 @@ from parity.coverage import coverage
 from parity.registry import MODELS
 from parity.compare import fault_margin_ok
 from parity.runner import layer_walk
-from parity.tolerances import FAULT_MARGIN
+from parity.tolerances import FAULT_MARGIN, HALF_MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = list(MODELS.values())
@@ -77,9 +77,14 @@ def test_coverage(model, fixtures, candle_models):
 
 @pytest.mark.parametrize("mode", ["chained", "injected"])
 @pytest.mark.parametrize("model,case", CASES, ids=[c for _, c in CASES])
-def test_layers(model, case, mode, device, fixtures, candle_models):
-    """Every tap within tolerance, in forward order; a failure names the first divergent tap."""
-    layer_walk(fixtures(model), candle_models(model, device), _case(model, case), mode, device).assert_ok()
+def test_layers(model, case, mode, device, run_dtype, fixtures, candle_models):
+    """Every tap within tolerance, in forward order; a failure names the first divergent tap.
+    `--dtype` picks the precision both sides run in (tolerances.rule: that dtype's k)."""
+    dtype = run_dtype
+    if dtype != "float32" and model not in HALF_MODELS:
+        pytest.skip(f"{model}: half precision is measured for {sorted(HALF_MODELS)} only (tolerances.NOISE_HALF)")
+    layer_walk(fixtures(model), candle_models(model, device, (), dtype), _case(model, case), mode, device,
+               dtype=dtype).assert_ok()
 
 
 @pytest.mark.parametrize("model,fault", FAULTS, ids=[f"{m}-{f}" for m, f in FAULTS])

@@ -11,7 +11,7 @@ import pytest
 
 from parity import pipeline as PP
 from parity.audio import audio_metrics
-from parity.tolerances import AUDIO_GATE, EXACT, NEAR_TIE, NoiseFloor, rule
+from parity.tolerances import AUDIO_GATE, EXACT, NEAR_TIE, NOISE_HALF, NoiseFloor, rule
 from reference import pipeline as P
 
 STAGE_ORDER = ["front", "features", "semantic_emb", "s_ref", "ref_mel", "spk_fbank", "style", "prompt_cond", "spk_latent",
@@ -337,6 +337,42 @@ def test_pipeline_rust_end_to_end(pipe, rust_pipe):
     assert [s.stage for s in w.stages] == STAGE_ORDER
     w.assert_ok()
     assert w.audio is not None and not w.audio_fail
+
+
+@pytest.mark.parametrize("gpt_dtype", ["float16", "bfloat16"], ids=["f16", "bf16"])
+def test_pipeline_rust_half_precision_mode(gpt_dtype, pipe):
+    """The official fp16 mode (config `gpt_dtype`: the GPT in half precision, the rest float32), one
+    Rust call, against the reference in the same mode: every stage by the noise rule (the GPT's and
+    the stages it feeds with tolerances.NOISE_HALF, the others float32's), codes exact. Seed 0 only:
+    on other tiny seeds half-precision greedy codes flip at margins above NEAR_TIE (README, Precision)."""
+    import gc
+
+    fxs, _, inputs, ref, device = pipe
+    per, notes = PP.mixed_reference(fxs, inputs, ref, gpt_dtype, device)
+    m = PP.rust_pipeline(fxs, device, gpt_dtype=gpt_dtype)
+    try:
+        w = PP.mixed_rust_walk(m, inputs, ref, per, gpt_dtype, device)
+    finally:
+        del m
+        gc.collect()
+    w.notes += notes
+    print(w.table())
+    assert [s.stage for s in w.stages] == STAGE_ORDER
+    w.assert_ok()
+    assert not notes, notes  # tiny fixture: the half GPT's own codes equal the float64 ones
+    spk = next(s for s in w.stages if s.stage == "spk_latent").rows[0]
+    assert spk.tol.k_max == NOISE_HALF[gpt_dtype].k_max  # the GPT stages are judged as half precision
+
+
+def test_pipeline_half_precision_mode_refused(pipe):
+    fxs = pipe[0]
+    from parity.candle import InputError
+
+    with pytest.raises(InputError, match="gpt_dtype"):
+        PP.rust_pipeline(fxs, "cpu", gpt_dtype="float8")
+    path, cfg = PP.rust_files(fxs)
+    with pytest.raises(InputError, match="pipeline runs in float32"):
+        PP.candle.Model("pipeline", path, cfg, "cpu", [], "", "float16")
 
 
 def test_pipeline_rust_coverage(pipe, rust_pipe):

@@ -101,6 +101,27 @@ def test_nan_weight(tmp_path, tiny_bigvgan):
         _load(fx, _write(tmp_path, dict(sd, **{"resblocks.1.convs1.0.weight_v": w})))
 
 
+def test_model_dtype_is_explicit(tmp_path, tiny_bigvgan, fixtures):
+    """Half precision is asked for by name: an unknown dtype, or half precision for a kind that has no
+    half port, is refused naming it; a weight that float16 cannot hold is an error naming the key,
+    while float32 loads the same file."""
+    fx, sd = tiny_bigvgan
+    cfg = fx.spec.config_json(fx.cfg)
+    with pytest.raises(InputError, match="unsupported model dtype `float8`"):
+        Model("bigvgan", fx.safetensors_path, cfg, "cpu", [], "", "float8")
+    w2v = fixtures("w2v_bert")
+    with pytest.raises(InputError, match="w2v_bert runs in float32 only; float16 is ported for"):
+        Model("w2v_bert", w2v.safetensors_path, w2v.spec.config_json(w2v.cfg), "cpu", [], "", "float16")
+    key = "conv_pre.bias"
+    big = dict(sd)
+    big[key] = sd[key].clone().fill_(1e6)
+    path = _write(tmp_path, big)
+    with pytest.raises(CheckpointError, match=f"`{key}`.*finite as stored \\(float32\\) but overflows the requested float16"):
+        Model("bigvgan", path, cfg, "cpu", [], "", "float16")
+    Model("bigvgan", path, cfg, "cpu", [], "", "bfloat16")  # bf16 has float32's range
+    Model("bigvgan", path, cfg)
+
+
 def test_extra_key_fails_coverage(tmp_path, tiny_bigvgan):
     fx, sd = tiny_bigvgan
     cm = _load(fx, _write(tmp_path, dict(sd, **{"conv_pre.weight_extra": torch.ones(3)})))

@@ -123,14 +123,18 @@ struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (kind, checkpoint, config_json, device="cpu", faults=None, prefix=""))]
-    fn new(py: Python<'_>, kind: &str, checkpoint: &str, config_json: &str, device: &str, faults: Option<Vec<String>>, prefix: &str) -> PyResult<Self> {
+    /// `dtype`: the precision the model runs in (float32; float16 / bfloat16 for gpt, dit, bigvgan); float
+    /// weights are converted to it at load, float inputs on entry, outputs widened to float32.
+    #[pyo3(signature = (kind, checkpoint, config_json, device="cpu", faults=None, prefix="", dtype="float32"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(py: Python<'_>, kind: &str, checkpoint: &str, config_json: &str, device: &str, faults: Option<Vec<String>>, prefix: &str, dtype: &str) -> PyResult<Self> {
         let dev = self::device(device)?;
+        let dtype = guarded(|| indextts2_candle::store::parse_dtype(dtype))?;
         let faults = faults.unwrap_or_default();
         let (store, model) = py.allow_threads(|| {
             guarded(|| {
                 let store = Store::open(checkpoint, &dev)?;
-                let mut w = Weights::new(store.clone());
+                let mut w = Weights::new(store.clone()).with_dtype(dtype)?;
                 if !prefix.is_empty() {
                     w = w.pp(prefix);
                 }

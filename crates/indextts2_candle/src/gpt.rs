@@ -101,7 +101,7 @@ impl Block {
             let keep = Tensor::from_vec(keep, (1, 1, t, tk), q.device())?;
             w = crate::gpt_conformer::fill_masked(&w, &keep, f32::MIN)?;
         }
-        let a = candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)?;
+        let a = crate::nn::softmax_last_dim(&w)?.matmul(&v)?;
         Ok(a.transpose(1, 2)?.reshape((b, t, d))?)
     }
 
@@ -207,7 +207,7 @@ impl UnifiedVoice {
     fn features(&self, x: &Tensor, lens: &Tensor) -> Result<(Tensor, Vec<i64>)> {
         let (b, c, _) = x.dims3().or_else(|_| input_err(format!("features must be [B, {}, T], got {:?}", self.cfg.cond_input_size, x.dims())))?;
         let (ld, l) = ids(lens, "lens", 1)?;
-        if b == 0 || c != self.cfg.cond_input_size || ld[0] != b || x.dtype() != DType::F32 {
+        if b == 0 || c != self.cfg.cond_input_size || ld[0] != b || !x.dtype().is_float() {
             return input_err(format!("features [B, {}, T] float32 with B lengths expected; got {:?} and {:?}", self.cfg.cond_input_size, x.dims(), ld));
         }
         Ok((x.transpose(1, 2)?.contiguous()?, l))
@@ -232,7 +232,7 @@ impl UnifiedVoice {
     pub fn perceiver(&self, emo: bool, context: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (md, mv) = ids(mask, "mask", 2)?;
         let (cfgm, p) = if emo { (&self.cfg.emo_condition_module, &self.emo_perceiver) } else { (&self.cfg.condition_module, &self.perceiver) };
-        if context.rank() != 3 || context.dims()[0] == 0 || context.dtype() != DType::F32 || context.dim(2)? != cfgm.output_size || md != context.dims()[..2] {
+        if context.rank() != 3 || context.dims()[0] == 0 || !context.dtype().is_float() || context.dim(2)? != cfgm.output_size || md != context.dims()[..2] {
             return input_err(format!("context [B, T, {}] float32 and mask [B, T] expected; got {:?} and {md:?}", cfgm.output_size, context.dims()));
         }
         let keep: Vec<u8> = mv.iter().map(|&v| u8::from(v != 0)).collect();
@@ -260,7 +260,7 @@ impl UnifiedVoice {
 
     /// `merge_emovec`: base + α·(emo − base); taps follow the emotion pass only.
     pub fn merge_emovec(&self, spk_x: &Tensor, spk_lens: &Tensor, emo_x: &Tensor, emo_lens: &Tensor, alpha: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let a = alpha.flatten_all()?.to_vec1::<f32>().ok().filter(|v| v.len() == 1);
+        let a = alpha.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>().ok().filter(|v| v.len() == 1);
         let Some(a) = a else { return input_err("`alpha` must be one float32 value") };
         let emo = self.emovec(emo_x, emo_lens, ctx)?;
         let base = self.emovec(spk_x, spk_lens, &mut Ctx::plain())?;
@@ -278,8 +278,8 @@ impl UnifiedVoice {
             && spk_latent.dim(1)? == n
             && spk_latent.dim(2)? == d
             && emovec.dims() == [spk_latent.dim(0)?, d]
-            && spk_latent.dtype() == DType::F32
-            && emovec.dtype() == DType::F32;
+            && spk_latent.dtype().is_float()
+            && emovec.dtype() == spk_latent.dtype();
         if !ok {
             return input_err(format!("spk_latent [B, {n}, {d}] and emovec [B, {d}] float32 expected; got {:?} and {:?}", spk_latent.dims(), emovec.dims()));
         }

@@ -28,7 +28,7 @@ fn pointwise(w: &Weights, out: usize, inp: usize) -> Result<Linear> {
 /// `masked_fill(~mask, value)` with a u8 keep-mask broadcast over `x`.
 pub(crate) fn fill_masked(x: &Tensor, keep: &Tensor, value: f32) -> Result<Tensor> {
     let keep = keep.broadcast_as(x.shape())?;
-    let fill = Tensor::full(value, x.shape(), x.device())?;
+    let fill = Tensor::full(value, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok(keep.where_cond(x, &fill)?)
 }
 
@@ -82,7 +82,7 @@ impl RelAttention {
         let bd = qv.broadcast_matmul(&p.t()?)?;
         let scores = ((ac + bd)? / self.scale)?;
         let scores = fill_masked(&scores, keep, f32::NEG_INFINITY)?;
-        let attn = fill_masked(&candle_nn::ops::softmax_last_dim(&scores)?, keep, 0.0)?;
+        let attn = fill_masked(&crate::nn::softmax_last_dim(&scores)?, keep, 0.0)?;
         Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.h * self.dk))?)
     }
 
@@ -244,7 +244,7 @@ impl ConformerEncoder {
         let mut pos = None;
         let x = ctx.nest(&n, xs, |c, xs| {
             let y = c.block(&format!("{n}.conv.0"), xs, |x| {
-                let y = x.unsqueeze(1)?.conv2d(&self.conv_w, 0, 2, 1, 1)?;
+                let y = crate::nn::conv2d(&x.unsqueeze(1)?, &self.conv_w, 0, 2, 1, 1)?;
                 Ok(y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?) // [B, d, T', F']
             })?;
             let y = c.block(&format!("{n}.conv.1"), &y, |y| Ok(y.relu()?))?;

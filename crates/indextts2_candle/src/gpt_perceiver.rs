@@ -82,7 +82,7 @@ impl Perceiver {
         let v = heads(&kv.narrow(D::Minus1, inner, inner)?, s)?;
         let sim = (q.matmul(&k.t()?)? * self.scale)?;
         let sim = fill_masked(&sim, &keep.reshape((b, 1, 1, s))?, -f32::MAX)?;
-        let attn = candle_nn::ops::softmax_last_dim(&sim)?;
+        let attn = crate::nn::softmax_last_dim(&sim)?;
         Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?)
     }
 

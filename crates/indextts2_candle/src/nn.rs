@@ -3,7 +3,30 @@
 use crate::error::Result;
 use crate::store::Weights;
 use crate::transforms::load_weight_norm;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
+
+/// Half-precision tensors widened to f32 for a reduction (what torch's CPU and CUDA kernels do:
+/// their "opmath" type); f32 and f64 pass through unchanged.
+pub fn widen(x: &Tensor) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    })
+}
+
+/// Softmax over the last dim, accumulated in f32 for half-precision inputs, returned in x's dtype.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(&widen(x)?)?.to_dtype(x.dtype())?)
+}
+
+/// `conv2d`; Candle's CPU conv2d has no bf16 matmul, so a bf16 CPU conv runs widened to f32 and is
+/// rounded once (what torch's bf16 CPU conv computes: f32 accumulation).
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, dilation: usize, groups: usize) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        return Ok(widen(x)?.conv2d(&widen(w)?, padding, stride, dilation, groups)?.to_dtype(DType::BF16)?);
+    }
+    Ok(x.conv2d(w, padding, stride, dilation, groups)?)
+}
 
 /// `nn.Linear`: weight `[out, in]`, optional bias.
 #[derive(Clone)]
@@ -66,8 +89,14 @@ impl Conv1d {
     }
 }
 
-/// LayerNorm over the last dim; `weight`/`bias` optional (elementwise_affine=False).
+/// LayerNorm over the last dim; `weight`/`bias` optional (elementwise_affine=False). Half-precision
+/// inputs are normalised (and scaled) in f32 and rounded once at the end, as torch's kernel does.
 pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    if matches!(dt, DType::F16 | DType::BF16) {
+        let (w, b) = (w.map(widen).transpose()?, b.map(widen).transpose()?);
+        return Ok(layer_norm(&widen(x)?, w.as_ref(), b.as_ref(), eps)?.to_dtype(dt)?);
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

@@ -139,6 +139,11 @@ pub struct PipelineConfig {
     /// the official SentencePiece `bpe.model`, for text input (`tts`); token ids need none
     #[serde(default)]
     pub bpe_model: Option<String>,
+    /// the GPT's precision (`float32` default; `float16` = the official `use_fp16` mode, `bfloat16`):
+    /// its weights are converted at load, its inputs on entry, its outputs widened back to f32; every
+    /// other model stays f32
+    #[serde(default)]
+    pub gpt_dtype: Option<String>,
 }
 
 /// The emotion inputs as a user gives them (infer_v2): an optional emotion clip at 16 kHz, emo_alpha,
@@ -194,6 +199,7 @@ pub struct Pipeline {
     mel: MelSpectrogram,
     campplus: CampPlus,
     gpt: UnifiedVoice,
+    gpt_dtype: DType,
     lr: Regulator,
     dit: Dit,
     vocoder: BigVgan,
@@ -218,6 +224,11 @@ fn i64_tensor(v: &[i64], dev: &candle_core::Device) -> Result<Tensor> {
 }
 
 impl Pipeline {
+    /// A float tensor into the GPT's dtype (a no-op in the default f32 mode).
+    fn to_gpt(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.to_dtype(self.gpt_dtype)?)
+    }
+
     /// Every model of the pipeline from one store (each under its prefix), strictly.
     pub fn load(w: &Weights, cfg: PipelineConfig) -> Result<Pipeline> {
         Self::load_with_faults(w, cfg, Faults::none())
@@ -226,12 +237,17 @@ impl Pipeline {
     /// [`Pipeline::load`] with the components' test-only fault switches (`<kind>:<fault>`); without
     /// the `faults` feature any switch is refused.
     pub fn load_with_faults(w: &Weights, cfg: PipelineConfig, faults: Faults) -> Result<Pipeline> {
+        let gpt_dtype = match cfg.gpt_dtype.as_deref() {
+            None => DType::F32,
+            Some(d) => crate::store::parse_dtype(d).map_err(|e| crate::Error::Input(format!("pipeline config `gpt_dtype`: {e}")))?,
+        };
         Ok(Pipeline {
+            gpt_dtype,
             w2v: W2vBert::load(&w.pp(pre("w2v_bert")), cfg.w2v_bert, sub_faults(&faults, "w2v_bert"))?,
             codec: SemanticCodec::load(&w.pp(pre("semantic_codec")), cfg.semantic_codec, sub_faults(&faults, "semantic_codec"))?,
             mel: MelSpectrogram::load(&w.pp(pre("mel_spectrogram")), cfg.mel_spectrogram, sub_faults(&faults, "mel_spectrogram"))?,
             campplus: CampPlus::load(&w.pp(pre("campplus")), cfg.campplus, sub_faults(&faults, "campplus"))?,
-            gpt: UnifiedVoice::load(&w.pp(pre("gpt")), cfg.gpt, sub_faults(&faults, "gpt"))?,
+            gpt: UnifiedVoice::load(&w.pp(pre("gpt")).with_dtype(gpt_dtype)?, cfg.gpt, sub_faults(&faults, "gpt"))?,
             lr: Regulator::load(&w.pp(pre("length_regulator")), cfg.length_regulator, sub_faults(&faults, "length_regulator"))?,
             dit: Dit::load(&w.pp(pre("dit")), cfg.dit, sub_faults(&faults, "dit"))?,
             vocoder: BigVgan::load(&w.pp(pre("bigvgan")), cfg.bigvgan, sub_faults(&faults, "bigvgan"))?,
@@ -316,7 +332,7 @@ impl Pipeline {
         let prompt_cond = self.lr.forward(&s_ref, &[tm as i64], &mut c)?;
         // GPT speaker conditioning
         let lens = i64_tensor(&[semantic_emb.dim(1)? as i64], &dev)?;
-        let spk = self.gpt.spk_cond(&semantic_emb.transpose(1, 2)?.contiguous()?, &lens, &mut c)?;
+        let spk = self.gpt.spk_cond(&self.to_gpt(&semantic_emb.transpose(1, 2)?.contiguous()?)?, &lens, &mut c)?.to_dtype(DType::F32)?;
         // emotion: the emotion clip's embedding, merge_emovec, the 8-weight vector
         let (emo_clip, alpha, weights) = emotion_plan(emotion, audio_16k, self.emotion.groups())?;
         let (emo_features, emo_attention_mask) = self.w2v.features(&emo_clip)?;
@@ -325,7 +341,10 @@ impl Pipeline {
         let emo_emb = eo.emb.unwrap_or(eo.hidden); // has stats: checked above
         let emo_lens = i64_tensor(&[emo_emb.dim(1)? as i64], &dev)?;
         let alpha_t = Tensor::new(&[alpha], &dev)?;
-        let merged_emovec = self.gpt.merge_emovec(&semantic_emb, &lens, &emo_emb, &emo_lens, &alpha_t, &mut c)?;
+        let merged_emovec = self
+            .gpt
+            .merge_emovec(&self.to_gpt(&semantic_emb)?, &lens, &self.to_gpt(&emo_emb)?, &emo_lens, &self.to_gpt(&alpha_t)?, &mut c)?
+            .to_dtype(DType::F32)?;
         let w_t = Tensor::new(weights.as_slice(), &dev)?;
         let (emovec, emo_rows) = self.emotion.mix(&style, &merged_emovec, &w_t, &mut c)?;
         Ok(Prepared {
@@ -352,8 +371,9 @@ impl Pipeline {
     fn codes(&self, p: &Prepared, text: &Tensor, decoding: &mut Decoding) -> Result<Tensor> {
         let dev = text.device().clone();
         let Decoding { mode, progress } = decoding;
+        let (spk, emovec) = (self.to_gpt(&p.spk)?, self.to_gpt(&p.emovec)?); // the GPT's dtype (gpt_dtype)
         let codes = match mode {
-            DecodeMode::Greedy { max_tokens } => self.gpt.greedy(&p.spk, &p.emovec, text, &i64_tensor(&[*max_tokens as i64], &dev)?)?,
+            DecodeMode::Greedy { max_tokens } => self.gpt.greedy(&spk, &emovec, text, &i64_tensor(&[*max_tokens as i64], &dev)?)?,
             DecodeMode::Sampled { cfg, draws } => {
                 if cfg.num_return_sequences != 1 {
                     return input_err(format!("decoding option `num_return_sequences` = {}: the pipeline synthesises one sequence (infer_v2 uses 1)", cfg.num_return_sequences));
@@ -364,7 +384,7 @@ impl Pipeline {
                         f(Progress::Step { step: s, max });
                     }
                 };
-                let d = self.gpt.decode(&p.spk, &p.emovec, text, cfg, draws, &[], false, Some(&mut step))?;
+                let d = self.gpt.decode(&spk, &emovec, text, cfg, draws, &[], false, Some(&mut step))?;
                 if d.code_lens.len() != 1 {
                     // infer_v2 gives such a row its length twice; its length regulator then makes a
                     // batch of 2 that the CFM's concat with the prompt refuses: it fails too.
@@ -388,16 +408,16 @@ impl Pipeline {
             return input_err("pipeline: text [1,L], z_pool [1,C,F], t_span [S+1] expected");
         }
         let dev = text.device().clone();
-        let (spk, emovec) = (&p.spk, &p.emovec);
+        let (spk, emovec) = (&self.to_gpt(&p.spk)?, &self.to_gpt(&p.emovec)?);
         let codes = self.codes(p, text, decoding)?;
         let lc = codes.dim(1)?;
         if lc == 0 {
             return input_err("pipeline: the decoder emitted the stop token first (no codes)");
         }
-        let code_logits = if logits { Some(self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?) } else { None };
+        let code_logits = if logits { Some(self.gpt.step_logits(spk, emovec, text, &codes, false, &mut c)?.to_dtype(DType::F32)?) } else { None };
         let text_lens = i64_tensor(&[text.dim(1)? as i64], &dev)?;
         let code_lens = i64_tensor(&[lc as i64], &dev)?;
-        let latent = self.gpt.forward_latent(spk, text, &text_lens, &codes, &code_lens, emovec, &mut c)?;
+        let latent = self.gpt.forward_latent(spk, text, &text_lens, &codes, &code_lens, emovec, &mut c)?.to_dtype(DType::F32)?;
         // S_infer = vq2emb(codes)ᵀ + gpt_layer(latent)
         let vq_emb = self.codec.vq2emb(&codes, &mut c)?;
         let latent_proj = self.lr.latent_proj(&latent, &mut c)?;

@@ -4,7 +4,7 @@
 //! dispatch table above them can all use it without importing each other.
 use crate::ctx::Ctx;
 use crate::error::{input_err, Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::collections::BTreeMap;
 
 /// Named outputs, in the order the kind produces them.
@@ -28,9 +28,10 @@ pub fn take<'a>(inputs: &'a BTreeMap<String, Tensor>, method: &str, names: &[&st
         .collect()
 }
 
-/// Float inputs must arrive as float32 (token ids as int64): a clear error instead of a Candle dtype panic.
+/// Float inputs must arrive as float32 on the wire (token ids as int64; a model loaded in another
+/// dtype sees them converted to it): a clear error instead of a Candle dtype panic.
 pub fn expect_float(t: &Tensor, name: &str) -> Result<()> {
-    if t.dtype() != DType::F32 {
+    if !t.dtype().is_float() {
         return input_err(format!("input `{name}` must be float32, got {:?}", t.dtype()));
     }
     Ok(())

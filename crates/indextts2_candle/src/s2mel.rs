@@ -19,7 +19,7 @@ fn lengths(t: &Tensor, name: &str) -> Result<Vec<i64>> {
 }
 
 fn floats(t: &Tensor, name: &str) -> Result<Tensor> {
-    if t.dtype() != DType::F32 {
+    if !t.dtype().is_float() {
         return input_err(format!("`{name}` must be float32, got {:?}", t.dtype()));
     }
     Ok(t.clone())
@@ -41,7 +41,7 @@ impl Runnable for Dit {
                 if ts.rank() != 1 {
                     return input_err(format!("t_span must be 1-D, got {:?}", ts.dims()));
                 }
-                let ts = ts.to_vec1::<f32>()?;
+                let ts = ts.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                 let states = self.solve_euler(&floats(i[0], "z")?, &lens, &floats(i[2], "prompt")?, &floats(i[3], "mu")?, &floats(i[4], "style")?, &ts, ctx)?;
                 let mut out: Named = Vec::with_capacity(states.len() + 1);
                 if let Some(last) = states.last() {

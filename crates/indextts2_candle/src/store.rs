@@ -167,8 +167,10 @@ impl Store {
         Ok(t)
     }
 
-    /// A floating-point tensor of the given shape, converted to f32.
-    pub fn get_float(&self, key: &str, shape: &Shape) -> Result<Tensor> {
+    /// A floating-point tensor of the given shape, converted to `dtype`: the model's compute dtype,
+    /// named by the caller at load ([`Weights::with_dtype`]); this is the one place a weight changes
+    /// precision. A value that the conversion makes non-finite (|w| > 65504 in f16) is an error.
+    pub fn get_float(&self, key: &str, shape: &Shape, dtype: DType) -> Result<Tensor> {
         let info_dtype = self.infos.get(key).map(|i| i.dtype);
         if let Some(d) = info_dtype {
             if !matches!(d, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64) {
@@ -180,8 +182,16 @@ impl Store {
             }
         }
         let t = self.raw_shaped(key, shape)?;
-        let t = t.to_dtype(DType::F32)?;
+        let t = t.to_dtype(dtype)?;
         if !all_finite(&t)? {
+            let stored = info_dtype.map(st_dtype_name).unwrap_or_default();
+            if stored != dtype_name(dtype) && all_finite(&self.raw_shaped(key, shape)?.to_dtype(DType::F64)?)? {
+                return ckpt_err(format!(
+                    "`{key}` in {}: finite as stored ({stored}) but overflows the requested {}",
+                    self.path,
+                    dtype_name(dtype)
+                ));
+            }
             return ckpt_err(format!("`{key}` in {} holds NaN or Inf values", self.path));
         }
         Ok(t)
@@ -203,20 +213,55 @@ impl Store {
     }
 }
 
+/// torch's name of a model dtype (the one the Python side passes).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "float64",
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "unsupported",
+    }
+}
+
+/// A model dtype from its torch name; anything but the four float types is refused by name.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "float32" => DType::F32,
+        "float16" => DType::F16,
+        "bfloat16" => DType::BF16,
+        d => return Err(Error::Input(format!("unsupported model dtype `{d}` (float32, float16, bfloat16)"))),
+    })
+}
+
 /// A prefixed view into a [`Store`], mirroring `vb.pp("module_path")` in candle-transformers.
+/// It carries the dtype its float weights are converted to (f32 unless the caller says otherwise),
+/// so one file can feed a half-precision GPT and an f32 rest (the official fp16 mode).
 #[derive(Clone)]
 pub struct Weights {
     store: Arc<Store>,
     prefix: String,
+    dtype: DType,
 }
 
 impl Weights {
     pub fn new(store: Arc<Store>) -> Self {
-        Weights { store, prefix: String::new() }
+        Weights { store, prefix: String::new(), dtype: DType::F32 }
     }
     pub fn pp(&self, s: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { s.to_string() } else { format!("{}.{s}", self.prefix) };
-        Weights { store: self.store.clone(), prefix }
+        Weights { store: self.store.clone(), prefix, dtype: self.dtype }
+    }
+    /// The same view with float weights converted to `dtype` (f32, f16 or bf16).
+    pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Input(format!("unsupported model dtype {dtype:?} (float32, float16, bfloat16)")));
+        }
+        Ok(Weights { store: self.store.clone(), prefix: self.prefix.clone(), dtype })
+    }
+    /// The dtype float weights (and so the model's activations) come in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -234,7 +279,7 @@ impl Weights {
         self.store.contains(&self.key(name))
     }
     pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
-        self.store.get_float(&self.key(name), &shape.into())
+        self.store.get_float(&self.key(name), &shape.into(), self.dtype)
     }
     pub fn get_int<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.store.get_int(&self.key(name), &shape.into())
@@ -253,5 +298,5 @@ fn all_finite(t: &Tensor) -> Result<bool> {
             return Ok(!s.par_chunks(1 << 16).any(|c| c.iter().any(|x| !x.is_finite())));
         }
     }
-    Ok(t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?.is_finite())
+    Ok(t.affine(0.0, 0.0)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite())
 }

@@ -1,6 +1,7 @@
 //! Snake / SnakeBeta and the alias-free `Activation1d` (×2 upsample, activation, lowpass ×2 down).
 //!
 //! Taps (= module paths): `<name>.upsample`, `<name>.act`, `<name>.downsample.lowpass`.
+use crate::nn::widen;
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::store::Weights;
@@ -70,7 +71,8 @@ fn pad(x: &Tensor, left: usize, right: usize, zeros: bool) -> Result<Tensor> {
 
 impl Activation1d {
     pub fn load(w: &Weights, ch: usize, beta: bool, logscale: bool, faults: FilterFaults) -> Result<Activation1d> {
-        let taps = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        // the filters as stored in the model's dtype (rounded like torch's half buffers), read as f32
+        let taps = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?) };
         let mut up_taps = taps(w.pp("upsample").get((1, 1, K), "filter")?)?;
         let mut down_taps = taps(w.pp("downsample.lowpass").get((1, 1, K), "filter")?)?;
         if faults.periodic_window {
@@ -87,7 +89,8 @@ impl Activation1d {
         let (b, c, t) = x.dims3()?;
         let p_len = K / RATIO - 1;
         let crop = p_len * RATIO + (K - RATIO) / 2;
-        let xp = pad(x, p_len, p_len, self.faults.up_zero_pad)?;
+        // the 6-term sums accumulate in f32 and round once, as torch's half conv_transpose1d does
+        let xp = widen(&pad(x, p_len, p_len, self.faults.up_zero_pad)?)?;
         let mut phases = Vec::with_capacity(RATIO);
         for ph in 0..RATIO {
             let (p, m0) = ((ph + crop) % RATIO, (ph + crop) / RATIO);
@@ -97,7 +100,7 @@ impl Activation1d {
                 .collect();
             phases.push(shifted_sum(&xp, &terms, t)?);
         }
-        Ok(Tensor::stack(&phases, 3)?.reshape((b, c, t * RATIO))?)
+        Ok(Tensor::stack(&phases, 3)?.reshape((b, c, t * RATIO))?.to_dtype(x.dtype())?)
     }
 
     /// LowPassFilter1d: replicate pad (K/2 − 1, K/2), conv stride 2: out[r] = Σ_k f[k]·yp[2r + k],
@@ -105,7 +108,7 @@ impl Activation1d {
     /// no output reads it).
     fn lowpass(&self, y: &Tensor) -> Result<Tensor> {
         let (b, c, t2) = y.dims3()?;
-        let yp = pad(y, K / 2 - 1, K / 2 + 1, self.faults.down_zero_pad)?;
+        let yp = widen(&pad(y, K / 2 - 1, K / 2 + 1, self.faults.down_zero_pad)?)?; // f32 sums, as upsample
         let half = yp.dim(2)? / 2;
         let pairs = yp.reshape((b, c, half, 2))?;
         let even = pairs.narrow(3, 0, 1)?.squeeze(3)?.contiguous()?;
@@ -113,7 +116,7 @@ impl Activation1d {
         let out_len = t2 / RATIO;
         let ev: Vec<(usize, f32)> = (0..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
         let od: Vec<(usize, f32)> = (1..K).step_by(2).map(|k| (k / 2, self.down_taps[k])).collect();
-        Ok((shifted_sum(&even, &ev, out_len)? + shifted_sum(&odd, &od, out_len)?)?)
+        Ok((shifted_sum(&even, &ev, out_len)? + shifted_sum(&odd, &od, out_len)?)?.to_dtype(y.dtype())?)
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx, name: &str) -> Result<Tensor> {

@@ -7,8 +7,11 @@ mod pipeline;
 
 use crate::ctx::Faults;
 use crate::error::{input_err, Error, Result};
-use crate::runnable::Runnable;
+use crate::ctx::Ctx;
+use crate::runnable::{Named, Runnable};
 use crate::store::Weights;
+use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
 
 fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| Error::Input(format!("invalid {kind} config: {e}")))
@@ -51,6 +54,9 @@ const TABLE: [Kind; 11] = [
     },
 ];
 
+/// The kinds ported to half precision (f16 / bf16; parity measured: `parity/tolerances.py`).
+pub const HALF_KINDS: &[&str] = &["gpt", "dit", "bigvgan"];
+
 /// Every kind, in the table's order.
 pub const KINDS: &[&str] = &{
     let mut names = [""; TABLE.len()];
@@ -75,11 +81,41 @@ pub fn faults(kind: &str) -> Result<&'static [&'static str]> {
 }
 
 /// Builds a kind from its weights and JSON config; `fault_names` are checked against [`faults`].
+/// The model runs in `w.dtype()`: its float inputs (f32 on the wire) are converted to it on entry.
 pub fn load(kind: &str, w: &Weights, config_json: &str, fault_names: &[String]) -> Result<Box<dyn Runnable>> {
     let f = Faults::new(fault_names, faults(kind)?, kind)?;
-    match row(kind) {
-        Some(k) => (k.load)(w, config_json, f),
-        None => input_err(format!("unknown model kind `{kind}`")),
+    if w.dtype() != DType::F32 && !HALF_KINDS.contains(&kind) {
+        let why = if kind == "pipeline" { " (the pipeline runs in float32; its config's `gpt_dtype` sets the GPT's)" } else { "" };
+        return input_err(format!(
+            "{kind} runs in float32 only{why}; {} is ported for {HALF_KINDS:?}",
+            crate::store::dtype_name(w.dtype())
+        ));
+    }
+    let m = match row(kind) {
+        Some(k) => (k.load)(w, config_json, f)?,
+        None => return input_err(format!("unknown model kind `{kind}`")),
+    };
+    Ok(match w.dtype() {
+        DType::F32 => m,
+        dtype => Box::new(AtDtype { inner: m, dtype }),
+    })
+}
+
+/// A model loaded in another dtype than f32: float inputs are converted to it explicitly before
+/// the model sees them (integer inputs and the outputs pass as they are; the bindings widen the
+/// outputs back to f32, which is exact).
+struct AtDtype {
+    inner: Box<dyn Runnable>,
+    dtype: DType,
+}
+
+impl Runnable for AtDtype {
+    fn run(&self, method: &str, inputs: &BTreeMap<String, Tensor>, ctx: &mut Ctx) -> Result<Named> {
+        let cast = inputs
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), if t.dtype().is_float() { t.to_dtype(self.dtype)? } else { t.clone() })))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        self.inner.run(method, &cast, ctx)
     }
 }
 

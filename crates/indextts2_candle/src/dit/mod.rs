@@ -8,7 +8,7 @@ pub mod transformer;
 
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
-use crate::nn::{layer_norm, Conv1d, Linear};
+use crate::nn::{layer_norm, widen, Conv1d, Linear};
 use crate::store::Weights;
 use crate::transforms::load_weight_norm;
 use crate::wavenet::WaveNet;
@@ -204,8 +204,9 @@ impl TimestepEmbedder {
     /// `{p}.mlp.0`, `{p}.mlp.1` (SiLU), `{p}.mlp.2`.
     fn forward(&self, t: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
         let emb = ctx.block(&format!("{p}.timestep_embedding"), t, |t| {
-            let args = t.affine(1000.0, 0.0)?.unsqueeze(1)?.broadcast_mul(&self.freqs.unsqueeze(0)?)?;
-            Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
+            // f32 math (gpt_fast's `t.float()`), then the MLP's dtype (a no-op in f32 / f64)
+            let args = widen(t)?.affine(1000.0, 0.0)?.unsqueeze(1)?.broadcast_mul(&widen(&self.freqs)?.unsqueeze(0)?)?;
+            Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(self.mlp0.w.dtype())?)
         })?;
         let h = ctx.block(&format!("{p}.mlp.0"), &emb, |e| self.mlp0.forward(e))?;
         let h = ctx.block(&format!("{p}.mlp.1"), &h, |h| Ok(candle_nn::ops::silu(h)?))?;
@@ -356,18 +357,19 @@ impl Dit {
         // Key mask from x_lens: 0 or -inf per (batch row, key), absent when every frame is valid;
         // causal: gpt_fast's lower-triangular mask, padding unmasked (as officially).
         let valid: Vec<f32> = x_lens.iter().flat_map(|&l| (0..tt).map(move |j| if (j as i64) < l { 1.0 } else { 0.0 })).collect();
-        let keep = Tensor::from_vec(valid.clone(), (x_lens.len(), 1, tt), dev)?;
+        let dt = x.dtype();
+        let keep = Tensor::from_vec(valid.clone(), (x_lens.len(), 1, tt), dev)?.to_dtype(dt)?;
         let attn_mask = if self.cfg.is_causal {
             let bias: Vec<f32> = (0..tt).flat_map(|i| (0..tt).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-            Some(Tensor::from_vec(bias, (1, 1, tt, tt), dev)?)
+            Some(Tensor::from_vec(bias, (1, 1, tt, tt), dev)?.to_dtype(dt)?)
         } else if valid.iter().all(|&v| v == 1.0) {
             None
         } else {
             let bias: Vec<f32> = valid.iter().map(|&v| if v == 1.0 { 0.0 } else { f32::NEG_INFINITY }).collect();
-            Some(Tensor::from_vec(bias, (x_lens.len(), 1, 1, tt), dev)?)
+            Some(Tensor::from_vec(bias, (x_lens.len(), 1, 1, tt), dev)?.to_dtype(dt)?)
         };
         let base = if self.faults.on("rope_base") { 1e6 } else { self.cfg.rope_base };
-        let rope = Rope::new(&self.input_pos[..tt], self.cfg.hidden_dim / self.cfg.num_heads, base, self.faults.on("rope_halves"), dev)?;
+        let rope = Rope::new(&self.input_pos[..tt], self.cfg.hidden_dim / self.cfg.num_heads, base, self.faults.on("rope_halves"), dt, dev)?;
 
         let c = t1.unsqueeze(1)?;
         let tp = format!("{p}.transformer");
@@ -461,11 +463,11 @@ impl Dit {
             x = ctx.nest(&sp, &x, |ctx, x| {
                 let mut plain = Ctx::plain();
                 let v = if r > 0.0 {
-                    let tv = Tensor::from_vec(vec![t; 2 * b], 2 * b, dev)?;
+                    let tv = Tensor::from_vec(vec![t; 2 * b], 2 * b, dev)?.to_dtype(x.dtype())?;
                     let v = ctx.block(&format!("{sp}.stacked_dphi_dt"), x, |x| self.forward(&Tensor::cat(&[x, x], 0)?, &px2, x_lens, &tv, &style2, &mu2, &mut plain))?;
                     ctx.block(&format!("{sp}.dphi_dt"), &v, |v| Ok((v.narrow(0, 0, b)?.affine(1.0 + r, 0.0)? - v.narrow(0, b, b)?.affine(r, 0.0)?)?))?
                 } else {
-                    let tv = Tensor::from_vec(vec![t; b], b, dev)?;
+                    let tv = Tensor::from_vec(vec![t; b], b, dev)?.to_dtype(x.dtype())?;
                     ctx.block(&format!("{sp}.dphi_dt"), x, |x| self.forward(x, &px2, x_lens, &tv, &style2, &mu2, &mut plain))?
                 };
                 zero_prompt(&(x + v.affine(dt as f64, 0.0)?)?)

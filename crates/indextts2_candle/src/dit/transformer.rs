@@ -7,10 +7,10 @@
 //! w3, w2}`, `L.feed_forward`, `L`; then `….transformer.norm.{project_layer, norm}`, `….norm`.
 use crate::ctx::{Ctx, Faults};
 use crate::error::Result;
-use crate::nn::Linear;
+use crate::nn::{softmax_last_dim, widen, Linear};
 use crate::store::Weights;
 use crate::transforms::split_fused;
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 /// gpt_fast ModelArgs default FFN width: 2/3 of 4·dim rounded up to a multiple of 256.
 pub fn intermediate_size(dim: usize) -> usize {
@@ -35,8 +35,10 @@ impl AdaLn {
     pub fn forward(&self, x: &Tensor, c: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
         let sb = ctx.block(&format!("{p}.project_layer"), c, |c| self.project.forward(c))?;
         let normed = ctx.block(&format!("{p}.norm"), x, |x| {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            Ok(x.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.norm_w)?)
+            // normalised in f32 (gpt_fast's `x.float()`), rounded to x's dtype, then scaled
+            let xf = widen(x)?;
+            let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            Ok(xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.to_dtype(x.dtype())?.broadcast_mul(&self.norm_w)?)
         })?;
         let (mut scale, mut bias) = (sb.narrow(D::Minus1, 0, self.dim)?, sb.narrow(D::Minus1, self.dim, self.dim)?);
         if self.swapped {
@@ -46,7 +48,8 @@ impl AdaLn {
     }
 }
 
-/// RoPE cos/sin `[1, T, 1, head_dim/2]` for the given positions, in f32 as gpt_fast computes them.
+/// RoPE cos/sin `[1, T, 1, head_dim/2]` for the given positions, in f32 as gpt_fast computes them,
+/// rounded to the model's dtype as gpt_fast casts its table, and applied in f32.
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -54,7 +57,7 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(positions: &[i64], head_dim: usize, base: f64, halves: bool, dev: &Device) -> Result<Rope> {
+    pub fn new(positions: &[i64], head_dim: usize, base: f64, halves: bool, dtype: DType, dev: &Device) -> Result<Rope> {
         let half = head_dim / 2;
         let freqs: Vec<f32> = (0..half).map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         let mut cos = Vec::with_capacity(positions.len() * half);
@@ -68,10 +71,15 @@ impl Rope {
         }
         let t = positions.len();
         let shape = (1, t, 1, half);
-        Ok(Rope { cos: Tensor::from_vec(cos, shape, dev)?, sin: Tensor::from_vec(sin, shape, dev)?, halves })
+        let table = |v: Vec<f32>| -> Result<Tensor> { widen(&Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)?) };
+        Ok(Rope { cos: table(cos)?, sin: table(sin)?, halves })
     }
-    /// x `[B, T, H, D]`: rotates the interleaved pairs (2i, 2i+1).
+    /// x `[B, T, H, D]`: rotates the interleaved pairs (2i, 2i+1); in f32 for a half-precision x
+    /// (gpt_fast's `x.float()`), returned in x's dtype.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.apply_wide(&widen(x)?)?.to_dtype(x.dtype())?)
+    }
+    fn apply_wide(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, h, d) = x.dims4()?;
         if self.halves {
             let x0 = x.narrow(3, 0, d / 2)?;
@@ -117,7 +125,7 @@ impl Attention {
             if let Some(m) = mask {
                 s = s.broadcast_add(m)?;
             }
-            let pr = candle_nn::ops::softmax_last_dim(&s)?;
+            let pr = softmax_last_dim(&s)?;
             Ok(pr.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.dim))?)
         })?;
         ctx.block(&format!("{p}.wo"), &y, |y| self.wo.forward(y))
