@@ -130,9 +130,11 @@ def read_independent(path: str) -> tuple[np.ndarray, int]:
     return x.mean(axis=1, dtype=np.float32), sr
 
 
-def _pipeline(model_dir: str):
+def _pipeline(model_dir: str, gpt_dtype: str | None = None):
     cfg = json.load(open(os.path.join(model_dir, "candle", "pipeline.json")))
     cfg["bpe_model"] = os.path.join(model_dir, "bpe.model")
+    if gpt_dtype:
+        cfg["gpt_dtype"] = gpt_dtype
     return candle.Model("pipeline", os.path.join(model_dir, "candle", "pipeline.safetensors"), json.dumps(cfg), "cpu", [], "")
 
 
@@ -207,6 +209,20 @@ def test_cli_end_to_end_equals_pipeline(model_dir, tmp_path, emotion):
 # each format, each rate, both channel counts (8 runs: the CLI and the pipeline each decode a segment)
 MATRIX = [("i8", 1, 22050), ("i16", 1, 16000), ("i16", 2, 44100), ("i24", 1, 48000), ("i32", 2, 22050),
           ("f32", 2, 48000), ("f32", 1, 44100), ("i16", 1, 22050)]
+
+
+def test_cli_half_precision(model_dir, tmp_path):
+    """`--dtype float16` = the pipeline with `gpt_dtype` float16 (infer_v2's use_fp16: the GPT in half,
+    the rest float32); other values are refused by the parser."""
+    spk = _speech()
+    write_wav(str(tmp_path / "spk.wav"), spk, SR, "f32")
+    args = ["--model-dir", model_dir, "--speaker", tmp_path / "spk.wav", "--text", TEXT, "--greedy", "--seed", "7",
+            "--segment-tokens", SEG, "--max-mel-tokens", "10"]
+    cli(*args, "--dtype", "float16", "-o", tmp_path / "h.wav", "--dump", tmp_path / "dump")
+    want = _tts(_pipeline(model_dir, "float16"), spk, np.load(tmp_path / "dump" / "z_pool.npy"))
+    assert np.array_equal(_read_out(str(tmp_path / "h.wav")), want)
+    p = cli(*args, "--dtype", "float64", "-o", tmp_path / "x.wav", check=False)
+    assert p.returncode == 2 and "float64" in p.stderr
 
 
 @pytest.mark.parametrize("fmt,channels,sr", MATRIX, ids=[f"{f}-{c}ch-{r}" for f, c, r in MATRIX])

@@ -78,6 +78,10 @@ struct Args {
     /// cpu, or cuda / cuda:N (needs a build with `--features cuda`)
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The GPT's precision: float32, or float16 (infer_v2's `use_fp16`) / bfloat16; the other
+    /// models stay float32, as in infer_v2
+    #[arg(long, default_value = "float32", value_parser = ["float32", "float16", "bfloat16"])]
+    dtype: String,
     /// Write 16-bit PCM
     #[arg(long, conflicts_with = "float")]
     pcm16: bool,
@@ -229,7 +233,10 @@ fn run(a: &Args) -> Result<(), Fail> {
     let emo = a.emotion.as_ref().map(|p| wav::read_mono(p, "--emotion")).transpose()?;
 
     // the models
-    let cfg = md.pipeline_config()?;
+    let mut cfg = md.pipeline_config()?;
+    if a.dtype != "float32" {
+        cfg.gpt_dtype = Some(a.dtype.clone()); // the official mixed mode: the GPT in half precision
+    }
     let groups = cfg.emotion.emo_num.len();
     if let Some(w) = &a.emotion_vector {
         if w.len() != groups {
