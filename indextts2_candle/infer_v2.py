@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .wire import from_wire, to_wire
+
 from . import wav as W
 
 SR_22K, SR_16K = 22050, 16000
@@ -161,23 +163,9 @@ def _json(d: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(d).encode(), np.uint8).astype(np.int64)
 
 
-def _to_wire(a) -> tuple[str, list[int], bytes]:
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.integer):
-        a = np.ascontiguousarray(a, dtype="<i8")
-        return ("int64", list(a.shape), a.tobytes())
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return ("float32", list(a.shape), a.tobytes())
-
-
-def _from_wire(w) -> np.ndarray:
-    dtype, shape, data = w
-    return np.frombuffer(data, dtype="<i8" if dtype == "int64" else "<f4").reshape(shape).copy()
-
-
 def _run(model, method: str, inputs: dict) -> dict[str, np.ndarray]:
-    outs, _ = model.run(method, {k: _to_wire(v) for k, v in inputs.items()}, False, None)
-    return {k: _from_wire(v) for k, v in outs}
+    outs, _ = model.run(method, {k: to_wire(v) for k, v in inputs.items()}, False, None)
+    return {k: from_wire(v) for k, v in outs}
 
 
 def _linspace01(steps: int) -> np.ndarray:

@@ -1,28 +1,16 @@
-"""numpy ↔ the bindings' wire format (dtype, shape, bytes). Nothing else lives here."""
+"""The bindings for the harness: models, errors, and `run` on the wire format (indextts2_candle.wire)."""
 from __future__ import annotations
 
 import numpy as np
 
 import indextts_candle as _ic
 
+from indextts2_candle.wire import from_wire, to_wire  # noqa: F401 (also the harness's API)
+
 Model = _ic.Model
 Tokenizer = _ic.Tokenizer
 CheckpointError = _ic.CheckpointError
 InputError = _ic.InputError
-
-
-def to_wire(a) -> tuple[str, list[int], bytes]:
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.integer):
-        a = np.ascontiguousarray(a, dtype="<i8")
-        return ("int64", list(a.shape), a.tobytes())
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return ("float32", list(a.shape), a.tobytes())
-
-
-def from_wire(w) -> np.ndarray:
-    dtype, shape, data = w
-    return np.frombuffer(data, dtype="<i8" if dtype == "int64" else "<f4").reshape(shape).copy()
 
 
 def run(model, method: str, inputs: dict, taps: bool = False, inject: dict | None = None):
