@@ -84,6 +84,9 @@ def _fault_sensitivity(fx, spec, device: str):
           f"must be ≥ {FAULT_MARGIN:g})", "",
           "| fault | expected leaf | first divergent tap | ratio max | ratio rms | margin | ok |", "|---|---|---|---|---|---|---|"]
     for fault, (case_name, tap) in spec.faults.items():
+        if why := spec.fault_absent(fault, fx.cfg):
+            md.append(f"| `{fault}` | `{tap}` | – | – | – | – | n/a: {why} |")
+            continue
         case = next(c for c in spec.cases if c.name == case_name)
         w = layer_walk(fx, fx.candle(device, [fault]), case, "injected", device)
         r = w.row_of(tap)

@@ -62,6 +62,10 @@ class ModelSpec:
     # fault name -> (case name, leaf tap that the INJECTED walk must report as the first divergence;
     # the chained walk must fail too, anywhere at or after it)
     faults: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # fault name -> (config key, why): the fault acts on a part that exists only when cfg[key] is
+    # truthy (w2v-bert's stats: the official model.safetensors holds none); elsewhere it is named by
+    # the test the reason gives
+    fault_needs: dict[str, tuple[str, str]] = field(default_factory=dict)
     # the supported config space: one row per (official argument, non-default value)
     config_space: tuple[ConfigRow, ...] = ()
     # fnmatch pattern over module paths -> why a module holding parameters has no tap of its own
@@ -71,6 +75,11 @@ class ModelSpec:
     # both s2mel kinds); the reference load leaves exactly these out, everything else is strict.
     other_kinds_keys: tuple[str, ...] = ()
     seed: int = 0
+
+    def fault_absent(self, fault: str, cfg: dict) -> str:
+        """'' if `fault` can act at `cfg`, else why not (fault_needs)."""
+        need = self.fault_needs.get(fault)
+        return "" if need is None or cfg.get(need[0]) else f"{self.name} `{fault}`: {need[1]}"
     # key suffix -> filler(key, rng, shape) for synthetic_init, or a function cfg -> such a dict
     init_overrides: Any = field(default_factory=dict)
     # A transform that reads no key (resampling): no manifest or official file, an empty store,

@@ -149,14 +149,15 @@ def _layer_taps(p: str) -> list[str]:
 
 def tap_names(cfg: dict, masked: bool = True) -> list[str]:
     """Tapped module paths, in completion order (children before parents). `encoder.masked_fill`
-    (padded frames zeroed before layer 0) exists only with a mask; `<layer>.self_attn.attention` is
+    (padded frames zeroed before layer 0) exists only with a mask; `encoder` is the read-out
+    `hidden_states[output_layer]`; `<layer>.self_attn.attention` is
     the attention core (no module of its own in transformers): scores + relative-key term, mask,
     softmax, ·V, on the injected q."""
     names = ["feature_projection.layer_norm", "feature_projection.projection", "feature_projection"]
     names += ["encoder.masked_fill"] if masked else []
     for i in range(cfg["output_layer"]):
         names += _layer_taps(f"encoder.layers.{i}")
-    return names + ([STATS] if cfg.get("with_stats") else [])
+    return names + ["encoder"] + ([STATS] if cfg.get("with_stats") else [])
 
 
 def no_inject(cfg: dict) -> tuple[str, ...]:
@@ -274,11 +275,19 @@ def run_with_taps(model: W2vBertSemantic, input_features: torch.Tensor, attentio
     enc_forward = enc.forward
 
     def encoder_forward(hidden_states, attention_mask=None, **kw):
-        if attention_mask is not None:  # transformers zeroes padded frames first; doing it here
-            # as well is a no-op on the values (0 stays 0) and makes the step a tap of its own
-            keep = attention_mask.bool().unsqueeze(-1)
-            hidden_states = taps.block("encoder.masked_fill", hidden_states, lambda h: h.masked_fill(~keep, 0.0))
-        return enc_forward(hidden_states, attention_mask=attention_mask, **kw)
+        result = {}
+
+        def run(h):
+            if attention_mask is not None:  # transformers zeroes padded frames first; doing it here
+                # as well is a no-op on the values (0 stays 0) and makes the step a tap of its own
+                keep = attention_mask.bool().unsqueeze(-1)
+                h = taps.block("encoder.masked_fill", h, lambda x: x.masked_fill(~keep, 0.0))
+            result["out"] = enc_forward(h, attention_mask=attention_mask, **kw)
+            # the layers run stop at the read-out: the last state is hidden_states[output_layer]
+            return result["out"].hidden_states[-1]
+
+        taps.block("encoder", hidden_states, run)  # tap `encoder`: the read-out itself
+        return result["out"]
 
     enc.forward = encoder_forward
     patched.append(enc)

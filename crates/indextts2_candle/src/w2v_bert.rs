@@ -425,7 +425,7 @@ impl W2vBert {
 
     /// Taps (reference/w2v_bert.py `tap_names`): `feature_projection.{layer_norm, projection}`,
     /// `feature_projection`, `encoder.masked_fill` (with a mask), every sub-module of each layer
-    /// and the layer, then `semantic_stats` (or the configured stats prefix).
+    /// and the layer, `encoder` (the read-out), then `semantic_stats` (or the configured stats prefix).
     pub fn forward(&self, features: &Tensor, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Output> {
         let fin = self.cfg.feature_projection_input_dim;
         let (b, t, f) = match features.dims() {
@@ -454,15 +454,19 @@ impl W2vBert {
         let f = ctx.block("feature_projection.layer_norm", &f, |x| self.fp_layer_norm.forward(x))?;
         let mut x = ctx.block("feature_projection.projection", &f, |x| self.fp_projection.forward(x))?;
         ctx.tap("feature_projection", &x);
-        if let Some(k) = &keep {
-            x = ctx.block("encoder.masked_fill", &x, |x| Ok(x.broadcast_mul(k)?))?;
-        }
-        let mut before_last = x.clone();
-        for layer in &self.layers {
-            before_last = x.clone();
-            x = layer.forward(&x, bias.as_ref(), keep.as_ref(), ctx)?;
-        }
-        let hidden = if self.faults.on("hidden_off_by_one") { before_last } else { x };
+        // tap `encoder`: the read-out hidden_states[output_layer] (the layers run stop there)
+        let hidden = ctx.nest("encoder", &x, |ctx, x| {
+            let mut x = x.clone();
+            if let Some(k) = &keep {
+                x = ctx.block("encoder.masked_fill", &x, |x| Ok(x.broadcast_mul(k)?))?;
+            }
+            let mut before_last = x.clone();
+            for layer in &self.layers {
+                before_last = x.clone();
+                x = layer.forward(&x, bias.as_ref(), keep.as_ref(), ctx)?;
+            }
+            Ok(if self.faults.on("hidden_off_by_one") { before_last } else { x })
+        })?;
         let emb = match (&self.stats, &self.cfg.stats) {
             (Some(s), Some(name)) => Some(ctx.block(name, &hidden, |h| {
                 Ok(h.broadcast_sub(&s.mean)?.broadcast_div(&s.std)?)
