@@ -200,7 +200,6 @@ NOT_WEIGHTS = {
     ("resample.rs", "vec![0f32; self.new * taps]"): "the kernel's buffer, filled from the sinc formula right after",
     ("resample.rs", "vec![0f32; k.out_len(r.len())]"): "output buffer of the polyphase sums",
     ("resample.rs", "vec![0f32; n]"): "the 200 ms of silence infer_v2 puts between segments",
-    ("transforms.rs", "vec![0f32; rows * cols]"): "the transpose's output buffer",
     ("w2v_features.rs", "vec![0f64; NFFT]"): "FFT frame buffer",
     ("w2v_features.rs", "vec![0f64; NBINS]"): "power spectrum buffer",
     ("w2v_features.rs", "vec![vec![0f32; m]; n]"): "normalised features' buffer",

@@ -11,7 +11,6 @@ use crate::gpt_conformer::ConformerEncoder;
 use crate::gpt_perceiver::Perceiver;
 use crate::nn::{LayerNorm, Linear};
 use crate::store::Weights;
-use crate::transforms::conv1d_to_linear;
 use candle_core::{DType, Device, Tensor, D};
 
 #[path = "gpt_decode.rs"]
@@ -41,8 +40,8 @@ const GPT2_LN_EPS_FAULT: f64 = 1e-12;
 
 /// GPT-2 `Conv1D` loaded as a Linear: `[in, out]` → `[out, in]`.
 fn conv1d(w: &Weights, inp: usize, out: usize, reinterpret: bool) -> Result<Linear> {
-    let weight = w.get((inp, out), "weight")?;
-    let weight = if reinterpret { weight.reshape((out, inp))? } else { conv1d_to_linear(&weight)? };
+    // Conv1D stores [in, out]; a Linear wants [out, in] (the fault reads the memory as is)
+    let weight = if reinterpret { w.get((inp, out), "weight")?.reshape((out, inp))? } else { w.get_t(inp, out, "weight")? };
     Ok(Linear::from_tensors(weight, Some(w.get(out, "bias")?)))
 }
 

@@ -195,6 +195,7 @@ pub mod dispatch;
 pub mod dit;
 pub mod emotion;
 pub mod error;
+pub mod fastload;
 pub mod mel;
 pub mod gpt;
 pub mod gpt_config;

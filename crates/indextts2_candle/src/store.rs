@@ -104,7 +104,8 @@ impl Store {
         self.infos.keys().filter(|k| !req.contains_key(*k)).cloned().collect()
     }
 
-    fn raw(&self, key: &str) -> Result<Tensor> {
+    /// The key's entry and its bytes in the file (not yet marked as requested).
+    fn bytes(&self, key: &str) -> Result<(&TensorInfo, &[u8])> {
         let Some(info) = self.infos.get(key) else {
             let hint = self.near_keys(key);
             return ckpt_err(format!("missing key `{key}` in checkpoint {}{hint}", self.path));
@@ -114,24 +115,39 @@ impl Store {
             .mmap
             .get(self.data_start + s..self.data_start + e)
             .ok_or_else(|| Error::Checkpoint(format!("`{key}` in {}: data offsets outside the file (truncated?)", self.path)))?;
-        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
-            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: {e:?}", self.path)))?;
-        let t = view
-            .load(&self.device)
-            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: cannot load: {e}", self.path)))?;
-        // The bytes are copied now: drop their pages from this process's resident set (they stay
-        // in the page cache; a second read of the key refaults them), so peak memory is the weights
-        // once, not the weights plus the touched file.
+        let n: usize = info.shape.iter().product();
+        if bytes.len() != n * info.dtype.bitsize() / 8 {
+            return ckpt_err(format!("`{key}` in {}: {} bytes for shape {:?} of {}", self.path, bytes.len(), info.shape,
+                                    st_dtype_name(info.dtype)));
+        }
+        Ok((info, bytes))
+    }
+
+    /// After the key's bytes are copied: record the request and drop the bytes' pages from this
+    /// process's resident set (they stay in the page cache; a second read of the key refaults
+    /// them), so peak memory is the weights once, not the weights plus the touched file.
+    fn done(&self, key: &str, info: &TensorInfo) {
+        let (s, e) = info.data_offsets;
         #[cfg(unix)]
         if e > s {
             // SAFETY: a read-only file mapping; MADV_DONTNEED only unmaps pages, which a later
-            // access reads back from the unchanged file. No reference into them outlives `load`.
+            // access reads back from the unchanged file. No reference into them outlives the copy.
             let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.data_start + s, e - s) };
         }
         self.requested
             .lock()
             .expect("store lock")
             .insert(key.to_string(), st_dtype_name(info.dtype));
+    }
+
+    fn raw(&self, key: &str) -> Result<Tensor> {
+        let (info, bytes) = self.bytes(key)?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: {e:?}", self.path)))?;
+        let t = view
+            .load(&self.device)
+            .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: cannot load: {e}", self.path)))?;
+        self.done(key, info);
         Ok(t)
     }
 
@@ -181,6 +197,9 @@ impl Store {
                 ));
             }
         }
+        if let Some(t) = self.fast_float(key, shape, dtype, false)? {
+            return Ok(t);
+        }
         let t = self.raw_shaped(key, shape)?;
         let t = t.to_dtype(dtype)?;
         if !all_finite(&t)? {
@@ -195,6 +214,57 @@ impl Store {
             return ckpt_err(format!("`{key}` in {} holds NaN or Inf values", self.path));
         }
         Ok(t)
+    }
+
+    /// A 2-D float weight stored `[rows, cols]`, returned transposed `[cols, rows]` and contiguous
+    /// (GPT-2's `Conv1D` `[in, out]` as a Linear's `[out, in]`).
+    pub fn get_float_t(&self, key: &str, rows: usize, cols: usize, dtype: DType) -> Result<Tensor> {
+        let shape = Shape::from((rows, cols));
+        if let Some(t) = self.fast_float(key, &shape, dtype, true)? {
+            return Ok(t);
+        }
+        Ok(self.get_float(key, &shape, dtype)?.t()?.contiguous()?)
+    }
+
+    /// CPU fast path of `get_float`: the file's bytes go straight into the tensor's buffer on all
+    /// cores (converted on the way where the dtype differs, transposed if asked), with the
+    /// finiteness check fused into the copy. `None`: not this path (other device or dtype pair, a
+    /// shape mismatch, or a non-finite value), and the general path decides and words the error.
+    fn fast_float(&self, key: &str, shape: &Shape, dtype: DType, transpose: bool) -> Result<Option<Tensor>> {
+        use crate::fastload::{fill, Conv};
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(info) = self.infos.get(key) else { return Ok(None) };
+        if info.shape != shape.dims() {
+            return Ok(None);
+        }
+        let conv = match (info.dtype, dtype) {
+            (StDtype::F32, DType::F32) => Conv::F32ToF32,
+            (StDtype::F32, DType::F16) => Conv::F32ToF16,
+            (StDtype::F32, DType::BF16) => Conv::F32ToBf16,
+            (StDtype::F16, DType::F16) => Conv::F16ToF16,
+            (StDtype::F16, DType::F32) => Conv::F16ToF32,
+            (StDtype::BF16, DType::BF16) => Conv::Bf16ToBf16,
+            (StDtype::BF16, DType::F32) => Conv::Bf16ToF32,
+            _ => return Ok(None),
+        };
+        let (info, bytes) = self.bytes(key)?;
+        let dims = if transpose {
+            match shape.dims() {
+                [r, c] => Some((*r, *c)),
+                _ => return Ok(None),
+            }
+        } else {
+            None
+        };
+        let Some(t) = fill(bytes, conv, dims, shape.elem_count())? else { return Ok(None) };
+        let t = match dims {
+            Some((r, c)) => t.reshape((c, r))?,
+            None => t.reshape(shape)?,
+        };
+        self.done(key, info);
+        Ok(Some(t))
     }
 
     /// An integer tensor (index buffers such as `input_pos`, BatchNorm `num_batches_tracked`).
@@ -283,6 +353,10 @@ impl Weights {
     }
     pub fn get_int<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.store.get_int(&self.key(name), &shape.into())
+    }
+    /// A weight stored `[rows, cols]`, returned as its transpose `[cols, rows]` (contiguous).
+    pub fn get_t(&self, rows: usize, cols: usize, name: &str) -> Result<Tensor> {
+        self.store.get_float_t(&self.key(name), rows, cols, self.dtype)
     }
 }
 

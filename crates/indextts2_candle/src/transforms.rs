@@ -33,42 +33,19 @@ pub fn load_weight_norm<S: Into<Shape>>(w: &Weights, v_shape: S, skip_fold: bool
     }
 }
 
-/// GPT-2 `Conv1D` stores its weight as `[in, out]`; a Linear wants `[out, in]`.
+/// GPT-2 `Conv1D` stores its weight as `[in, out]`; a Linear wants `[out, in]`. (The model load
+/// transposes straight from the file, `Weights::get_t`; this is the same permutation on a tensor.)
 pub fn conv1d_to_linear(w: &Tensor) -> Result<Tensor> {
-    if w.rank() == 2 && w.dtype() == candle_core::DType::F32 && w.device().is_cpu() && w.is_contiguous() {
-        return transpose_f32_cpu(w); // 1.9 GB of GPT weights: Candle's strided copy took ≈ 2 s
+    if w.rank() == 2 && w.dtype() == candle_core::DType::F32 && w.device().is_cpu() && cfg!(target_endian = "little") {
+        let (rows, cols) = w.dims2()?;
+        let v = w.flatten_all()?.to_vec1::<f32>()?;
+        // SAFETY: the f32 buffer viewed as its little-endian bytes (same memory, same length in bytes)
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) };
+        if let Some(t) = crate::fastload::fill(bytes, crate::fastload::Conv::F32ToF32, Some((rows, cols)), rows * cols)? {
+            return Ok(t.reshape((cols, rows))?);
+        }
     }
     Ok(w.t()?.contiguous()?)
-}
-
-/// Cache-blocked, multi-threaded transpose of a contiguous f32 CPU matrix (exact: a permutation).
-fn transpose_f32_cpu(w: &Tensor) -> Result<Tensor> {
-    use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
-    const B: usize = 64;
-    let (rows, cols) = w.dims2()?;
-    let out = {
-        let (storage, layout) = w.storage_and_layout();
-        let src = match &*storage {
-            Storage::Cpu(CpuStorage::F32(v)) => &v[layout.start_offset()..layout.start_offset() + rows * cols],
-            _ => return Ok(w.t()?.contiguous()?),
-        };
-        let mut out = vec![0f32; rows * cols];
-        // each task owns a band of B output rows (= B input columns)
-        out.par_chunks_mut(B * rows).enumerate().for_each(|(band, dst)| {
-            let c0 = band * B;
-            let cn = dst.len() / rows;
-            for r0 in (0..rows).step_by(B) {
-                for c in 0..cn {
-                    for r in r0..(r0 + B).min(rows) {
-                        dst[c * rows + r] = src[r * cols + c0 + c];
-                    }
-                }
-            }
-        });
-        out
-    };
-    Ok(Tensor::from_vec(out, (cols, rows), w.device())?)
 }
 
 /// Splits a fused tensor along `dim` into consecutive pieces of the given sizes, in stored order

@@ -452,7 +452,7 @@ impl W2vBert {
         };
         let f = ctx.input("feature_projection", &features)?;
         let f = ctx.block("feature_projection.layer_norm", &f, |x| self.fp_layer_norm.forward(x))?;
-        let mut x = ctx.block("feature_projection.projection", &f, |x| self.fp_projection.forward(x))?;
+        let x = ctx.block("feature_projection.projection", &f, |x| self.fp_projection.forward(x))?;
         ctx.tap("feature_projection", &x);
         // tap `encoder`: the read-out hidden_states[output_layer] (the layers run stop there)
         let hidden = ctx.nest("encoder", &x, |ctx, x| {

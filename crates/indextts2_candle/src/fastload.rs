@@ -1,0 +1,174 @@
+//! Load-time copies on all cores: checkpoint bytes straight into a tensor's own buffer, converted
+//! (f32 ↔ f16/bf16 exactly as Candle's `to_dtype` does: `half`'s round-to-nearest-even) and, for
+//! GPT-2's `Conv1D`, transposed on the way, with the finiteness scan fused into the copy while the
+//! chunk is in cache. One pass over the bytes instead of copy + convert + transpose + scan.
+use crate::error::Result;
+use candle_core::{Device, Tensor, WithDType};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// (stored dtype → model dtype) pairs of the fast path.
+#[derive(Clone, Copy, Debug)]
+pub enum Conv {
+    F32ToF32,
+    F32ToF16,
+    F32ToBf16,
+    F16ToF16,
+    F16ToF32,
+    Bf16ToBf16,
+    Bf16ToF32,
+}
+
+/// Elements per task: 64 KB of f32, so the scan reads what the copy just wrote from L2.
+const CHUNK: usize = 1 << 14;
+/// Output rows per transpose task (a band of input columns).
+const BAND: usize = 64;
+
+/// `bytes` (little-endian, `n` elements) as a 1-D tensor in the target dtype of `conv`, or the
+/// transposed `[cols·rows]` buffer of a stored `[rows, cols]` matrix when `transpose` is given.
+/// `None` if a value is not finite after the conversion (the caller words the error).
+pub fn fill(bytes: &[u8], conv: Conv, transpose: Option<(usize, usize)>, n: usize) -> Result<Option<Tensor>> {
+    let le32 = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    match conv {
+        Conv::F32ToF32 => run::<f32>(bytes, 4, n, transpose, true, le32, |x| x.is_finite()),
+        Conv::F32ToF16 => run::<f16>(bytes, 4, n, transpose, false, move |b| f16::from_f32(le32(b)), |x| x.is_finite()),
+        Conv::F32ToBf16 => run::<bf16>(bytes, 4, n, transpose, false, move |b| bf16::from_f32(le32(b)), |x| x.is_finite()),
+        Conv::F16ToF16 => run::<f16>(bytes, 2, n, transpose, true, move |b| f16::from_bits(le16(b)), |x| x.is_finite()),
+        Conv::F16ToF32 => run::<f32>(bytes, 2, n, transpose, false, move |b| f16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
+        Conv::Bf16ToBf16 => run::<bf16>(bytes, 2, n, transpose, true, move |b| bf16::from_bits(le16(b)), |x| x.is_finite()),
+        Conv::Bf16ToF32 => run::<f32>(bytes, 2, n, transpose, false, move |b| bf16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
+    }
+}
+
+/// `same`: the stored and the target representation are one (a byte copy on little-endian).
+fn run<T: WithDType + Send + Sync>(
+    bytes: &[u8],
+    width: usize,
+    n: usize,
+    transpose: Option<(usize, usize)>,
+    same: bool,
+    dec: impl Fn(&[u8]) -> T + Sync,
+    finite: impl Fn(T) -> bool + Sync,
+) -> Result<Option<Tensor>> {
+    debug_assert_eq!(bytes.len(), n * width);
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    advise_huge(&mut v);
+    let dst = &mut v.spare_capacity_mut()[..n];
+    let ok = match transpose {
+        None => dst
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(i, d)| {
+                let src = &bytes[i * CHUNK * width..(i * CHUNK + d.len()) * width];
+                if same && cfg!(target_endian = "little") {
+                    // SAFETY: `d` has room for d.len() elements of `width` bytes (= size_of::<T>()
+                    // when `same`), and a mapped file never overlaps the fresh buffer.
+                    debug_assert_eq!(std::mem::size_of::<T>(), width);
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), d.as_mut_ptr() as *mut u8, src.len()) };
+                    // SAFETY: every element of `d` was written just above.
+                    let d = unsafe { &*(d as *const [MaybeUninit<T>] as *const [T]) };
+                    d.iter().all(|&x| finite(x))
+                } else {
+                    let mut ok = true;
+                    for (o, b) in d.iter_mut().zip(src.chunks_exact(width)) {
+                        let x = dec(b);
+                        ok &= finite(x);
+                        o.write(x);
+                    }
+                    ok
+                }
+            })
+            .reduce(|| true, |a, b| a && b),
+        Some((rows, cols)) => dst
+            .par_chunks_mut(BAND * rows)
+            .enumerate()
+            .map(|(band, d)| {
+                // output rows c0..c0+cn (= input columns), each `rows` long
+                let (c0, cn) = (band * BAND, d.len() / rows);
+                let mut ok = true;
+                for r0 in (0..rows).step_by(BAND) {
+                    for c in 0..cn {
+                        for r in r0..(r0 + BAND).min(rows) {
+                            let at = (r * cols + c0 + c) * width;
+                            let x = dec(&bytes[at..at + width]);
+                            ok &= finite(x);
+                            d[c * rows + r].write(x);
+                        }
+                    }
+                }
+                ok
+            })
+            .reduce(|| true, |a, b| a && b),
+    };
+    // SAFETY: both branches write every one of the n elements (the chunks tile the buffer).
+    unsafe { v.set_len(n) };
+    if !ok {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(v, n, &Device::Cpu)?))
+}
+
+/// Large buffers in 2 MB pages where the kernel offers them (`transparent_hugepage=madvise`):
+/// one page fault per 2 MB instead of per 4 KB while the copy first touches the buffer.
+fn advise_huge<T>(v: &mut Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = v.capacity() * std::mem::size_of::<T>();
+        if bytes < 2 * HUGE {
+            return;
+        }
+        let start = v.as_mut_ptr() as usize;
+        let lo = (start + HUGE - 1) & !(HUGE - 1);
+        let hi = (start + bytes) & !(HUGE - 1);
+        if hi > lo {
+            // SAFETY: advice on pages inside our own (not yet touched) allocation; no data changes.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn bytes_f32(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn equals_candle_copy_convert_and_transpose() {
+        // sizes around the chunk and band edges; values that round differently in f16/bf16
+        for (r, c) in [(1, 1), (3, 130), (129, 65), (200, 64), (7, CHUNK / 7 + 3)] {
+            let v: Vec<f32> = (0..r * c).map(|i| (i as f32 * 0.731 - 50.0) * 1.0001).collect();
+            let b = bytes_f32(&v);
+            let want = Tensor::from_vec(v.clone(), (r, c), &Device::Cpu).unwrap();
+            for (conv, dt) in [(Conv::F32ToF32, DType::F32), (Conv::F32ToF16, DType::F16), (Conv::F32ToBf16, DType::BF16)] {
+                let w = want.to_dtype(dt).unwrap();
+                let got = fill(&b, conv, None, r * c).unwrap().unwrap().reshape((r, c)).unwrap();
+                let gt = fill(&b, conv, Some((r, c)), r * c).unwrap().unwrap().reshape((c, r)).unwrap();
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(f(&got), f(&w), "{conv:?} {r}x{c}");
+                assert_eq!(f(&gt), f(&w.t().unwrap().contiguous().unwrap()), "{conv:?} transposed {r}x{c}");
+            }
+            let h = want.to_dtype(DType::F16).unwrap().flatten_all().unwrap().to_vec1::<f16>().unwrap();
+            let hb: Vec<u8> = h.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            let back = fill(&hb, Conv::F16ToF32, None, r * c).unwrap().unwrap();
+            assert_eq!(back.to_vec1::<f32>().unwrap(), h.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn non_finite_is_reported() {
+        let mut v = vec![1f32; 3 * CHUNK];
+        v[2 * CHUNK + 5] = f32::NAN;
+        assert!(fill(&bytes_f32(&v), Conv::F32ToF32, None, v.len()).unwrap().is_none());
+        assert!(fill(&bytes_f32(&v), Conv::F32ToF32, Some((3, CHUNK)), v.len()).unwrap().is_none());
+        let big = vec![70000f32; 4]; // finite in f32, Inf in f16
+        assert!(fill(&bytes_f32(&big), Conv::F32ToF16, None, 4).unwrap().is_none());
+        assert!(fill(&bytes_f32(&big), Conv::F32ToBf16, None, 4).unwrap().is_some());
+    }
+}
