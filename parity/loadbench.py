@@ -8,10 +8,11 @@
 
 The sides alternate round by round (a shared machine's load hits both). `--rss` instead runs one
 Candle-only child process per model (load + one forward at the benchmark's input) and reports its
-peak RSS (VmHWM) against the weights' bytes.
+peak RSS (VmHWM) against the weights' bytes; `--rss pipeline` is one whole Candle-only synthesis
+(every official-size model, one segment) with its load time and RTF.
 
     python -m parity.loadbench gpt bigvgan dit --rounds 3 [--json F]
-    python -m parity.loadbench --rss gpt bigvgan dit
+    python -m parity.loadbench --rss gpt bigvgan dit pipeline
 """
 from __future__ import annotations
 
@@ -105,8 +106,48 @@ def load_figures(name: str, rounds: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def _vm(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def _read_bytes(path: str, keys) -> int:
+    """Bytes of `keys` as stored in the safetensors file (what the model reads of it)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys)
+
+
+def _rss_pipeline() -> None:
+    """One Candle-only synthesis at official size: the Rust pipeline from its one file, one segment
+    of the pipeline benchmark (greedy codes), peak RSS and RTF."""
+    import time
+
+    from parity import candle
+    from parity import pipeline as PP
+    from reference import pipeline as P
+
+    fxs = PP.fixtures("full")
+    path, _ = PP.rust_files(fxs)
+    inputs = PP.synth_inputs(P.make_inputs(P.CONFIGS["full"], 0))
+    base = _vm("VmRSS")  # python, torch, numpy and the extension: not the pipeline's
+    t0 = time.perf_counter()
+    m = PP.rust_pipeline(fxs, "cpu")
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    wav = candle.run(m, "synthesize", inputs)[0]["wav.wav"]
+    synth_s = time.perf_counter() - t0
+    audio_s = wav.size / 22050
+    print(json.dumps({"name": "pipeline", "peak_rss_bytes": _vm("VmHWM"), "baseline_rss_bytes": base,
+                      "weights_bytes": _read_bytes(path, m.requested_keys()), "file_bytes": os.path.getsize(path),
+                      "load_s": load_s, "synth_s": synth_s, "audio_s": audio_s, "rtf": synth_s / audio_s}))
+
+
 def _rss_child(name: str) -> None:
     """One Candle-only process: load, one forward at the benchmark input, peak RSS."""
+    if name == "pipeline":
+        return _rss_pipeline()
     from parity import ab
 
     setup = ab.BENCHES[{"dit": "dit_estimator", "gpt": "gpt_forward_latent", "w2v_bert": "w2v_bert_17"}.get(name, name)]
@@ -150,7 +191,8 @@ def main(argv=None) -> int:
             r = rss_figures(n)
             print(f"{n:<16} peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, weights {r['weights_bytes'] / 1e9:.2f} GB, "
                   f"ratio {r['ratio']:.2f}; above the interpreter's {r['baseline_rss_bytes'] / 1e9:.2f} GB: "
-                  f"{r['ratio_above_baseline']:.2f}", flush=True)
+                  f"{r['ratio_above_baseline']:.2f}" + (f"; load {r['load_s']:.1f} s, synthesis {r['synth_s']:.1f} s "
+                  f"for {r['audio_s']:.2f} s of audio, RTF {r['rtf']:.2f}" if "rtf" in r else ""), flush=True)
         else:
             if n not in CONTAINERS:
                 raise SystemExit(f"load figures: {n} has no official .pth load path here (known: {sorted(CONTAINERS)})")

@@ -253,18 +253,19 @@ class TestBadForwardInput:
         with pytest.raises(InputError):
             run(cm, "forward", {"mel": np.zeros((1, 16, 0), np.float32)})
 
-    def test_nan_int_and_unknown_inputs(self, candle_models):
+    def test_nan_int_and_unknown_inputs(self, candle_models, fixtures):
         cm = candle_models("bigvgan")
+        m = fixtures("bigvgan").cfg["num_mels"]  # a well-formed mel at this size, so only the fault under test is wrong
         with pytest.raises(InputError, match="NaN"):
-            run(cm, "forward", {"mel": np.full((1, 16, 4), np.nan, np.float32)})
+            run(cm, "forward", {"mel": np.full((1, m, 4), np.nan, np.float32)})
         with pytest.raises(InputError, match="float32"):
-            run(cm, "forward", {"mel": np.zeros((1, 16, 4), np.int64)})
+            run(cm, "forward", {"mel": np.zeros((1, m, 4), np.int64)})
         with pytest.raises(InputError, match="unexpected `x`"):
-            run(cm, "forward", {"mel": np.zeros((1, 16, 4), np.float32), "x": np.zeros(1, np.float32)})
+            run(cm, "forward", {"mel": np.zeros((1, m, 4), np.float32), "x": np.zeros(1, np.float32)})
         with pytest.raises(InputError, match="no method"):
             run(cm, "nope", {})
         with pytest.raises(InputError, match="unknown taps"):
-            run(cm, "forward", {"mel": np.zeros((1, 16, 4), np.float32)}, inject={"no.such.tap": np.zeros(1, np.float32)})
+            run(cm, "forward", {"mel": np.zeros((1, m, 4), np.float32)}, inject={"no.such.tap": np.zeros(1, np.float32)})
 
     def test_bad_wire_bytes_and_config(self, tiny_bigvgan):
         fx, _ = tiny_bigvgan

@@ -15,6 +15,32 @@ pub fn weight_norm_fold(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(flat.broadcast_mul(&g.broadcast_div(&norm)?)?.reshape(v.shape())?)
 }
 
+/// `weight_norm_fold` computed in f64 and rounded once to `v`'s dtype. On CPU f32 one parallel pass
+/// per output channel (the row's f64 sum of squares, then `v · (g / ‖v‖)`), instead of widening
+/// both tensors and five tensor passes.
+pub fn weight_norm_fold_f64(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+    use candle_core::DType;
+    use rayon::prelude::*;
+    if !(v.device().is_cpu() && v.dtype() == DType::F32 && g.dtype() == DType::F32) {
+        return Ok(weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?);
+    }
+    let rows = v.dim(0)?;
+    let gs = g.flatten_all()?.to_vec1::<f32>()?;
+    if gs.len() != rows || rows == 0 {
+        return crate::error::input_err(format!("weight norm: g has {} values for {rows} rows", gs.len()));
+    }
+    let mut w = v.flatten_all()?.to_vec1::<f32>()?;
+    let cols = w.len() / rows;
+    w.par_chunks_mut(cols.max(1)).zip(gs.par_iter()).for_each(|(row, &g)| {
+        let ss: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
+        let scale = g as f64 / ss.sqrt();
+        for x in row.iter_mut() {
+            *x = (*x as f64 * scale) as f32;
+        }
+    });
+    Ok(Tensor::from_vec(w, v.shape(), v.device())?)
+}
+
 /// Loads a weight-normed parameter: `weight_g` + `weight_v` folded, or an already fused `weight`
 /// (BigVGAN's `from_pretrained` accepts both). `skip_fold` is the fault switch that uses `v` as is.
 pub fn load_weight_norm<S: Into<Shape>>(w: &Weights, v_shape: S, skip_fold: bool) -> Result<Tensor> {
@@ -86,6 +112,23 @@ mod tests {
             let slow = w.t().unwrap().contiguous().unwrap();
             assert_eq!(fast.dims(), &[c, r]);
             assert_eq!(fast.to_vec2::<f32>().unwrap(), slow.to_vec2::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn fused_f64_fold_equals_the_tensor_fold() {
+        let d = Device::Cpu;
+        let (r, c) = (37, 211);
+        let v: Vec<f32> = (0..r * c).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let v = Tensor::from_vec(v, (r, c, 1), &d).unwrap();
+        let g = Tensor::from_vec((0..r).map(|i| 0.5 + i as f32 * 0.1).collect::<Vec<f32>>(), (r, 1, 1), &d).unwrap();
+        let want = weight_norm_fold(&g.to_dtype(candle_core::DType::F64).unwrap(), &v.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let got = weight_norm_fold_f64(&g, &v).unwrap();
+        let (a, b) = (got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        // the same f64 formula; only the order of the row sum may differ (≤ 1 f32 ulp after rounding)
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= f32::EPSILON * y.abs(), "{x} vs {y}");
         }
     }
 

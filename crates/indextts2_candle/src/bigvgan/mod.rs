@@ -11,9 +11,9 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::nn::Conv1d;
 use crate::store::Weights;
-use crate::transforms::{load_weight_norm, weight_norm_fold};
+use crate::transforms::{load_weight_norm, weight_norm_fold_f64};
 use activation::{Activation1d, FilterFaults};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use resblock::{AmpBlock, BlockOpts};
 use serde::Deserialize;
 
@@ -201,7 +201,7 @@ fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool) -> Result<Tensor> {
     g_dims[0] = shape[0];
     let g = w.get(g_dims, "weight_g")?;
     let v = w.get(shape, "weight_v")?;
-    Ok(weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?)
+    weight_norm_fold_f64(&g, &v)
 }
 
 /// A weight-normed `nn.Conv1d` (stride 1), its weight folded by `wn_weight`.
