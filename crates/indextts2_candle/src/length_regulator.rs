@@ -5,7 +5,7 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::nn::{Conv1d, Linear};
 use crate::store::Weights;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
 
 /// `InterpolateRegulator`'s constructor arguments (config.yaml `s2mel.length_regulator`, with
@@ -156,10 +156,15 @@ impl Regulator {
         let g = self.cfg.groups;
         let flat = if self.faults.on("groupnorm_per_channel") { x.clone() } else { x.reshape((bs, g, (c / g) * t))? };
         let eps = if self.faults.on("groupnorm_eps") { 1e-6 } else { 1e-5 };
+        // In f64, rounded once: GroupNorm(1, 512) takes its moments over 512·T values (≈ 1M at
+        // official size), and Candle's sequential f32 sum drifts there (rms ratio 9–15 at the
+        // norms, T = 1999) where torch's cascaded sums stay at their own rounding.
+        let dt = flat.dtype();
+        let flat = flat.to_dtype(DType::F64)?;
         let mean = flat.mean_keepdim(D::Minus1)?;
         let xc = flat.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape((bs, c, t))?;
+        let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)?.reshape((bs, c, t))?;
         Ok(y.broadcast_mul(&w.reshape((1, c, 1))?)?.broadcast_add(&b.reshape((1, c, 1))?)?)
     }
 
