@@ -180,6 +180,8 @@ def test_dit_cfm_without_guidance(fixtures):
     try:
         for m in models:
             m.cfg_rate = 0.0
+        # _noise_ok runs the fixture's cached modules: both must be the ones set here
+        assert all(fx.reference("cpu", dt) is m for dt, m in zip((torch.float64, torch.float32), models))
         _noise_ok(fx, CFM_CASE, inputs, got, ["mel"])
     finally:
         for m in models:
