@@ -7,6 +7,7 @@
 //! mean ‖ unbiased std pooling, 1×1 dense + affine-free BN. Every BatchNorm runs in eval mode on its
 //! running statistics. Taps are the PyTorch module paths, children before parents (see `forward`).
 mod fbank;
+mod fused;
 
 pub use fbank::{kaldi_fbank, FbankFaults};
 
@@ -75,6 +76,8 @@ const BN_EPS: f64 = 1e-5;
 struct BatchNorm {
     scale: Tensor,
     shift: Tensor,
+    scale_v: Vec<f32>,
+    shift_v: Vec<f32>,
 }
 
 impl BatchNorm {
@@ -95,12 +98,28 @@ impl BatchNorm {
         let scale: Vec<f32> = (0..ch).map(|c| (g[c] / (var[c] + eps).sqrt()) as f32).collect();
         let shift: Vec<f32> = (0..ch).map(|c| (b[c] - mean[c] * g[c] / (var[c] + eps).sqrt()) as f32).collect();
         let dev = w.device();
-        Ok(BatchNorm { scale: Tensor::from_vec(scale, ch, dev)?, shift: Tensor::from_vec(shift, ch, dev)? })
+        Ok(BatchNorm {
+            scale: Tensor::from_vec(scale.clone(), ch, dev)?,
+            shift: Tensor::from_vec(shift.clone(), ch, dev)?,
+            scale_v: scale,
+            shift_v: shift,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None, false)
+    }
+    /// `relu?(bn(x) + residual)`: one pass on CPU f32 (same roundings as the tensor ops).
+    fn forward_act(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        if fused::usable(x) {
+            return fused::affine(x, &self.scale_v, &self.shift_v, residual, relu);
+        }
         let mut shape = vec![1usize; x.rank()];
         shape[1] = self.scale.dim(0)?;
-        Ok(x.broadcast_mul(&self.scale.reshape(shape.clone())?)?.broadcast_add(&self.shift.reshape(shape)?)?)
+        let mut y = x.broadcast_mul(&self.scale.reshape(shape.clone())?)?.broadcast_add(&self.shift.reshape(shape)?)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        Ok(if relu { y.relu()? } else { y })
     }
 }
 
@@ -172,6 +191,9 @@ impl Nonlinear {
         Ok(Nonlinear(parts))
     }
     fn forward(&self, path: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if ctx.is_plain() {
+            return self.forward_plain(x);
+        }
         let mut x = x.clone();
         for (name, p) in &self.0 {
             x = ctx.block(&format!("{path}.{name}"), &x, |x| match p {
@@ -182,6 +204,39 @@ impl Nonlinear {
         }
         Ok(x)
     }
+    /// Nothing tapped: a BatchNorm directly followed by ReLU runs as one pass.
+    fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        let mut i = 0;
+        while i < self.0.len() {
+            x = match (&self.0[i].1, self.0.get(i + 1).map(|p| &p.1)) {
+                (Part::BatchNorm(bn), Some(Part::Relu)) => {
+                    i += 1;
+                    bn.forward_act(&x, None, true)?
+                }
+                (Part::BatchNorm(bn), _) => bn.forward(&x)?,
+                (Part::Relu, _) => x.relu()?,
+                (Part::Prelu(a), _) => prelu(&x, a)?,
+            };
+            i += 1;
+        }
+        Ok(x)
+    }
+}
+
+/// Bias-free 1×1 Conv1d (plus optional bias) as one matmul `[cout, cin] · [B, cin, T]`: Candle's
+/// conv1d adds an im2col copy and a transposing copy of the output.
+fn pointwise(c: &Conv1d, x: &Tensor) -> Result<Tensor> {
+    let (cout, _, k) = c.w.dims3()?;
+    if k != 1 || c.stride != 1 || c.padding != 0 || c.groups != 1 {
+        return c.forward(x);
+    }
+    let b = x.dim(0)?;
+    let y = c.w.squeeze(2)?.broadcast_left(b)?.matmul(&x.contiguous()?)?;
+    Ok(match &c.b {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1))?)?,
+        None => y,
+    })
 }
 
 /// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1), as one im2col matmul: the k·k
@@ -205,6 +260,12 @@ impl Conv2d {
         let (k, p, s) = (self.k, self.pad, self.freq_stride);
         let hout = (h + 2 * p - k) / s + 1;
         let wout = wd + 2 * p - k + 1;
+        if fused::usable(x) {
+            // the same column matrix gathered in one pass
+            let cols = fused::im2col2d(x, k, p, s)?;
+            let outs = (0..b).map(|i| Ok(self.w.matmul(&cols.get(i)?)?)).collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::stack(&outs, 0)?.reshape((b, (), hout, wout))?);
+        }
         let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
         let mut cols = Vec::with_capacity(k * k);
         for kh in 0..k {
@@ -252,9 +313,11 @@ impl BasicResBlock {
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         ctx.nest(p, x, |ctx, x| {
             let out = ctx.block(&format!("{p}.conv1"), x, |v| self.conv1.forward(v))?;
-            let out = ctx.block(&format!("{p}.bn1"), &out, |v| Ok(self.bn1.forward(v)?.relu()?))?;
+            let out = ctx.block(&format!("{p}.bn1"), &out, |v| self.bn1.forward_act(v, None, true))?;
             let out = ctx.block(&format!("{p}.conv2"), &out, |v| self.conv2.forward(v))?;
-            let out = ctx.block(&format!("{p}.bn2"), &out, |v| self.bn2.forward(v))?;
+            // nothing tapped: bn2, the residual sum and its ReLU run as one pass below
+            let plain = ctx.is_plain();
+            let out = if plain { out } else { ctx.block(&format!("{p}.bn2"), &out, |v| self.bn2.forward(v))? };
             let sc = match &self.shortcut {
                 Some((c, b)) => {
                     let s = ctx.block(&format!("{p}.shortcut.0"), x, |v| c.forward(v))?;
@@ -262,6 +325,9 @@ impl BasicResBlock {
                 }
                 None => x.clone(),
             };
+            if plain {
+                return self.bn2.forward_act(&out, Some(&sc), true);
+            }
             Ok((out + sc)?.relu()?)
         })
     }
@@ -284,6 +350,10 @@ impl DilatedConv {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
+        if fused::usable(x) {
+            let cols = fused::im2col1d_f64(x, self.k, self.dilation)?;
+            return Ok(self.w.broadcast_left(b)?.matmul(&cols)?.to_dtype(x.dtype())?);
+        }
         let p = (self.k - 1) / 2 * self.dilation;
         let xp = x.to_dtype(DType::F64)?.pad_with_zeros(2, p, p)?;
         let cols = (0..self.k).map(|j| xp.narrow(2, j * self.dilation, t)).collect::<candle_core::Result<Vec<_>>>()?;
@@ -322,9 +392,9 @@ impl Cam {
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = ctx.block(&format!("{p}.linear_local"), x, |v| self.linear_local.forward(v))?;
         let c = ctx.block(&format!("{p}.context"), x, |v| Ok(v.mean_keepdim(D::Minus1)?.broadcast_add(&self.seg_pooling(v)?)?))?;
-        let c = ctx.block(&format!("{p}.linear1"), &c, |v| self.linear1.forward(v))?;
+        let c = ctx.block(&format!("{p}.linear1"), &c, |v| pointwise(&self.linear1, v))?;
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
-        let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.linear2.forward(v))?;
+        let c = ctx.block(&format!("{p}.linear2"), &c, |v| pointwise(&self.linear2, v))?;
         let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(candle_nn::ops::sigmoid(v)?))?;
         Ok((y * m)?)
     }
@@ -357,7 +427,7 @@ impl DenseTdnnLayer {
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         ctx.nest(p, x, |ctx, x| {
             let h = self.nonlinear1.forward(&format!("{p}.nonlinear1"), x, ctx)?;
-            let h = ctx.block(&format!("{p}.linear1"), &h, |v| self.linear1.forward(v))?;
+            let h = ctx.block(&format!("{p}.linear1"), &h, |v| pointwise(&self.linear1, v))?;
             let h = self.nonlinear2.forward(&format!("{p}.nonlinear2"), &h, ctx)?;
             let cp = format!("{p}.cam_layer");
             let h = ctx.nest(&cp, &h, |ctx, v| self.cam.forward(&cp, v, ctx))?;
@@ -472,13 +542,13 @@ impl CampPlus {
         }
         let x = feat.permute((0, 2, 1))?.unsqueeze(1)?.contiguous()?;
         let x = ctx.block("head.conv1", &x, |x| self.head_conv1.forward(x))?;
-        let mut x = ctx.block("head.bn1", &x, |x| Ok(self.head_bn1.forward(x)?.relu()?))?;
+        let mut x = ctx.block("head.bn1", &x, |x| self.head_bn1.forward_act(x, None, true))?;
         for (name, blk) in &self.head_layers {
             x = blk.forward(&format!("head.{name}"), &x, ctx)?;
         }
         let x = ctx.block("head.conv2", &x, |x| self.head_conv2.forward(x))?;
         let mut x = ctx.block("head.bn2", &x, |x| {
-            let y = self.head_bn2.forward(x)?.relu()?;
+            let y = self.head_bn2.forward_act(x, None, true)?;
             let (b, c, f, t) = y.dims4()?;
             Ok(y.reshape((b, c * f, t))?)
         })?;
@@ -493,7 +563,7 @@ impl CampPlus {
             let p = format!("xvector.transit{}", i + 1);
             x = ctx.nest(&p, &x, |ctx, x| {
                 let y = transit.nonlinear.forward(&format!("{p}.nonlinear"), x, ctx)?;
-                ctx.block(&format!("{p}.linear"), &y, |v| transit.linear.forward(v))
+                ctx.block(&format!("{p}.linear"), &y, |v| pointwise(&transit.linear, v))
             })?;
         }
         let x = self.out_nl.forward("xvector.out_nonlinear", &x, ctx)?;
