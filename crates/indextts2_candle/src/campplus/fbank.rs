@@ -58,7 +58,7 @@ fn kaldi_mel_banks(bins: usize, padded: usize, sr: f64) -> Vec<Vec<f64>> {
 }
 
 /// Row-wise map over a `[rows, cols]` tensor: each row read as f64, `f` writes `out_cols` values.
-fn map_rows(x: &Tensor, out_cols: usize, f: impl Fn(&[f64], &mut [f64])) -> Result<Tensor> {
+fn map_rows(x: &Tensor, out_cols: usize, mut f: impl FnMut(&[f64], &mut [f64])) -> Result<Tensor> {
     let (r, _) = x.dims2()?;
     let data = x.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let mut out = Vec::with_capacity(r * out_cols);
@@ -125,12 +125,12 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
     })?;
     let fft = Rfft::new(padded);
     let nb = padded / 2 + 1;
+    let mut buf = fft.buffers();
     let p = ctx.block("fbank.spectrum", &x, |x| {
         map_rows(x, nb, |r, o| {
-            let (re, im) = fft.run(r);
-            for k in 0..nb {
-                o[k] = re[k] * re[k] + im[k] * im[k];
-            }
+            buf.input.copy_from_slice(&r[..padded]);
+            fft.spectrum(&mut buf);
+            o.iter_mut().zip(&buf.bins).for_each(|(o, c)| *o = c.re * c.re + c.im * c.im);
         })
     })?;
     let banks = kaldi_mel_banks(bins, padded, sr);
