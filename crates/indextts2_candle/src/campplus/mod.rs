@@ -245,6 +245,7 @@ fn pointwise(c: &Conv1d, x: &Tensor) -> Result<Tensor> {
 /// stride for both axes, and its tiled CPU kernel is several times slower on these shapes.
 struct Conv2d {
     w: Tensor, // [cout, k·k·cin]
+    w_host: Option<Vec<f32>>, // the same, for the one-pass CPU f32 kernel
     k: usize,
     pad: usize,
     freq_stride: usize,
@@ -253,19 +254,30 @@ struct Conv2d {
 impl Conv2d {
     fn load(w: &Weights, cout: usize, cin: usize, k: usize, freq_stride: usize) -> Result<Conv2d> {
         let wt = w.get((cout, cin, k, k), "weight")?.permute((0, 2, 3, 1))?.reshape((cout, k * k * cin))?;
-        Ok(Conv2d { w: wt, k, pad: (k - 1) / 2, freq_stride })
+        let w_host = if wt.device().is_cpu() && wt.dtype() == DType::F32 { Some(wt.flatten_all()?.to_vec1::<f32>()?) } else { None };
+        Ok(Conv2d { w: wt, w_host, k, pad: (k - 1) / 2, freq_stride })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_bn(x, None)
+    }
+    /// `relu?(bn(conv(x)))` with the BatchNorm (and ReLU) applied in the conv's output blocks:
+    /// the same values as the conv tap followed by [`BatchNorm::forward_act`].
+    fn forward_bn(&self, x: &Tensor, bn: Option<(&BatchNorm, bool)>) -> Result<Tensor> {
+        if let (Some(w), true) = (&self.w_host, fused::usable(x)) {
+            let epi = bn.map(|(b, relu)| fused::Epilogue { scale: &b.scale_v, shift: &b.shift_v, relu });
+            return fused::conv2d(x, w, self.w.dim(0)?, self.k, self.pad, self.freq_stride, epi);
+        }
+        let y = self.forward_tensor(x)?;
+        match bn {
+            Some((b, relu)) => b.forward_act(&y, None, relu),
+            None => Ok(y),
+        }
+    }
+    fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, wd) = x.dims4()?;
         let (k, p, s) = (self.k, self.pad, self.freq_stride);
         let hout = (h + 2 * p - k) / s + 1;
         let wout = wd + 2 * p - k + 1;
-        if fused::usable(x) {
-            // the same column matrix gathered in one pass
-            let cols = fused::im2col2d(x, k, p, s)?;
-            let outs = (0..b).map(|i| Ok(self.w.matmul(&cols.get(i)?)?)).collect::<Result<Vec<_>>>()?;
-            return Ok(Tensor::stack(&outs, 0)?.reshape((b, (), hout, wout))?);
-        }
         let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
         let mut cols = Vec::with_capacity(k * k);
         for kh in 0..k {
@@ -311,13 +323,22 @@ impl BasicResBlock {
     /// Taps `{p}.conv1`, `{p}.bn1` (with its ReLU), `{p}.conv2`, `{p}.bn2`, `{p}.shortcut.{0,1}`,
     /// then `{p}` (the residual sum and its ReLU).
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if ctx.is_plain() {
+            // nothing tapped: each BatchNorm (and ReLU) runs inside its conv's output blocks, bn2
+            // with the residual sum and its ReLU as one pass; the same values as the taps below
+            let out = self.conv1.forward_bn(x, Some((&self.bn1, true)))?;
+            let out = self.conv2.forward(&out)?;
+            let sc = match &self.shortcut {
+                Some((c, b)) => c.forward_bn(x, Some((b, false)))?,
+                None => x.clone(),
+            };
+            return self.bn2.forward_act(&out, Some(&sc), true);
+        }
         ctx.nest(p, x, |ctx, x| {
             let out = ctx.block(&format!("{p}.conv1"), x, |v| self.conv1.forward(v))?;
             let out = ctx.block(&format!("{p}.bn1"), &out, |v| self.bn1.forward_act(v, None, true))?;
             let out = ctx.block(&format!("{p}.conv2"), &out, |v| self.conv2.forward(v))?;
-            // nothing tapped: bn2, the residual sum and its ReLU run as one pass below
-            let plain = ctx.is_plain();
-            let out = if plain { out } else { ctx.block(&format!("{p}.bn2"), &out, |v| self.bn2.forward(v))? };
+            let out = ctx.block(&format!("{p}.bn2"), &out, |v| self.bn2.forward(v))?;
             let sc = match &self.shortcut {
                 Some((c, b)) => {
                     let s = ctx.block(&format!("{p}.shortcut.0"), x, |v| c.forward(v))?;
@@ -325,9 +346,6 @@ impl BasicResBlock {
                 }
                 None => x.clone(),
             };
-            if plain {
-                return self.bn2.forward_act(&out, Some(&sc), true);
-            }
             Ok((out + sc)?.relu()?)
         })
     }
@@ -541,17 +559,26 @@ impl CampPlus {
             return input_err(format!("CAMPPlus expects feat [B, T≥3, {}], got {:?}", self.cfg.feat_dim, feat.dims()));
         }
         let x = feat.permute((0, 2, 1))?.unsqueeze(1)?.contiguous()?;
-        let x = ctx.block("head.conv1", &x, |x| self.head_conv1.forward(x))?;
-        let mut x = ctx.block("head.bn1", &x, |x| self.head_bn1.forward_act(x, None, true))?;
+        let plain = ctx.is_plain();
+        let mut x = if plain {
+            self.head_conv1.forward_bn(&x, Some((&self.head_bn1, true)))?
+        } else {
+            let x = ctx.block("head.conv1", &x, |x| self.head_conv1.forward(x))?;
+            ctx.block("head.bn1", &x, |x| self.head_bn1.forward_act(x, None, true))?
+        };
         for (name, blk) in &self.head_layers {
             x = blk.forward(&format!("head.{name}"), &x, ctx)?;
         }
-        let x = ctx.block("head.conv2", &x, |x| self.head_conv2.forward(x))?;
-        let mut x = ctx.block("head.bn2", &x, |x| {
-            let y = self.head_bn2.forward_act(x, None, true)?;
+        let flat = |y: Tensor| -> Result<Tensor> {
             let (b, c, f, t) = y.dims4()?;
             Ok(y.reshape((b, c * f, t))?)
-        })?;
+        };
+        let mut x = if plain {
+            flat(self.head_conv2.forward_bn(&x, Some((&self.head_bn2, true)))?)?
+        } else {
+            let x = ctx.block("head.conv2", &x, |x| self.head_conv2.forward(x))?;
+            ctx.block("head.bn2", &x, |x| flat(self.head_bn2.forward_act(x, None, true)?))?
+        };
         x = ctx.nest("xvector.tdnn", &x, |ctx, x| {
             let y = ctx.block("xvector.tdnn.linear", x, |x| self.tdnn.forward(x))?;
             self.tdnn_nl.forward("xvector.tdnn.nonlinear", &y, ctx)
