@@ -14,6 +14,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
+use rayon::prelude::*;
 use std::f64::consts::PI;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -168,14 +169,26 @@ pub fn mel_filters(sr: f64, n_fft: usize, n_mels: usize, fmin: f64, fmax: Option
 
 pub struct MelSpectrogram {
     cfg: MelConfig,
-    basis: Tensor, // [mels, n_fft/2 + 1] f32, as librosa returns it
+    /// Per mel band: its first non-zero FFT bin and the weights from there to its last non-zero
+    /// one (f32 as librosa returns them; each bin lies in at most two bands, so this is ~2 % of
+    /// the dense `[mels, n_fft/2 + 1]` matrix).
+    bands: Vec<(usize, Vec<f64>)>,
     fft: Rfft,
     window: Vec<f64>, // periodic Hann of win_size, centred in n_fft (torch.stft's window padding)
     zero_padding: bool,
 }
 
 /// Reflect padding without edge repeat (index −k → k, n−1+k → n−1−k), as F.pad(mode="reflect").
-fn reflect(row: &[f64], pad: usize) -> Vec<f64> {
+fn reflect<T: Copy>(row: &[T], pad: usize) -> Vec<T> {
+    if pad < row.len() {
+        // the edges reversed around (not repeating) the first / last sample, the middle copied
+        let n = row.len();
+        let mut o = Vec::with_capacity(n + 2 * pad);
+        o.extend(row[1..=pad].iter().rev());
+        o.extend_from_slice(row);
+        o.extend(row[n - 1 - pad..n - 1].iter().rev());
+        return o;
+    }
     let n = row.len() as isize;
     (0..row.len() + 2 * pad)
         .map(|i| {
@@ -191,18 +204,57 @@ fn mag(re: f64, im: f64) -> f32 {
     (re * re + im * im + 1e-9).sqrt() as f32
 }
 
-fn rows_f64(x: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+/// [`mag`] of each bin. The f64 square roots were the untapped mel's largest cost: compiled for
+/// AVX2 where the CPU has it (4 lanes instead of SSE2's 2; the same IEEE operations, so the
+/// same values), picked at run time.
+fn mags(bins: &[Complex<f64>], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above)
+        return unsafe { mags_avx2(bins, out) };
+    }
+    mags_plain(bins, out)
 }
 
-fn from_rows(rows: Vec<Vec<f64>>, like: &Tensor) -> Result<Tensor> {
+#[inline(always)]
+fn mags_plain(bins: &[Complex<f64>], out: &mut [f32]) {
+    out.iter_mut().zip(bins).for_each(|(d, c)| *d = mag(c.re, c.im));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mags_avx2(bins: &[Complex<f64>], out: &mut [f32]) {
+    mags_plain(bins, out)
+}
+
+/// The rows as f32: every stage reads f32 (a wider input is rounded once, as `pad`'s f32 tap did).
+/// Frames per work unit of the untapped mel (~0.15 ms each).
+const PER_UNIT: usize = 64;
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    // a method, so closures capture the wrapper (Sync), not its raw pointer field
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn rows_f32(x: &Tensor) -> Result<Vec<Vec<f32>>> {
+    if x.dtype() == DType::F32 {
+        return Ok(x.to_vec2::<f32>()?); // to_dtype would copy once more
+    }
+    Ok(x.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+fn from_rows(rows: Vec<Vec<f32>>, like: &Tensor) -> Result<Tensor> {
     let (b, n) = (rows.len(), rows.first().map_or(0, |r| r.len()));
-    let flat: Vec<f32> = rows.into_iter().flatten().map(|v| v as f32).collect();
-    Ok(Tensor::from_vec(flat, (b, n), like.device())?)
+    Ok(Tensor::from_vec(rows.concat(), (b, n), like.device())?)
 }
 
 impl MelSpectrogram {
-    pub fn load(w: &Weights, cfg: MelConfig, faults: Faults) -> Result<MelSpectrogram> {
+    pub fn load(_no_weights: &Weights, cfg: MelConfig, faults: Faults) -> Result<MelSpectrogram> {
         if cfg.n_fft < 2 || cfg.hop_size == 0 || cfg.hop_size > cfg.n_fft || cfg.win_size == 0 || cfg.win_size > cfg.n_fft || cfg.num_mels == 0 {
             return input_err(format!("mel config: need 0 < hop ≤ n_fft, 0 < win ≤ n_fft, mels > 0; got {cfg:?}"));
         }
@@ -219,17 +271,22 @@ impl MelSpectrogram {
         for i in 0..cfg.win_size {
             window[left + i] = 0.5 - 0.5 * (2.0 * PI * i as f64 / denom as f64).cos();
         }
-        let nb = cfg.n_fft / 2 + 1;
-        let flat: Vec<f32> = basis.iter().flatten().map(|v| *v as f32).collect();
-        let basis = Tensor::from_vec(flat, (cfg.num_mels, nb), w.device())?;
+        let bands = basis
+            .iter()
+            .map(|row| {
+                let first = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|&v| v != 0.0).map_or(first, |p| p + 1);
+                (first, row[first..last].to_vec())
+            })
+            .collect();
         let fft = Rfft::new(cfg.n_fft);
-        Ok(MelSpectrogram { cfg, basis, fft, window, zero_padding: faults.on("zero_padding") })
+        Ok(MelSpectrogram { cfg, bands, fft, window, zero_padding: faults.on("zero_padding") })
     }
 
-    /// The padded rows (reflect, or zeros with the fault), in f64 (exact: f32 values copied).
-    fn pad_rows(&self, y: &Tensor) -> Result<Vec<Vec<f64>>> {
+    /// The padded rows (reflect, or zeros with the fault).
+    fn pad_rows(&self, y: &Tensor) -> Result<Vec<Vec<f32>>> {
         let pad = (self.cfg.n_fft - self.cfg.hop_size) / 2;
-        Ok(rows_f64(y)?
+        Ok(rows_f32(y)?
             .into_iter()
             .map(|r| {
                 if self.zero_padding {
@@ -264,14 +321,32 @@ impl MelSpectrogram {
 
     /// The windowed FFT of each frame of one padded row: `emit(frame, bins)`, bins rounded to f32
     /// (the `stft` tap's values).
-    fn frames(&self, row: &[f64], frames: usize, mut emit: impl FnMut(usize, &[Complex<f64>])) {
+    fn frames(&self, row: &[f32], frames: usize, emit: impl FnMut(usize, &[Complex<f64>])) {
         let row = if self.cfg.center { std::borrow::Cow::Owned(reflect(row, self.cfg.n_fft / 2)) } else { std::borrow::Cow::Borrowed(row) };
+        self.frame_range(&row, 0..frames, &mut self.fft.buffers(), emit)
+    }
+
+    /// As [`Self::frames`] over `range`, on an already centred row.
+    fn frame_range(&self, row: &[f32], range: std::ops::Range<usize>, buf: &mut RfftBuf, emit: impl FnMut(usize, &[Complex<f64>])) {
         let hop = self.cfg.hop_size;
-        let mut buf = self.fft.buffers();
-        for f in 0..frames {
+        let fill = |f: usize, o: &mut [f64]| {
             let x = &row[f * hop..f * hop + self.cfg.n_fft];
-            buf.input.iter_mut().zip(x).zip(&self.window).for_each(|((o, v), w)| *o = v * w);
-            self.fft.spectrum(&mut buf);
+            o.iter_mut().zip(x).zip(&self.window).for_each(|((o, v), w)| *o = *v as f64 * w);
+        };
+        self.frame_fill(range, buf, fill, emit)
+    }
+
+    /// As [`Self::frame_range`] with `fill(frame, input)` writing each windowed frame.
+    fn frame_fill(
+        &self,
+        range: std::ops::Range<usize>,
+        buf: &mut RfftBuf,
+        fill: impl Fn(usize, &mut [f64]),
+        mut emit: impl FnMut(usize, &[Complex<f64>]),
+    ) {
+        for f in range {
+            fill(f, &mut buf.input);
+            self.fft.spectrum(buf);
             buf.bins.iter_mut().for_each(|c| *c = Complex::new(c.re as f32 as f64, c.im as f32 as f64));
             emit(f, &buf.bins);
         }
@@ -284,7 +359,7 @@ impl MelSpectrogram {
         let frames = self.frame_count(n)?;
         let nb = self.cfg.n_fft / 2 + 1;
         let mut out = vec![0f32; b * nb * frames * 2];
-        for (bi, row) in rows_f64(y)?.iter().enumerate() {
+        for (bi, row) in rows_f32(y)?.iter().enumerate() {
             self.frames(row, frames, |f, bins| {
                 for (k, c) in bins.iter().enumerate() {
                     let o = ((bi * nb + k) * frames + f) * 2;
@@ -304,36 +379,119 @@ impl MelSpectrogram {
         Ok(Tensor::from_vec(out, (b, nb, t), s.device())?)
     }
 
-    /// Nothing tapped: pad → STFT → magnitude in one host pass (no `[B, bins, T, 2]` tensor), the
-    /// same roundings as the tapped stages, so the same values.
+    /// `mel_basis @ spec` for one frame: each band's weighted sum over its bins, accumulated in
+    /// f64 from the f32 magnitudes and rounded to f32 (torch: an f32 matmul; this sits closer to
+    /// the float64 truth). `mag(k)` reads bin k.
+    fn bands_of(&self, mag: impl Fn(usize) -> f32, out: &mut [f32]) {
+        for (o, (first, w)) in out.iter_mut().zip(&self.bands) {
+            // four partial sums: one serial f64 add chain was most of the untapped mel's time
+            let mut acc = [0f64; 4];
+            let n4 = w.len() / 4 * 4;
+            for j in (0..n4).step_by(4) {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a += w[j + l] * mag(first + j + l) as f64;
+                }
+            }
+            let mut sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            for j in n4..w.len() {
+                sum += w[j] * mag(first + j) as f64;
+            }
+            *o = sum as f32;
+        }
+    }
+
+    /// Nothing tapped: pad → STFT → magnitude → mel bands → log in one host pass per frame (no
+    /// padded copy, no `[B, bins, T, 2]` or `[B, bins, T]` tensor; edge frames read the padding
+    /// through its index map), frames split over the rayon pool; the same roundings as the tapped
+    /// stages, so the same values.
     fn forward_plain(&self, y: &Tensor) -> Result<Tensor> {
+        if self.cfg.center {
+            return self.forward_plain_centred(y);
+        }
+        let (b, n) = y.dims2()?;
+        let (n_fft, hop) = (self.cfg.n_fft, self.cfg.hop_size);
+        let pad = (n_fft - hop) / 2; // < n: checked in forward
+        let frames = self.frame_count(n + 2 * pad)?;
+        let rows = rows_f32(y)?;
+        let mels = self.cfg.num_mels;
+        let mut out = vec![0f32; b * mels * frames];
+        let dst = SendPtr(out.as_mut_ptr());
+        for (bi, row) in rows.iter().enumerate() {
+            let fill = |f: usize, o: &mut [f64]| {
+                let start = (f * hop) as isize - pad as isize;
+                if start >= 0 && start as usize + n_fft <= n {
+                    let x = &row[start as usize..start as usize + n_fft];
+                    o.iter_mut().zip(x).zip(&self.window).for_each(|((o, v), w)| *o = *v as f64 * w);
+                    return;
+                }
+                for (k, (o, w)) in o.iter_mut().zip(&self.window).enumerate() {
+                    let j = start + k as isize;
+                    let v = if (0..n as isize).contains(&j) {
+                        row[j as usize]
+                    } else if self.zero_padding {
+                        0.0
+                    } else {
+                        row[if j < 0 { -j } else { 2 * (n as isize - 1) - j } as usize]
+                    };
+                    *o = v as f64 * w;
+                }
+            };
+            (0..frames.div_ceil(PER_UNIT)).into_par_iter().for_each_init(
+                || (self.fft.buffers(), vec![0f32; n_fft / 2 + 1], vec![0f32; mels]),
+                |(buf, m, col), u| {
+                    let range = u * PER_UNIT..((u + 1) * PER_UNIT).min(frames);
+                    self.frame_fill(range, buf, fill, |f, bins| {
+                        mags(bins, m);
+                        self.bands_of(|k| m[k], col);
+                        for (mi, c) in col.iter().enumerate() {
+                            // SAFETY: unit u alone writes frames u·PER_UNIT.. of every band row
+                            unsafe { *dst.get().add((bi * mels + mi) * frames + f) = c.max(1e-5).ln() };
+                        }
+                    })
+                },
+            );
+        }
+        Ok(Tensor::from_vec(out, (b, mels, frames), y.device())?)
+    }
+
+    /// [`Self::forward_plain`] with torch.stft's own centring (the padded rows materialised).
+    fn forward_plain_centred(&self, y: &Tensor) -> Result<Tensor> {
         let rows = self.pad_rows(y)?;
         let (b, n) = (rows.len(), rows.first().map_or(0, |r| r.len()));
         let frames = self.frame_count(n)?;
-        let nb = self.cfg.n_fft / 2 + 1;
-        let mut out = vec![0f32; b * nb * frames];
+        let (nb, mels) = (self.cfg.n_fft / 2 + 1, self.cfg.num_mels);
+        let mut out = vec![0f32; b * mels * frames];
+        let (mut m, mut col) = (vec![0f32; nb], vec![0f32; mels]);
         for (bi, row) in rows.iter().enumerate() {
             self.frames(row, frames, |f, bins| {
-                for (k, c) in bins.iter().enumerate() {
-                    out[(bi * nb + k) * frames + f] = mag(c.re, c.im);
+                mags(bins, &mut m);
+                self.bands_of(|k| m[k], &mut col);
+                for (mi, c) in col.iter().enumerate() {
+                    out[(bi * mels + mi) * frames + f] = c.max(1e-5).ln();
                 }
             });
         }
-        let m = self.apply_basis(&Tensor::from_vec(out, (b, nb, frames), y.device())?)?;
-        // ln(max(·, 1e-5)) on the host: two tensor passes otherwise
-        let (b, mels, t) = m.dims3()?;
-        let v: Vec<f32> = m.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v.max(1e-5).ln()).collect();
-        Ok(Tensor::from_vec(v, (b, mels, t), y.device())?)
+        Ok(Tensor::from_vec(out, (b, mels, frames), y.device())?)
     }
 
     fn apply_basis(&self, mag: &Tensor) -> Result<Tensor> {
-        let (b, nb, _) = mag.dims3()?;
+        let (b, nb, t) = mag.dims3()?;
         if nb != self.cfg.n_fft / 2 + 1 {
             return input_err(format!("mel_basis expects [B, {}, T], got {:?}", self.cfg.n_fft / 2 + 1, mag.dims()));
         }
-        // f32 matmul, as torch.matmul(mel_basis, spec) upstream.
-        let basis = self.basis.to_device(mag.device())?.unsqueeze(0)?.broadcast_as((b, self.cfg.num_mels, nb))?.contiguous()?;
-        Ok(basis.matmul(&mag.to_dtype(DType::F32)?.contiguous()?)?)
+        let v = mag.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mels = self.cfg.num_mels;
+        let mut out = vec![0f32; b * mels * t];
+        let mut col = vec![0f32; mels];
+        for bi in 0..b {
+            for f in 0..t {
+                self.bands_of(|k| v[(bi * nb + k) * t + f], &mut col);
+                for (m, c) in col.iter().enumerate() {
+                    out[(bi * mels + m) * t + f] = *c;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (b, mels, t), mag.device())?)
     }
 
     /// Taps: `pad` (`[B, N + n_fft − hop]`), `stft` (`[B, n_fft/2+1, T, 2]`), `magnitude`
@@ -390,6 +548,14 @@ mod tests {
         // shorter input: zero-padded to n
         let (r, _) = Rfft::new(4).run(&[1.0, 1.0]);
         assert!((r[0] - 2.0).abs() < 1e-12 && (r[2] - 0.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reflect_matches_index_mapping() {
+        let row: Vec<i32> = (0..7).collect();
+        assert_eq!(reflect(&row, 3), vec![3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 5, 4, 3]);
+        assert_eq!(reflect(&row, 6), vec![6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1, 0]);
+        assert_eq!(reflect(&row, 0), row);
     }
 
     #[test]

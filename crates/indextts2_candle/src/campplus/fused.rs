@@ -8,9 +8,6 @@ use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Below this many output values a gather runs on the calling thread (no pool hand-off).
-const PAR_MIN: usize = 1 << 18;
-
 fn msg(s: &str) -> candle_core::Error {
     candle_core::Error::Msg(s.to_string())
 }
