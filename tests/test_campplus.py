@@ -109,6 +109,20 @@ def test_campplus_any_clip_length(n, start, fixtures, candle_models):
     assert c.ok, c.line()
 
 
+def test_campplus_untapped_path_equals_tapped(candle_models):
+    """Without taps CAMPPlus fuses each BatchNorm with its ReLU (and the head blocks' residual sum):
+    the same f32 roundings as the tapped per-layer path, so the outputs are bit-identical."""
+    cm = candle_models("campplus")
+    wav = load_wav("speech_16k.wav")[:, :24000]
+    plain, _ = candle.run(cm, "fbank", {"wav": wav})
+    tapped, taps = candle.run(cm, "fbank", {"wav": wav}, taps=True)
+    assert taps and np.array_equal(plain["feat"], tapped["feat"])
+    feat = plain["feat"][None]
+    plain, _ = candle.run(cm, "forward", {"feat": feat})
+    tapped, taps = candle.run(cm, "forward", {"feat": feat}, taps=True)
+    assert taps and np.array_equal(plain["embedding"], tapped["embedding"])
+
+
 @pytest.mark.parametrize("method,inputs,match", [
     ("fbank", {"wav": np.zeros((1, 399), np.float32)}, "fbank expects"),
     ("fbank", {"wav": np.zeros((16000,), np.float32)}, "fbank expects"),

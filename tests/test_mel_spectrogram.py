@@ -115,6 +115,20 @@ FAULTS = {
 }
 
 
+@pytest.mark.parametrize("faults,over", [((), {}), (("zero_padding",), {}), (("symmetric_window",), {}),
+                                         ((), {"center": True}), ((), {"n_fft": 512, "win_size": 400, "hop_size": 160})],
+                         ids=["mel-plain", "mel-zero_padding", "mel-symmetric_window", "mel-center", "mel-win400"])
+def test_mel_spectrogram_untapped_path_equals_tapped(faults, over, mel_models):
+    """Without taps, pad → STFT → magnitude run as one host pass (no `[B, bins, T, 2]` tensor) with
+    the same roundings as the tapped stages: the same mel, bit for bit."""
+    speech = load_wav("speech_22k.wav")
+    wav = np.ascontiguousarray(np.concatenate([speech[:, :20000], speech[:, -20000:]]))
+    cm = mel_models(faults, {**FULL, **over} if over else None)
+    plain, _ = candle.run(cm, "forward", {"wav": wav})
+    tapped, taps = candle.run(cm, "forward", {"wav": wav}, taps=True)
+    assert taps and np.array_equal(plain["mel"], tapped["mel"])
+
+
 @pytest.mark.parametrize("fault", list(FAULTS), ids=[f"mel_spectrogram-{f}" for f in FAULTS])
 def test_mel_spectrogram_fault_is_caught(fault, mel_models):
     """As tests/test_models.py::test_fault_is_caught: the injected walk fails first at the leaf,

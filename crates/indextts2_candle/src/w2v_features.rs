@@ -141,7 +141,7 @@ impl FeatureExtractor {
         }
         let frames = 1 + (audio.len() - FRAME) / HOP;
         let mut out = Vec::with_capacity(frames);
-        let mut re = vec![0f64; NFFT];
+        let mut fft = self.fft.buffers();
         let mut power = vec![0f64; NBINS];
         for f in 0..frames {
             // ×2¹⁵ in float32 (exact), then f64 as numpy does.
@@ -154,14 +154,15 @@ impl FeatureExtractor {
                 buf[i] -= PREEMPH * buf[i - 1];
             }
             buf[0] *= 1.0 - PREEMPH;
-            re.iter_mut().for_each(|v| *v = 0.0);
+            // the FFT overwrites its input: re-zero the padding every frame
+            fft.input[FRAME..].iter_mut().for_each(|v| *v = 0.0);
             for i in 0..FRAME {
-                re[i] = buf[i] * self.window[i];
+                fft.input[i] = buf[i] * self.window[i];
             }
-            let (sre, sim) = self.fft.run(&re);
-            for k in 0..NBINS {
+            self.fft.spectrum(&mut fft);
+            for (k, c) in fft.bins.iter().enumerate() {
                 // The reference keeps the spectrum as complex64 before |·|².
-                let (r, i) = (sre[k] as f32 as f64, sim[k] as f32 as f64);
+                let (r, i) = (c.re as f32 as f64, c.im as f32 as f64);
                 let a = r.hypot(i);
                 power[k] = a * a;
             }

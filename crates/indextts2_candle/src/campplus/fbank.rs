@@ -7,6 +7,7 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::mel::Rfft;
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 /// The fbank fault switches (see `FAULTS` in `mod.rs`).
 #[derive(Clone, Copy, Default)]
@@ -58,7 +59,7 @@ fn kaldi_mel_banks(bins: usize, padded: usize, sr: f64) -> Vec<Vec<f64>> {
 }
 
 /// Row-wise map over a `[rows, cols]` tensor: each row read as f64, `f` writes `out_cols` values.
-fn map_rows(x: &Tensor, out_cols: usize, f: impl Fn(&[f64], &mut [f64])) -> Result<Tensor> {
+fn map_rows(x: &Tensor, out_cols: usize, mut f: impl FnMut(&[f64], &mut [f64])) -> Result<Tensor> {
     let (r, _) = x.dims2()?;
     let data = x.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let mut out = Vec::with_capacity(r * out_cols);
@@ -84,6 +85,59 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
     }
     let padded = win.next_power_of_two();
     let frames = 1 + (n - win) / shift;
+    let pw = if faults.hanning { 1.0 } else { 0.85 }; // povey = symmetric Hann^0.85
+    let window: Vec<f64> = (0..win)
+        .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (win - 1) as f64).cos()).powf(pw))
+        .collect();
+    let fft = Rfft::new(padded);
+    let nb = padded / 2 + 1;
+    // each triangle as (first non-zero bin, weights up to its last): the products skipped are 0
+    let banks: Vec<(usize, Vec<f64>)> = kaldi_mel_banks(bins, padded, sr)
+        .into_iter()
+        .map(|row| {
+            let first = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+            let last = row.iter().rposition(|&v| v != 0.0).map_or(first, |p| p + 1);
+            (first, row[first..last].to_vec())
+        })
+        .collect();
+    let energies = |p: &dyn Fn(usize) -> f64, o: &mut [f64]| {
+        for (o, (first, w)) in o.iter_mut().zip(&banks) {
+            *o = w.iter().enumerate().map(|(j, a)| a * p(first + j)).sum();
+        }
+    };
+    let eps = f32::EPSILON as f64; // torchaudio floors at float32's epsilon
+    if ctx.is_plain() {
+        // nothing tapped: every stage per frame in one pass (frames on the rayon pool), each
+        // stage's output rounded to f32 as its tap is, so the same values
+        let v = wav.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if v.iter().any(|s| !s.is_finite()) {
+            return input_err("fbank: wav holds NaN or Inf");
+        }
+        let r32 = |x: f64| x as f32 as f64;
+        let mut out = vec![0f32; frames * bins];
+        out.par_chunks_mut(bins).enumerate().for_each_init(
+            || (fft.buffers(), vec![0f64; win], vec![0f64; nb], vec![0f64; bins]),
+            |(buf, a, p, m), (f, o)| {
+                a.iter_mut().zip(&v[f * shift..f * shift + win]).for_each(|(a, s)| *a = *s as f64);
+                if !faults.no_remove_dc {
+                    let mean = a.iter().sum::<f64>() / win as f64;
+                    a.iter_mut().for_each(|x| *x = r32(*x - mean));
+                }
+                if !faults.no_preemphasis {
+                    for i in (0..win).rev() {
+                        a[i] = r32(a[i] - PREEMPHASIS * a[i.saturating_sub(1)]);
+                    }
+                }
+                buf.input.iter_mut().for_each(|x| *x = 0.0);
+                buf.input.iter_mut().zip(a.iter()).zip(&window).for_each(|((x, a), w)| *x = r32(a * w));
+                fft.spectrum(buf);
+                p.iter_mut().zip(&buf.bins).for_each(|(p, c)| *p = r32(c.re * c.re + c.im * c.im));
+                energies(&|k| p[k], m);
+                o.iter_mut().zip(m.iter()).for_each(|(o, e)| *o = (r32(*e).max(eps).ln()) as f32);
+            },
+        );
+        return Ok(Tensor::from_vec(out, (frames, bins), wav.device())?);
+    }
     let x = ctx.block("fbank.strided_input", wav, |w| {
         let v = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if v.iter().any(|s| !s.is_finite()) {
@@ -111,10 +165,6 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
             }
         })
     })?;
-    let pw = if faults.hanning { 1.0 } else { 0.85 }; // povey = symmetric Hann^0.85
-    let window: Vec<f64> = (0..win)
-        .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (win - 1) as f64).cos()).powf(pw))
-        .collect();
     let x = ctx.block("fbank.window_function", &x, |x| {
         map_rows(x, padded, |r, o| {
             o.iter_mut().for_each(|v| *v = 0.0);
@@ -123,24 +173,14 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
             }
         })
     })?;
-    let fft = Rfft::new(padded);
-    let nb = padded / 2 + 1;
+    let mut buf = fft.buffers();
     let p = ctx.block("fbank.spectrum", &x, |x| {
         map_rows(x, nb, |r, o| {
-            let (re, im) = fft.run(r);
-            for k in 0..nb {
-                o[k] = re[k] * re[k] + im[k] * im[k];
-            }
+            buf.input.copy_from_slice(&r[..padded]);
+            fft.spectrum(&mut buf);
+            o.iter_mut().zip(&buf.bins).for_each(|(o, c)| *o = c.re * c.re + c.im * c.im);
         })
     })?;
-    let banks = kaldi_mel_banks(bins, padded, sr);
-    let m = ctx.block("fbank.mel_energies", &p, |p| {
-        map_rows(p, bins, |r, o| {
-            for (b, row) in banks.iter().enumerate() {
-                o[b] = row.iter().zip(r).map(|(a, v)| a * v).sum();
-            }
-        })
-    })?;
-    let eps = f32::EPSILON as f64; // torchaudio floors at float32's epsilon
+    let m = ctx.block("fbank.mel_energies", &p, |p| map_rows(p, bins, |r, o| energies(&|k| r[k], o)))?;
     ctx.block("fbank.log", &m, |m| map_rows(m, bins, |r, o| o.iter_mut().zip(r).for_each(|(o, v)| *o = v.max(eps).ln())))
 }

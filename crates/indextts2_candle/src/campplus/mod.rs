@@ -7,6 +7,7 @@
 //! mean ‖ unbiased std pooling, 1×1 dense + affine-free BN. Every BatchNorm runs in eval mode on its
 //! running statistics. Taps are the PyTorch module paths, children before parents (see `forward`).
 mod fbank;
+mod fused;
 
 pub use fbank::{kaldi_fbank, FbankFaults};
 
@@ -75,6 +76,8 @@ const BN_EPS: f64 = 1e-5;
 struct BatchNorm {
     scale: Tensor,
     shift: Tensor,
+    scale_v: Vec<f32>,
+    shift_v: Vec<f32>,
 }
 
 impl BatchNorm {
@@ -95,12 +98,28 @@ impl BatchNorm {
         let scale: Vec<f32> = (0..ch).map(|c| (g[c] / (var[c] + eps).sqrt()) as f32).collect();
         let shift: Vec<f32> = (0..ch).map(|c| (b[c] - mean[c] * g[c] / (var[c] + eps).sqrt()) as f32).collect();
         let dev = w.device();
-        Ok(BatchNorm { scale: Tensor::from_vec(scale, ch, dev)?, shift: Tensor::from_vec(shift, ch, dev)? })
+        Ok(BatchNorm {
+            scale: Tensor::from_vec(scale.clone(), ch, dev)?,
+            shift: Tensor::from_vec(shift.clone(), ch, dev)?,
+            scale_v: scale,
+            shift_v: shift,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None, false)
+    }
+    /// `relu?(bn(x) + residual)`: one pass on CPU f32 (same roundings as the tensor ops).
+    fn forward_act(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        if fused::usable(x) {
+            return fused::affine(x, &self.scale_v, &self.shift_v, residual, relu);
+        }
         let mut shape = vec![1usize; x.rank()];
         shape[1] = self.scale.dim(0)?;
-        Ok(x.broadcast_mul(&self.scale.reshape(shape.clone())?)?.broadcast_add(&self.shift.reshape(shape)?)?)
+        let mut y = x.broadcast_mul(&self.scale.reshape(shape.clone())?)?.broadcast_add(&self.shift.reshape(shape)?)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        Ok(if relu { y.relu()? } else { y })
     }
 }
 
@@ -172,6 +191,9 @@ impl Nonlinear {
         Ok(Nonlinear(parts))
     }
     fn forward(&self, path: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if ctx.is_plain() {
+            return self.forward_plain(x);
+        }
         let mut x = x.clone();
         for (name, p) in &self.0 {
             x = ctx.block(&format!("{path}.{name}"), &x, |x| match p {
@@ -182,14 +204,49 @@ impl Nonlinear {
         }
         Ok(x)
     }
+    /// Nothing tapped: a BatchNorm directly followed by ReLU runs as one pass.
+    fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        let mut i = 0;
+        while i < self.0.len() {
+            x = match (&self.0[i].1, self.0.get(i + 1).map(|p| &p.1)) {
+                (Part::BatchNorm(bn), Some(Part::Relu)) => {
+                    i += 1;
+                    bn.forward_act(&x, None, true)?
+                }
+                (Part::BatchNorm(bn), _) => bn.forward(&x)?,
+                (Part::Relu, _) => x.relu()?,
+                (Part::Prelu(a), _) => prelu(&x, a)?,
+            };
+            i += 1;
+        }
+        Ok(x)
+    }
+}
+
+/// Bias-free 1×1 Conv1d (plus optional bias) as one matmul `[cout, cin] · [B, cin, T]`: Candle's
+/// conv1d adds an im2col copy and a transposing copy of the output.
+fn pointwise(c: &Conv1d, x: &Tensor) -> Result<Tensor> {
+    let (cout, _, k) = c.w.dims3()?;
+    if k != 1 || c.stride != 1 || c.padding != 0 || c.groups != 1 {
+        return c.forward(x);
+    }
+    let b = x.dim(0)?;
+    let y = c.w.squeeze(2)?.broadcast_left(b)?.matmul(&x.contiguous()?)?;
+    Ok(match &c.b {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1))?)?,
+        None => y,
+    })
 }
 
 /// Bias-free Conv2d (3×3 pad 1 or 1×1 pad 0) with stride (s, 1), as one im2col matmul: the k·k
 /// shifted (and, for s > 1, row-subsampled) views of the zero-padded input are stacked along
 /// channels and multiplied by the weight laid out as [cout, (kh, kw, cin)]. Candle's conv2d has one
-/// stride for both axes, and its tiled CPU kernel is several times slower on these shapes.
+/// stride for both axes, and its tiled CPU kernel is several times slower on these shapes. On CPU
+/// f32 the same product runs blocked ([`fused::conv2d`]: no 46 MB column matrix per conv).
 struct Conv2d {
     w: Tensor, // [cout, k·k·cin]
+    w_host: Option<Vec<f32>>, // the same, for the one-pass CPU f32 kernel
     k: usize,
     pad: usize,
     freq_stride: usize,
@@ -198,9 +255,26 @@ struct Conv2d {
 impl Conv2d {
     fn load(w: &Weights, cout: usize, cin: usize, k: usize, freq_stride: usize) -> Result<Conv2d> {
         let wt = w.get((cout, cin, k, k), "weight")?.permute((0, 2, 3, 1))?.reshape((cout, k * k * cin))?;
-        Ok(Conv2d { w: wt, k, pad: (k - 1) / 2, freq_stride })
+        let w_host = if wt.device().is_cpu() && wt.dtype() == DType::F32 { Some(wt.flatten_all()?.to_vec1::<f32>()?) } else { None };
+        Ok(Conv2d { w: wt, w_host, k, pad: (k - 1) / 2, freq_stride })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_bn(x, None)
+    }
+    /// `relu?(bn(conv(x)))` with the BatchNorm (and ReLU) applied in the conv's output blocks:
+    /// the same values as the conv tap followed by [`BatchNorm::forward_act`].
+    fn forward_bn(&self, x: &Tensor, bn: Option<(&BatchNorm, bool)>) -> Result<Tensor> {
+        if let (Some(w), true) = (&self.w_host, fused::usable(x)) {
+            let epi = bn.map(|(b, relu)| fused::Epilogue { scale: &b.scale_v, shift: &b.shift_v, relu });
+            return fused::conv2d(x, w, self.w.dim(0)?, self.k, self.pad, self.freq_stride, epi);
+        }
+        let y = self.forward_tensor(x)?;
+        match bn {
+            Some((b, relu)) => b.forward_act(&y, None, relu),
+            None => Ok(y),
+        }
+    }
+    fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, wd) = x.dims4()?;
         let (k, p, s) = (self.k, self.pad, self.freq_stride);
         let hout = (h + 2 * p - k) / s + 1;
@@ -250,9 +324,20 @@ impl BasicResBlock {
     /// Taps `{p}.conv1`, `{p}.bn1` (with its ReLU), `{p}.conv2`, `{p}.bn2`, `{p}.shortcut.{0,1}`,
     /// then `{p}` (the residual sum and its ReLU).
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if ctx.is_plain() {
+            // nothing tapped: each BatchNorm (and ReLU) runs inside its conv's output blocks, bn2
+            // with the residual sum and its ReLU as one pass; the same values as the taps below
+            let out = self.conv1.forward_bn(x, Some((&self.bn1, true)))?;
+            let out = self.conv2.forward(&out)?;
+            let sc = match &self.shortcut {
+                Some((c, b)) => c.forward_bn(x, Some((b, false)))?,
+                None => x.clone(),
+            };
+            return self.bn2.forward_act(&out, Some(&sc), true);
+        }
         ctx.nest(p, x, |ctx, x| {
             let out = ctx.block(&format!("{p}.conv1"), x, |v| self.conv1.forward(v))?;
-            let out = ctx.block(&format!("{p}.bn1"), &out, |v| Ok(self.bn1.forward(v)?.relu()?))?;
+            let out = ctx.block(&format!("{p}.bn1"), &out, |v| self.bn1.forward_act(v, None, true))?;
             let out = ctx.block(&format!("{p}.conv2"), &out, |v| self.conv2.forward(v))?;
             let out = ctx.block(&format!("{p}.bn2"), &out, |v| self.bn2.forward(v))?;
             let sc = match &self.shortcut {
@@ -284,6 +369,10 @@ impl DilatedConv {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
+        if fused::usable(x) {
+            let cols = fused::im2col1d_f64(x, self.k, self.dilation)?;
+            return Ok(self.w.broadcast_left(b)?.matmul(&cols)?.to_dtype(x.dtype())?);
+        }
         let p = (self.k - 1) / 2 * self.dilation;
         let xp = x.to_dtype(DType::F64)?.pad_with_zeros(2, p, p)?;
         let cols = (0..self.k).map(|j| xp.narrow(2, j * self.dilation, t)).collect::<candle_core::Result<Vec<_>>>()?;
@@ -322,9 +411,9 @@ impl Cam {
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = ctx.block(&format!("{p}.linear_local"), x, |v| self.linear_local.forward(v))?;
         let c = ctx.block(&format!("{p}.context"), x, |v| Ok(v.mean_keepdim(D::Minus1)?.broadcast_add(&self.seg_pooling(v)?)?))?;
-        let c = ctx.block(&format!("{p}.linear1"), &c, |v| self.linear1.forward(v))?;
+        let c = ctx.block(&format!("{p}.linear1"), &c, |v| pointwise(&self.linear1, v))?;
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
-        let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.linear2.forward(v))?;
+        let c = ctx.block(&format!("{p}.linear2"), &c, |v| pointwise(&self.linear2, v))?;
         let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(candle_nn::ops::sigmoid(v)?))?;
         Ok((y * m)?)
     }
@@ -357,7 +446,7 @@ impl DenseTdnnLayer {
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         ctx.nest(p, x, |ctx, x| {
             let h = self.nonlinear1.forward(&format!("{p}.nonlinear1"), x, ctx)?;
-            let h = ctx.block(&format!("{p}.linear1"), &h, |v| self.linear1.forward(v))?;
+            let h = ctx.block(&format!("{p}.linear1"), &h, |v| pointwise(&self.linear1, v))?;
             let h = self.nonlinear2.forward(&format!("{p}.nonlinear2"), &h, ctx)?;
             let cp = format!("{p}.cam_layer");
             let h = ctx.nest(&cp, &h, |ctx, v| self.cam.forward(&cp, v, ctx))?;
@@ -471,17 +560,26 @@ impl CampPlus {
             return input_err(format!("CAMPPlus expects feat [B, T≥3, {}], got {:?}", self.cfg.feat_dim, feat.dims()));
         }
         let x = feat.permute((0, 2, 1))?.unsqueeze(1)?.contiguous()?;
-        let x = ctx.block("head.conv1", &x, |x| self.head_conv1.forward(x))?;
-        let mut x = ctx.block("head.bn1", &x, |x| Ok(self.head_bn1.forward(x)?.relu()?))?;
+        let plain = ctx.is_plain();
+        let mut x = if plain {
+            self.head_conv1.forward_bn(&x, Some((&self.head_bn1, true)))?
+        } else {
+            let x = ctx.block("head.conv1", &x, |x| self.head_conv1.forward(x))?;
+            ctx.block("head.bn1", &x, |x| self.head_bn1.forward_act(x, None, true))?
+        };
         for (name, blk) in &self.head_layers {
             x = blk.forward(&format!("head.{name}"), &x, ctx)?;
         }
-        let x = ctx.block("head.conv2", &x, |x| self.head_conv2.forward(x))?;
-        let mut x = ctx.block("head.bn2", &x, |x| {
-            let y = self.head_bn2.forward(x)?.relu()?;
+        let flat = |y: Tensor| -> Result<Tensor> {
             let (b, c, f, t) = y.dims4()?;
             Ok(y.reshape((b, c * f, t))?)
-        })?;
+        };
+        let mut x = if plain {
+            flat(self.head_conv2.forward_bn(&x, Some((&self.head_bn2, true)))?)?
+        } else {
+            let x = ctx.block("head.conv2", &x, |x| self.head_conv2.forward(x))?;
+            ctx.block("head.bn2", &x, |x| flat(self.head_bn2.forward_act(x, None, true)?))?
+        };
         x = ctx.nest("xvector.tdnn", &x, |ctx, x| {
             let y = ctx.block("xvector.tdnn.linear", x, |x| self.tdnn.forward(x))?;
             self.tdnn_nl.forward("xvector.tdnn.nonlinear", &y, ctx)
@@ -493,7 +591,7 @@ impl CampPlus {
             let p = format!("xvector.transit{}", i + 1);
             x = ctx.nest(&p, &x, |ctx, x| {
                 let y = transit.nonlinear.forward(&format!("{p}.nonlinear"), x, ctx)?;
-                ctx.block(&format!("{p}.linear"), &y, |v| transit.linear.forward(v))
+                ctx.block(&format!("{p}.linear"), &y, |v| pointwise(&transit.linear, v))
             })?;
         }
         let x = self.out_nl.forward("xvector.out_nonlinear", &x, ctx)?;
