@@ -7,6 +7,7 @@
 //! `stft`, `magnitude`, `mel_basis`, `log`); each stage reads its f32 input, the spectra are
 //! computed in f64 on the host and rounded to f32; the filterbank is rounded to f32 as librosa
 //! returns it. The model reads no weights: its checkpoint may hold no tensors at all.
+use crate::nn::SendPtr;
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::store::Weights;
@@ -231,15 +232,6 @@ unsafe fn mags_avx2(bins: &[Complex<f64>], out: &mut [f32]) {
 /// Frames per work unit of the untapped mel (~0.15 ms each).
 const PER_UNIT: usize = 64;
 
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    // a method, so closures capture the wrapper (Sync), not its raw pointer field
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 fn rows_f32(x: &Tensor) -> Result<Vec<Vec<f32>>> {
     if x.dtype() == DType::F32 {

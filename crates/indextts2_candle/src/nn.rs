@@ -238,3 +238,16 @@ mod tests {
         Ok(())
     }
 }
+
+/// A raw output pointer shared by parallel tasks that write disjoint ranges of one buffer (the
+/// fused mel and CAMPPlus kernels); each user keeps its ranges disjoint.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only disjoint ranges are written through it, one task per range, while the buffer lives.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    // a method, so closures capture the wrapper (Sync), not its raw pointer field
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}

@@ -4,6 +4,7 @@
 //! elements go through its spin-barrier pool, which on a loaded 2-core machine waited most of the
 //! time (profile: 390 of 980 ms in the dense layers' BN + ReLU). The affine computes `x·s + b` in
 //! f32 with the same two roundings as the mul-then-add it replaces (no FMA), so taps are unchanged.
+use crate::nn::SendPtr;
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -151,15 +152,6 @@ struct Conv2dOp<'a> {
     epi: Option<Epilogue<'a>>,
 }
 
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    // a method, so closures capture the wrapper (Sync), not its raw pointer field
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 impl CustomOp1 for Conv2dOp<'_> {
     fn name(&self) -> &'static str {
