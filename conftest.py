@@ -120,6 +120,7 @@ def candle_models(request, fixtures):
             cache[key] = fixtures(name).candle(device, list(faults), dtype)
         return cache[key]
 
+    get.clear = cache.clear  # a test about to build GBs of other models frees the cached ones
     return get
 
 

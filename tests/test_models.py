@@ -13,8 +13,9 @@ import torch
 from parity.coverage import coverage
 from parity.registry import MODELS
 from parity.compare import fault_margin_ok
-from parity.runner import layer_walk
-from parity.tolerances import FAULT_MARGIN, HALF_MODELS
+from parity import candle
+from parity.runner import judged_pair, layer_walk
+from parity.tolerances import FAULT_MARGIN, HALF_MODELS, K_MAX, K_RMS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = list(MODELS.values())
@@ -24,6 +25,23 @@ FAULTS = [(s.name, f) for s in SPECS for f in s.faults]
 
 def _case(model, case):
     return next(c for c in MODELS[model].cases if c.name == case)
+
+
+def _chained_effect(fx, faulty, candle_models, model, case, tap) -> tuple[float, float]:
+    """A fault's own end-to-end effect at `tap`: Candle with the fault against Candle without it
+    (chained, same inputs, the same arithmetic otherwise), in units of the float32 reference's error
+    against float64 at that tap (max, rms)."""
+    import numpy as np
+
+    inputs = case.make_inputs(fx.cfg, 0)
+    _, taps64, _, taps32, _ = judged_pair(fx, case, inputs, "chained", "cpu", "float32")
+    _, bad = candle.run(faulty, case.method, inputs, taps=True)
+    _, good = candle.run(candle_models(model, "cpu"), case.method, inputs, taps=True)
+    effect = np.asarray(bad[tap], np.float64) - np.asarray(good[tap], np.float64)
+    noise = np.asarray(taps32[tap], np.float64) - np.asarray(taps64[tap], np.float64)
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
+    return (float(np.abs(effect).max()) / max(float(np.abs(noise).max()), 1e-30),
+            rms(effect) / max(rms(noise), 1e-30))
 
 
 def _manifest(spec):
@@ -108,7 +126,15 @@ def test_fault_is_caught(model, fault, fixtures, candle_models):
         f"fault `{fault}` stands only {row.margin:.1f}× past the threshold at `{expected_tap}` "
         f"(needs ≥ {FAULT_MARGIN}×): ratio max {row.ratio_max:.2f}, rms {row.ratio_rms:.2f}\n{w.table()}")
     c = layer_walk(fx, cm, _case(model, case_name), "chained", "cpu")
-    assert not c.ok, f"fault `{fault}` passes the chained walk:\n{c.table()}"
+    if c.ok:
+        # The chained walk may pass only a fault that, end to end, moves its tap by less than the
+        # threshold in units of PyTorch float32's own error there: no float32 run can see it.
+        e_max, e_rms = _chained_effect(fx, cm, candle_models, model, _case(model, case_name), expected_tap)
+        assert e_max <= K_MAX and e_rms <= K_RMS, (
+            f"fault `{fault}` passes the chained walk although it moves `{expected_tap}` by "
+            f"{e_max:.2f} (max) / {e_rms:.2f} (rms) × the float32 reference's own error:\n{c.table()}")
+        print(f"fault `{fault}`: chained walk passes; its end-to-end effect at `{expected_tap}` is "
+              f"{e_max:.2f} (max) / {e_rms:.2f} (rms) × the float32 reference's own error (≤ k {K_MAX:g}/{K_RMS:g})")
 
 
 @pytest.mark.parametrize("model", [s.name for s in SPECS if not s.weightless])
