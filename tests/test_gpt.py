@@ -238,9 +238,10 @@ def test_gpt2_stack_matches_transformers(fixtures, candle_models):
     # noise-floor rule with transformers as the truth (float64) and its float32 run as the noise
     for j, name in enumerate(("output:hidden (one pass)", "output:hidden (KV cache step)")):
         _check(name, theirs[torch.float64][j].numpy(), theirs[torch.float32][j].numpy(), ours[torch.float32][j].numpy())
-    # the cached step equals the one-pass position 9 (both transformers, float32 vs float64 truth)
+    # transformers' own cached step equals its one-pass position 9, in float64 (in float32 the two
+    # paths round differently: rms ratio 3.1 at official size, which is transformers', not ours)
     _check("output:hidden step 9", theirs[torch.float64][0][:, 9:10].numpy(), theirs[torch.float32][0][:, 9:10].numpy(),
-           theirs[torch.float32][1].numpy())
+           theirs[torch.float64][1].numpy())
 
 
 def official_unified_voice(cls, cfg):
@@ -349,7 +350,8 @@ class TestGptBadInput:
     def test_tokens_and_lengths(self, fixtures, candle_models):
         fx, cm = fixtures("gpt"), candle_models("gpt")
         good = latent_inputs(fx.cfg, 0)
-        self._err(cm, "forward_latent", dict(good, text=good["text"] + 1000), "outside")
+        rows = fx.cfg["number_text_tokens"] * fx.cfg["types"] + 1  # text_embedding rows, from the config
+        self._err(cm, "forward_latent", dict(good, text=good["text"] + rows), "outside")
         self._err(cm, "forward_latent", dict(good, codes=-good["codes"] - 1), "outside")
         self._err(cm, "forward_latent", dict(good, text=np.ones((2, fx.cfg["max_text_tokens"] + 1), np.int64)), "position")
         self._err(cm, "forward_latent", dict(good, code_lens=np.array([3])), "batch")
