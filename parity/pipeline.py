@@ -32,7 +32,7 @@ from .compare import Comparison, compare, compare_noise
 from .fixtures import Fixture, MissingCheckpoints, cache_dir, official_layout, real, synthetic
 from .registry import MODELS
 from .spec import ModelSpec
-from .tolerances import AUDIO_GATE, EXACT, NEAR_TIE, NoiseFloor, rule
+from .tolerances import AUDIO_GATE, EXACT, NEAR_TIE, NOISE, NoiseFloor, rule
 
 # no weights: a config only (their reference module is built from the pipeline's config)
 WEIGHTLESS = {"mel_spectrogram": P.MelRef, "resample": R.build}
@@ -508,6 +508,26 @@ def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: st
         w.audio = audio_metrics(ref.state64["wav"], c_state["wav"])
         w.audio_fail = audio_gate_failure(w.audio)
     return w
+
+
+def fault_effect(cms: dict, broken, ref: Reference, inputs: dict, stage: str, device: str = "cpu") -> tuple[float, float, str]:
+    """A fault's own effect at `stage`: the broken Candle model against the correct one on the float64
+    run's stage inputs (the same arithmetic otherwise), in units of the float32 reference's error
+    there. → (worst max ratio, worst rms ratio, the output they belong to). A fault that no walk
+    names at official size must stand below the threshold here: no float32 run can see it."""
+    st = next(s for s in P.stages(inputs) if s.name == stage)
+    ins = ref.inputs64[stage]
+    bad, _ = candle.run(broken, st.method, ins)
+    good, _ = candle.run(cms[st.kind], st.method, ins)
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
+    worst = (0.0, 0.0, "")
+    for o in st.compare:
+        effect = np.asarray(bad[o], np.float64) - np.asarray(good[o], np.float64)
+        noise = np.asarray(ref.forced32[stage][o], np.float64) - np.asarray(ref.per64[stage][o], np.float64)
+        r = (float(np.abs(effect).max()) / max(float(np.abs(noise).max()), 1e-30), rms(effect) / max(rms(noise), 1e-30))
+        if max(r[0] / NOISE.k_max, r[1] / NOISE.k_rms) > max(worst[0] / NOISE.k_max, worst[1] / NOISE.k_rms):
+            worst = (*r, f"{stage}.{o}")
+    return worst
 
 
 def audio_gate_failure(a: AudioMetrics) -> str:
