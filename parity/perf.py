@@ -110,13 +110,17 @@ def section(out: str, paths: list[str]) -> tuple[dict, list[str]]:
         md += ["", "![Candle ÷ PyTorch per stage](perf.png)", ""]
     if d["load"]:
         md += ["Load to ready (median of alternated rounds):", "",
-               "| model | checkpoint GB | Candle s | official s | memcpy floor s | Candle ÷ official | Candle ÷ floor |",
-               "|---|---|---|---|---|---|---|"]
+               "| model | checkpoint GB | Candle s | official s | memcpy floor s | into fresh memory s | Candle ÷ official "
+               "| Candle ÷ floor | Candle ÷ fresh floor |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for r in d["load"]:
             c = sorted(r["candle_s"])[len(r["candle_s"]) // 2]
             o = sorted(r["official_s"])[len(r["official_s"]) // 2]
+            fresh = (f"{r['fresh_floor_s']:.3f} ({r['memcpy_fresh_gbps']:.1f} GB/s)", f"{r['candle_over_fresh_floor']:.1f}") \
+                if "fresh_floor_s" in r else ("-", "-")  # JSON of an older run
             md.append(f"| {r['name']} | {r['checkpoint_bytes'] / 1e9:.2f} | {c:.2f} | {o:.2f} | {r['floor_s']:.3f} "
-                      f"({r['memcpy_gbps']:.1f} GB/s) | {r['candle_over_official']:.2f} | {r['candle_over_floor']:.1f} |")
+                      f"({r['memcpy_gbps']:.1f} GB/s) | {fresh[0]} | {r['candle_over_official']:.2f} "
+                      f"| {r['candle_over_floor']:.1f} | {fresh[1]} |")
         md.append("")
     if d["peak_rss"]:
         md += ["Peak RSS of a Candle-only process (load + one forward):", "",
