@@ -145,6 +145,16 @@ def compare_noise(name: str, ref64, ref32, got, tol: "Tolerance | NoiseFloor") -
     return c
 
 
+def effect_ratios(bad, good, ref64, ref32) -> tuple[float, float]:
+    """A fault's own effect (Candle with it − Candle without it, same inputs) in units of the float32
+    reference's error against float64: (max ratio, rms ratio). Below k, no float32 run can see it."""
+    effect = np.asarray(bad, np.float64) - np.asarray(good, np.float64)
+    noise = np.asarray(ref32, np.float64) - np.asarray(ref64, np.float64)
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
+    return (float(np.abs(effect).max()) / max(float(np.abs(noise).max()), 1e-30),
+            rms(effect) / max(rms(noise), 1e-30))
+
+
 def fault_margin_ok(c: Comparison) -> bool:
     """A fault's first divergent tap must stand FAULT_MARGIN × past its threshold (or be a hard failure)."""
     if isinstance(c.tol, NoiseFloor) and np.isfinite(c.ratio_max):

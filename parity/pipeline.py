@@ -28,7 +28,7 @@ from reference import pipeline as P
 
 from . import candle
 from .audio import AudioMetrics, audio_metrics
-from .compare import Comparison, compare, compare_noise
+from .compare import Comparison, compare, compare_noise, effect_ratios
 from .fixtures import Fixture, MissingCheckpoints, cache_dir, official_layout, real, synthetic
 from .registry import MODELS
 from .spec import ModelSpec
@@ -519,12 +519,9 @@ def fault_effect(cms: dict, broken, ref: Reference, inputs: dict, stage: str, de
     ins = ref.inputs64[stage]
     bad, _ = candle.run(broken, st.method, ins)
     good, _ = candle.run(cms[st.kind], st.method, ins)
-    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
     worst = (0.0, 0.0, "")
     for o in st.compare:
-        effect = np.asarray(bad[o], np.float64) - np.asarray(good[o], np.float64)
-        noise = np.asarray(ref.forced32[stage][o], np.float64) - np.asarray(ref.per64[stage][o], np.float64)
-        r = (float(np.abs(effect).max()) / max(float(np.abs(noise).max()), 1e-30), rms(effect) / max(rms(noise), 1e-30))
+        r = effect_ratios(bad[o], good[o], ref.per64[stage][o], ref.forced32[stage][o])
         if max(r[0] / NOISE.k_max, r[1] / NOISE.k_rms) > max(worst[0] / NOISE.k_max, worst[1] / NOISE.k_rms):
             worst = (*r, f"{stage}.{o}")
     return worst
