@@ -70,20 +70,21 @@ FAULTS = [
     ("w2v_bert", "swish_beta", "semantic_emb"),
     ("gpt", "gelu_erf", "code_logits"),  # the codes do not flip at tiny; ratio 444 / 521 forced, 16 / 15 chained
     ("gpt", "gpt2_ln_eps", "code_logits"),  # 198 / 217 forced, 7.2 / 6.1 chained
-    # "forced|chained": the forced walk names the stage of the leaf (ratio 61 / 98); end to end the
-    # chained and rust walks, whose noise has accumulated, first cross the threshold downstream
-    # (s_infer, 2.5 / 3.4).
-    ("gpt", "conv_norm_eps", "spk_latent|s_infer"),
+    # the forced walk names the stage of the leaf (ratio 61 / 98); end to end the chained and rust
+    # walks, whose noise has accumulated, first cross the threshold downstream (tiny: s_infer, 2.5 / 3.4)
+    ("gpt", "conv_norm_eps", "spk_latent"),
     ("gpt", "conformer_scale_d_model", "spk_latent"),
     ("gpt", "perceiver_scale_dim", "spk_latent"),
     ("gpt", "ff_swish_beta", "spk_latent"),
 ]
 
 
-def _stages(stage: str) -> tuple[str, str]:
-    """(forced-walk stage, chained/rust-walk stage) of a FAULTS entry."""
-    forced, _, chained = stage.partition("|")
-    return forced, chained or forced
+def _at_or_after(named: str | None, stage: str) -> bool:
+    """The chained and rust walks feed Candle its own outputs, so a fault's error adds to noise that
+    has accumulated: they must fail at the fault's stage or downstream of it, never upstream (the
+    forced walk, fed the float64 run's inputs, names the stage exactly)."""
+    order = [st.name for st in P.STAGES] + ["audio_gate"]
+    return named in order and order.index(named) >= order.index(stage)
 # Switches the pipeline cannot see at its inputs (the output is unchanged), each with the reason;
 # their own model tests name them.
 INVISIBLE = {
@@ -197,7 +198,7 @@ def _below_noise(pipe, broken_model, stage: str, what: str, w) -> None:
     """A walk may pass a fault only when the fault's own effect at its stage (broken vs correct
     Candle on the same inputs) is below the threshold in units of float32's own error there."""
     fxs, cms, inputs, ref, device = pipe
-    e_max, e_rms, out = PP.fault_effect(cms, broken_model, ref, inputs, stage.partition("|")[0], device)
+    e_max, e_rms, out = PP.fault_effect(cms, broken_model, ref, inputs, stage, device)
     assert e_max <= K_MAX and e_rms <= K_RMS, (
         f"{what} passes every stage although it moves `{out}` by {e_max:.2f} (max) / {e_rms:.2f} (rms) × "
         f"the float32 reference's own error\n{w.table()}")
@@ -209,13 +210,17 @@ def _below_noise(pipe, broken_model, stage: str, what: str, w) -> None:
 def test_pipeline_fault_named(kind, fault, stage, pipe):
     fxs, cms, inputs, ref, device = pipe
     broken = {**cms, kind: PP.candle_model(fxs, kind, device, [fault])}
-    for mode, stage in zip(("forced", "chained"), _stages(stage)):
+    for mode in ("forced", "chained"):
         w = PP.walk(fxs, broken, inputs, mode, device, ref=ref)
         if w.ok:
             _below_noise(pipe, broken[kind], stage, f"{mode}: fault `{fault}`", w)
             continue
-        assert w.first_failure == stage, f"{mode}: fault `{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
-        with pytest.raises(AssertionError, match=f"pipeline parity failed at stage `{stage}`"):
+        if mode == "forced":
+            assert w.first_failure == stage, f"forced: fault `{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
+        else:
+            assert _at_or_after(w.first_failure, stage), (
+                f"chained: fault `{fault}` named `{w.first_failure}`, upstream of its stage `{stage}`\n{w.table()}")
+        with pytest.raises(AssertionError, match=f"pipeline parity failed at stage `{w.first_failure}`"):
             w.assert_ok()
 
 
@@ -406,11 +411,11 @@ def test_pipeline_rust_coverage(pipe, rust_pipe):
 def test_pipeline_rust_fault_named(kind, fault, stage, pipe):
     fxs, _, inputs, ref, device = pipe
     w = PP.rust_walk(PP.rust_pipeline(fxs, device, [f"{kind}:{fault}"]), inputs, ref, device)
-    stage = _stages(stage)[1]
     if w.ok:
         _below_noise(pipe, PP.candle_model(fxs, kind, device, [fault]), stage, f"fault `{kind}:{fault}`", w)
         return
-    assert w.first_failure == stage, f"fault `{kind}:{fault}` named `{w.first_failure}`, expected `{stage}`\n{w.table()}"
+    assert _at_or_after(w.first_failure, stage), (
+        f"fault `{kind}:{fault}` named `{w.first_failure}`, upstream of its stage `{stage}`\n{w.table()}")
 
 
 def test_pipeline_rust_bad_input(pipe, rust_pipe):
