@@ -471,10 +471,12 @@ def _rows(st, r64: dict, r32: dict, got: dict, key: str, device: str, res: "Stag
 
 
 def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: str = "cpu",
-         ref: Reference | None = None) -> PipelineWalk:
+         ref: Reference | None = None, stop_at_failure: bool = False) -> PipelineWalk:
     """`ref` = a previous `reference_run` on the same inputs (the reference is deterministic; reuse it).
     forced: each Candle stage on the float64 run's stage inputs, against ref64 and the float32
-    stage on the same inputs; chained: Candle end to end against the two end-to-end runs."""
+    stage on the same inputs; chained: Candle end to end against the two end-to-end runs.
+    `stop_at_failure`: the forced walk too ends at its first failing stage (a fault test reads only
+    that; at official size the stages after it are most of the time). The chained walk always does."""
     if mode not in ("forced", "chained"):
         raise ValueError(mode)
     if ref is None:
@@ -502,6 +504,8 @@ def walk(fxs: dict[str, Fixture], cms: dict, inputs: dict, mode: str, device: st
             c_state.update(st.post(got, c_state))
             if not res.ok:
                 break  # downstream of a broken chained stage nothing is meaningful
+        elif stop_at_failure and not res.ok:
+            break
     w.ref_state, w.candle_state = ref.state64, c_state
     w.notes = [n for n in ref.notes if n.startswith(mode)]
     if mode == "chained" and w.first_failure is None:

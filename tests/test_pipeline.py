@@ -211,7 +211,7 @@ def test_pipeline_fault_named(kind, fault, stage, pipe):
     fxs, cms, inputs, ref, device = pipe
     broken = {**cms, kind: PP.candle_model(fxs, kind, device, [fault])}
     for mode in ("forced", "chained"):
-        w = PP.walk(fxs, broken, inputs, mode, device, ref=ref)
+        w = PP.walk(fxs, broken, inputs, mode, device, ref=ref, stop_at_failure=True)
         if w.ok:
             _below_noise(pipe, broken[kind], stage, f"{mode}: fault `{fault}`", w)
             continue
