@@ -561,11 +561,12 @@ FAULT_SEED = 3
 
 @pytest.fixture(scope="session", params=sorted(SAMPLED), ids=lambda k: f"sampled_{k}")
 def sampled_pipe(request, pipe):
-    fxs0, _, _, _, device = pipe
+    fxs0, cms0, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
     seed, opts = SAMPLED[request.param]
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], seed, decoding="sampled", options=opts)
-    return fxs, PP.candle_models(fxs, device), inputs, PP.reference_run(fxs, inputs, device), device
+    # only the GPT's file differs: the other Candle models are pipe's (official size: GBs each)
+    return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
 
 
 def test_pipeline_sampled_walks(sampled_pipe):
@@ -598,10 +599,10 @@ def test_pipeline_sampled_differs_from_greedy(sampled_pipe):
 
 @pytest.fixture(scope="session")
 def sampled_fault_pipe(pipe):
-    fxs0, _, _, _, device = pipe
+    fxs0, cms0, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], FAULT_SEED, decoding="sampled")
-    return fxs, PP.candle_models(fxs, device), inputs, PP.reference_run(fxs, inputs, device), device
+    return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
 
 
 @pytest.mark.parametrize("fault", DECODE_FAULTS)
