@@ -31,30 +31,22 @@ import numpy as np
 CONTAINERS = {"bigvgan": "generator", "gpt": None, "dit": None}
 
 
-def memcpy_gbps(nbytes: int = 1 << 30, reps: int = 3) -> float:
-    """Best of `reps` copies of a `nbytes` buffer (pages touched first), GB/s."""
+def memcpy_gbps(nbytes: int = 1 << 30, reps: int = 3, fresh: bool = False) -> float:
+    """Best of `reps` copies of a `nbytes` buffer, GB/s: into a buffer touched first, or (`fresh`)
+    into newly allocated, never-touched memory, which is what a load into new buffers pays (the
+    kernel zeroes each page on its first touch; 1 GB is its own mmap, returned on `del`)."""
     a = np.ones(nbytes // 8)
-    b = np.empty_like(a)
-    b[:] = 0.0
+    b = None
+    if not fresh:
+        b = np.empty_like(a)
+        b[:] = 0.0  # touched: its pages exist before the timed copies
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        np.copyto(b, a)
+        dst = np.empty_like(a) if fresh else b
+        np.copyto(dst, a)
         best = min(best, time.perf_counter() - t0)
-    return nbytes / best / 1e9
-
-
-def memcpy_fresh_gbps(nbytes: int = 1 << 30, reps: int = 3) -> float:
-    """Best of `reps` copies into freshly allocated, never-touched memory (what a load into new
-    buffers pays: the kernel zeroes each page on its first touch), GB/s."""
-    a = np.ones(nbytes // 8)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        b = np.empty_like(a)  # 1 GB: its own mmap, returned to the kernel on `del`
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t0)
-        del b
+        del dst
     return nbytes / best / 1e9
 
 
@@ -114,7 +106,7 @@ def load_figures(name: str, rounds: int) -> dict:
             cs.append(candle_load(fx)), os_.append(official_load(spec, fx))
         else:
             os_.append(official_load(spec, fx)), cs.append(candle_load(fx))
-    bw, fresh = memcpy_gbps(), memcpy_fresh_gbps()
+    bw, fresh = memcpy_gbps(), memcpy_gbps(fresh=True)
     floor, fresh_floor = nbytes / (bw * 1e9), nbytes / (fresh * 1e9)
     c, o = statistics.median(cs), statistics.median(os_)
     return {"name": name, "checkpoint_bytes": nbytes, "candle_s": cs, "official_s": os_, "memcpy_gbps": bw,
