@@ -45,11 +45,35 @@ impl Linear {
         Linear { w, b }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.widened_on_cpu(x)? {
+            // torch's CPU half addmm: f32 accumulation, bias added in f32, one rounding
+            let mut y = widen(x)?.broadcast_matmul(&widen(&self.w)?.t()?)?;
+            if let Some(b) = &self.b {
+                y = y.broadcast_add(&widen(b)?)?;
+            }
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         let y = x.broadcast_matmul(&self.w.t()?)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// The depth up to which Candle's CPU f16 matmul (gemm-f16 0.19) accumulates without rounding:
+/// above it, gemm stores the f16 accumulator after every K block of this size. Measured on
+/// 64 × K × 512 products against f64 (`examples/f16_matmul_depth.rs`): rms error 1.00× the
+/// widened product at K = 512, 1.41× at 1280, 15.9× at 261 632 (the conformer's `embed.out.0`).
+/// A one-row product takes gemm's gemv path, which stays at 1.00× for every K; bf16 is 1.00×.
+pub const F16_GEMM_UNROUNDED_K: usize = 512;
+
+impl Linear {
+    /// Whether this product runs widened to f32: an f16 CPU product deeper than gemm's K block
+    /// with more than one row. Decoding one row per step keeps the half weights as they are.
+    fn widened_on_cpu(&self, x: &Tensor) -> Result<bool> {
+        let k = self.w.dim(1)?;
+        Ok(x.dtype() == DType::F16 && x.device().is_cpu() && k > F16_GEMM_UNROUNDED_K && x.elem_count() / k.max(1) > 1)
     }
 }
 
