@@ -6,6 +6,7 @@ use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::store::Weights;
 use crate::transforms::snake_param;
+use crate::vsin::{sin_slice, sin_tensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -23,7 +24,8 @@ impl Snake {
         Ok(Snake { alpha: alpha.reshape((1, ch, 1))?, inv_beta: inv_beta.reshape((1, ch, 1))? })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
+        // f32 CPU: the fused path's vectorised sine, so both give the same bits
+        let s = sin_tensor(&x.broadcast_mul(&self.alpha)?)?.sqr()?;
         Ok((x + s.broadcast_mul(&self.inv_beta)?)?)
     }
 }
@@ -137,22 +139,25 @@ impl Activation1d {
 /// do exactly what the tensor path does in that type.
 trait Elem: Copy + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + candle_core::WithDType {
     fn of_f32(v: f32) -> Self;
-    fn sine(self) -> Self;
+    /// In place, as `Snake::forward`'s sine does it in this type.
+    fn sine_slice(xs: &mut [Self]);
 }
 impl Elem for f32 {
     fn of_f32(v: f32) -> f32 {
         v
     }
-    fn sine(self) -> f32 {
-        self.sin()
+    fn sine_slice(xs: &mut [f32]) {
+        sin_slice(xs)
     }
 }
 impl Elem for f64 {
     fn of_f32(v: f32) -> f64 {
         v as f64
     }
-    fn sine(self) -> f64 {
-        self.sin()
+    fn sine_slice(xs: &mut [f64]) {
+        for v in xs {
+            *v = v.sin();
+        }
     }
 }
 
@@ -195,24 +200,32 @@ impl FusedActivation<'_> {
         };
         let mut out = vec![zero; x.len()]; // ↑2 then ↓2: the input's length
         out.par_chunks_mut(t).enumerate().for_each_init(
-            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr]),
-            |(xp, yp), (row, o)| {
+            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr], vec![zero; t2]),
+            |(xp, yp, s), (row, o)| {
                 let xr = &x[row * t..(row + 1) * t];
                 let ch = row % c;
                 for (i, v) in xp.iter_mut().enumerate() {
                     *v = pad_read(xr, i as isize - p_len as isize, self.faults.up_zero_pad);
                 }
-                // ×2 upsample and the activation, written into the padded lowpass row
-                let (a, ib) = (alpha[ch], inv_beta[ch]);
+                // ×2 upsample into the padded lowpass row
+                let y = &mut yp[dl..dl + t2];
                 for r in 0..t {
                     for (ph, terms) in phases.iter().enumerate() {
                         let mut acc = xp[r + terms[0].0] * terms[0].1 + zero;
                         for &(off, coef) in &terms[1..] {
                             acc = acc + (xp[r + off] * coef + zero);
                         }
-                        let s = (acc * a).sine();
-                        yp[dl + r * RATIO + ph] = acc + (s * s) * ib;
+                        y[r * RATIO + ph] = acc;
                     }
+                }
+                // the activation, with the sine over the whole row (one vectorised call in f32)
+                let (a, ib) = (alpha[ch], inv_beta[ch]);
+                for (sv, &acc) in s.iter_mut().zip(y.iter()) {
+                    *sv = acc * a;
+                }
+                T::sine_slice(s);
+                for (yv, &sv) in y.iter_mut().zip(s.iter()) {
+                    *yv = *yv + (sv * sv) * ib;
                 }
                 for i in 0..dl {
                     yp[i] = if self.faults.down_zero_pad { zero } else { yp[dl] };
