@@ -12,7 +12,7 @@ use crate::error::{input_err, Result};
 use crate::nn::Conv1d;
 use crate::store::Weights;
 use crate::transforms::{load_weight_norm, weight_norm_fold_f64};
-use activation::{Activation1d, FilterFaults};
+pub use activation::{Activation1d, FilterFaults};
 use candle_core::Tensor;
 use resblock::{AmpBlock, BlockOpts};
 use serde::Deserialize;
