@@ -225,7 +225,8 @@ impl FusedActivation<'_> {
                 }
                 T::sine_slice(s);
                 for (yv, &sv) in y.iter_mut().zip(s.iter()) {
-                    *yv = *yv + (sv * sv) * ib;
+                    let acc = *yv;
+                    *yv = acc + (sv * sv) * ib;
                 }
                 for i in 0..dl {
                     yp[i] = if self.faults.down_zero_pad { zero } else { yp[dl] };
