@@ -333,15 +333,58 @@ def fixtures(size: str = "tiny", checkpoints: str | None = None) -> dict[str, Fi
 
 # Synthetic GPT weights, unlike trained ones, hardly ever emit the stop token, and infer_v2 cannot
 # synthesise a segment without one (see `Pipeline::codes`). The sampled walks therefore raise the
-# GPT's stop logit: `mel_head.bias[stop] += STOP_BIAS`. Measured on tiny, make_inputs seeds 0-4,
-# max 20 codes: 3 beams end with 6-11 codes, 1 beam with 1-12 (seed 4, 1 beam: no stop at all); at
-# 1.5 and above most 3-beam runs stop within 0-3 codes, too short for the CFM and the audio gate.
-STOP_BIAS = 0.75
+# GPT's stop logit (`mel_head.bias[stop] += stop_bias`) and use make_inputs seeds whose cases stop
+# within max_mel_tokens = 20. Both depend on the size's random weights, so each size has its own
+# row, measured with `python -m parity.stop_cases SIZE` (the counts quoted below).
+@dataclass(frozen=True)
+class SampledCases:
+    stop_bias: float
+    beam3_seed: int     # infer_v2's 3 beams: the sampled walks and the report's case
+    beam1_seed: int     # 1 beam
+    text_seed: int      # 3 beams, the text of several segments: every segment stops with ≥ 1 code
+    fault_seed: int     # 3 beams, a case where every decoding fault changes the codes
+    seeded_one_seed: int   # seeded mode (torch's generator), 1 beam, one segment
+    seeded_text_seed: int  # seeded mode, 3 beams, the text: every segment stops with ≥ 1 code
 
 
-def sampled_fixtures(fxs: dict[str, Fixture], bias: float = STOP_BIAS) -> dict[str, Fixture]:
-    """`fxs` with the GPT's stop logit raised by `bias` (a copy of its converted file, cached beside
-    it); official checkpoints (`--checkpoints`) are used as they are."""
+SAMPLED_CASES = {
+    # tiny, max 20 codes: 3 beams end with 6-11 codes, 1 beam with 1-12 (seed 4, 1 beam: no stop at
+    # all); at 1.5 and above most 3-beam runs stop within 0-3 codes, too short for the CFM and the
+    # audio gate. 3 beams seed 1: 11 codes; 1 beam seed 0: 12. Of seeds 0-7 (3 beams) only 0 and 3
+    # let every decoding fault change the codes; seed 3: 7 codes. Seeded, 1 beam, seed 3: 12 codes
+    # (the 3-beam ones stop within 8); seeded text: of seeds 0-7, 2, 4 and 7 give every segment a code.
+    "tiny": SampledCases(0.75, 1, 0, 1, 3, 3, 2),
+    # official size (8194 codes, flatter logits: the stop sits 4.2-4.6 below the top and 3.3-3.6
+    # below the 30th, so it is no top-k candidate below ≈ 3.4): at 3.2 no decode stops within 20
+    # codes, at 3.8 3 beams stop within 0-8; at 3.5 3 beams end with 8-18 codes, 1 beam only on
+    # seed 2 (14 codes).
+    "full": SampledCases(3.5, 2, 2, 0, 0, 0, 0),
+}
+
+
+# the GPT's decoding faults: invisible to the greedy walks, named at stage `codes` by the sampled one
+DECODE_FAULTS = ("penalty_on_logits", "top_p_one_too_few", "beam_scores_not_added", "kv_cache_not_reordered",
+                 "length_penalty_one", "eos_beam_not_finalised")
+
+
+def sampled_cases(fxs_or_size) -> SampledCases:
+    size = fxs_or_size if isinstance(fxs_or_size, str) else _size(fxs_or_size)
+    if size not in SAMPLED_CASES:
+        raise ValueError(f"no measured sampled cases for size {size!r} (have {sorted(SAMPLED_CASES)})")
+    return SAMPLED_CASES[size]
+
+
+def fewest_gate_codes(size: str) -> int:
+    """The fewest codes whose wav the audio gate can judge: its log-mel needs > n_fft (1024) samples,
+    and n codes give int(n · LENGTH_RATIO) mel frames of hop(c) samples."""
+    hop = P.hop(P.CONFIGS[size])
+    return next(n for n in range(1, 10_000) if int(n * P.LENGTH_RATIO) * hop > 1024)
+
+
+def sampled_fixtures(fxs: dict[str, Fixture], bias: float | None = None) -> dict[str, Fixture]:
+    """`fxs` with the GPT's stop logit raised by `bias` (default: the size's measured stop_bias; a
+    copy of its converted file, cached beside it); official checkpoints (`--checkpoints`) are used
+    as they are."""
     import dataclasses
 
     from safetensors.torch import load_file, save_file
@@ -349,6 +392,7 @@ def sampled_fixtures(fxs: dict[str, Fixture], bias: float = STOP_BIAS) -> dict[s
     fx = fxs["gpt"]
     if fx.size == "real":
         return fxs
+    bias = sampled_cases(fx.size).stop_bias if bias is None else bias
     path = os.path.join(os.path.dirname(fx.safetensors_path), f"stop-biased-{bias:g}.safetensors")
     if not os.path.exists(path):
         sd = load_file(fx.safetensors_path)
@@ -741,9 +785,6 @@ MD_HEAD = ["| stage | kind | output | shape | ratio max | ratio rms | max abs Δ
            "ref32 noise rms | SNR dB | rule | ok |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
-SAMPLED_SEED = 1  # make_inputs seed of the report's sampled walk: 11 codes with 3 beams at tiny
-
-
 def _walks(entry: dict, md: list, failed: list, label: str, fxs, cms, inputs, ref, device):
     """The forced, chained and rust walks of one case into `entry` / `md` / `failed`; returns the chained walk."""
     chained = None
@@ -799,19 +840,20 @@ def report_section(out: str, size: str, checkpoints: str | None, device: str, wr
     chained = _walks(entry, md, failed, "", fxs, cms, inputs, ref, device)
     # the official decoding: infer_v2's beam sampling on given Exp(1) draws (stop-biased tiny GPT)
     sfxs = sampled_fixtures(fxs)
-    s_inputs = P.make_inputs(P.CONFIGS[size], SAMPLED_SEED, decoding="sampled")
+    cases = sampled_cases(size)
+    s_inputs = P.make_inputs(P.CONFIGS[size], cases.beam3_seed, decoding="sampled")
     s_ref = reference_run(sfxs, s_inputs, device)
     codes = s_ref.per64["codes"]["codes"]
     md += ["## pipeline — sampled decoding (infer_v2's beam sampling)", "",
            f"Text ids → infer_v2's decoding (3 beams, top-k 30, top-p 0.8, temperature 0.8, repetition penalty 10) on "
            f"the same Exp(1) draws on every side → codes ({codes.shape[1]} codes, "
            f"{int(s_ref.per64['codes']['draws_used'][0])} draws) → wav through the audio gate."
-           + ("" if sfxs is fxs else f" The synthetic GPT's stop logit is raised by {STOP_BIAS} (trained weights end "
+           + ("" if sfxs is fxs else f" The synthetic GPT's stop logit is raised by {cases.stop_bias:g} (trained weights end "
               "utterances, random ones hardly ever; infer_v2 cannot synthesise a segment without a stop token)."), ""]
     md += [f"Note: {n}" for n in s_ref.notes]
-    s_entry: dict = {"walks": [], "notes": s_ref.notes, "codes": codes.tolist(), "stop_bias": STOP_BIAS}
+    s_entry: dict = {"walks": [], "notes": s_ref.notes, "codes": codes.tolist(), "stop_bias": 0.0 if sfxs is fxs else cases.stop_bias}
     _walks(s_entry, md, failed, "sampled ", sfxs, candle_models(sfxs, device), s_inputs, s_ref, device)
-    st = text_walk(sfxs, s_inputs, device=device)
+    st = text_walk(sfxs, P.make_inputs(P.CONFIGS[size], cases.text_seed, decoding="sampled"), device=device)
     s_entry["text"] = _text_md(md, failed, st, "sampled text", f"{len(st.ref['segments'])} segments, the draws "
                                "consumed on from segment to segment")
     entry["sampled"] = s_entry

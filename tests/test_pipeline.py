@@ -96,8 +96,7 @@ INVISIBLE = {
 # The decoding faults act on the sampled decode only: the greedy walks of FAULTS cannot see them;
 # test_pipeline_sampled_decode_fault_named names each at stage `codes` (tests/test_sampling.py at
 # its decoding step).
-DECODE_FAULTS = ("penalty_on_logits", "top_p_one_too_few", "beam_scores_not_added", "kv_cache_not_reordered",
-                 "length_penalty_one", "eos_beam_not_finalised")
+DECODE_FAULTS = PP.DECODE_FAULTS
 INVISIBLE.update({("gpt", f): "sampled decoding only: see test_pipeline_sampled_decode_fault_named" for f in DECODE_FAULTS})
 
 
@@ -550,20 +549,16 @@ def test_pipeline_text_bad_input(pipe, rust_pipe):
 
 
 # ---- the official sampled decoding through the pipeline (issue 12 §5) ------------------------------
-# make_inputs seed and beams of each sampled case (with the stop-biased GPT, see PP.STOP_BIAS): 3 beams
-# (infer_v2's) seed 1, 11 codes; 1 beam seed 0, 12 codes (the audio gate's log-mel needs > 1024
-# samples, i.e. ≥ 10 codes at tiny).
-SAMPLED = {"beam3": (PP.SAMPLED_SEED, {}), "beam1": (0, {"num_beams": 1})}
-# The decoding faults' case: of seeds 0-7 (3 beams) only 0 and 3 let every decoding fault change the
-# codes (top_p_one_too_few and length_penalty_one leave the others' unchanged); seed 3, 7 codes.
-FAULT_SEED = 3
+# the sampled cases (make_inputs seed, beams) with the stop-biased GPT: PP.SAMPLED_CASES, per size
+SAMPLED = {"beam3": ("beam3_seed", {}), "beam1": ("beam1_seed", {"num_beams": 1})}
 
 
 @pytest.fixture(scope="session", params=sorted(SAMPLED), ids=lambda k: f"sampled_{k}")
 def sampled_pipe(request, pipe):
     fxs0, cms0, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
-    seed, opts = SAMPLED[request.param]
+    field_, opts = SAMPLED[request.param]
+    seed = getattr(PP.sampled_cases(fxs), field_)
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], seed, decoding="sampled", options=opts)
     # only the GPT's file differs: the other Candle models are pipe's (official size: GBs each)
     return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
@@ -577,7 +572,7 @@ def test_pipeline_sampled_walks(sampled_pipe):
 
     fxs, cms, inputs, ref, device = sampled_pipe
     codes = ref.per64["codes"]["codes"]
-    assert codes.shape[1] >= 4, f"only {codes.shape[1]} codes: the case is too short to mean anything"
+    assert codes.shape[1] >= max(4, PP.fewest_gate_codes(PP._size(fxs))), f"only {codes.shape[1]} codes: too short to mean anything"
     for mode in ("forced", "chained"):
         PP.walk(fxs, cms, inputs, mode, device, ref=ref).assert_ok()
     rust = PP.rust_pipeline(fxs, device)
@@ -601,7 +596,7 @@ def test_pipeline_sampled_differs_from_greedy(sampled_pipe):
 def sampled_fault_pipe(pipe):
     fxs0, cms0, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], FAULT_SEED, decoding="sampled")
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.sampled_cases(fxs).fault_seed, decoding="sampled")
     return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
 
 
@@ -622,7 +617,7 @@ def test_pipeline_sampled_text(pipe):
     synthesise either.)"""
     fxs0, _, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.SAMPLED_SEED, decoding="sampled")
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.sampled_cases(fxs).text_seed, decoding="sampled")
     t = PP.text_walk(fxs, inputs, device=device)
     assert t.ok, t.table()
     assert len(t.ref["segments"]) > 1
@@ -667,17 +662,18 @@ def test_pipeline_sampled_without_stop_token_refused(pipe, rust_pipe):
 def test_pipeline_seed_is_torch_manual_seed(pipe):
     """`seed` = s in the Rust pipeline (no draws, no z_pool) is torch.manual_seed(s) before the
     official flow: w2v-bert's layerdrop draws, the decode's own torch.multinomial (unpatched), then
-    the CFM's torch.randn, from one generator, segment after segment. One segment (the rust walk;
-    1 beam, make_inputs seed 3: 12 codes, the 3-beam ones stop within 8) and a text of several
-    segments with infer_v2's 3 beams (seed 2: of seeds 0-7, 2, 4 and 7 give every segment a code;
-    a segment whose first candidate is the stop token cannot be synthesised, officially neither)."""
+    the CFM's torch.randn, from one generator, segment after segment. One segment (the rust walk,
+    1 beam) and a text of several segments with infer_v2's 3 beams, on the size's measured seeds
+    (PP.SAMPLED_CASES: a segment whose first candidate is the stop token cannot be synthesised,
+    officially neither)."""
     fxs0, _, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
     cfg = P.CONFIGS[PP._size(fxs)]
-    one = P.make_inputs(cfg, 3, decoding="seeded", options={"num_beams": 1})
+    cases = PP.sampled_cases(fxs)
+    one = P.make_inputs(cfg, cases.seeded_one_seed, decoding="seeded", options={"num_beams": 1})
     ref = PP.reference_run(fxs, one, device)
-    assert ref.per64["codes"]["codes"].shape[1] >= 10
+    assert ref.per64["codes"]["codes"].shape[1] >= PP.fewest_gate_codes(PP._size(fxs))
     PP.rust_walk(PP.rust_pipeline(fxs, device), one, ref, device).assert_ok()
-    t = PP.text_walk(fxs, P.make_inputs(cfg, 2, decoding="seeded"), device=device)
+    t = PP.text_walk(fxs, P.make_inputs(cfg, cases.seeded_text_seed, decoding="seeded"), device=device)
     assert t.ok, t.table()
     assert len(t.ref["segments"]) > 1
