@@ -674,6 +674,9 @@ def test_pipeline_seed_is_torch_manual_seed(pipe):
     ref = PP.reference_run(fxs, one, device)
     assert ref.per64["codes"]["codes"].shape[1] >= PP.fewest_gate_codes(PP._size(fxs))
     PP.rust_walk(PP.rust_pipeline(fxs, device), one, ref, device).assert_ok()
+    if cases.seeded_text_seed is None:
+        pytest.fail(f"no seeded text case measured at size {PP._size(fxs)}: "
+                    f"python -m parity.stop_cases {PP._size(fxs)} --what seeded_text", pytrace=False)
     t = PP.text_walk(fxs, P.make_inputs(cfg, cases.seeded_text_seed, decoding="seeded"), device=device)
     assert t.ok, t.table()
     assert len(t.ref["segments"]) > 1
