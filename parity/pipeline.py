@@ -342,7 +342,7 @@ class SampledCases:
     beam3_seed: int     # infer_v2's 3 beams: the sampled walks and the report's case
     beam1_seed: int     # 1 beam
     text_seed: int      # 3 beams, the text of several segments: every segment stops with ≥ 1 code
-    fault_seed: int     # 3 beams, a case where every decoding fault changes the codes
+    fault_seed: int     # 3 beams, the case on which the most decoding faults change the codes (all, at tiny)
     seeded_one_seed: int   # seeded mode (torch's generator), 1 beam, one segment
     seeded_text_seed: int | None  # seeded mode, 3 beams, the text: every segment stops with ≥ 1 code (None: not measured)
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from reference import pipeline as P
-from reference import sampling
 from reference.text import TextTokenizer
 
 from . import candle
@@ -51,14 +50,19 @@ def _upto(mods, inputs: dict, stage: str) -> tuple[dict, dict]:
     return trace[stage], got
 
 
-def _decode(gpt, ins: dict, text: np.ndarray, inputs: dict, draws: np.ndarray) -> tuple[int | None, int]:
-    """(codes of the trimmed decode or None without a stop token, draws used)."""
-    d = sampling.GivenDraws(draws)
-    with torch.no_grad():
-        seq, _ = sampling.decode(gpt, torch.from_numpy(ins["spk_latent"]), torch.from_numpy(ins["emovec"]),
-                                 torch.from_numpy(text), P.decode_options(inputs["decode_options"]), d)
-    codes, lens = sampling.infer_v2_trim(seq, gpt.cfg["stop_mel_token"])
-    return (codes.shape[1] if len(lens) == 1 else None), d.at
+def _codes_inputs(ins: dict, i: dict, text: np.ndarray, draws: np.ndarray) -> dict:
+    """Stage `codes` (sampled) method inputs: the speaker side of `ins`, the options of make_inputs `i`."""
+    return P.CODES_SAMPLED.inputs({"spk_latent": ins["spk_latent"], "emovec": ins["emovec"], "text": text,
+                                   "decode_options": i["decode_options"], "draws": draws})
+
+
+def _decode(gpt, st: dict) -> tuple[int | None, int]:
+    """The reference's own stage (decode + infer_v2's trim): (codes or None without a stop, draws used)."""
+    try:
+        out = P.run_stage_on(P.CODES_SAMPLED, gpt, st)
+    except ValueError:
+        return None, 0
+    return out["codes"].shape[1], int(out["draws_used"].reshape(-1)[0])
 
 
 def main(argv=None) -> None:
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
             row = []
             for s in SEEDS:
                 i = P.make_inputs(cfg, s, decoding="sampled", options={} if beams == 3 else {"num_beams": 1})
-                row.append(show(_decode(gpt, ins, i["text"], i, i["draws"])[0]))
+                row.append(show(_decode(gpt, _codes_inputs(ins, i, i["text"], i["draws"]))[0]))
             print(f"bias {bias:g}, sampled, {beams} beam(s): codes for seeds 0-7: {' '.join(row)}", flush=True)
     if "seeded" in what:
         row = []
@@ -108,7 +112,7 @@ def main(argv=None) -> None:
             i = P.make_inputs(cfg, s, decoding="sampled")
             draws, row = i["draws"], []
             for ids in segs:
-                n, used = _decode(gpt, ins, np.array([ids], np.int64), i, draws)
+                n, used = _decode(gpt, _codes_inputs(ins, i, np.array([ids], np.int64), draws))
                 row.append(show(n))
                 if n is None:
                     break
@@ -122,8 +126,7 @@ def main(argv=None) -> None:
         good = PP.candle_model(fxs, "gpt")
         for s in SEEDS:
             i = P.make_inputs(cfg, s, decoding="sampled")
-            st = {"spk_latent": ins["spk_latent"], "emovec": ins["emovec"], "text": i["text"],
-                  "options": i["decode_options"], "draws": i["draws"]}
+            st = _codes_inputs(ins, i, i["text"], i["draws"])
             try:
                 cases[s] = (st, candle.run(good, "generate_sampled", st)[0]["codes"])
             except candle.InputError as e:
