@@ -345,6 +345,7 @@ class SampledCases:
     fault_seed: int     # 3 beams, the case on which the most decoding faults change the codes (all, at tiny)
     seeded_one_seed: int   # seeded mode (torch's generator), 1 beam, one segment
     seeded_text_seed: int | None  # seeded mode, 3 beams, the text: every segment stops with ≥ 1 code (None: not measured)
+    fault_options: tuple = ()  # the decoding-fault case's decode options over infer_v2's defaults, (name, value) pairs
 
 
 SAMPLED_CASES = {

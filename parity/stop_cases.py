@@ -8,7 +8,9 @@ gaps:        the unbiased greedy case's step logits: top − stop and 30th − s
 sampled:     codes of the 3-beam and 1-beam sampled decodes, seeds 0-7 ("-": no stop within 20)
 seeded:      codes of the seeded (torch generator) 1-beam decode, seeds 0-7
 text:        codes per text segment, 3 beams, the draws consumed on from segment to segment
-faults:      3 beams, seeds 0-7: the decoding faults that leave the Candle codes unchanged
+faults:      3 beams, seeds 0-7: the decoding faults that leave the Candle codes unchanged, per
+             decode-option set of `--fault-options` (JSON objects over infer_v2's defaults, `;`
+             between sets; default: the size's SAMPLED_CASES fault_options)
 seeded_text: seeded, 3 beams, the whole text (every segment's CFM draws from the generator), the
              first seeds from 0 on whose segments all stop with ≥ 1 code (slow: full segments)
 """
@@ -70,8 +72,13 @@ def main(argv=None) -> None:
     ap.add_argument("size", choices=["tiny", "full"])
     ap.add_argument("--bias", type=float, default=None, help="default: the size's SAMPLED_CASES stop_bias")
     ap.add_argument("--what", default="gaps,sampled,seeded,text,faults")
+    ap.add_argument("--fault-options", default=None, help="e.g. '{}; {\"length_penalty\": 2.0}'")
+    ap.add_argument("--seeds", default="0-7", help="first-last make_inputs seeds")
     a = ap.parse_args(argv)
     what = set(a.what.split(","))
+    first, last = (int(x) for x in a.seeds.split("-"))
+    global SEEDS
+    SEEDS = range(first, last + 1)
     cfg = P.CONFIGS[a.size]
     fxs0 = PP.fixtures(a.size, None)
     bias = PP.sampled_cases(a.size).stop_bias if a.bias is None else a.bias
@@ -96,7 +103,7 @@ def main(argv=None) -> None:
             for s in SEEDS:
                 i = P.make_inputs(cfg, s, decoding="sampled", options={} if beams == 3 else {"num_beams": 1})
                 row.append(show(_decode(gpt, _codes_inputs(ins, i, i["text"], i["draws"]))[0]))
-            print(f"bias {bias:g}, sampled, {beams} beam(s): codes for seeds 0-7: {' '.join(row)}", flush=True)
+            print(f"bias {bias:g}, sampled, {beams} beam(s): codes for seeds {SEEDS.start}-{SEEDS.stop - 1}: {' '.join(row)}", flush=True)
     if "seeded" in what:
         row = []
         for s in SEEDS:
@@ -105,7 +112,7 @@ def main(argv=None) -> None:
                 row.append(str(out["codes"].shape[1]))
             except ValueError:
                 row.append("-")
-        print(f"bias {bias:g}, seeded, 1 beam: codes for seeds 0-7: {' '.join(row)}", flush=True)
+        print(f"bias {bias:g}, seeded, 1 beam: codes for seeds {SEEDS.start}-{SEEDS.stop - 1}: {' '.join(row)}", flush=True)
     if "text" in what:
         segs = TextTokenizer(PP.bpe_path(fxs)).segments(PP.TEXT, PP.TEXT_SEGMENT_TOKENS)
         for s in SEEDS:
@@ -121,30 +128,35 @@ def main(argv=None) -> None:
                   flush=True)
     if "faults" in what:
         import gc
+        import json
 
+        sets = ([json.loads(x) for x in a.fault_options.split(";")] if a.fault_options is not None
+                else [dict(PP.sampled_cases(a.size).fault_options)])
         cases = {}
         good = PP.candle_model(fxs, "gpt")
-        for s in SEEDS:
-            i = P.make_inputs(cfg, s, decoding="sampled")
-            st = _codes_inputs(ins, i, i["text"], i["draws"])
-            try:
-                cases[s] = (st, candle.run(good, "generate_sampled", st)[0]["codes"])
-            except candle.InputError as e:
-                print(f"bias {bias:g}, faults, seed {s}: {e}", flush=True)
+        for j, opts in enumerate(sets):
+            for s in SEEDS:
+                i = P.make_inputs(cfg, s, decoding="sampled", options=opts)
+                st = _codes_inputs(ins, i, i["text"], i["draws"])
+                try:
+                    cases[j, s] = (st, candle.run(good, "generate_sampled", st)[0]["codes"])
+                except candle.InputError as e:
+                    print(f"bias {bias:g}, faults, options {opts}, seed {s}: {e}", flush=True)
         del good
-        same = {s: [] for s in cases}
+        same = {c: [] for c in cases}
         for f in PP.DECODE_FAULTS:  # one official-size GPT at a time
             m = PP.candle_model(fxs, "gpt", "cpu", [f])
-            for s, (st, codes) in cases.items():
+            for c, (st, codes) in cases.items():
                 try:
                     if np.array_equal(candle.run(m, "generate_sampled", st)[0]["codes"], codes):
-                        same[s].append(f)
+                        same[c].append(f)
                 except candle.InputError:
                     pass  # the fault makes the decode fail: that changes the codes too
             del m
             gc.collect()
-        for s, fs in same.items():
-            print(f"bias {bias:g}, faults, seed {s} ({cases[s][1].shape[1]} codes): unchanged by {fs or 'none'}", flush=True)
+        for (j, s), fs in same.items():
+            print(f"bias {bias:g}, faults, options {sets[j]}, seed {s} ({cases[j, s][1].shape[1]} codes): "
+                  f"unchanged by {fs or 'none'}", flush=True)
     if "seeded_text" in what:
         tok = TextTokenizer(PP.bpe_path(fxs))
         for s in SEEDS:

@@ -596,7 +596,8 @@ def test_pipeline_sampled_differs_from_greedy(sampled_pipe):
 def sampled_fault_pipe(pipe):
     fxs0, cms0, _, _, device = pipe
     fxs = PP.sampled_fixtures(fxs0)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.sampled_cases(fxs).fault_seed, decoding="sampled")
+    cases = PP.sampled_cases(fxs)
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], cases.fault_seed, decoding="sampled", options=dict(cases.fault_options))
     return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
 
 
