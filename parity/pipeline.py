@@ -342,7 +342,7 @@ class SampledCases:
     beam3_seed: int     # infer_v2's 3 beams: the sampled walks and the report's case
     beam1_seed: int     # 1 beam
     text_seed: int      # 3 beams, the text of several segments: every segment stops with ≥ 1 code
-    fault_seed: int     # 3 beams, the case on which the most decoding faults change the codes (all, at tiny)
+    fault_seed: int     # 3 beams (and fault_options), the case on which every decoding fault changes the codes
     seeded_one_seed: int   # seeded mode (torch's generator), 1 beam, one segment
     seeded_text_seed: int | None  # seeded mode, 3 beams, the text: every segment stops with ≥ 1 code (None: not measured)
     fault_options: tuple = ()  # the decoding-fault case's decode options over infer_v2's defaults, (name, value) pairs
@@ -360,10 +360,16 @@ SAMPLED_CASES = {
     # codes, at 3.8 3 beams stop within 0-8; at 3.5 3 beams end with 8-18 codes, 1 beam only on
     # seed 2 (14 codes); 3 beams seed 2: 11 codes. Text, 3 beams: seed 1 gives 3 11 18 14 17 17
     # codes per segment (seeds 0 and 2: a segment without a stop). Seeded, 1 beam: only seed 2 (11
-    # codes). Decoding faults, seeds 0-7: seed 3 (15 codes) is changed by 4 of the 6; no seed by
-    # `penalty_on_logits` (no code repeats within 20 of 8194) or `length_penalty_one`, so those two
-    # fail here until a longer case is measured. Seeded text: not measured yet (a full text run per seed).
-    "full": SampledCases(3.5, 2, 2, 1, 3, 2, None),
+    # codes). Seeded text, 3 beams: seed 0 has a segment without a stop, seed 1 stops in all 6.
+    # Decoding faults: on infer_v2's defaults no seed of 0-7 is changed by `penalty_on_logits` (with
+    # a penalty of 10 no repeated code is a top-30 candidate) or by `length_penalty_one`; length
+    # penalty -1 with repetition penalty 1.5 leaves both blind too (the defaults' code counts on every
+    # seed). Length penalty 2 (longer hypotheses win, so lp 1 differs) needs early stopping to end:
+    # with it and repetition penalty 1.2, seeds 0 (15 codes) and 4 (18) are changed by all 6 (seeds
+    # 1-3, 5 and 7 reach the 20-code limit). `python -m parity.stop_cases full --what faults
+    # --fault-options '{"length_penalty": 2.0, "early_stopping": true, "repetition_penalty": 1.2}'`
+    "full": SampledCases(3.5, 2, 2, 1, 0, 2, 1,
+                         (("length_penalty", 2.0), ("early_stopping", True), ("repetition_penalty", 1.2))),
 }
 
 

@@ -132,6 +132,9 @@ def main(argv=None) -> None:
 
         sets = ([json.loads(x) for x in a.fault_options.split(";")] if a.fault_options is not None
                 else [dict(PP.sampled_cases(a.size).fault_options)])
+        if what <= {"faults"}:
+            del gpt
+            mods.release_all()  # only the Candle GPTs from here on
         cases = {}
         good = PP.candle_model(fxs, "gpt")
         for j, opts in enumerate(sets):
@@ -152,6 +155,8 @@ def main(argv=None) -> None:
                         same[c].append(f)
                 except candle.InputError:
                     pass  # the fault makes the decode fail: that changes the codes too
+            print(f"  {f}: leaves the codes of {[c for c in cases if f in same[c]] or 'no case'} unchanged "
+                  "((option set, seed))", flush=True)
             del m
             gc.collect()
         for (j, s), fs in same.items():
