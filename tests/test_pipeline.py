@@ -2,7 +2,7 @@
 final audio gate, the near-tie rule, and proof of teeth (a broken stage is the one named).
 
 Test ids carry only pipeline stage names (never a model's `-k` word), so `-k pipeline` selects this
-file and nothing else.
+file and test_pipeline_sampled.py (the sampled decoding) and nothing else.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ INVISIBLE = {
 # test_pipeline_sampled_decode_fault_named names each at stage `codes` (tests/test_sampling.py at
 # its decoding step).
 DECODE_FAULTS = PP.DECODE_FAULTS
-INVISIBLE.update({("gpt", f): "sampled decoding only: see test_pipeline_sampled_decode_fault_named" for f in DECODE_FAULTS})
+INVISIBLE.update({("gpt", f): "sampled decoding only: see test_pipeline_sampled.py::test_pipeline_sampled_decode_fault_named" for f in DECODE_FAULTS})
 
 
 def test_pipeline_faults_cover_every_switch():
@@ -110,7 +110,7 @@ def test_pipeline_faults_cover_every_switch():
     assert have == listed, f"not in FAULTS: {sorted(have - listed)}; not built: {sorted(listed - have)}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # module: gone before test_pipeline_sampled.py loads its models
 def pipe(request, device):
     ckpt = request.config.getoption("--checkpoints")
     size = "full" if (ckpt or request.config.getoption("--full-size")) else "tiny"
@@ -274,7 +274,7 @@ def test_pipeline_candle_error_names_stage(pipe, monkeypatch):
 
 
 # ---- emotion inputs: another clip with emo_alpha, the 8-weight emotion vector -----------------------
-@pytest.fixture(scope="session", params=["clip", "vector"], ids=["emo_clip", "emo_vector"])
+@pytest.fixture(scope="module", params=["clip", "vector"], ids=["emo_clip", "emo_vector"])
 def emo_pipe(request, pipe):
     fxs, cms, _, _, device = pipe
     inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, emotion=request.param)
@@ -548,82 +548,7 @@ def test_pipeline_text_bad_input(pipe, rust_pipe):
         candle.run(rust_pipe, "tts", {**ins, "text_codepoints": np.array([ord(" ")], np.int64)})
 
 
-# ---- the official sampled decoding through the pipeline (issue 12 §5) ------------------------------
-# the sampled cases (make_inputs seed, beams) with the stop-biased GPT: PP.SAMPLED_CASES, per size
-SAMPLED = {"beam3": ("beam3_seed", {}), "beam1": ("beam1_seed", {"num_beams": 1})}
-
-
-@pytest.fixture(scope="session", params=sorted(SAMPLED), ids=lambda k: f"sampled_{k}")
-def sampled_pipe(request, pipe):
-    fxs0, cms0, _, _, device = pipe
-    fxs = PP.sampled_fixtures(fxs0)
-    field_, opts = SAMPLED[request.param]
-    seed = getattr(PP.sampled_cases(fxs), field_)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], seed, decoding="sampled", options=opts)
-    # only the GPT's file differs: the other Candle models are pipe's (official size: GBs each)
-    return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
-
-
-def test_pipeline_sampled_walks(sampled_pipe):
-    """Text ids → sampled codes (the same Exp(1) draws on every side) → wav: the forced and chained
-    walks and the Rust pipeline in one call, through the audio gate; the codes end with a stop
-    token, and the Rust pipeline consumed exactly the reference's draws."""
-    from parity import candle
-
-    fxs, cms, inputs, ref, device = sampled_pipe
-    codes = ref.per64["codes"]["codes"]
-    assert codes.shape[1] >= max(4, PP.fewest_gate_codes(PP._size(fxs))), f"only {codes.shape[1]} codes: too short to mean anything"
-    for mode in ("forced", "chained"):
-        PP.walk(fxs, cms, inputs, mode, device, ref=ref).assert_ok()
-    rust = PP.rust_pipeline(fxs, device)
-    PP.rust_walk(rust, inputs, ref, device).assert_ok()
-    outs, _ = candle.run(rust, "synthesize", PP.synth_inputs(inputs))
-    assert int(outs["draws_used"][0]) == int(ref.per32["codes"]["draws_used"][0])
-
-
-def test_pipeline_sampled_differs_from_greedy(sampled_pipe):
-    """The sampled walk really samples: its codes are not the greedy decode of the same inputs."""
-    fxs, cms, inputs, ref, device = sampled_pipe
-    from parity import candle
-
-    st = ref.inputs64["codes"]
-    max_tokens = np.array([P.decode_options(inputs["decode_options"])["max_mel_tokens"]], np.int64)
-    got, _ = candle.run(cms["gpt"], "greedy", {k: st[k] for k in ("spk_latent", "emovec", "text")} | {"max_tokens": max_tokens})
-    assert not PP._same(got["codes"], ref.per64["codes"]["codes"])
-
-
-@pytest.fixture(scope="session")
-def sampled_fault_pipe(pipe):
-    fxs0, cms0, _, _, device = pipe
-    fxs = PP.sampled_fixtures(fxs0)
-    cases = PP.sampled_cases(fxs)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], cases.fault_seed, decoding="sampled", options=dict(cases.fault_options))
-    return fxs, {**cms0, "gpt": PP.candle_model(fxs, "gpt", device)}, inputs, PP.reference_run(fxs, inputs, device), device
-
-
-@pytest.mark.parametrize("fault", DECODE_FAULTS)
-def test_pipeline_sampled_decode_fault_named(fault, sampled_fault_pipe):
-    """Each decoding fault breaks the pipeline at stage `codes` (infer_v2's 3 beams)."""
-    fxs, cms, inputs, ref, device = sampled_fault_pipe
-    PP.walk(fxs, cms, inputs, "forced", device, ref=ref).assert_ok()  # correct code passes on this case
-    broken = {**cms, "gpt": PP.candle_model(fxs, "gpt", device, [fault])}
-    w = PP.walk(fxs, broken, inputs, "forced", device, ref=ref)
-    assert w.first_failure == "codes", f"decode fault `{fault}` named `{w.first_failure}`\n{w.table()}"
-
-
-def test_pipeline_sampled_text(pipe):
-    """Text through bpe.model → several segments with infer_v2's 3 beams, each sampled on from where
-    the previous segment's draws stopped (one stream, as torch's generator), joined: ids, segments
-    and wav. (With 1 beam a segment of this text never stops at tiny, which infer_v2 cannot
-    synthesise either.)"""
-    fxs0, _, _, _, device = pipe
-    fxs = PP.sampled_fixtures(fxs0)
-    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.sampled_cases(fxs).text_seed, decoding="sampled")
-    t = PP.text_walk(fxs, inputs, device=device)
-    assert t.ok, t.table()
-    assert len(t.ref["segments"]) > 1
-
-
+# ---- the official sampled decoding: bad input (the walks: test_pipeline_sampled.py) -------------
 def test_pipeline_decoding_bad_input(pipe, rust_pipe):
     from parity import candle
     from parity.candle import InputError
@@ -658,26 +583,3 @@ def test_pipeline_sampled_without_stop_token_refused(pipe, rust_pipe):
     sampled = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0, decoding="sampled", max_tokens=6)
     with pytest.raises(InputError, match="no stop token within max_mel_tokens = 6"):
         candle.run(rust_pipe, "synthesize", PP.synth_inputs(sampled))
-
-
-def test_pipeline_seed_is_torch_manual_seed(pipe):
-    """`seed` = s in the Rust pipeline (no draws, no z_pool) is torch.manual_seed(s) before the
-    official flow: w2v-bert's layerdrop draws, the decode's own torch.multinomial (unpatched), then
-    the CFM's torch.randn, from one generator, segment after segment. One segment (the rust walk,
-    1 beam) and a text of several segments with infer_v2's 3 beams, on the size's measured seeds
-    (PP.SAMPLED_CASES: a segment whose first candidate is the stop token cannot be synthesised,
-    officially neither)."""
-    fxs0, _, _, _, device = pipe
-    fxs = PP.sampled_fixtures(fxs0)
-    cfg = P.CONFIGS[PP._size(fxs)]
-    cases = PP.sampled_cases(fxs)
-    one = P.make_inputs(cfg, cases.seeded_one_seed, decoding="seeded", options={"num_beams": 1})
-    ref = PP.reference_run(fxs, one, device)
-    assert ref.per64["codes"]["codes"].shape[1] >= PP.fewest_gate_codes(PP._size(fxs))
-    PP.rust_walk(PP.rust_pipeline(fxs, device), one, ref, device).assert_ok()
-    if cases.seeded_text_seed is None:
-        pytest.fail(f"no seeded text case measured at size {PP._size(fxs)}: "
-                    f"python -m parity.stop_cases {PP._size(fxs)} --what seeded_text", pytrace=False)
-    t = PP.text_walk(fxs, P.make_inputs(cfg, cases.seeded_text_seed, decoding="seeded"), device=device)
-    assert t.ok, t.table()
-    assert len(t.ref["segments"]) > 1
