@@ -125,6 +125,21 @@ def candle_models(request, fixtures):
 
 
 @pytest.fixture(scope="session")
+def pipeline_fixtures(request):
+    """The pipeline's fixtures (paths and configs only, no models) for this run's size:
+    `--checkpoints` (official files), `--full-size` or tiny; missing official files fail by name."""
+    from parity import pipeline as PP
+    from parity.fixtures import MissingCheckpoints
+
+    ckpt = request.config.getoption("--checkpoints")
+    size = "full" if (ckpt or request.config.getoption("--full-size")) else "tiny"
+    try:
+        return PP.fixtures(size, ckpt)
+    except MissingCheckpoints as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def bench_fixtures(request):
     """Benchmarks always run at official size (synthetic, or the user's files)."""
     from parity import fixtures as fx

@@ -111,16 +111,9 @@ def test_pipeline_faults_cover_every_switch():
 
 
 @pytest.fixture(scope="module")  # module: gone before test_pipeline_sampled.py loads its models
-def pipe(request, device):
-    ckpt = request.config.getoption("--checkpoints")
-    size = "full" if (ckpt or request.config.getoption("--full-size")) else "tiny"
-    from parity.fixtures import MissingCheckpoints
-
-    try:
-        fxs = PP.fixtures(size, ckpt)
-    except MissingCheckpoints as e:
-        pytest.fail(str(e), pytrace=False)
-    inputs = P.make_inputs(P.CONFIGS[size], 0)
+def pipe(pipeline_fixtures, device):
+    fxs = pipeline_fixtures
+    inputs = P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
     ref = PP.reference_run(fxs, inputs, device)
     return fxs, PP.candle_models(fxs, device), inputs, ref, device
 

@@ -17,17 +17,9 @@ DECODE_FAULTS = PP.DECODE_FAULTS
 
 
 @pytest.fixture(scope="module")
-def sampled_fxs(request, device):
+def sampled_fxs(pipeline_fixtures, device):
     """The size's fixtures with the GPT's stop logit raised (PP.sampled_fixtures), and the device."""
-    from parity.fixtures import MissingCheckpoints
-
-    ckpt = request.config.getoption("--checkpoints")
-    size = "full" if (ckpt or request.config.getoption("--full-size")) else "tiny"
-    try:
-        fxs = PP.fixtures(size, ckpt)
-    except MissingCheckpoints as e:
-        pytest.fail(str(e), pytrace=False)
-    return PP.sampled_fixtures(fxs), device
+    return PP.sampled_fixtures(pipeline_fixtures), device
 
 
 def test_pipeline_sampled_text(sampled_fxs):
