@@ -5,7 +5,7 @@ sampled decodes, per make_inputs seed (float32 reference; the Candle GPT for the
 
 gaps:        the unbiased greedy case's step logits: top − stop and 30th − stop (top-k is 30), per
              step; a bias near these makes the stop token a candidate at all
-sampled:     codes of the 3-beam and 1-beam sampled decodes, seeds 0-7 ("-": no stop within 20)
+sampled:     codes of the 3-beam and 1-beam sampled decodes, per seed (`--seeds`, default 0-7) ("-": no stop within 20)
 seeded:      codes of the seeded (torch generator) 1-beam decode, seeds 0-7
 text:        codes per text segment, 3 beams, the draws consumed on from segment to segment
 faults:      3 beams, seeds 0-7: the decoding faults that leave the Candle codes unchanged, per
@@ -26,9 +26,6 @@ from reference.text import TextTokenizer
 
 from . import candle
 from . import pipeline as PP
-
-SEEDS = range(8)
-
 
 class _Stop(Exception):
     pass
@@ -77,8 +74,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     what = set(a.what.split(","))
     first, last = (int(x) for x in a.seeds.split("-"))
-    global SEEDS
-    SEEDS = range(first, last + 1)
+    seeds = range(first, last + 1)
     cfg = P.CONFIGS[a.size]
     fxs0 = PP.fixtures(a.size, None)
     bias = PP.sampled_cases(a.size).stop_bias if a.bias is None else a.bias
@@ -100,22 +96,22 @@ def main(argv=None) -> None:
     if "sampled" in what:
         for beams in (3, 1):
             row = []
-            for s in SEEDS:
+            for s in seeds:
                 i = P.make_inputs(cfg, s, decoding="sampled", options={} if beams == 3 else {"num_beams": 1})
                 row.append(show(_decode(gpt, _codes_inputs(ins, i, i["text"], i["draws"]))[0]))
-            print(f"bias {bias:g}, sampled, {beams} beam(s): codes for seeds {SEEDS.start}-{SEEDS.stop - 1}: {' '.join(row)}", flush=True)
+            print(f"bias {bias:g}, sampled, {beams} beam(s): codes for seeds {seeds.start}-{seeds.stop - 1}: {' '.join(row)}", flush=True)
     if "seeded" in what:
         row = []
-        for s in SEEDS:
+        for s in seeds:
             try:
                 _, out = _upto(mods, P.make_inputs(cfg, s, decoding="seeded", options={"num_beams": 1}), "codes")
                 row.append(str(out["codes"].shape[1]))
             except ValueError:
                 row.append("-")
-        print(f"bias {bias:g}, seeded, 1 beam: codes for seeds {SEEDS.start}-{SEEDS.stop - 1}: {' '.join(row)}", flush=True)
+        print(f"bias {bias:g}, seeded, 1 beam: codes for seeds {seeds.start}-{seeds.stop - 1}: {' '.join(row)}", flush=True)
     if "text" in what:
         segs = TextTokenizer(PP.bpe_path(fxs)).segments(PP.TEXT, PP.TEXT_SEGMENT_TOKENS)
-        for s in SEEDS:
+        for s in seeds:
             i = P.make_inputs(cfg, s, decoding="sampled")
             draws, row = i["draws"], []
             for ids in segs:
@@ -138,7 +134,7 @@ def main(argv=None) -> None:
         cases = {}
         good = PP.candle_model(fxs, "gpt")
         for j, opts in enumerate(sets):
-            for s in SEEDS:
+            for s in seeds:
                 i = P.make_inputs(cfg, s, decoding="sampled", options=opts)
                 st = _codes_inputs(ins, i, i["text"], i["draws"])
                 try:
@@ -164,7 +160,7 @@ def main(argv=None) -> None:
                   f"unchanged by {fs or 'none'}", flush=True)
     if "seeded_text" in what:
         tok = TextTokenizer(PP.bpe_path(fxs))
-        for s in SEEDS:
+        for s in seeds:
             try:
                 r = P.run_text(mods, P.make_inputs(cfg, s, decoding="seeded"), tok, PP.TEXT, PP.TEXT_SEGMENT_TOKENS)
                 print(f"bias {bias:g}, seeded text, seed {s}: {len(r['segments'])} segments, every one stops", flush=True)
