@@ -127,10 +127,13 @@ def _official_repcodec():
     if importlib.util.find_spec("indextts") is None or importlib.util.find_spec("einops") is None:
         pytest.fail("official index-tts package missing (run.sh installs it) (pip install --no-deps tts-webui-index-tts==2.0.1 einops)")
 
+    stubs = []
+
     def stub(name):
         m = types.ModuleType(name)
         m.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = m
+        stubs.append(name)
         return m
 
     try:
@@ -145,7 +148,11 @@ def _official_repcodec():
                 stub(name)
         f = sys.modules["torchaudio.functional.functional"]
         f._hz_to_mel = f._mel_to_hz = None
-    from indextts.utils.maskgct.models.codec.kmeans.repcodec_model import RepCodec
+    try:
+        from indextts.utils.maskgct.models.codec.kmeans.repcodec_model import RepCodec
+    finally:  # a stub left behind breaks later imports (test_bigvgan's official class needs scipy.io)
+        for name in stubs:
+            sys.modules.pop(name, None)
 
     return RepCodec
 
