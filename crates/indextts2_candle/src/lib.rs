@@ -213,6 +213,7 @@ pub mod sampling;
 pub mod store;
 pub mod text;
 pub mod transforms;
+pub mod vact;
 pub mod vsin;
 pub mod w2v_bert;
 pub mod w2v_features;
