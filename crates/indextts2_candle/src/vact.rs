@@ -19,7 +19,6 @@
 //! scalar form and the baseline / AVX2 / AVX-512 builds give the same bits. Other dtypes and
 //! devices keep Candle's own ops.
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
@@ -232,19 +231,7 @@ impl CustomOp1 for ActOp {
         "vact"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("vact needs a contiguous input".into()))?;
-        let CpuStorage::F32(v) = s else {
-            return Err(candle_core::Error::Msg("vact: f32 only".into()));
-        };
-        let mut out = v[start..end].to_vec();
-        // elementwise, so any split gives the same bits; small tensors stay on this thread
-        const PAR: usize = 1 << 14;
-        if out.len() > 2 * PAR {
-            out.par_chunks_mut(PAR).for_each(|c| apply_slice(self.0, c));
-        } else {
-            apply_slice(self.0, &mut out);
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        crate::vsin::map_f32_in_place("vact", s, l, |c| apply_slice(self.0, c))
     }
 }
 

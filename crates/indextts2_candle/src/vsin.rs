@@ -171,20 +171,25 @@ impl CustomOp1 for SinOp {
         "vsin"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("vsin needs a contiguous input".into()))?;
-        let CpuStorage::F32(v) = s else {
-            return Err(candle_core::Error::Msg("vsin: f32 only".into()));
-        };
-        let mut out = v[start..end].to_vec();
-        // elementwise, so any split gives the same bits; small tensors stay on this thread
-        const PAR: usize = 1 << 14;
-        if out.len() > 2 * PAR {
-            out.par_chunks_mut(PAR).for_each(sin_slice);
-        } else {
-            sin_slice(&mut out);
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_f32_in_place("vsin", s, l, sin_slice)
     }
+}
+
+/// A copy of a contiguous f32 CPU storage with `f` applied in place, in blocks on the rayon pool
+/// (for elementwise `f`, so any split gives the same bits; small tensors stay on this thread).
+pub(crate) fn map_f32_in_place(name: &str, s: &CpuStorage, l: &Layout, f: impl Fn(&mut [f32]) + Sync) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{name} needs a contiguous input")))?;
+    let CpuStorage::F32(v) = s else {
+        return Err(candle_core::Error::Msg(format!("{name}: f32 only")));
+    };
+    let mut out = v[start..end].to_vec();
+    const PAR: usize = 1 << 14;
+    if out.len() > 2 * PAR {
+        out.par_chunks_mut(PAR).for_each(&f);
+    } else {
+        f(&mut out);
+    }
+    Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
 #[cfg(test)]
