@@ -12,7 +12,6 @@
 //! the same bits.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Above this |x| (and for inf / NaN) the lane takes libm's `f32::sin`: the reduction is exact only
@@ -175,8 +174,10 @@ impl CustomOp1 for SinOp {
     }
 }
 
-/// A copy of a contiguous f32 CPU storage with `f` applied in place, in blocks on the rayon pool
-/// (for elementwise `f`, so any split gives the same bits; small tensors stay on this thread).
+/// A copy of a contiguous f32 CPU storage with `f` applied in place, in blocks on Candle's own
+/// elementwise pool (for elementwise `f`, so any split gives the same bits; small tensors stay on
+/// this thread). Not rayon's pool: Candle's pool workers spin after each of Candle's ops, and a
+/// rayon job started then shares the cores with them.
 pub(crate) fn map_f32_in_place(name: &str, s: &CpuStorage, l: &Layout, f: impl Fn(&mut [f32]) + Sync) -> candle_core::Result<(CpuStorage, Shape)> {
     let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{name} needs a contiguous input")))?;
     let CpuStorage::F32(v) = s else {
@@ -184,8 +185,16 @@ pub(crate) fn map_f32_in_place(name: &str, s: &CpuStorage, l: &Layout, f: impl F
     };
     let mut out = v[start..end].to_vec();
     const PAR: usize = 1 << 14;
-    if out.len() > 2 * PAR {
-        out.par_chunks_mut(PAR).for_each(&f);
+    let n = out.len();
+    if n > 2 * PAR {
+        let ptr = crate::nn::SendPtr(out.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(PAR), |units| {
+            for u in units {
+                let lo = u * PAR;
+                // SAFETY: each unit is one disjoint block of `out`, which outlives the call
+                f(unsafe { std::slice::from_raw_parts_mut(ptr.get().add(lo), PAR.min(n - lo)) });
+            }
+        });
     } else {
         f(&mut out);
     }
