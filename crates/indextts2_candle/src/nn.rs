@@ -89,23 +89,33 @@ pub struct Conv1d {
 }
 
 impl Conv1d {
-    pub fn new(w: Tensor, b: Option<Tensor>, padding: usize, stride: usize, dilation: usize) -> Conv1d {
-        Conv1d { w, b, padding, stride, dilation, groups: 1 }
+    /// An f32/f64 CPU weight is stored tap-major (same values and shape; see
+    /// [`crate::gemm_conv::tap_major`]), the layout the gemm conv reads fastest.
+    pub fn new(w: Tensor, b: Option<Tensor>, padding: usize, stride: usize, dilation: usize) -> Result<Conv1d> {
+        let w = if matches!(w.dtype(), DType::F32 | DType::F64) { crate::gemm_conv::tap_major(&w)? } else { w };
+        Ok(Conv1d { w, b, padding, stride, dilation, groups: 1 })
     }
     /// A plain conv: `weight` `[out, in/groups, k]` and optional `bias`.
     pub fn load(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, stride: usize, dilation: usize) -> Result<Conv1d> {
         let weight = w.get(shape, "weight")?;
         let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
-        Ok(Conv1d::new(weight, b, padding, stride, dilation))
+        Conv1d::new(weight, b, padding, stride, dilation)
     }
     /// A weight-normed conv (`weight_g`/`weight_v`, or a fused `weight`).
     pub fn load_wn(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, dilation: usize, skip_fold: bool) -> Result<Conv1d> {
         let weight = load_weight_norm(w, shape, skip_fold)?;
         let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
-        Ok(Conv1d::new(weight, b, padding, 1, dilation))
+        Conv1d::new(weight, b, padding, 1, dilation)
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv1d(&self.w, self.padding, self.stride, self.dilation, self.groups)?;
+        if self.groups == 1 {
+            if let Some(y) = crate::gemm_conv::conv1d(x, &self.w, self.b.as_ref(), self.padding, self.stride, self.dilation)? {
+                return Ok(y);
+            }
+        }
+        // Candle 0.11's CPU conv1d reads a strided kernel as if it were contiguous (its copy is
+        // made, then unused): hand it a contiguous one
+        let y = x.conv1d(&self.w.contiguous()?, self.padding, self.stride, self.dilation, self.groups)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?)?,
             None => y,

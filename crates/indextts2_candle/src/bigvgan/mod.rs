@@ -208,7 +208,7 @@ fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool) -> Result<Tensor> {
 fn wn_conv1d(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, dilation: usize, skip: bool) -> Result<Conv1d> {
     let weight = wn_weight(w, &[shape.0, shape.1, shape.2], skip)?;
     let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
-    Ok(Conv1d::new(weight, b, padding, 1, dilation))
+    Conv1d::new(weight, b, padding, 1, dilation)
 }
 
 struct ConvTranspose1d {
