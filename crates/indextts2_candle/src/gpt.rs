@@ -115,7 +115,7 @@ impl Block {
         let x = (x + a)?;
         let h = ctx.block(&format!("{n}.ln_2"), &x, |x| self.ln_2.forward(x))?;
         let h = ctx.block(&format!("{n}.mlp.c_fc"), &h, |h| self.c_fc.forward(h))?;
-        let h = ctx.block(&format!("{n}.mlp.act"), &h, |h| Ok(if self.gelu_erf { h.gelu_erf()? } else { h.gelu()? }))?; // gelu_new (tanh)
+        let h = ctx.block(&format!("{n}.mlp.act"), &h, |h| Ok(if self.gelu_erf { crate::vact::gelu_erf(h)? } else { crate::vact::gelu_tanh(h)? }))?; // gelu_new (tanh)
         let m = ctx.block(&format!("{n}.mlp.c_proj"), &h, |h| self.mlp_proj.forward(h))?;
         Ok((x + m)?)
     }

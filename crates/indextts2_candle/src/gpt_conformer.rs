@@ -100,8 +100,8 @@ impl RelAttention {
 /// SiLU, or the Swish-β fault.
 fn swish(x: &Tensor, beta: Option<f64>) -> Result<Tensor> {
     Ok(match beta {
-        None => x.silu()?,
-        Some(b) => (x * candle_nn::ops::sigmoid(&(x * b)?)?)?,
+        None => crate::vact::silu(x)?,
+        Some(b) => (x * crate::vact::sigmoid(&(x * b)?)?)?,
     })
 }
 
@@ -136,7 +136,7 @@ impl ConvModule {
         })?;
         // GLU over channels: value = first half, gate = second half.
         let h = ctx.block(&format!("{name}.glu"), &h, |h| {
-            Ok((h.narrow(1, 0, self.c)? * candle_nn::ops::sigmoid(&h.narrow(1, self.c, self.c)?)?)?)
+            Ok((h.narrow(1, 0, self.c)? * crate::vact::sigmoid(&h.narrow(1, self.c, self.c)?)?)?)
         })?;
         let h = ctx.block(&format!("{name}.depthwise_conv"), &h, |h| {
             let pad = (self.k - 1) / 2;
@@ -147,7 +147,7 @@ impl ConvModule {
             Ok(y.broadcast_add(&self.dw_b.reshape((1, self.c, 1))?)?)
         })?;
         let h = ctx.block(&format!("{name}.norm"), &h, |h| self.norm.forward(&h.transpose(1, 2)?.contiguous()?))?;
-        let h = ctx.block(&format!("{name}.activation"), &h, |h| Ok(h.silu()?))?;
+        let h = ctx.block(&format!("{name}.activation"), &h, |h| Ok(crate::vact::silu(h)?))?;
         ctx.block(&format!("{name}.pointwise_conv2"), &h, |h| fill_masked(&self.pw2.forward(h)?, keep_t, 0.0))
     }
 }

@@ -98,7 +98,7 @@ impl Perceiver {
             if self.geglu_swapped {
                 std::mem::swap(&mut x, &mut gate);
             }
-            Ok((gate.gelu_erf()? * x)?) // GEGLU: exact gelu of the second half
+            Ok((crate::vact::gelu_erf(&gate)? * x)?) // GEGLU: exact gelu of the second half
         })?;
         let ff = c.block(&format!("{n}.1.2"), &h, |h| l.ff_out.forward(h))?;
         Ok((ff + lat)?)

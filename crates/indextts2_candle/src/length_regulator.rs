@@ -118,11 +118,11 @@ pub struct Regulator {
 
 fn mish(x: &Tensor, as_swish: bool) -> Result<Tensor> {
     if as_swish {
-        return Ok(candle_nn::ops::silu(x)?);
+        return Ok(crate::vact::silu(x)?);
     }
     // softplus = max(x, 0) + ln(1 + e^{-|x|}) stays finite for large |x|.
     let sp = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    Ok((x * sp.tanh()?)?)
+    Ok((x * crate::vact::tanh(&sp)?)?)
 }
 
 impl Regulator {

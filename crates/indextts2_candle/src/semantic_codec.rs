@@ -50,6 +50,7 @@ pub const FAULTS: &[&str] = &[
 ];
 
 struct ConvNeXt {
+    dw_w: Tensor,         // dwconv.weight [dim, 1, 7]
     dw_taps: Vec<Tensor>, // dwconv.weight[:, 0, k] as [1, dim, 1]
     dw_bias: Tensor,      // [1, dim, 1]
     norm: LayerNorm,
@@ -67,6 +68,7 @@ impl ConvNeXt {
             None => return input_err("dwconv without bias"),
         };
         Ok(ConvNeXt {
+            dw_w: dw.w.clone(),
             dw_taps,
             dw_bias,
             norm: LayerNorm::load(&w.pp("norm"), dim, eps)?,
@@ -75,9 +77,13 @@ impl ConvNeXt {
             gamma: w.get(dim, "gamma")?,
         })
     }
-    /// Depthwise k=7 conv (pad 3) as seven shifted scalings: candle runs grouped convs one group
-    /// at a time, which is ~dim× slower for dim groups of one channel.
+    /// Depthwise k=7 conv (pad 3): `nn::depthwise_conv1d` (one pass per row) on f32/f64 CPU
+    /// tensors, else seven shifted scalings (the same sums in the same order, so the two agree bit
+    /// for bit); candle runs grouped convs one group at a time, ~dim× slower for 1-channel groups.
     fn dwconv(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::nn::depthwise_conv1d(x, &self.dw_w, 3, 3)? {
+            return Ok(y.broadcast_add(&self.dw_bias)?);
+        }
         let t = x.dim(2)?;
         let xp = x.pad_with_zeros(2, 3, 3)?;
         let mut y = xp.narrow(2, 0, t)?.broadcast_mul(&self.dw_taps[0])?;
@@ -93,7 +99,7 @@ impl ConvNeXt {
         let h = ctx.block(&format!("{n}.norm"), &h.transpose(1, 2)?, |h| self.norm.forward(h))?;
         let h = ctx.block(&format!("{n}.pwconv1"), &h, |h| self.pwconv1.forward(h))?;
         let h = ctx.block(&format!("{n}.act"), &h, |h| {
-            Ok(if faults.on("gelu_tanh") { h.gelu()? } else { h.gelu_erf()? })
+            Ok(if faults.on("gelu_tanh") { crate::vact::gelu_tanh(h)? } else { crate::vact::gelu_erf(h)? })
         })?;
         let h = ctx.block(&format!("{n}.pwconv2"), &h, |h| self.pwconv2.forward(h))?;
         let h = ctx.block(&format!("{n}.gamma"), &h, |h| Ok(h.broadcast_mul(&self.gamma)?))?;
@@ -272,7 +278,7 @@ impl SemanticCodec {
         let mut x = x.transpose(1, 2)?;
         if let Some(down) = &self.down {
             let y = ctx.block("down", &x, |x| down.forward(x))?;
-            x = ctx.block("gelu", &y, |y| Ok(y.gelu_erf()?))?;
+            x = ctx.block("gelu", &y, |y| Ok(crate::vact::gelu_erf(y)?))?;
         }
         let y = self.encoder.forward(&x, ctx, "encoder.0", &self.faults)?;
         let y = ctx.block("encoder.1", &y, |y| self.encoder_proj.forward(y))?;

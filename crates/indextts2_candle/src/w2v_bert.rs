@@ -140,7 +140,7 @@ impl FeedForward {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
         let x = ctx.input(n, x)?;
         let h = ctx.block(&format!("{n}.intermediate_dense"), &x, |x| self.intermediate_dense.forward(x))?;
-        let h = ctx.block(&format!("{n}.intermediate_act_fn"), &h, |h| Ok(h.silu()?))?;
+        let h = ctx.block(&format!("{n}.intermediate_act_fn"), &h, |h| Ok(crate::vact::silu(h)?))?;
         let y = ctx.block(&format!("{n}.output_dense"), &h, |h| self.output_dense.forward(h))?;
         ctx.tap(n, &y);
         Ok(y)
@@ -270,7 +270,7 @@ impl ConvModule {
         }
         let y = ctx.block(&format!("{n}.pointwise_conv1"), &y.transpose(1, 2)?, |y| pointwise(&self.pointwise_conv1, y))?;
         let y = ctx.block(&format!("{n}.glu"), &y, |y| {
-            Ok((y.narrow(1, 0, h)? * candle_nn::ops::sigmoid(&y.narrow(1, h, h)?)?)?)
+            Ok((y.narrow(1, 0, h)? * crate::vact::sigmoid(&y.narrow(1, h, h)?)?)?)
         })?;
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
         let yp = y.pad_with_zeros(2, pl, pr)?;
@@ -287,7 +287,7 @@ impl ConvModule {
         })?;
         let y = ctx.block(&format!("{n}.depthwise_layer_norm"), &y.transpose(1, 2)?, |y| self.depthwise_layer_norm.forward(y))?;
         let y = ctx.block(&format!("{n}.activation"), &y.transpose(1, 2)?, |y| {
-            Ok(if self.swish_beta { (y * candle_nn::ops::sigmoid(&(y * 1.702)?)?)? } else { y.silu()? })
+            Ok(if self.swish_beta { (y * crate::vact::sigmoid(&(y * 1.702)?)?)? } else { crate::vact::silu(y)? })
         })?;
         let y = ctx.block(&format!("{n}.pointwise_conv2"), &y, |y| pointwise(&self.pointwise_conv2, y))?;
         let y = y.transpose(1, 2)?;

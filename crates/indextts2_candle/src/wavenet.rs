@@ -99,7 +99,7 @@ impl WaveNet {
             let a = ctx.block(&format!("{prefix}.in_layers.{i}"), &x, |x| self.in_layers[i].forward(x))?;
             let acts = ctx.block(&format!("{prefix}.acts.{i}"), &a, |a| {
                 let a = a.broadcast_add(&g.narrow(1, 2 * h * i, 2 * h)?)?;
-                Ok((a.narrow(1, 0, h)?.tanh()? * candle_nn::ops::sigmoid(&a.narrow(1, h, h)?)?)?)
+                Ok((crate::vact::tanh(&a.narrow(1, 0, h)?)? * crate::vact::sigmoid(&a.narrow(1, h, h)?)?)?)
             })?;
             let rs = ctx.block(&format!("{prefix}.res_skip_layers.{i}"), &acts, |a| self.res_skip_layers[i].forward(a))?;
             let skip = if i + 1 < n {

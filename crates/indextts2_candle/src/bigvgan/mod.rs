@@ -321,7 +321,7 @@ impl BigVgan {
         let x = self.activation_post.forward(&x, ctx, "activation_post")?;
         let x = ctx.block("conv_post", &x, |x| self.conv_post.forward(x))?;
         if self.cfg.use_tanh_at_final {
-            return ctx.block("tanh", &x, |x| Ok(x.tanh()?));
+            return ctx.block("tanh", &x, |x| Ok(crate::vact::tanh(x)?));
         }
         ctx.block("clamp", &x, |x| Ok(if self.faults.on("no_final_clamp") { x.clone() } else { x.clamp(-1f32, 1f32)? }))
     }

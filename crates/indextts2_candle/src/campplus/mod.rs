@@ -414,7 +414,7 @@ impl Cam {
         let c = ctx.block(&format!("{p}.linear1"), &c, |v| pointwise(&self.linear1, v))?;
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
         let c = ctx.block(&format!("{p}.linear2"), &c, |v| pointwise(&self.linear2, v))?;
-        let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(candle_nn::ops::sigmoid(v)?))?;
+        let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(crate::vact::sigmoid(v)?))?;
         Ok((y * m)?)
     }
 }

@@ -209,7 +209,7 @@ impl TimestepEmbedder {
             Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(self.mlp0.w.dtype())?)
         })?;
         let h = ctx.block(&format!("{p}.mlp.0"), &emb, |e| self.mlp0.forward(e))?;
-        let h = ctx.block(&format!("{p}.mlp.1"), &h, |h| Ok(candle_nn::ops::silu(h)?))?;
+        let h = ctx.block(&format!("{p}.mlp.1"), &h, |h| Ok(crate::vact::silu(h)?))?;
         ctx.block(&format!("{p}.mlp.2"), &h, |h| self.mlp2.forward(h))
     }
 }
@@ -226,7 +226,7 @@ impl FinalLayer {
     /// x `[B, T, H]`, c `[B, H]`: LayerNorm(x)·(1 + scale) + shift, then the weight-normed linear.
     /// Taps `{p}.adaLN_modulation.{0,1}`, `{p}.norm_final`, `{p}.modulate`, `{p}.linear`.
     fn forward(&self, x: &Tensor, c: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
-        let m = ctx.block(&format!("{p}.adaLN_modulation.0"), c, |c| Ok(candle_nn::ops::silu(c)?))?;
+        let m = ctx.block(&format!("{p}.adaLN_modulation.0"), c, |c| Ok(crate::vact::silu(c)?))?;
         let m = ctx.block(&format!("{p}.adaLN_modulation.1"), &m, |m| self.ada.forward(m))?;
         let shift = m.narrow(1, 0, self.hidden)?.unsqueeze(1)?;
         let scale = m.narrow(1, self.hidden, self.hidden)?.unsqueeze(1)?;

@@ -144,8 +144,8 @@ impl FeedForward {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
         let a = ctx.block(&format!("{p}.w1"), x, |x| self.w1.forward(x))?;
         let s = ctx.block(&format!("{p}.silu"), &a, |a| match self.swish_beta {
-            Some(beta) => Ok((a * candle_nn::ops::sigmoid(&a.affine(beta, 0.0)?)?)?),
-            None => Ok(candle_nn::ops::silu(a)?),
+            Some(beta) => Ok((a * crate::vact::sigmoid(&a.affine(beta, 0.0)?)?)?),
+            None => Ok(crate::vact::silu(a)?),
         })?;
         let g = ctx.block(&format!("{p}.w3"), x, |x| self.w3.forward(x))?;
         ctx.block(&format!("{p}.w2"), &s, |s| self.w2.forward(&(s * &g)?))
