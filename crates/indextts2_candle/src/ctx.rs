@@ -45,14 +45,36 @@ pub struct Ctx {
     record: bool,
     taps: Vec<(String, Tensor)>,
     inject: HashMap<String, Tensor>,
+    /// `INDEXTTS2_PROFILE_BLOCKS=1`: wall time per leaf block, layer numbers folded (`convnext.#.act`),
+    /// printed to stderr when the context is dropped (a developer's per-layer time breakdown).
+    profile: Option<HashMap<String, (f64, usize)>>,
+}
+
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INDEXTTS2_PROFILE_BLOCKS").is_ok_and(|v| v == "1"))
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let Some(p) = self.profile.take() else { return };
+        let mut rows: Vec<_> = p.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0).sum();
+        let mut out = format!("block profile: {:.1} ms in leaf blocks\n", total * 1e3);
+        for (name, (s, n)) in rows.iter().take(25) {
+            out += &format!("  {:8.2} ms {:5.1} %  ×{n:<4} {name}\n", s * 1e3, 100.0 * s / total.max(1e-12));
+        }
+        eprint!("{out}");
+    }
 }
 
 impl Ctx {
     pub fn new(record: bool, inject: HashMap<String, Tensor>) -> Ctx {
-        Ctx { record, taps: Vec::new(), inject }
+        Ctx { record, taps: Vec::new(), inject, profile: profiling().then(HashMap::new) }
     }
     pub fn plain() -> Ctx {
-        Ctx::default()
+        Ctx::new(false, HashMap::new())
     }
     /// Whether taps are kept: lets a model skip building a tap that only a parity run reads.
     pub fn records(&self) -> bool {
@@ -72,10 +94,17 @@ impl Ctx {
     where
         F: FnOnce(&Tensor) -> Result<Tensor>,
     {
+        let t0 = self.profile.as_ref().map(|_| std::time::Instant::now());
         let y = match self.injected(name, x)? {
             Some(inj) => f(&inj)?,
             None => f(x)?,
         };
+        if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+            let key: String = name.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+            let e = p.entry(key.replace("##", "#").replace("##", "#")).or_default();
+            e.0 += t0.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
         self.tap(name, &y);
         Ok(y)
     }
@@ -117,12 +146,12 @@ impl Ctx {
         }
     }
     /// Fails if an injected input named a block that the forward never ran.
-    pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
+    pub fn finish(mut self) -> Result<Vec<(String, Tensor)>> {
         if !self.inject.is_empty() {
             let mut names: Vec<_> = self.inject.keys().cloned().collect();
             names.sort();
             return input_err(format!("injected inputs name unknown taps: {names:?}"));
         }
-        Ok(self.taps)
+        Ok(std::mem::take(&mut self.taps))
     }
 }

@@ -197,7 +197,7 @@ pub mod emotion;
 pub mod error;
 pub mod fastload;
 pub mod mel;
-pub mod gemm_conv;
+pub mod dense;
 pub mod gpt;
 pub mod gpt_config;
 pub mod gpt_conformer;

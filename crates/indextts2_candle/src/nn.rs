@@ -53,6 +53,9 @@ impl Linear {
             }
             return Ok(y.to_dtype(x.dtype())?);
         }
+        if let Some(y) = crate::dense::linear(x, &self.w, self.b.as_ref())? {
+            return Ok(y);
+        }
         let y = x.broadcast_matmul(&self.w.t()?)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
@@ -90,9 +93,9 @@ pub struct Conv1d {
 
 impl Conv1d {
     /// An f32/f64 CPU weight is stored tap-major (same values and shape; see
-    /// [`crate::gemm_conv::tap_major`]), the layout the gemm conv reads fastest.
+    /// [`crate::dense::tap_major`]), the layout the gemm conv reads fastest.
     pub fn new(w: Tensor, b: Option<Tensor>, padding: usize, stride: usize, dilation: usize) -> Result<Conv1d> {
-        let w = if matches!(w.dtype(), DType::F32 | DType::F64) { crate::gemm_conv::tap_major(&w)? } else { w };
+        let w = if matches!(w.dtype(), DType::F32 | DType::F64) { crate::dense::tap_major(&w)? } else { w };
         Ok(Conv1d { w, b, padding, stride, dilation, groups: 1 })
     }
     /// A plain conv: `weight` `[out, in/groups, k]` and optional `bias`.
@@ -109,7 +112,7 @@ impl Conv1d {
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.groups == 1 {
-            if let Some(y) = crate::gemm_conv::conv1d(x, &self.w, self.b.as_ref(), self.padding, self.stride, self.dilation)? {
+            if let Some(y) = crate::dense::conv1d(x, &self.w, self.b.as_ref(), self.padding, self.stride, self.dilation)? {
                 return Ok(y);
             }
         }

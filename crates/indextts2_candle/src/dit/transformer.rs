@@ -117,6 +117,11 @@ impl Attention {
         let (q, k, v) = if self.wrong_order { (&parts[2], &parts[1], &parts[0]) } else { (&parts[0], &parts[1], &parts[2]) };
         let q = ctx.block(&format!("{p}.apply_rotary_emb"), &q.reshape((b, t, self.n_head, hd))?, |q| rope.apply(q))?;
         let y = ctx.block(&format!("{p}.scaled_dot_product_attention"), &q, |q| {
+            let d = if self.scale_by_dim { self.dim } else { hd };
+            let kr = rope.apply(&k.reshape((b, t, self.n_head, hd))?)?;
+            if let Some(y) = crate::dense::attention(q, &kr, &v.reshape((b, t, self.n_head, hd))?, mask, 1.0 / (d as f64).sqrt())? {
+                return Ok(y);
+            }
             let q = q.transpose(1, 2)?.contiguous()?;
             let k = rope.apply(&k.reshape((b, t, self.n_head, hd))?)?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, self.n_head, hd))?.transpose(1, 2)?.contiguous()?;

@@ -1,0 +1,646 @@
+//! Dense layers on the CPU as direct gemm calls: `nn.Linear` and conv1d (`groups = 1`), f32/f64.
+//!
+//! **Linear** `y = x·Wᵀ + b`: the output starts as the bias rows and gemm accumulates into it (no
+//! separate bias pass); the output columns (rows of W) are split across threads, so each thread
+//! packs only its share of the weight. Candle's matmul splits inside gemm and ran 77–127 GFLOP/s
+//! on the models' shapes against 122–144 for torch; this form 121–154 (`examples/linear_speed.rs`).
+//!
+//! **Conv1d** (`groups = 1`) on the CPU as one gemm per kernel tap over shifted views of the
+//! padded input: `y[:, t] = b + Σ_j W[:, :, j] · x[:, s·t + d·j]`, accumulated in the output.
+//!
+//! Candle's CPU conv1d builds an im2col matrix `[L, C_in·k]` with a gather, multiplies, then copies
+//! the `[L, C_out]` product into `[C_out, L]`. On BigVGAN's shapes that ran at 12–80 GFLOP/s against
+//! torch's 60–125 (`examples/bv_convs.rs`); here the only copy is the zero-padded input, the output
+//! lands in place with its bias, and the time axis is split across threads (each split runs gemm
+//! single-threaded over all of C_out, so thin channel counts still fill both cores).
+//!
+//! A weight stored tap-major (`[k, C_out, C_in]` memory, seen as `[C_out, C_in, k]` through
+//! strides: [`tap_major`]) gives each tap a contiguous `[C_out, C_in]` matrix; any other layout
+//! works through its strides, slower at large C_in (gemm repacks a strided matrix).
+use crate::error::Result;
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+
+/// The same weight, its memory reordered tap-major (`[k, C_out, C_in]`) and viewed back as
+/// `[C_out, C_in, k]`: equal values, equal shape, so every other use of the weight is unchanged.
+pub fn tap_major(w: &Tensor) -> Result<Tensor> {
+    if !w.device().is_cpu() || w.rank() != 3 || w.dim(2)? == 1 {
+        return Ok(w.clone());
+    }
+    Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?)
+}
+
+/// `conv1d(x, w) + b` (zero padding, `groups = 1`) for f32/f64 CPU tensors; `None` elsewhere (the
+/// caller keeps Candle's conv).
+pub fn conv1d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Option<Tensor>> {
+    let dt = x.dtype();
+    if !x.device().is_cpu()
+        || !matches!(dt, DType::F32 | DType::F64)
+        || w.dtype() != dt
+        || b.is_some_and(|b| b.dtype() != dt)
+    {
+        return Ok(None);
+    }
+    let (_, cin, l) = x.dims3()?;
+    let (cout, wcin, k) = w.dims3()?;
+    let span = dilation * (k.max(1) - 1) + 1;
+    if wcin != cin
+        || k == 0
+        || stride == 0
+        || dilation == 0
+        || l + 2 * padding < span
+        || b.is_some_and(|b| b.dims() != [cout])
+    {
+        return crate::error::input_err(format!(
+            "conv1d: input {:?}, weight {:?} and bias {:?} do not fit",
+            x.dims(),
+            w.dims(),
+            b.map(|b| b.dims().to_vec())
+        ));
+    }
+    let op = GemmConv {
+        padding,
+        stride,
+        dilation,
+    };
+    let x = x.contiguous()?;
+    Ok(Some(match b {
+        Some(b) => x.apply_op3_no_bwd(w, &b.contiguous()?, &op)?,
+        None => x.apply_op2_no_bwd(w, &op)?,
+    }))
+}
+
+/// `x·Wᵀ + b` for a contiguous f32/f64 CPU `x` `[.., k]` and `w` `[n, k]`; `None` elsewhere (the
+/// caller keeps Candle's matmul).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let dt = x.dtype();
+    if !x.device().is_cpu() || !matches!(dt, DType::F32 | DType::F64) || w.dtype() != dt || b.is_some_and(|b| b.dtype() != dt) || x.rank() == 0 {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    if x.dim(x.rank() - 1)? != k || b.is_some_and(|b| b.dims() != [n]) {
+        return crate::error::input_err(format!("linear: input {:?}, weight {:?} and bias {:?} do not fit", x.dims(), w.dims(), b.map(|b| b.dims().to_vec())));
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(Some(match b {
+        Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &GemmLinear)?,
+        None => x.apply_op2_no_bwd(&w, &GemmLinear)?,
+    }))
+}
+
+struct GemmLinear;
+
+impl GemmLinear {
+    fn run<T>(x: &[T], xl: &Layout, w: &[T], wl: &Layout, bias: Option<&[T]>) -> candle_core::Result<(Vec<T>, Shape)>
+    where
+        T: Copy + Default + Send + Sync + 'static + num_like::One,
+    {
+        use rayon::prelude::*;
+        let (n, k) = wl.shape().dims2()?;
+        let m = xl.shape().elem_count() / k.max(1);
+        let x = &x[xl.start_offset()..xl.start_offset() + m * k];
+        let w = &w[wl.start_offset()..wl.start_offset() + n * k];
+        let mut out = vec![T::default(); m * n];
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = n;
+        if m == 0 || n == 0 {
+            return Ok((out, Shape::from(dims)));
+        }
+        // output-column splits, a multiple of 16 wide, one per thread
+        let nt = candle_core::utils::get_num_threads().max(1);
+        let chunk = n.div_ceil(nt).div_ceil(16) * 16;
+        let dst = Ptr(out.as_mut_ptr());
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
+            let dst = dst;
+            let (c0, cols) = (i * chunk, chunk.min(n - i * chunk));
+            if let Some(bias) = bias {
+                for r in 0..m {
+                    // SAFETY: split i owns columns c0..c0+cols of every output row
+                    unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), cols) }.copy_from_slice(&bias[c0..c0 + cols]);
+                }
+            }
+            // SAFETY: rows c0..c0+cols of W (columns of Wᵀ) and the split's output columns are in bounds
+            unsafe {
+                gemm::gemm(
+                    m, cols, k, dst.0.add(c0), 1, n as isize, bias.is_some(),
+                    x.as_ptr(), 1, k as isize,
+                    w.as_ptr().add(c0 * k), k as isize, 1,
+                    T::one(), T::one(), false, false, false, gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+impl candle_core::CustomOp2 for GemmLinear {
+    fn name(&self) -> &'static str {
+        "gemm-linear"
+    }
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match (x, w) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => GemmLinear::run(x, xl, w, wl, None).map(|(o, s)| (CpuStorage::F32(o), s)),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => GemmLinear::run(x, xl, w, wl, None).map(|(o, s)| (CpuStorage::F64(o), s)),
+            _ => Err(candle_core::Error::Msg("linear: f32/f64 operands of one dtype expected".into())),
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for GemmLinear {
+    fn name(&self) -> &'static str {
+        "gemm-linear-bias"
+    }
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout, b: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let err = || candle_core::Error::Msg("linear: f32/f64 operands of one dtype expected".into());
+        let (b0, b1) = bl.contiguous_offsets().ok_or_else(err)?;
+        match (x, w, b) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => GemmLinear::run(x, xl, w, wl, Some(&b[b0..b1])).map(|(o, s)| (CpuStorage::F32(o), s)),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => GemmLinear::run(x, xl, w, wl, Some(&b[b0..b1])).map(|(o, s)| (CpuStorage::F64(o), s)),
+            _ => Err(err()),
+        }
+    }
+}
+
+/// Scaled dot-product attention, one fused pass per (batch, head) on the CPU:
+/// `softmax(q·kᵀ · scale + mask) · v`, with q, k, v `[B, T, H, D]` (any strides with a unit last
+/// stride: the heads are read in place, no transposes) and the output `[B, Tq, H·D]`. The score
+/// row is scaled, masked and normalised in the order of the tensor form (product, × scale,
+/// + mask, max, exp(s − max), Σ, ÷ Σ), with the same libm `exp`. `mask`: `[Bm, 1, Tm, Tk]`,
+/// Bm ∈ {1, B}, Tm ∈ {1, Tq}, added to the scores. `None` where it does not apply (not CPU
+/// f32/f64): the caller keeps its tensor form.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Option<Tensor>> {
+    let dt = q.dtype();
+    if !q.device().is_cpu() || !matches!(dt, DType::F32 | DType::F64) || k.dtype() != dt || v.dtype() != dt || mask.is_some_and(|m| m.dtype() != dt) {
+        return Ok(None);
+    }
+    let (b, tq, h, d) = q.dims4()?;
+    let (kb, tk, kh, kd) = k.dims4()?;
+    if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
+        return crate::error::input_err(format!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims()));
+    }
+    let unit_last = |t: &Tensor| -> Result<Tensor> { Ok(if t.layout().stride()[3] == 1 { t.clone() } else { t.contiguous()? }) };
+    let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+    let mask = match mask {
+        None => None,
+        Some(m) => {
+            let (mb, one, mt, mk) = m.dims4()?;
+            if !(mb == 1 || mb == b) || one != 1 || !(mt == 1 || mt == tq) || mk != tk {
+                return crate::error::input_err(format!("attention: mask {:?} does not fit scores [{b}, {h}, {tq}, {tk}]", m.dims()));
+            }
+            Some(m.contiguous()?)
+        }
+    };
+    let op = Sdpa { scale, mask };
+    Ok(Some(q.apply_op3_no_bwd(&k, &v, &op)?))
+}
+
+/// The mask rides in the op (contiguous, read through its storage in `cpu_fwd`): a CustomOp takes
+/// at most three tensor arguments.
+struct Sdpa {
+    scale: f64,
+    mask: Option<Tensor>,
+}
+
+trait Real: Copy + Default + Send + Sync + 'static + num_like::One + PartialOrd + std::ops::Sub<Output = Self> + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + std::ops::DivAssign {
+    fn exp(self) -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn lowest() -> Self;
+}
+impl Real for f32 {
+    fn exp(self) -> f32 {
+        f32::exp(self)
+    }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    fn lowest() -> f32 {
+        f32::NEG_INFINITY
+    }
+}
+impl Real for f64 {
+    fn exp(self) -> f64 {
+        f64::exp(self)
+    }
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    fn lowest() -> f64 {
+        f64::NEG_INFINITY
+    }
+}
+
+impl Sdpa {
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Real>(&self, q: &[T], ql: &Layout, k: &[T], kl: &Layout, v: &[T], vl: &Layout, mask: Option<(&[T], &Layout)>) -> candle_core::Result<(Vec<T>, Shape)> {
+        use rayon::prelude::*;
+        let (b, tq, h, d) = ql.shape().dims4()?;
+        let tk = kl.shape().dims4()?.1;
+        let (qs, ks, vs) = (ql.stride(), kl.stride(), vl.stride());
+        let (q0, k0, v0) = (ql.start_offset(), kl.start_offset(), vl.start_offset());
+        let (mb, mt, mask0) = match mask {
+            Some((_, l)) => (l.shape().dims4()?.0, l.shape().dims4()?.2, l.start_offset()),
+            None => (1, 1, 0),
+        };
+        let mask = mask.map(|m| m.0);
+        let scale = T::from_f64(self.scale);
+        let mut out = vec![T::default(); b * tq * h * d];
+        let dst = Ptr(out.as_mut_ptr());
+        (0..b * h).into_par_iter().for_each_init(
+            || vec![T::default(); tq * tk],
+            |s, u| {
+                let dst = dst;
+                let (bi, hi) = (u / h, u % h);
+                // SAFETY: the offsets and strides come from the operands' layouts; the unit writes
+                // only head hi of batch bi of the output
+                unsafe {
+                    gemm::gemm(
+                        tq, tk, d, s.as_mut_ptr(), 1, tk as isize, false,
+                        q.as_ptr().add(q0 + bi * qs[0] + hi * qs[2]), 1, qs[1] as isize,
+                        k.as_ptr().add(k0 + bi * ks[0] + hi * ks[2]), ks[1] as isize, 1,
+                        T::one(), T::one(), false, false, false, gemm::Parallelism::None,
+                    );
+                }
+                for (i, row) in s.chunks_mut(tk).enumerate() {
+                    let mrow = mask.map(|m| &m[mask0 + ((if mb == 1 { 0 } else { bi }) * mt + if mt == 1 { 0 } else { i }) * tk..][..tk]);
+                    let mut max = T::lowest();
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = *x * scale;
+                        if let Some(m) = mrow {
+                            *x = *x + m[j];
+                        }
+                        if *x > max {
+                            max = *x;
+                        }
+                    }
+                    let mut sum = T::default();
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum = sum + *x;
+                    }
+                    for x in row.iter_mut() {
+                        *x /= sum;
+                    }
+                }
+                unsafe {
+                    gemm::gemm(
+                        tq, d, tk, dst.0.add(bi * tq * h * d + hi * d), 1, (h * d) as isize, false,
+                        s.as_ptr(), 1, tk as isize,
+                        v.as_ptr().add(v0 + bi * vs[0] + hi * vs[2]), 1, vs[1] as isize,
+                        T::one(), T::one(), false, false, false, gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((out, Shape::from((b, tq, h * d))))
+    }
+
+}
+
+impl candle_core::CustomOp3 for Sdpa {
+    fn name(&self) -> &'static str {
+        "sdpa"
+    }
+    fn cpu_fwd(&self, q: &CpuStorage, ql: &Layout, k: &CpuStorage, kl: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let err = || candle_core::Error::Msg("attention: f32/f64 operands of one dtype expected".into());
+        let guard = self.mask.as_ref().map(|m| m.storage_and_layout());
+        let mask = match &guard {
+            Some((s, l)) => match &**s {
+                candle_core::Storage::Cpu(c) => Some((c, *l)),
+                _ => return Err(err()),
+            },
+            None => None,
+        };
+        Ok(match (q, k, v, mask) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), None) => self.run(q, ql, k, kl, v, vl, None).map(|(o, s)| (CpuStorage::F32(o), s))?,
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), Some((CpuStorage::F32(m), l))) => {
+                self.run(q, ql, k, kl, v, vl, Some((m, l))).map(|(o, s)| (CpuStorage::F32(o), s))?
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), None) => self.run(q, ql, k, kl, v, vl, None).map(|(o, s)| (CpuStorage::F64(o), s))?,
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), Some((CpuStorage::F64(m), l))) => {
+                self.run(q, ql, k, kl, v, vl, Some((m, l))).map(|(o, s)| (CpuStorage::F64(o), s))?
+            }
+            _ => return Err(err()),
+        })
+    }
+}
+
+struct GemmConv {
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+}
+
+/// A raw pointer handed to the threads; each writes its own disjoint output columns.
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+// SAFETY: units write disjoint ranges of one buffer that outlives the parallel loop.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl GemmConv {
+    fn out_len(&self, l: usize, k: usize) -> usize {
+        (l + 2 * self.padding - self.dilation * (k - 1) - 1) / self.stride + 1
+    }
+
+    fn run<T>(
+        &self,
+        x: &[T],
+        xl: &Layout,
+        w: &[T],
+        wl: &Layout,
+        bias: Option<&[T]>,
+    ) -> candle_core::Result<(Vec<T>, Shape)>
+    where
+        T: Copy + Default + Send + Sync + 'static + num_like::One,
+    {
+        use rayon::prelude::*;
+        let (b, cin, l) = xl.shape().dims3()?;
+        let (cout, _, k) = wl.shape().dims3()?;
+        let ws = wl.stride();
+        let w0 = wl.start_offset();
+        let x = &x[xl.start_offset()..xl.start_offset() + b * cin * l];
+        let lo = self.out_len(l, k);
+        let lp = l + 2 * self.padding;
+        // the zero-padded input (the input itself when there is no padding)
+        let padded;
+        let xp: &[T] = if self.padding == 0 {
+            x
+        } else {
+            let mut v = vec![T::default(); b * cin * lp];
+            v.par_chunks_mut(lp)
+                .zip(x.par_chunks(l))
+                .for_each(|(d, s)| d[self.padding..self.padding + l].copy_from_slice(s));
+            padded = v;
+            &padded
+        };
+        let mut out = vec![T::default(); b * cout * lo];
+        // column splits: a multiple of 16 outputs (gemm's row block), enough of them for every thread
+        let nt = candle_core::utils::get_num_threads().max(1);
+        let per_batch = if b >= nt { 1 } else { nt.div_ceil(b) };
+        let chunk = lo.div_ceil(per_batch).div_ceil(16) * 16;
+        let splits = lo.div_ceil(chunk);
+        let dst = Ptr(out.as_mut_ptr());
+        (0..b * splits).into_par_iter().for_each(|u| {
+            let dst = dst;
+            let (bi, t0) = (u / splits, (u % splits) * chunk);
+            let n = chunk.min(lo - t0);
+            // SAFETY: unit u owns columns t0..t0+n of every output row of batch bi
+            let d = unsafe { dst.0.add(bi * cout * lo + t0) };
+            if let Some(bias) = bias {
+                for (co, &bv) in bias.iter().enumerate() {
+                    unsafe { std::slice::from_raw_parts_mut(d.add(co * lo), n) }.fill(bv);
+                }
+            }
+            let xb = &xp[bi * cin * lp..];
+            for j in 0..k {
+                // SAFETY: tap j's weight matrix and the shifted input view stay inside their buffers
+                // (strides from the layouts; the last column read is s·(t0+n−1) + d·j < lp)
+                unsafe {
+                    gemm::gemm(
+                        cout,
+                        n,
+                        cin,
+                        d,
+                        1,
+                        lo as isize,
+                        bias.is_some() || j > 0,
+                        w.as_ptr().add(w0 + j * ws[2]),
+                        ws[1] as isize,
+                        ws[0] as isize,
+                        xb.as_ptr().add(self.stride * t0 + self.dilation * j),
+                        self.stride as isize,
+                        lp as isize,
+                        T::one(),
+                        T::one(),
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        Ok((out, Shape::from((b, cout, lo))))
+    }
+
+    fn dispatch(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let err =
+            || candle_core::Error::Msg("conv1d: f32/f64 operands of one dtype expected".into());
+        let bias = |bl: &Layout| bl.contiguous_offsets().ok_or_else(err);
+        Ok(match (x, w, b) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), None) => {
+                let (o, s) = self.run(x, xl, w, wl, None)?;
+                (CpuStorage::F32(o), s)
+            }
+            (CpuStorage::F32(x), CpuStorage::F32(w), Some((CpuStorage::F32(bv), bl))) => {
+                let (o0, o1) = bias(bl)?;
+                let (o, s) = self.run(x, xl, w, wl, Some(&bv[o0..o1]))?;
+                (CpuStorage::F32(o), s)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), None) => {
+                let (o, s) = self.run(x, xl, w, wl, None)?;
+                (CpuStorage::F64(o), s)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), Some((CpuStorage::F64(bv), bl))) => {
+                let (o0, o1) = bias(bl)?;
+                let (o, s) = self.run(x, xl, w, wl, Some(&bv[o0..o1]))?;
+                (CpuStorage::F64(o), s)
+            }
+            _ => return Err(err()),
+        })
+    }
+}
+
+mod num_like {
+    pub trait One {
+        fn one() -> Self;
+    }
+    impl One for f32 {
+        fn one() -> f32 {
+            1.0
+        }
+    }
+    impl One for f64 {
+        fn one() -> f64 {
+            1.0
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for GemmConv {
+    fn name(&self) -> &'static str {
+        "gemm-conv1d"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch(x, xl, w, wl, None)
+    }
+}
+
+impl candle_core::CustomOp3 for GemmConv {
+    fn name(&self) -> &'static str {
+        "gemm-conv1d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch(x, xl, w, wl, Some((b, bl)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Against Candle's conv1d + bias in f64 (equal to rounding), for every stride / dilation /
+    /// padding mix the models use, batch > threads and batch < threads, and both weight layouts.
+    #[test]
+    fn matches_candle_conv1d() -> Result<()> {
+        let d = Device::Cpu;
+        for (b, cin, cout, l, k, p, s, dil) in [
+            (1, 3, 5, 40, 3, 1, 1, 1),
+            (2, 4, 6, 37, 5, 2, 2, 1),
+            (3, 8, 2, 50, 7, 15, 1, 5),
+            (1, 2, 3, 5, 1, 0, 1, 1),
+            (1, 6, 4, 9, 11, 5, 1, 1),
+            (2, 5, 7, 300, 3, 1, 2, 1),
+        ] {
+            let x = Tensor::randn(0f64, 1.0, (b, cin, l), &d)?;
+            let w = Tensor::randn(0f64, 1.0, (cout, cin, k), &d)?;
+            let bias = Tensor::randn(0f64, 1.0, cout, &d)?;
+            let want = x
+                .conv1d(&w, p, s, dil, 1)?
+                .broadcast_add(&bias.reshape((1, cout, 1))?)?;
+            for w in [w.clone(), tap_major(&w)?] {
+                let got = conv1d(&x, &w, Some(&bias), p, s, dil)?.unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let diff = (&got - &want)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f64>()?;
+                assert!(
+                    diff < 1e-12,
+                    "{b}x{cin}→{cout} L{l} k{k} p{p} s{s} d{dil}: {diff}"
+                );
+                let nobias = conv1d(&x, &w, None, p, s, dil)?.unwrap();
+                let diff = (nobias - x.conv1d(&w.contiguous()?, p, s, dil, 1)?)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f64>()?;
+                assert!(diff < 1e-12);
+            }
+        }
+        Ok(())
+    }
+
+    /// Against Candle's matmul + bias: f64 equal to rounding, f32 bit for bit (the same gemm
+    /// accumulation, the bias added to the finished sum), ranks 1–3, widths that do not split evenly.
+    #[test]
+    fn linear_matches_candle_matmul() -> Result<()> {
+        let d = Device::Cpu;
+        for (lead, k, n) in [(vec![], 5usize, 7usize), (vec![3], 16, 33), (vec![2, 9], 40, 17), (vec![1, 1], 64, 300), (vec![4, 50], 3, 1)] {
+            let mut xs = lead.clone();
+            xs.push(k);
+            let x = Tensor::randn(0f64, 1.0, xs, &d)?;
+            let w = Tensor::randn(0f64, 1.0, (n, k), &d)?;
+            let b = Tensor::randn(0f64, 1.0, n, &d)?;
+            let x2 = if x.rank() == 1 { x.unsqueeze(0)? } else { x.clone() }; // Candle's matmul wants rank ≥ 2
+            let want = x2.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?.reshape(x.dims()[..x.rank() - 1].iter().copied().chain([n]).collect::<Vec<_>>())?;
+            let got = linear(&x, &w, Some(&b))?.unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{lead:?} {k} {n}: {diff}");
+            let nb = (linear(&x2, &w, None)?.unwrap() - x2.broadcast_matmul(&w.t()?)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(nb < 1e-12);
+        }
+        Ok(())
+    }
+
+    /// Against the tensor form (transpose, matmul, scale, mask, softmax, matmul) in f64: no mask, a
+    /// key mask per batch row, a causal mask; v read in place from a fused projection.
+    #[test]
+    fn attention_matches_tensor_form() -> Result<()> {
+        let d = Device::Cpu;
+        let (b, t, h, hd) = (2, 9, 3, 4);
+        let qkv = Tensor::randn(0f64, 1.0, (b, t, 3 * h * hd), &d)?;
+        let q = qkv.narrow(2, 0, h * hd)?.reshape((b, t, h, hd))?;
+        let k = qkv.narrow(2, h * hd, h * hd)?.reshape((b, t, h, hd))?;
+        let v = qkv.narrow(2, 2 * h * hd, h * hd)?.reshape((b, t, h, hd))?;
+        let keys: Vec<f64> = (0..b * t).map(|i| if i % t < t - 2 * (i / t) { 0.0 } else { f64::NEG_INFINITY }).collect();
+        let causal: Vec<f64> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { f64::NEG_INFINITY }).collect();
+        for mask in [None, Some(Tensor::from_vec(keys, (b, 1, 1, t), &d)?), Some(Tensor::from_vec(causal, (1, 1, t, t), &d)?)] {
+            let got = attention(&q, &k, &v, mask.as_ref(), 0.3)?.unwrap();
+            let (qt, kt, vt) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+            let mut s = (qt.matmul(&kt.t()?)? * 0.3)?;
+            if let Some(m) = &mask {
+                s = s.broadcast_add(m)?;
+            }
+            let want = candle_nn::ops::softmax_last_dim(&s)?.matmul(&vt)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{:?}: {diff}", mask.map(|m| m.dims().to_vec()));
+        }
+        assert!(attention(&q, &k, &v, Some(&Tensor::zeros((1, 1, 2, t), DType::F64, &d)?), 1.0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_mismatched_shapes() -> Result<()> {
+        let d = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 10), DType::F32, &d)?;
+        assert!(conv1d(
+            &x,
+            &Tensor::zeros((2, 4, 3), DType::F32, &d)?,
+            None,
+            1,
+            1,
+            1
+        )
+        .is_err());
+        assert!(conv1d(
+            &x,
+            &Tensor::zeros((2, 3, 13), DType::F32, &d)?,
+            None,
+            1,
+            1,
+            1
+        )
+        .is_err());
+        assert!(conv1d(
+            &x,
+            &Tensor::zeros((2, 3, 3), DType::F32, &d)?,
+            Some(&Tensor::zeros(3, DType::F32, &d)?),
+            1,
+            1,
+            1
+        )
+        .is_err());
+        Ok(())
+    }
+}
