@@ -1,39 +1,17 @@
+//! `nn.Linear` on the models' shapes (codec pwconv, GPT-2 qkv / MLP, DiT FFN): Candle's
+//! `broadcast_matmul` + bias against `dense::linear`, f32, the crate's thread count, mean of 20.
+//! `cargo run --release -p indextts2_candle --example linear_speed`; torch: `python scripts/linear_speed_torch.py`.
 use candle_core::{Device, Tensor};
+use indextts2_candle::dense;
 use std::time::Instant;
-use rayon::prelude::*;
 
-fn lin_split(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    let nt = candle_core::utils::get_num_threads();
-    let chunk = m.div_ceil(nt).div_ceil(8) * 8;
-    out.par_chunks_mut(chunk * n).enumerate().for_each(|(i, o)| {
-        let r0 = i * chunk;
-        let rows = o.len() / n;
-        for r in 0..rows { o[r * n..(r + 1) * n].copy_from_slice(b); }
-        unsafe {
-            gemm::gemm(rows, n, k, o.as_mut_ptr(), 1, n as isize, true, x.as_ptr().add(r0 * k), 1, k as isize,
-                w.as_ptr(), k as isize, 1, 1.0, 1.0, false, false, false, gemm::Parallelism::None);
-        }
-    });
-    out
-}
-
-fn lin_cols(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    let nt = candle_core::utils::get_num_threads();
-    let chunk = n.div_ceil(nt).div_ceil(16) * 16;
-    let op = out.as_mut_ptr() as usize;
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
-        let c0 = i * chunk;
-        let cols = chunk.min(n - c0);
-        let o = op as *mut f32;
-        for r in 0..m { unsafe { std::slice::from_raw_parts_mut(o.add(r * n + c0), cols) }.copy_from_slice(&b[c0..c0 + cols]); }
-        unsafe {
-            gemm::gemm(m, cols, k, o.add(c0), 1, n as isize, true, x.as_ptr(), 1, k as isize,
-                w.as_ptr().add(c0 * k), k as isize, 1, 1.0, 1.0, false, false, false, gemm::Parallelism::None);
-        }
-    });
-    out
+fn mean_ms(f: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<f64> {
+    f()?;
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        f()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / 20.0 * 1e3)
 }
 
 fn main() -> candle_core::Result<()> {
@@ -42,23 +20,10 @@ fn main() -> candle_core::Result<()> {
         let x = Tensor::randn(0f32, 1.0, (1, m, k), &d)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &d)?;
         let b = Tensor::randn(0f32, 0.02, n, &d)?;
-        let (xv, wv, bv): (Vec<f32>, Vec<f32>, Vec<f32>) = (x.flatten_all()?.to_vec1()?, w.flatten_all()?.to_vec1()?, b.to_vec1()?);
-        let reps = 20;
-        let f = || -> candle_core::Result<Tensor> { x.broadcast_matmul(&w.t()?)?.broadcast_add(&b) };
-        f()?;
-        let t0 = Instant::now();
-        for _ in 0..reps { f()?; }
-        let sc = t0.elapsed().as_secs_f64() / reps as f64;
-        lin_split(&xv, &wv, &bv, m, k, n);
-        let t0 = Instant::now();
-        for _ in 0..reps { lin_split(&xv, &wv, &bv, m, k, n); }
-        let ss = t0.elapsed().as_secs_f64() / reps as f64;
-        lin_cols(&xv, &wv, &bv, m, k, n);
-        let t0 = Instant::now();
-        for _ in 0..reps { lin_cols(&xv, &wv, &bv, m, k, n); }
-        let sn = t0.elapsed().as_secs_f64() / reps as f64;
-        let gf = 2.0 * (m * k * n) as f64 / 1e9;
-        println!("{m}x{k}x{n}: candle {:.2} ms ({:.0} GF/s) rows {:.2} ms ({:.0} GF/s) cols {:.2} ms ({:.0} GF/s)", sc * 1e3, gf / sc, ss * 1e3, gf / ss, sn * 1e3, gf / sn);
+        let c = mean_ms(|| x.broadcast_matmul(&w.t()?)?.broadcast_add(&b))?;
+        let g = mean_ms(|| Ok(dense::linear(&x, &w, Some(&b)).map_err(|e| candle_core::Error::Msg(e.to_string()))?.expect("f32 CPU")))?;
+        let gf = 2.0 * (m * k * n) as f64 / 1e6;
+        println!("{m}x{k}x{n}: candle {c:.2} ms ({:.0} GFLOP/s)  dense::linear {g:.2} ms ({:.0} GFLOP/s)", gf / c, gf / g);
     }
     Ok(())
 }
