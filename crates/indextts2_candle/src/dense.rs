@@ -23,10 +23,36 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 /// The same weight, its memory reordered tap-major (`[k, C_out, C_in]`) and viewed back as
 /// `[C_out, C_in, k]`: equal values, equal shape, so every other use of the weight is unchanged.
 pub fn tap_major(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
     if !w.device().is_cpu() || w.rank() != 3 || w.dim(2)? == 1 {
         return Ok(w.clone());
     }
-    Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?)
+    let (co, ci, k) = w.dims3()?;
+    if w.layout().stride() == [ci, 1, co * ci] {
+        return Ok(w.clone()); // already tap-major
+    }
+    if w.dtype() != DType::F32 {
+        return Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?);
+    }
+    // f32: one parallel gather, row (j, o) of the result = w[o, :, j] (a load-time pass over the weight)
+    let src = w.contiguous()?.flatten_all()?;
+    let (st, l) = src.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*st else { return Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?) };
+    let v = &v[l.start_offset()..l.start_offset() + co * ci * k];
+    let mut out = vec![0f32; co * ci * k];
+    // per output channel o (contiguous reads), its k rows (j, o) written
+    let dst = crate::nn::SendPtr(out.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| {
+        let src = &v[o * ci * k..(o + 1) * ci * k];
+        for j in 0..k {
+            // SAFETY: channel o alone writes rows (j, o), j < k
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * co + o) * ci), ci) };
+            for (i, x) in row.iter_mut().enumerate() {
+                *x = src[i * k + j];
+            }
+        }
+    });
+    Ok(Tensor::from_vec(out, (k, co, ci), w.device())?.permute((1, 2, 0))?)
 }
 
 /// `conv1d(x, w) + b` (zero padding, `groups = 1`) for f32/f64 CPU tensors; `None` elsewhere (the
@@ -607,6 +633,17 @@ mod tests {
             assert!(diff < 1e-12, "{:?}: {diff}", mask.map(|m| m.dims().to_vec()));
         }
         assert!(attention(&q, &k, &v, Some(&Tensor::zeros((1, 1, 2, t), DType::F64, &d)?), 1.0).is_err());
+        Ok(())
+    }
+
+    /// The tap-major copy holds the same values under the same shape (f32: the parallel gather).
+    #[test]
+    fn tap_major_keeps_values_and_shape() -> Result<()> {
+        let w = Tensor::randn(0f32, 1.0, (5, 3, 4), &Device::Cpu)?;
+        let t = tap_major(&w)?;
+        assert_eq!(t.dims(), w.dims());
+        assert_eq!(t.layout().stride(), &[3, 1, 15]);
+        assert_eq!(t.contiguous()?.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
 

@@ -19,23 +19,61 @@ pub fn weight_norm_fold(g: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// per output channel (the row's f64 sum of squares, then `v · (g / ‖v‖)`), instead of widening
 /// both tensors and five tensor passes.
 pub fn weight_norm_fold_f64(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fold_f64(g, v, false)
+}
+
+/// [`weight_norm_fold_f64`] of a conv weight `[C_out, C_in, k]`, written tap-major in the same pass
+/// (the layout of [`crate::dense::tap_major`]: the values and shape are the same; the load makes
+/// one pass over the weight, not two).
+pub fn weight_norm_fold_f64_tap_major(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fold_f64(g, v, true)
+}
+
+fn fold_f64(g: &Tensor, v: &Tensor, tap_major: bool) -> Result<Tensor> {
     use candle_core::DType;
     use rayon::prelude::*;
+    let tap_major = tap_major && v.rank() == 3 && v.dim(2)? > 1;
     if !(v.device().is_cpu() && v.dtype() == DType::F32 && g.dtype() == DType::F32) {
-        return Ok(weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?);
+        let w = weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?;
+        return if tap_major { crate::dense::tap_major(&w) } else { Ok(w) };
     }
     let rows = v.dim(0)?;
     let gs = g.flatten_all()?.to_vec1::<f32>()?;
     if gs.len() != rows || rows == 0 {
         return crate::error::input_err(format!("weight norm: g has {} values for {rows} rows", gs.len()));
     }
-    let mut w = v.flatten_all()?.to_vec1::<f32>()?;
-    let cols = w.len() / rows;
-    w.par_chunks_mut(cols.max(1)).zip(gs.par_iter()).for_each(|(row, &g)| {
-        let ss: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
-        let scale = g as f64 / ss.sqrt();
-        for x in row.iter_mut() {
-            *x = (*x as f64 * scale) as f32;
+    let src = v.contiguous()?.flatten_all()?;
+    let (st, l) = src.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vs)) = &*st else {
+        return crate::error::input_err("weight norm: f32 CPU storage expected");
+    };
+    let vs = &vs[l.start_offset()..l.start_offset() + v.elem_count()];
+    let cols = vs.len() / rows;
+    let scales: Vec<f64> = vs
+        .par_chunks(cols.max(1))
+        .zip(gs.par_iter())
+        .map(|(row, &g)| g as f64 / row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt())
+        .collect();
+    let mut w = vec![0f32; vs.len()];
+    if tap_major {
+        // per output channel o (contiguous reads): row (j, o) of the result = v[o, :, j] · scale_o
+        let (ci, k) = (v.dim(1)?, v.dim(2)?);
+        let dst = crate::nn::SendPtr(w.as_mut_ptr());
+        (0..rows).into_par_iter().for_each(|o| {
+            let src = &vs[o * ci * k..(o + 1) * ci * k];
+            for j in 0..k {
+                // SAFETY: channel o alone writes rows (j, o), j < k, of the k·rows·ci buffer
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * rows + o) * ci), ci) };
+                for (i, x) in out.iter_mut().enumerate() {
+                    *x = (src[i * k + j] as f64 * scales[o]) as f32;
+                }
+            }
+        });
+        return Ok(Tensor::from_vec(w, (k, rows, ci), v.device())?.permute((1, 2, 0))?);
+    }
+    w.par_chunks_mut(cols.max(1)).zip(vs.par_chunks(cols.max(1))).zip(scales.par_iter()).for_each(|((out, row), &scale)| {
+        for (x, &y) in out.iter_mut().zip(row) {
+            *x = (y as f64 * scale) as f32;
         }
     });
     Ok(Tensor::from_vec(w, v.shape(), v.device())?)
@@ -130,6 +168,15 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= f32::EPSILON * y.abs(), "{x} vs {y}");
         }
+        // the tap-major fold of a [37, 13, 7] conv weight: the same bits under the same shape,
+        // tap-major strides
+        let v: Vec<f32> = (0..r * 13 * 7).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let v = Tensor::from_vec(v, (r, 13, 7), &d).unwrap();
+        let plain = weight_norm_fold_f64(&g, &v).unwrap();
+        let tm = weight_norm_fold_f64_tap_major(&g, &v).unwrap();
+        assert_eq!(tm.dims(), plain.dims());
+        assert_eq!(tm.layout().stride(), &[13, 1, r * 13]);
+        assert_eq!(tm.contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), plain.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::nn::Conv1d;
 use crate::store::Weights;
-use crate::transforms::{load_weight_norm, weight_norm_fold_f64};
+use crate::transforms::{load_weight_norm, weight_norm_fold_f64, weight_norm_fold_f64_tap_major};
 pub use activation::{Activation1d, FilterFaults};
 use candle_core::Tensor;
 use resblock::{AmpBlock, BlockOpts};
@@ -193,7 +193,8 @@ pub const FAULTS: &[&str] = &[
 /// alone put the convs at ratio ≈ 2 (max 2.5, rms 1.9 at resblocks.0.convs1.0); folded in f64 they
 /// sit at the conv's own rounding (≤ 1.0), as torch's f32 fold does. An already fused `weight`
 /// (BigVGAN's `from_pretrained` after `remove_weight_norm`) is read as is.
-fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool) -> Result<Tensor> {
+/// `tap_major`: a conv1d weight, written in [`crate::dense::tap_major`]'s layout by the fold itself.
+fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool, tap_major: bool) -> Result<Tensor> {
     if skip_fold || (!w.contains("weight_v") && w.contains("weight")) {
         return load_weight_norm(w, shape, skip_fold);
     }
@@ -201,12 +202,16 @@ fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool) -> Result<Tensor> {
     g_dims[0] = shape[0];
     let g = w.get(g_dims, "weight_g")?;
     let v = w.get(shape, "weight_v")?;
-    weight_norm_fold_f64(&g, &v)
+    if tap_major {
+        weight_norm_fold_f64_tap_major(&g, &v)
+    } else {
+        weight_norm_fold_f64(&g, &v)
+    }
 }
 
 /// A weight-normed `nn.Conv1d` (stride 1), its weight folded by `wn_weight`.
 fn wn_conv1d(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usize, dilation: usize, skip: bool) -> Result<Conv1d> {
-    let weight = wn_weight(w, &[shape.0, shape.1, shape.2], skip)?;
+    let weight = wn_weight(w, &[shape.0, shape.1, shape.2], skip, true)?;
     let b = if bias { Some(w.get(shape.0, "bias")?) } else { None };
     Conv1d::new(weight, b, padding, 1, dilation)
 }
@@ -260,7 +265,7 @@ impl BigVgan {
         for (i, (&u, &k)) in cfg.upsample_rates.iter().zip(&cfg.upsample_kernel_sizes).enumerate() {
             let (cin, cout) = (c0 >> i, c0 >> (i + 1));
             let uw = w.pp(format!("ups.{i}.0"));
-            let mut weight = wn_weight(&uw, &[cin, cout, k], skip)?;
+            let mut weight = wn_weight(&uw, &[cin, cout, k], skip, false)?;
             if i == 0 && faults.on("ups_kernel_flipped") {
                 let idx = Tensor::arange(0u32, k as u32, w.device())?.affine(-1.0, (k - 1) as f64)?;
                 weight = weight.index_select(&idx, 2)?;
