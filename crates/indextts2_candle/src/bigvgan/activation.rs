@@ -199,26 +199,34 @@ impl FusedActivation<'_> {
             }
         };
         let mut out = vec![zero; x.len()]; // ↑2 then ↓2: the input's length
+        let half = (t2 + dl + dr) / 2; // the padded lowpass row's even / odd phases
+        // Each sum runs as whole-row passes (one per term: acc[r] += xp[r + off]·coef), the loops
+        // LLVM vectorises; per element the terms, their order and the `+ 0` are those above.
         out.par_chunks_mut(t).enumerate().for_each_init(
-            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr], vec![zero; t2]),
-            |(xp, yp, s), (row, o)| {
+            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr], vec![zero; t2], vec![zero; t], vec![zero; half], vec![zero; half], vec![zero; t]),
+            |(xp, yp, s, acc, ev, od, acc2), (row, o)| {
                 let xr = &x[row * t..(row + 1) * t];
                 let ch = row % c;
                 for (i, v) in xp.iter_mut().enumerate() {
                     *v = pad_read(xr, i as isize - p_len as isize, self.faults.up_zero_pad);
                 }
-                // ×2 upsample into the padded lowpass row
-                let y = &mut yp[dl..dl + t2];
-                for r in 0..t {
-                    for (ph, terms) in phases.iter().enumerate() {
-                        let mut acc = xp[r + terms[0].0] * terms[0].1 + zero;
-                        for &(off, coef) in &terms[1..] {
-                            acc = acc + (xp[r + off] * coef + zero);
+                // ×2 upsample into the padded lowpass row, one phase at a time
+                for (ph, terms) in phases.iter().enumerate() {
+                    let (off, coef) = terms[0];
+                    for (a, &xv) in acc.iter_mut().zip(&xp[off..off + t]) {
+                        *a = xv * coef + zero;
+                    }
+                    for &(off, coef) in &terms[1..] {
+                        for (a, &xv) in acc.iter_mut().zip(&xp[off..off + t]) {
+                            *a = *a + (xv * coef + zero);
                         }
-                        y[r * RATIO + ph] = acc;
+                    }
+                    for (r, &a) in acc.iter().enumerate() {
+                        yp[dl + r * RATIO + ph] = a;
                     }
                 }
                 // the activation, with the sine over the whole row (one vectorised call in f32)
+                let y = &mut yp[dl..dl + t2];
                 let (a, ib) = (alpha[ch], inv_beta[ch]);
                 for (sv, &acc) in s.iter_mut().zip(y.iter()) {
                     *sv = acc * a;
@@ -234,18 +242,25 @@ impl FusedActivation<'_> {
                 for i in dl + t2..yp.len() {
                     yp[i] = if self.faults.down_zero_pad { zero } else { yp[dl + t2 - 1] };
                 }
-                // lowpass ↓2: the even taps' sum, then the odd taps', then their sum
-                for (r, v) in o.iter_mut().enumerate() {
-                    let base = r * RATIO;
-                    let mut even = yp[base] * down[0] + zero;
-                    for k in (2..K).step_by(2) {
-                        even = even + (yp[base + k] * down[k] + zero);
+                // lowpass ↓2: the even taps' sum over the even phase, the odd taps' over the odd
+                // phase, then their sum
+                for (i, pair) in yp.chunks_exact(2).enumerate() {
+                    ev[i] = pair[0];
+                    od[i] = pair[1];
+                }
+                for (sum, phase, first) in [(&mut *acc, &*ev, 0usize), (&mut *acc2, &*od, 1)] {
+                    for (v, &yv) in sum.iter_mut().zip(&phase[..t]) {
+                        *v = yv * down[first] + zero;
                     }
-                    let mut odd = yp[base + 1] * down[1] + zero;
-                    for k in (3..K).step_by(2) {
-                        odd = odd + (yp[base + k] * down[k] + zero);
+                    for k in (first + 2..K).step_by(2) {
+                        let (dk, sh) = (down[k], k / 2);
+                        for (v, &yv) in sum.iter_mut().zip(&phase[sh..sh + t]) {
+                            *v = *v + (yv * dk + zero);
+                        }
                     }
-                    *v = even + odd;
+                }
+                for ((v, &e), &d) in o.iter_mut().zip(acc.iter()).zip(acc2.iter()) {
+                    *v = e + d;
                 }
             },
         );
