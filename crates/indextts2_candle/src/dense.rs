@@ -23,7 +23,6 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 /// The same weight, its memory reordered tap-major (`[k, C_out, C_in]`) and viewed back as
 /// `[C_out, C_in, k]`: equal values, equal shape, so every other use of the weight is unchanged.
 pub fn tap_major(w: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
     if !w.device().is_cpu() || w.rank() != 3 || w.dim(2)? == 1 {
         return Ok(w.clone());
     }
@@ -39,20 +38,27 @@ pub fn tap_major(w: &Tensor) -> Result<Tensor> {
     let (st, l) = src.storage_and_layout();
     let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*st else { return Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?) };
     let v = &v[l.start_offset()..l.start_offset() + co * ci * k];
+    gather_tap_major(v, co, ci, k, |_, x| x, w.device())
+}
+
+/// `f(o, v[o, i, j])` for an f32 `[co, ci, k]` buffer, written tap-major and viewed as
+/// `[co, ci, k]`: one parallel pass per output channel o (contiguous reads, k rows (j, o) written).
+/// `tap_major` copies (`f` = identity); the weight-norm fold scales each channel on the way.
+pub(crate) fn gather_tap_major(v: &[f32], co: usize, ci: usize, k: usize, f: impl Fn(usize, f32) -> f32 + Sync, dev: &candle_core::Device) -> Result<Tensor> {
+    use rayon::prelude::*;
     let mut out = vec![0f32; co * ci * k];
-    // per output channel o (contiguous reads), its k rows (j, o) written
     let dst = crate::nn::SendPtr(out.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| {
         let src = &v[o * ci * k..(o + 1) * ci * k];
         for j in 0..k {
-            // SAFETY: channel o alone writes rows (j, o), j < k
+            // SAFETY: channel o alone writes rows (j, o), j < k, of the k·co·ci buffer
             let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * co + o) * ci), ci) };
             for (i, x) in row.iter_mut().enumerate() {
-                *x = src[i * k + j];
+                *x = f(o, src[i * k + j]);
             }
         }
     });
-    Ok(Tensor::from_vec(out, (k, co, ci), w.device())?.permute((1, 2, 0))?)
+    Ok(Tensor::from_vec(out, (k, co, ci), dev)?.permute((1, 2, 0))?)
 }
 
 /// `conv1d(x, w) + b` (zero padding, `groups = 1`) for f32/f64 CPU tensors; `None` elsewhere (the
@@ -143,18 +149,17 @@ impl GemmLinear {
         let chunk = n.div_ceil(nt).div_ceil(16) * 16;
         let dst = Ptr(out.as_mut_ptr());
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
-            let dst = dst;
             let (c0, cols) = (i * chunk, chunk.min(n - i * chunk));
             if let Some(bias) = bias {
                 for r in 0..m {
                     // SAFETY: split i owns columns c0..c0+cols of every output row
-                    unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), cols) }.copy_from_slice(&bias[c0..c0 + cols]);
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + c0), cols) }.copy_from_slice(&bias[c0..c0 + cols]);
                 }
             }
             // SAFETY: rows c0..c0+cols of W (columns of Wᵀ) and the split's output columns are in bounds
             unsafe {
                 gemm::gemm(
-                    m, cols, k, dst.0.add(c0), 1, n as isize, bias.is_some(),
+                    m, cols, k, dst.get().add(c0), 1, n as isize, bias.is_some(),
                     x.as_ptr(), 1, k as isize,
                     w.as_ptr().add(c0 * k), k as isize, 1,
                     T::one(), T::one(), false, false, false, gemm::Parallelism::None,
@@ -196,8 +201,8 @@ impl candle_core::CustomOp3 for GemmLinear {
 /// Scaled dot-product attention, one fused pass per (batch, head) on the CPU:
 /// `softmax(q·kᵀ · scale + mask) · v`, with q, k, v `[B, T, H, D]` (any strides with a unit last
 /// stride: the heads are read in place, no transposes) and the output `[B, Tq, H·D]`. The score
-/// row is scaled, masked and normalised in the order of the tensor form (product, × scale,
-/// + mask, max, exp(s − max), Σ, ÷ Σ), with the same libm `exp`. `mask`: `[Bm, 1, Tm, Tk]`,
+/// row is scaled, masked and normalised in the order of the tensor form (product, × scale, plus
+/// the mask, max, exp(s − max), Σ, ÷ Σ), with the same libm `exp`. `mask`: `[Bm, 1, Tm, Tk]`,
 /// Bm ∈ {1, B}, Tm ∈ {1, Tq}, added to the scores. `None` where it does not apply (not CPU
 /// f32/f64): the caller keeps its tensor form.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Option<Tensor>> {
@@ -280,8 +285,7 @@ impl Sdpa {
         (0..b * h).into_par_iter().for_each_init(
             || vec![T::default(); tq * tk],
             |s, u| {
-                let dst = dst;
-                let (bi, hi) = (u / h, u % h);
+                    let (bi, hi) = (u / h, u % h);
                 // SAFETY: the offsets and strides come from the operands' layouts; the unit writes
                 // only head hi of batch bi of the output
                 unsafe {
@@ -315,7 +319,7 @@ impl Sdpa {
                 }
                 unsafe {
                     gemm::gemm(
-                        tq, d, tk, dst.0.add(bi * tq * h * d + hi * d), 1, (h * d) as isize, false,
+                        tq, d, tk, dst.get().add(bi * tq * h * d + hi * d), 1, (h * d) as isize, false,
                         s.as_ptr(), 1, tk as isize,
                         v.as_ptr().add(v0 + bi * vs[0] + hi * vs[2]), 1, vs[1] as isize,
                         T::one(), T::one(), false, false, false, gemm::Parallelism::None,
@@ -368,6 +372,12 @@ struct Ptr<T>(*mut T);
 // SAFETY: units write disjoint ranges of one buffer that outlives the parallel loop.
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
+impl<T> Ptr<T> {
+    // a method, so closures capture the wrapper (Sync), not its raw pointer field
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
 
 impl GemmConv {
     fn out_len(&self, l: usize, k: usize) -> usize {
@@ -413,11 +423,10 @@ impl GemmConv {
         let splits = lo.div_ceil(chunk);
         let dst = Ptr(out.as_mut_ptr());
         (0..b * splits).into_par_iter().for_each(|u| {
-            let dst = dst;
             let (bi, t0) = (u / splits, (u % splits) * chunk);
             let n = chunk.min(lo - t0);
             // SAFETY: unit u owns columns t0..t0+n of every output row of batch bi
-            let d = unsafe { dst.0.add(bi * cout * lo + t0) };
+            let d = unsafe { dst.get().add(bi * cout * lo + t0) };
             if let Some(bias) = bias {
                 for (co, &bv) in bias.iter().enumerate() {
                     unsafe { std::slice::from_raw_parts_mut(d.add(co * lo), n) }.fill(bv);

@@ -54,23 +54,10 @@ fn fold_f64(g: &Tensor, v: &Tensor, tap_major: bool) -> Result<Tensor> {
         .zip(gs.par_iter())
         .map(|(row, &g)| g as f64 / row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt())
         .collect();
-    let mut w = vec![0f32; vs.len()];
     if tap_major {
-        // per output channel o (contiguous reads): row (j, o) of the result = v[o, :, j] · scale_o
-        let (ci, k) = (v.dim(1)?, v.dim(2)?);
-        let dst = crate::nn::SendPtr(w.as_mut_ptr());
-        (0..rows).into_par_iter().for_each(|o| {
-            let src = &vs[o * ci * k..(o + 1) * ci * k];
-            for j in 0..k {
-                // SAFETY: channel o alone writes rows (j, o), j < k, of the k·rows·ci buffer
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * rows + o) * ci), ci) };
-                for (i, x) in out.iter_mut().enumerate() {
-                    *x = (src[i * k + j] as f64 * scales[o]) as f32;
-                }
-            }
-        });
-        return Ok(Tensor::from_vec(w, (k, rows, ci), v.device())?.permute((1, 2, 0))?);
+        return crate::dense::gather_tap_major(vs, rows, v.dim(1)?, v.dim(2)?, |o, x| (x as f64 * scales[o]) as f32, v.device());
     }
+    let mut w = vec![0f32; vs.len()];
     w.par_chunks_mut(cols.max(1)).zip(vs.par_chunks(cols.max(1))).zip(scales.par_iter()).for_each(|((out, row), &scale)| {
         for (x, &y) in out.iter_mut().zip(row) {
             *x = (y as f64 * scale) as f32;
