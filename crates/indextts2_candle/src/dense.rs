@@ -472,27 +472,18 @@ impl GemmConv {
         wl: &Layout,
         b: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let err =
-            || candle_core::Error::Msg("conv1d: f32/f64 operands of one dtype expected".into());
+        let err = || candle_core::Error::Msg("conv1d: f32/f64 operands of one dtype expected".into());
         let bias = |bl: &Layout| bl.contiguous_offsets().ok_or_else(err);
         Ok(match (x, w, b) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), None) => {
-                let (o, s) = self.run(x, xl, w, wl, None)?;
-                (CpuStorage::F32(o), s)
+            (CpuStorage::F32(x), CpuStorage::F32(w), None) => self.run(x, xl, w, wl, None).map(|(o, s)| (CpuStorage::F32(o), s))?,
+            (CpuStorage::F32(x), CpuStorage::F32(w), Some((CpuStorage::F32(v), bl))) => {
+                let (b0, b1) = bias(bl)?;
+                self.run(x, xl, w, wl, Some(&v[b0..b1])).map(|(o, s)| (CpuStorage::F32(o), s))?
             }
-            (CpuStorage::F32(x), CpuStorage::F32(w), Some((CpuStorage::F32(bv), bl))) => {
-                let (o0, o1) = bias(bl)?;
-                let (o, s) = self.run(x, xl, w, wl, Some(&bv[o0..o1]))?;
-                (CpuStorage::F32(o), s)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), None) => {
-                let (o, s) = self.run(x, xl, w, wl, None)?;
-                (CpuStorage::F64(o), s)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), Some((CpuStorage::F64(bv), bl))) => {
-                let (o0, o1) = bias(bl)?;
-                let (o, s) = self.run(x, xl, w, wl, Some(&bv[o0..o1]))?;
-                (CpuStorage::F64(o), s)
+            (CpuStorage::F64(x), CpuStorage::F64(w), None) => self.run(x, xl, w, wl, None).map(|(o, s)| (CpuStorage::F64(o), s))?,
+            (CpuStorage::F64(x), CpuStorage::F64(w), Some((CpuStorage::F64(v), bl))) => {
+                let (b0, b1) = bias(bl)?;
+                self.run(x, xl, w, wl, Some(&v[b0..b1])).map(|(o, s)| (CpuStorage::F64(o), s))?
             }
             _ => return Err(err()),
         })
@@ -519,13 +510,7 @@ impl candle_core::CustomOp2 for GemmConv {
     fn name(&self) -> &'static str {
         "gemm-conv1d"
     }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         self.dispatch(x, xl, w, wl, None)
     }
 }
@@ -534,15 +519,7 @@ impl candle_core::CustomOp3 for GemmConv {
     fn name(&self) -> &'static str {
         "gemm-conv1d-bias"
     }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout, b: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         self.dispatch(x, xl, w, wl, Some((b, bl)))
     }
 }

@@ -118,14 +118,12 @@ impl Attention {
         let q = ctx.block(&format!("{p}.apply_rotary_emb"), &q.reshape((b, t, self.n_head, hd))?, |q| rope.apply(q))?;
         let y = ctx.block(&format!("{p}.scaled_dot_product_attention"), &q, |q| {
             let d = if self.scale_by_dim { self.dim } else { hd };
-            let kr = rope.apply(&k.reshape((b, t, self.n_head, hd))?)?;
-            if let Some(y) = crate::dense::attention(q, &kr, &v.reshape((b, t, self.n_head, hd))?, mask, 1.0 / (d as f64).sqrt())? {
+            let (k, v) = (rope.apply(&k.reshape((b, t, self.n_head, hd))?)?, v.reshape((b, t, self.n_head, hd))?);
+            if let Some(y) = crate::dense::attention(q, &k, &v, mask, 1.0 / (d as f64).sqrt())? {
                 return Ok(y);
             }
-            let q = q.transpose(1, 2)?.contiguous()?;
-            let k = rope.apply(&k.reshape((b, t, self.n_head, hd))?)?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, self.n_head, hd))?.transpose(1, 2)?.contiguous()?;
-            let d = if self.scale_by_dim { self.dim } else { hd };
+            // the tensor form (devices and dtypes the fused pass does not take)
+            let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
             let mut s = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
             if let Some(m) = mask {
                 s = s.broadcast_add(m)?;
