@@ -201,12 +201,24 @@ impl candle_core::CustomOp3 for GemmLinear {
 /// Scaled dot-product attention, one fused pass per (batch, head) on the CPU:
 /// `softmax(q·kᵀ · scale + mask) · v`, with q, k, v `[B, T, H, D]` (any strides with a unit last
 /// stride: the heads are read in place, no transposes) and the output `[B, Tq, H·D]`. The score
-/// row is scaled, masked and normalised in the order of the tensor form (product, × scale, plus
-/// the mask, max, exp(s − max), Σ, ÷ Σ), with the same libm `exp`. `mask`: `[Bm, 1, Tm, Tk]`,
+/// row is scaled, masked and normalised (product, × scale, plus the mask, max, exp(s − max), Σ,
+/// ÷ Σ): in f64 in the tensor form's order with libm's `exp`, in f32 vectorised (`Real`). `mask`: `[Bm, 1, Tm, Tk]`,
 /// Bm ∈ {1, B}, Tm ∈ {1, Tq}, added to the scores. `None` where it does not apply (not CPU
 /// f32/f64): the caller keeps its tensor form.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Option<Tensor>> {
+    attention_rel(q, k, v, None, mask, scale)
+}
+
+/// `attention` with a relative-key term (w2v-bert's `relative_key`): `rel = (per_dist, left,
+/// right)`, per_dist `[B, H, Tq, left + right + 1]` the scores of each query against every
+/// distance embedding; query i and key j add `per_dist[…, i, clamp(j − i, −left, right) + left]`.
+/// The scores are formed as the tensor form does, `qk·scale + rel·scale (+ mask)`, each step
+/// rounded.
+pub fn attention_rel(q: &Tensor, k: &Tensor, v: &Tensor, rel: Option<(&Tensor, usize, usize)>, mask: Option<&Tensor>, scale: f64) -> Result<Option<Tensor>> {
     let dt = q.dtype();
+    if rel.is_some_and(|(p, _, _)| p.dtype() != dt) {
+        return Ok(None);
+    }
     if !q.device().is_cpu() || !matches!(dt, DType::F32 | DType::F64) || k.dtype() != dt || v.dtype() != dt || mask.is_some_and(|m| m.dtype() != dt) {
         return Ok(None);
     }
@@ -227,7 +239,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
             Some(m.contiguous()?)
         }
     };
-    let op = Sdpa { scale, mask };
+    let rel = match rel {
+        None => None,
+        Some((p, left, right)) => {
+            if p.dims() != [b, h, tq, left + right + 1] {
+                return crate::error::input_err(format!("attention: relative scores {:?} do not fit [{b}, {h}, {tq}, {}]", p.dims(), left + right + 1));
+            }
+            Some((p.contiguous()?, left, right))
+        }
+    };
+    let op = Sdpa { scale, mask, rel };
     Ok(Some(q.apply_op3_no_bwd(&k, &v, &op)?))
 }
 
@@ -236,40 +257,56 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
 struct Sdpa {
     scale: f64,
     mask: Option<Tensor>,
+    /// (per_dist `[B, H, Tq, P]` contiguous, left, right)
+    rel: Option<(Tensor, usize, usize)>,
 }
 
-trait Real: Copy + Default + Send + Sync + 'static + num_like::One + PartialOrd + std::ops::Sub<Output = Self> + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + std::ops::DivAssign {
-    fn exp(self) -> Self;
+trait Real: Copy + Default + Send + Sync + 'static + num_like::One + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
     fn from_f64(v: f64) -> Self;
-    fn lowest() -> Self;
+    /// One score row in place: × scale, + mask, then softmax.
+    fn softmax_row(row: &mut [Self], scale: Self, mask: Option<&[Self]>);
 }
 impl Real for f32 {
-    fn exp(self) -> f32 {
-        f32::exp(self)
-    }
     fn from_f64(v: f64) -> f32 {
         v as f32
     }
-    fn lowest() -> f32 {
-        f32::NEG_INFINITY
+    fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+        crate::vact::softmax_row(row, scale, mask)
     }
 }
 impl Real for f64 {
-    fn exp(self) -> f64 {
-        f64::exp(self)
-    }
     fn from_f64(v: f64) -> f64 {
         v
     }
-    fn lowest() -> f64 {
-        f64::NEG_INFINITY
+    /// In the tensor form's order (product, × scale, plus the mask, max, exp(s − max), Σ, ÷ Σ),
+    /// with libm's `exp`: the f64 reference the tests hold the f32 path to.
+    fn softmax_row(row: &mut [f64], scale: f64, mask: Option<&[f64]>) {
+        let mut max = f64::NEG_INFINITY;
+        for (j, x) in row.iter_mut().enumerate() {
+            *x *= scale;
+            if let Some(m) = mask {
+                *x += m[j];
+            }
+            if *x > max {
+                max = *x;
+            }
+        }
+        let mut sum = 0.0;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        row.iter_mut().for_each(|x| *x /= sum);
     }
 }
 
+/// Query rows per unit: a block's scores (ROWS × Tk) stay in L2, and (batch, head, block) units
+/// keep both cores busy.
+const ROWS: usize = 64;
+
 impl Sdpa {
     #[allow(clippy::too_many_arguments)]
-    fn run<T: Real>(&self, q: &[T], ql: &Layout, k: &[T], kl: &Layout, v: &[T], vl: &Layout, mask: Option<(&[T], &Layout)>) -> candle_core::Result<(Vec<T>, Shape)> {
-        use rayon::prelude::*;
+    fn run<T: Real>(&self, q: &[T], ql: &Layout, k: &[T], kl: &Layout, v: &[T], vl: &Layout, mask: Option<(&[T], &Layout)>, rel: Option<(&[T], usize)>) -> candle_core::Result<(Vec<T>, Shape)> {
         let (b, tq, h, d) = ql.shape().dims4()?;
         let tk = kl.shape().dims4()?.1;
         let (qs, ks, vs) = (ql.stride(), kl.stride(), vl.stride());
@@ -282,54 +319,55 @@ impl Sdpa {
         let scale = T::from_f64(self.scale);
         let mut out = vec![T::default(); b * tq * h * d];
         let dst = Ptr(out.as_mut_ptr());
-        (0..b * h).into_par_iter().for_each_init(
-            || vec![T::default(); tq * tk],
-            |s, u| {
-                    let (bi, hi) = (u / h, u % h);
+        let blocks = tq.div_ceil(ROWS);
+        // on Candle's pool, not rayon's: its workers spin after the previous op, and a rayon job
+        // started then shares the cores with them
+        candle_core::utils::barrier_pool().execute_chunked(b * h * blocks, |units| {
+            let mut scratch = vec![T::default(); ROWS * tk];
+            for u in units {
+                let (bi, hi, r0) = (u / (h * blocks), (u / blocks) % h, (u % blocks) * ROWS);
+                let rows = ROWS.min(tq - r0);
+                let s = &mut scratch[..rows * tk];
                 // SAFETY: the offsets and strides come from the operands' layouts; the unit writes
-                // only head hi of batch bi of the output
+                // only rows r0.. of head hi of batch bi of the output
                 unsafe {
                     gemm::gemm(
-                        tq, tk, d, s.as_mut_ptr(), 1, tk as isize, false,
-                        q.as_ptr().add(q0 + bi * qs[0] + hi * qs[2]), 1, qs[1] as isize,
+                        rows, tk, d, s.as_mut_ptr(), 1, tk as isize, false,
+                        q.as_ptr().add(q0 + bi * qs[0] + r0 * qs[1] + hi * qs[2]), 1, qs[1] as isize,
                         k.as_ptr().add(k0 + bi * ks[0] + hi * ks[2]), ks[1] as isize, 1,
                         T::one(), T::one(), false, false, false, gemm::Parallelism::None,
                     );
                 }
                 for (i, row) in s.chunks_mut(tk).enumerate() {
-                    let mrow = mask.map(|m| &m[mask0 + ((if mb == 1 { 0 } else { bi }) * mt + if mt == 1 { 0 } else { i }) * tk..][..tk]);
-                    let mut max = T::lowest();
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = *x * scale;
-                        if let Some(m) = mrow {
-                            *x = *x + m[j];
+                    let mrow = mask.map(|m| &m[mask0 + ((if mb == 1 { 0 } else { bi }) * mt + if mt == 1 { 0 } else { r0 + i }) * tk..][..tk]);
+                    match rel {
+                        None => T::softmax_row(row, scale, mrow),
+                        Some((pd, p0)) => {
+                            let (left, right) = (self.rel.as_ref().map_or(0, |r| r.1), self.rel.as_ref().map_or(0, |r| r.2));
+                            let np = left + right + 1;
+                            let qi = r0 + i;
+                            let prow = &pd[p0 + ((bi * h + hi) * tq + qi) * np..][..np];
+                            for (j, x) in row.iter_mut().enumerate() {
+                                let dist = (j as isize - qi as isize).clamp(-(left as isize), right as isize) + left as isize;
+                                *x = *x * scale + prow[dist as usize] * scale;
+                            }
+                            // ×1 is exact: the mask is then added as the tensor form's broadcast_add
+                            T::softmax_row(row, T::one(), mrow)
                         }
-                        if *x > max {
-                            max = *x;
-                        }
-                    }
-                    let mut sum = T::default();
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum = sum + *x;
-                    }
-                    for x in row.iter_mut() {
-                        *x /= sum;
                     }
                 }
                 unsafe {
                     gemm::gemm(
-                        tq, d, tk, dst.get().add(bi * tq * h * d + hi * d), 1, (h * d) as isize, false,
+                        rows, d, tk, dst.get().add((bi * tq + r0) * h * d + hi * d), 1, (h * d) as isize, false,
                         s.as_ptr(), 1, tk as isize,
                         v.as_ptr().add(v0 + bi * vs[0] + hi * vs[2]), 1, vs[1] as isize,
                         T::one(), T::one(), false, false, false, gemm::Parallelism::None,
                     );
                 }
-            },
-        );
+            }
+        });
         Ok((out, Shape::from((b, tq, h * d))))
     }
-
 }
 
 impl candle_core::CustomOp3 for Sdpa {
@@ -338,23 +376,31 @@ impl candle_core::CustomOp3 for Sdpa {
     }
     fn cpu_fwd(&self, q: &CpuStorage, ql: &Layout, k: &CpuStorage, kl: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let err = || candle_core::Error::Msg("attention: f32/f64 operands of one dtype expected".into());
-        let guard = self.mask.as_ref().map(|m| m.storage_and_layout());
-        let mask = match &guard {
-            Some((s, l)) => match &**s {
-                candle_core::Storage::Cpu(c) => Some((c, *l)),
-                _ => return Err(err()),
-            },
-            None => None,
-        };
-        Ok(match (q, k, v, mask) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), None) => self.run(q, ql, k, kl, v, vl, None).map(|(o, s)| (CpuStorage::F32(o), s))?,
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), Some((CpuStorage::F32(m), l))) => {
-                self.run(q, ql, k, kl, v, vl, Some((m, l))).map(|(o, s)| (CpuStorage::F32(o), s))?
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), None) => self.run(q, ql, k, kl, v, vl, None).map(|(o, s)| (CpuStorage::F64(o), s))?,
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), Some((CpuStorage::F64(m), l))) => {
-                self.run(q, ql, k, kl, v, vl, Some((m, l))).map(|(o, s)| (CpuStorage::F64(o), s))?
-            }
+        let mask_guard = self.mask.as_ref().map(|m| m.storage_and_layout());
+        let rel_guard = self.rel.as_ref().map(|r| r.0.storage_and_layout());
+        macro_rules! go {
+            ($var:ident) => {{
+                let (CpuStorage::$var(q), CpuStorage::$var(k), CpuStorage::$var(v)) = (q, k, v) else { return Err(err()) };
+                let mask = match &mask_guard {
+                    None => None,
+                    Some((s, l)) => match &**s {
+                        candle_core::Storage::Cpu(CpuStorage::$var(m)) => Some((m.as_slice(), *l)),
+                        _ => return Err(err()),
+                    },
+                };
+                let rel = match &rel_guard {
+                    None => None,
+                    Some((s, l)) => match &**s {
+                        candle_core::Storage::Cpu(CpuStorage::$var(p)) => Some((p.as_slice(), l.start_offset())),
+                        _ => return Err(err()),
+                    },
+                };
+                self.run(q, ql, k, kl, v, vl, mask, rel).map(|(o, s)| (CpuStorage::$var(o), s))?
+            }};
+        }
+        Ok(match q {
+            CpuStorage::F32(_) => go!(F32),
+            CpuStorage::F64(_) => go!(F64),
             _ => return Err(err()),
         })
     }
@@ -368,13 +414,13 @@ struct GemmConv {
 
 /// A raw pointer handed to the threads; each writes its own disjoint output columns.
 #[derive(Clone, Copy)]
-struct Ptr<T>(*mut T);
+pub(crate) struct Ptr<T>(pub(crate) *mut T);
 // SAFETY: units write disjoint ranges of one buffer that outlives the parallel loop.
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 impl<T> Ptr<T> {
     // a method, so closures capture the wrapper (Sync), not its raw pointer field
-    fn get(&self) -> *mut T {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -596,29 +642,71 @@ mod tests {
     }
 
     /// Against the tensor form (transpose, matmul, scale, mask, softmax, matmul) in f64: no mask, a
-    /// key mask per batch row, a causal mask; v read in place from a fused projection.
+    /// key mask per batch row, a causal mask; v read in place from a fused projection; one block of
+    /// query rows and several (t > ROWS). The f32 op against the same f64 result: within 3e-6 of
+    /// outputs of size about 1 (a few f32 ulps: its exp is about 1 ulp).
     #[test]
     fn attention_matches_tensor_form() -> Result<()> {
         let d = Device::Cpu;
-        let (b, t, h, hd) = (2, 9, 3, 4);
-        let qkv = Tensor::randn(0f64, 1.0, (b, t, 3 * h * hd), &d)?;
-        let q = qkv.narrow(2, 0, h * hd)?.reshape((b, t, h, hd))?;
-        let k = qkv.narrow(2, h * hd, h * hd)?.reshape((b, t, h, hd))?;
-        let v = qkv.narrow(2, 2 * h * hd, h * hd)?.reshape((b, t, h, hd))?;
-        let keys: Vec<f64> = (0..b * t).map(|i| if i % t < t - 2 * (i / t) { 0.0 } else { f64::NEG_INFINITY }).collect();
-        let causal: Vec<f64> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { f64::NEG_INFINITY }).collect();
-        for mask in [None, Some(Tensor::from_vec(keys, (b, 1, 1, t), &d)?), Some(Tensor::from_vec(causal, (1, 1, t, t), &d)?)] {
-            let got = attention(&q, &k, &v, mask.as_ref(), 0.3)?.unwrap();
-            let (qt, kt, vt) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
-            let mut s = (qt.matmul(&kt.t()?)? * 0.3)?;
-            if let Some(m) = &mask {
-                s = s.broadcast_add(m)?;
+        for (b, t, h, hd) in [(2, 9, 3, 4), (2, 150, 2, 8)] {
+            let qkv = Tensor::randn(0f64, 1.0, (b, t, 3 * h * hd), &d)?;
+            let q = qkv.narrow(2, 0, h * hd)?.reshape((b, t, h, hd))?;
+            let k = qkv.narrow(2, h * hd, h * hd)?.reshape((b, t, h, hd))?;
+            let v = qkv.narrow(2, 2 * h * hd, h * hd)?.reshape((b, t, h, hd))?;
+            let keys: Vec<f64> = (0..b * t).map(|i| if i % t < t - 2 * (i / t) { 0.0 } else { f64::NEG_INFINITY }).collect();
+            let causal: Vec<f64> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { f64::NEG_INFINITY }).collect();
+            for mask in [None, Some(Tensor::from_vec(keys, (b, 1, 1, t), &d)?), Some(Tensor::from_vec(causal, (1, 1, t, t), &d)?)] {
+                let got = attention(&q, &k, &v, mask.as_ref(), 0.3)?.unwrap();
+                let (qt, kt, vt) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+                let mut s = (qt.matmul(&kt.t()?)? * 0.3)?;
+                if let Some(m) = &mask {
+                    s = s.broadcast_add(m)?;
+                }
+                let want = candle_nn::ops::softmax_last_dim(&s)?.matmul(&vt)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+                let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+                assert!(diff < 1e-12, "t {t} {:?}: {diff}", mask.as_ref().map(|m| m.dims().to_vec()));
+                let f32s = |x: &Tensor| x.to_dtype(DType::F32);
+                let got32 = attention(&f32s(&q)?, &f32s(&k)?, &f32s(&v)?, mask.as_ref().map(f32s).transpose()?.as_ref(), 0.3)?.unwrap();
+                let want32 = {
+                    // the same f64 computation from the f32-rounded operands
+                    let (q, k, v) = (f32s(&q)?.to_dtype(DType::F64)?, f32s(&k)?.to_dtype(DType::F64)?, f32s(&v)?.to_dtype(DType::F64)?);
+                    attention(&q, &k, &v, mask.as_ref(), 0.3)?.unwrap()
+                };
+                let diff = (got32.to_dtype(DType::F64)? - &want32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+                assert!(diff < 3e-6, "f32 t {t} {:?}: {diff}", mask.as_ref().map(|m| m.dims().to_vec()));
             }
-            let want = candle_nn::ops::softmax_last_dim(&s)?.matmul(&vt)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-            assert!(diff < 1e-12, "{:?}: {diff}", mask.map(|m| m.dims().to_vec()));
+            assert!(attention(&q, &k, &v, Some(&Tensor::zeros((1, 1, 2, t), DType::F64, &d)?), 1.0).is_err());
         }
-        assert!(attention(&q, &k, &v, Some(&Tensor::zeros((1, 1, 2, t), DType::F64, &d)?), 1.0).is_err());
+        Ok(())
+    }
+
+    /// The relative-key term against the tensor form (w2v-bert's: per-distance scores gathered at
+    /// clamp(j − i) + left, scaled and added, then the key mask), f64 to rounding, f32 within 3e-6.
+    #[test]
+    fn attention_rel_matches_tensor_form() -> Result<()> {
+        let d = Device::Cpu;
+        let (b, t, h, hd, left, right) = (2, 90, 2, 8, 5, 3);
+        let q = Tensor::randn(0f64, 1.0, (b, t, h, hd), &d)?;
+        let k = Tensor::randn(0f64, 1.0, (b, t, h, hd), &d)?;
+        let v = Tensor::randn(0f64, 1.0, (b, t, h, hd), &d)?;
+        let pd = Tensor::randn(0f64, 1.0, (b, h, t, left + right + 1), &d)?;
+        let keys: Vec<f64> = (0..b * t).map(|i| if i % t < t - 9 * (i / t) { 0.0 } else { f32::MIN as f64 }).collect();
+        let mask = Tensor::from_vec(keys, (b, 1, 1, t), &d)?;
+        let idx: Vec<u32> = (0..t as i64).flat_map(|i| (0..t as i64).map(move |j| ((j - i).clamp(-(left as i64), right as i64) + left as i64) as u32)).collect();
+        let idx = Tensor::from_vec(idx, (1, 1, t, t), &d)?.broadcast_as((b, h, t, t))?.contiguous()?;
+        let (qt, kt, vt) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+        let s = ((qt.matmul(&kt.t()?)? * 0.25)? + (pd.gather(&idx, 3)? * 0.25)?)?.broadcast_add(&mask)?;
+        let want = candle_nn::ops::softmax_last_dim(&s)?.matmul(&vt)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let got = attention_rel(&q, &k, &v, Some((&pd, left, right)), Some(&mask), 0.25)?.unwrap();
+        let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff}");
+        let f32s = |x: &Tensor| x.to_dtype(DType::F32);
+        let got32 = attention_rel(&f32s(&q)?, &f32s(&k)?, &f32s(&v)?, Some((&f32s(&pd)?, left, right)), Some(&f32s(&mask)?), 0.25)?.unwrap();
+        let r64 = |x: &Tensor| x.to_dtype(DType::F32)?.to_dtype(DType::F64);
+        let want32 = attention_rel(&r64(&q)?, &r64(&k)?, &r64(&v)?, Some((&r64(&pd)?, left, right)), Some(&mask), 0.25)?.unwrap();
+        let diff = (got32.to_dtype(DType::F64)? - &want32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(diff < 3e-6, "f32: {diff}");
+        assert!(attention_rel(&q, &k, &v, Some((&pd.narrow(3, 0, 4)?, left, right)), None, 0.25).is_err());
         Ok(())
     }
 

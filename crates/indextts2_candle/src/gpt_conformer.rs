@@ -135,9 +135,7 @@ impl ConvModule {
             Ok(self.pw1.forward(&fill_masked(x, keep_t, 0.0)?)?.transpose(1, 2)?.contiguous()?)
         })?;
         // GLU over channels: value = first half, gate = second half.
-        let h = ctx.block(&format!("{name}.glu"), &h, |h| {
-            Ok((h.narrow(1, 0, self.c)? * crate::vact::sigmoid(&h.narrow(1, self.c, self.c)?)?)?)
-        })?;
+        let h = ctx.block(&format!("{name}.glu"), &h, |h| Ok(crate::vact::glu(h, 1)?))?;
         let h = ctx.block(&format!("{name}.depthwise_conv"), &h, |h| {
             let pad = (self.k - 1) / 2;
             let y = match crate::nn::depthwise_conv1d(h, &self.dw_w, pad, pad)? {

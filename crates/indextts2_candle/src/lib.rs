@@ -204,6 +204,7 @@ pub mod gpt_conformer;
 pub mod gpt_perceiver;
 pub mod length_regulator;
 pub mod nn;
+pub mod norm;
 pub mod pipeline;
 pub mod registry;
 pub mod resample;

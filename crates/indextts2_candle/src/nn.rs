@@ -134,6 +134,9 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) 
         let (w, b) = (w.map(widen).transpose()?, b.map(widen).transpose()?);
         return Ok(layer_norm(&widen(x)?, w.as_ref(), b.as_ref(), eps)?.to_dtype(dt)?);
     }
+    if let Some(y) = crate::norm::layer_norm(x, w, b, eps)? {
+        return Ok(y); // f32/f64 CPU: one op per row, in f64, rounded once
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

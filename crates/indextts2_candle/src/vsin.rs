@@ -175,29 +175,39 @@ impl CustomOp1 for SinOp {
 }
 
 /// A copy of a contiguous f32 CPU storage with `f` applied in place, in blocks on Candle's own
-/// elementwise pool (for elementwise `f`, so any split gives the same bits; small tensors stay on
-/// this thread). Not rayon's pool: Candle's pool workers spin after each of Candle's ops, and a
-/// rayon job started then shares the cores with them.
+/// elementwise pool, each block copied by the thread that then applies `f` to it while it is in
+/// cache (for elementwise `f`, so any split gives the same bits; small tensors stay on this
+/// thread). Not rayon's pool: Candle's pool workers spin after each of Candle's ops, and a rayon
+/// job started then shares the cores with them.
 pub(crate) fn map_f32_in_place(name: &str, s: &CpuStorage, l: &Layout, f: impl Fn(&mut [f32]) + Sync) -> candle_core::Result<(CpuStorage, Shape)> {
     let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{name} needs a contiguous input")))?;
     let CpuStorage::F32(v) = s else {
         return Err(candle_core::Error::Msg(format!("{name}: f32 only")));
     };
-    let mut out = v[start..end].to_vec();
+    let src = &v[start..end];
     const PAR: usize = 1 << 14;
-    let n = out.len();
-    if n > 2 * PAR {
-        let ptr = crate::nn::SendPtr(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(PAR), |units| {
-            for u in units {
-                let lo = u * PAR;
-                // SAFETY: each unit is one disjoint block of `out`, which outlives the call
-                f(unsafe { std::slice::from_raw_parts_mut(ptr.get().add(lo), PAR.min(n - lo)) });
-            }
-        });
-    } else {
+    let n = src.len();
+    if n <= 2 * PAR {
+        let mut out = src.to_vec();
         f(&mut out);
+        return Ok((CpuStorage::F32(out), l.shape().clone()));
     }
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let (dst, from) = (crate::nn::SendPtr(out.as_mut_ptr()), crate::nn::SendPtr(src.as_ptr() as *mut f32));
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(PAR), |units| {
+        for u in units {
+            let (lo, len) = (u * PAR, PAR.min(n - u * PAR));
+            // SAFETY: each unit is one disjoint block of `out`'s capacity, first written from the
+            // source block of the same range, then handed to `f`; `out` and `src` outlive the call
+            unsafe {
+                let d = dst.get().add(lo);
+                std::ptr::copy_nonoverlapping(from.get().add(lo) as *const f32, d, len);
+                f(std::slice::from_raw_parts_mut(d, len));
+            }
+        }
+    });
+    // SAFETY: every element of 0..n was written above (the units cover it)
+    unsafe { out.set_len(n) };
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 

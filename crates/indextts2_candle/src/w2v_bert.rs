@@ -187,13 +187,18 @@ impl SelfAttention {
     /// relative-key term, the additive key mask `[B, 1, 1, T]` (0 or f32::MIN), softmax, ·V.
     fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, h) = q.dims3()?;
-        let q = self.split(q, b, t)?;
-        let k = self.split(k, b, t)?;
-        let v = self.split(v, b, t)?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
+        let q4 = q.reshape((b, t, self.heads, self.head))?;
+        let q = q4.transpose(1, 2)?.contiguous()?;
         // Only left+right+1 distinct distances: score every query against each embedding once,
         // then pick the column for clamp(r − l) per (l, r).
         let per_dist = q.broadcast_matmul(&self.distance_embedding.t()?.contiguous()?)?; // [B, h, T, P]
+        let (k4, v4) = (k.reshape((b, t, self.heads, self.head))?, v.reshape((b, t, self.heads, self.head))?);
+        if let Some(y) = crate::dense::attention_rel(&q4, &k4, &v4, Some((&per_dist, self.left, self.right)), bias, self.scale)? {
+            return Ok(y); // CPU: one fused pass per (batch, head, query block), the same score sums
+        }
+        let k = self.split(k, b, t)?;
+        let v = self.split(v, b, t)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
         let (l, r) = (self.left as i64, self.right as i64);
         let idx: Vec<u32> = (0..t as i64)
             .flat_map(|qi| (0..t as i64).map(move |ki| ((ki - qi).clamp(-l, r) + l) as u32))
@@ -263,15 +268,12 @@ impl ConvModule {
     /// pointwise_conv2 [B,H,T]}`, then `<n>` `[B,T,H]`.
     fn forward(&self, x: &Tensor, keep: Option<&Tensor>, ctx: &mut Ctx, n: &str) -> Result<Tensor> {
         let x = ctx.input(n, x)?;
-        let h = x.dim(2)?;
         let mut y = ctx.block(&format!("{n}.layer_norm"), &x, |x| self.layer_norm.forward(x))?;
         if let Some(keep) = keep {
             y = y.broadcast_mul(keep)?;
         }
         let y = ctx.block(&format!("{n}.pointwise_conv1"), &y.transpose(1, 2)?, |y| pointwise(&self.pointwise_conv1, y))?;
-        let y = ctx.block(&format!("{n}.glu"), &y, |y| {
-            Ok((y.narrow(1, 0, h)? * crate::vact::sigmoid(&y.narrow(1, h, h)?)?)?)
-        })?;
+        let y = ctx.block(&format!("{n}.glu"), &y, |y| Ok(crate::vact::glu(y, 1)?))?;
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
         let yp = y.pad_with_zeros(2, pl, pr)?;
         let y = ctx.block(&format!("{n}.depthwise_conv"), &yp, |yp| {

@@ -35,6 +35,11 @@ impl AdaLn {
     pub fn forward(&self, x: &Tensor, c: &Tensor, ctx: &mut Ctx, p: &str) -> Result<Tensor> {
         let sb = ctx.block(&format!("{p}.project_layer"), c, |c| self.project.forward(c))?;
         let normed = ctx.block(&format!("{p}.norm"), x, |x| {
+            if x.dtype() == DType::F32 {
+                if let Some(y) = crate::norm::rms_norm(x, Some(&self.norm_w), self.eps)? {
+                    return Ok(y); // CPU: one op per row, in f64, rounded once
+                }
+            }
             // normalised in f32 (gpt_fast's `x.float()`), rounded to x's dtype, then scaled
             let xf = widen(x)?;
             let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -54,6 +59,64 @@ pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     halves: bool,
+    /// the f32 CPU kernel (same products and sums as the tensor form, so the same bits)
+    fused: Option<RopeOp>,
+}
+
+/// The rotation as one pass over `[B, T, H, D]` (strided views with a unit last stride read in
+/// place, e.g. q/k of the fused wqkv output): per pair (x0, x1) and angle (c, s),
+/// (x0·c − x1·s, x1·c + x0·s), each product rounded, as the tensor form's broadcast ops do.
+struct RopeOp {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    halves: bool,
+}
+
+impl candle_core::CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(x) = s else { candle_core::bail!("rope: f32 only") };
+        let (b, t, h, d) = l.shape().dims4()?;
+        let st = l.stride();
+        if d != 2 * self.half || st[3] != 1 || t * self.half > self.cos.len() {
+            candle_core::bail!("rope: x {:?} (strides {st:?}) does not fit a table of {} x {}", l.dims(), self.cos.len() / self.half, self.half)
+        }
+        let x0 = l.start_offset();
+        let mut out: Vec<f32> = Vec::with_capacity(b * t * h * d);
+        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let (half, halves) = (self.half, self.halves);
+        let work = |rows: std::ops::Range<usize>| {
+            for r in rows {
+                let (bi, ti) = (r / t, r % t);
+                let (c, sn) = (&self.cos[ti * half..][..half], &self.sin[ti * half..][..half]);
+                for hi in 0..h {
+                    let xr = &x[x0 + bi * st[0] + ti * st[1] + hi * st[2]..][..d];
+                    // SAFETY: row (bi, ti, hi) of `out`'s capacity, written by this unit only
+                    let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(((bi * t + ti) * h + hi) * d), d) };
+                    for i in 0..half {
+                        let (a, bb) = if halves { (xr[i], xr[i + half]) } else { (xr[2 * i], xr[2 * i + 1]) };
+                        let (o0, o1) = (a * c[i] - bb * sn[i], bb * c[i] + a * sn[i]);
+                        if halves {
+                            (y[i], y[i + half]) = (o0, o1);
+                        } else {
+                            (y[2 * i], y[2 * i + 1]) = (o0, o1);
+                        }
+                    }
+                }
+            }
+        };
+        if b * t * h * d > 1 << 15 {
+            candle_core::utils::barrier_pool().execute_chunked(b * t, work);
+        } else {
+            work(0..b * t);
+        }
+        // SAFETY: every (b, t, h) row was written in full above
+        unsafe { out.set_len(b * t * h * d) };
+        Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from((b, t, h, d))))
+    }
 }
 
 impl Rope {
@@ -72,11 +135,16 @@ impl Rope {
         let t = positions.len();
         let shape = (1, t, 1, half);
         let table = |v: Vec<f32>| -> Result<Tensor> { widen(&Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)?) };
-        Ok(Rope { cos: table(cos)?, sin: table(sin)?, halves })
+        let fused = (dtype == DType::F32 && dev.is_cpu()).then(|| RopeOp { cos: cos.clone(), sin: sin.clone(), half, halves });
+        Ok(Rope { cos: table(cos)?, sin: table(sin)?, halves, fused })
     }
     /// x `[B, T, H, D]`: rotates the interleaved pairs (2i, 2i+1); in f32 for a half-precision x
     /// (gpt_fast's `x.float()`), returned in x's dtype.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(op), DType::F32, true) = (&self.fused, x.dtype(), x.device().is_cpu()) {
+            let x = if x.layout().stride()[3] == 1 { x.clone() } else { x.contiguous()? };
+            return Ok(x.apply_op1_no_bwd(op)?);
+        }
         Ok(self.apply_wide(&widen(x)?)?.to_dtype(x.dtype())?)
     }
     fn apply_wide(&self, x: &Tensor) -> Result<Tensor> {
@@ -214,5 +282,31 @@ impl Block {
         let n = ctx.nest(&fnn, &h, |ctx, h| self.ffn_norm.forward(h, c, ctx, &fnn))?;
         let ffp = format!("{p}.feed_forward");
         Ok((&h + ctx.nest(&ffp, &n, |ctx, n| self.feed_forward.forward(n, ctx, &ffp))?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused rotation gives the tensor form's bits, for both pair layouts, on a strided view
+    /// (q of a fused projection) and on a contiguous tensor.
+    #[test]
+    fn fused_rope_equals_the_tensor_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, h, d) = (2, 37, 3, 8);
+        let positions: Vec<i64> = (0..t as i64).collect();
+        let fused = Tensor::randn(0f32, 1.0, (b, t, 3 * h * d), &dev)?;
+        let q = fused.narrow(2, h * d, h * d)?.reshape((b, t, h, d))?;
+        for halves in [false, true] {
+            let rope = Rope::new(&positions, d, 10_000.0, halves, DType::F32, &dev)?;
+            assert!(rope.fused.is_some());
+            for x in [q.clone(), q.contiguous()?] {
+                let got = rope.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+                let want = rope.apply_wide(&x)?.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "halves {halves}");
+            }
+        }
+        Ok(())
     }
 }
