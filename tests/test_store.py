@@ -213,6 +213,8 @@ NOT_WEIGHTS = {
     ("resample.rs", "vec![0f32; self.new * taps]"): "the kernel's buffer, filled from the sinc formula right after",
     ("resample.rs", "vec![0f32; k.out_len(r.len())]"): "output buffer of the polyphase sums",
     ("resample.rs", "vec![0f32; n]"): "the 200 ms of silence infer_v2 puts between segments",
+    ("semantic_codec.rs", "let mut out = vec![0i64; n];"): "output buffer of the fused nearest-code search (every row written)",
+    ("semantic_codec.rs", "let mut dots = vec![0f32; k];"): "per-unit scratch of the dot products, reset per row",
     ("w2v_features.rs", "vec![0f64; NBINS]"): "power spectrum buffer",
     ("w2v_features.rs", "vec![vec![0f32; m]; n]"): "normalised features' buffer",
     ("w2v_features.rs", "vec![0f32; n]"): "column buffer of the normalisation",

@@ -202,12 +202,98 @@ pub struct ConformerEncoder {
     d: usize,
     conv_w: Tensor,
     conv_b: Tensor,
+    /// conv.0 as one f32 CPU pass (the weights copied out once at load)
+    conv_fused: Option<Subsample>,
     out: Linear,
     pe: Tensor, // [1, max_len, d]
     max_len: usize,
     layers: Vec<Layer>,
     after_norm: LayerNorm,
     skip_after_norm: bool,
+}
+
+/// `embed.conv.0` (Conv2d(1, d, 3, stride 2), no padding) on x `[B, T, F]` as one pass writing
+/// `[B, T', d, F']` (T' = (T−3)/2+1, F' = (F−3)/2+1): per output row (b, t', c) the nine taps in
+/// (i, j) order, then the bias. Each input row is split into its even and odd columns first, so the
+/// stride-2 reads of every tap are contiguous and the row vectorises. Candle's conv2d wrote
+/// [B, d, T', F'], which out.0 then had to transpose (130 MB at official size).
+struct Subsample {
+    w: Vec<f32>, // [d, 9]
+    b: Vec<f32>, // [d]
+}
+
+/// One output row: Σ_i (w_i0·E_i[f] + w_i1·O_i[f] + w_i2·E_i[f+1]) + bias, E/O the even/odd columns
+/// of input row 2t'+i.
+macro_rules! subsample_row {
+    ($y:ident, $eo:ident, $w:ident, $bias:ident) => {{
+        let n = $y.len();
+        $y.iter_mut().for_each(|v| *v = 0.0);
+        for i in 0..3 {
+            let (e, o) = (&$eo[i].0, &$eo[i].1);
+            let (w0, w1, w2) = ($w[3 * i], $w[3 * i + 1], $w[3 * i + 2]);
+            let (e0, e1, o0) = (&e[..n], &e[1..n + 1], &o[..n]);
+            for f in 0..n {
+                $y[f] = (($y[f] + w0 * e0[f]) + w1 * o0[f]) + w2 * e1[f];
+            }
+        }
+        $y.iter_mut().for_each(|v| *v += $bias);
+    }};
+}
+fn subsample_row_base(y: &mut [f32], eo: &[(Vec<f32>, Vec<f32>)], w: &[f32], bias: f32) {
+    subsample_row!(y, eo, w, bias)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn subsample_row_avx2(y: &mut [f32], eo: &[(Vec<f32>, Vec<f32>)], w: &[f32], bias: f32) {
+    subsample_row!(y, eo, w, bias)
+}
+
+impl candle_core::CustomOp1 for Subsample {
+    fn name(&self) -> &'static str {
+        "conformer-subsample"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(x) = s else { candle_core::bail!("conformer subsample: f32 only") };
+        let (a, z) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("conformer subsample: contiguous input expected".into()))?;
+        let x = &x[a..z];
+        let (b, t, f) = l.shape().dims3()?;
+        let d = self.b.len();
+        if t < 3 || f < 3 {
+            candle_core::bail!("conformer subsample: input [{b}, {t}, {f}] is shorter than the 3x3 kernel")
+        }
+        let (tp, fp) = ((t - 3) / 2 + 1, (f - 3) / 2 + 1);
+        let avx2 = cfg!(target_arch = "x86_64") && crate::vsin::Isa::available().contains(&crate::vsin::Isa::Avx2);
+        let mut out: Vec<f32> = Vec::with_capacity(b * tp * d * fp);
+        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let work = |rows: std::ops::Range<usize>| {
+            for r in rows {
+                let (bi, ti) = (r / tp, r % tp);
+                // even/odd columns of the three input rows (E has F' + 1 entries, O has F')
+                let eo: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+                    .map(|i| {
+                        let row = &x[(bi * t + 2 * ti + i) * f..][..f];
+                        (row.iter().step_by(2).take(fp + 1).copied().collect(), row.iter().skip(1).step_by(2).take(fp).copied().collect())
+                    })
+                    .collect();
+                for c in 0..d {
+                    // SAFETY: row (bi, ti, c) of `out`'s capacity, written by this unit only
+                    let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(((bi * tp + ti) * d + c) * fp), fp) };
+                    let w = &self.w[9 * c..9 * c + 9];
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: AVX2 and FMA are present (Isa::available)
+                        unsafe { subsample_row_avx2(y, &eo, w, self.b[c]) };
+                        continue;
+                    }
+                    subsample_row_base(y, &eo, w, self.b[c]);
+                }
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(b * tp, work);
+        // SAFETY: every (b, t', c) row was written in full above
+        unsafe { out.set_len(b * tp * d * fp) };
+        Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from((b, tp, d, fp))))
+    }
 }
 
 impl ConformerEncoder {
@@ -227,6 +313,10 @@ impl ConformerEncoder {
             d,
             conv_w: e.pp("conv.0").get((d, 1, 3, 3), "weight")?,
             conv_b: e.pp("conv.0").get(d, "bias")?,
+            conv_fused: Some(Subsample {
+                w: e.pp("conv.0").get((d, 1, 3, 3), "weight")?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                b: e.pp("conv.0").get(d, "bias")?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            }),
             out: Linear::load(&e.pp("out.0"), d * f, d, true)?,
             pe: e.pp("pos_enc").get((1, max_len, d), "pe")?,
             max_len,
@@ -242,10 +332,17 @@ impl ConformerEncoder {
         let mut pos = None;
         let x = ctx.nest(&n, xs, |c, xs| {
             let y = c.block(&format!("{n}.conv.0"), xs, |x| {
+                if let Some(op) = &self.conv_fused {
+                    if x.dtype() == DType::F32 && x.device().is_cpu() {
+                        // [B, T', d, F'] in memory, seen as [B, d, T', F']: the layout out.0 reads
+                        return Ok(x.contiguous()?.apply_op1_no_bwd(op)?.transpose(1, 2)?);
+                    }
+                }
                 let y = crate::nn::conv2d(&x.unsqueeze(1)?, &self.conv_w, 0, 2, 1, 1)?;
                 Ok(y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?) // [B, d, T', F']
             })?;
-            let y = c.block(&format!("{n}.conv.1"), &y, |y| Ok(y.relu()?))?;
+            // ReLU over [B, T', d, F'] memory (a view of conv.0's output: no transposing copy)
+            let y = c.block(&format!("{n}.conv.1"), &y, |y| Ok(y.transpose(1, 2)?.relu()?.transpose(1, 2)?))?;
             let y = c.block(&format!("{n}.out.0"), &y, |y| {
                 let (b, ch, tt, ff) = y.dims4()?;
                 self.out.forward(&y.transpose(1, 2)?.contiguous()?.reshape((b, tt, ch * ff))?) // flatten c*F' + f
@@ -289,5 +386,32 @@ impl ConformerEncoder {
             if self.skip_after_norm { Ok(x.clone()) } else { self.after_norm.forward(x) }
         })?;
         Ok((x, keep.to_dtype(DType::U8)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused subsampling conv against Candle's conv2d + bias in f64 (from the same f32 values):
+    /// within 1e-5 of outputs of size about 1 (nine f32 products and sums), in the [B, T', d, F']
+    /// layout; odd and even T and F.
+    #[test]
+    fn fused_subsample_equals_conv2d() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (b, t, f, d) in [(2, 9, 12, 5), (1, 8, 11, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (b, t, f), &dev)?;
+            let w = Tensor::randn(0f32, 0.3, (d, 1, 3, 3), &dev)?;
+            let bias = Tensor::randn(0f32, 0.3, d, &dev)?;
+            let op = Subsample { w: w.flatten_all()?.to_vec1::<f32>()?, b: bias.to_vec1::<f32>()? };
+            let got = x.apply_op1_no_bwd(&op)?.transpose(1, 2)?.to_dtype(DType::F64)?;
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64);
+            let want = f64s(&x)?.unsqueeze(1)?.conv2d(&f64s(&w)?, 0, 2, 1, 1)?.broadcast_add(&f64s(&bias)?.reshape((1, d, 1, 1))?)?;
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-5, "[{b}, {t}, {f}] d {d}: {diff}");
+        }
+        Ok(())
     }
 }

@@ -151,6 +151,64 @@ struct Quantizer {
     codebook_sq: Tensor, // [1, K]: Σ c², kept as the official distance expression has it
     unnormalised: bool,
     size: usize,
+    /// the f32 CPU search as one pass per row
+    fused: Option<NearestCode>,
+}
+
+/// The nearest code of each row of enc `[N, d]` (with its Σe² `[N, 1]`) in one pass per row: the
+/// official expression (Σe² − 2·e·c) + Σc² for every code, its negation's first maximum, as the
+/// tensor form (`dist.neg().argmax(1)`) takes it. The codebook is held transposed `[d, K]` so the K
+/// dot products of a row accumulate as whole-row passes (k ascending, products rounded; gemm fuses
+/// them, which can move a near tie by one rounding).
+struct NearestCode {
+    unit_t: Vec<f32>, // [d, K]
+    sq: Vec<f32>,     // [K]
+    d: usize,
+}
+
+impl candle_core::CustomOp2 for NearestCode {
+    fn name(&self) -> &'static str {
+        "nearest-code"
+    }
+    fn cpu_fwd(&self, e: &candle_core::CpuStorage, el: &candle_core::Layout, q: &candle_core::CpuStorage, ql: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(e), candle_core::CpuStorage::F32(q)) = (e, q) else { candle_core::bail!("nearest-code: f32 only") };
+        let (n, d) = el.shape().dims2()?;
+        let k = self.sq.len();
+        let (Some((e0, _)), Some((q0, _))) = (el.contiguous_offsets(), ql.contiguous_offsets()) else { candle_core::bail!("nearest-code: contiguous operands expected") };
+        if d != self.d || ql.shape().elem_count() != n {
+            candle_core::bail!("nearest-code: enc {:?} / Σe² {:?} against a codebook of dim {}", el.dims(), ql.dims(), self.d)
+        }
+        let mut out = vec![0i64; n];
+        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let work = |rows: std::ops::Range<usize>| {
+            let mut dots = vec![0f32; k];
+            for r in rows {
+                let er = &e[e0 + r * d..][..d];
+                dots.iter_mut().for_each(|v| *v = 0.0);
+                for (kk, &ek) in er.iter().enumerate() {
+                    let col = &self.unit_t[kk * k..][..k];
+                    dots.iter_mut().zip(col).for_each(|(acc, &c)| *acc += ek * c);
+                }
+                let sq_e = q[q0 + r];
+                let neg = |j: usize| -((sq_e - dots[j] * 2.0) + self.sq[j]);
+                let (mut best, mut at) = (neg(0), 0usize);
+                for j in 1..k {
+                    let v = neg(j);
+                    if v > best {
+                        (best, at) = (v, j);
+                    }
+                }
+                // SAFETY: entry r of `out`, written by this unit only
+                unsafe { *dst.get().add(r) = at as i64 };
+            }
+        };
+        if n * k > 1 << 16 {
+            candle_core::utils::barrier_pool().execute_chunked(n, work);
+        } else {
+            work(0..n);
+        }
+        Ok((candle_core::CpuStorage::I64(out), candle_core::Shape::from(n)))
+    }
 }
 
 /// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12).
@@ -171,7 +229,12 @@ impl Quantizer {
         let unnormalised = faults.on("codebook_unnormalised");
         let codebook_unit = if unnormalised { codebook.clone() } else { l2_normalize(&codebook)? };
         let codebook_sq = codebook_unit.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
-        Ok(Quantizer { name, in_project, out_project, codebook, codebook_unit, codebook_sq, unnormalised, size: cfg.codebook_size })
+        let fused = Some(NearestCode {
+            unit_t: codebook_unit.to_dtype(DType::F32)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+            sq: codebook_sq.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            d,
+        });
+        Ok(Quantizer { name, in_project, out_project, codebook, codebook_unit, codebook_sq, unnormalised, size: cfg.codebook_size, fused })
     }
 
     /// z_e `[B, d, T]` → codes `[B, T]` (i64): argmin of the squared distance between unit vectors.
@@ -179,6 +242,12 @@ impl Quantizer {
         let (b, d, t) = z_e.dims3()?;
         let enc = z_e.transpose(1, 2)?.reshape((b * t, d))?;
         let enc = if self.unnormalised { enc } else { l2_normalize(&enc)? };
+        if let Some(fused) = &self.fused {
+            if enc.dtype() == DType::F32 && enc.device().is_cpu() {
+                let sq = enc.sqr()?.sum_keepdim(1)?;
+                return Ok(enc.contiguous()?.apply_op2_no_bwd(&sq, fused)?.reshape((b, t))?);
+            }
+        }
         let dist = enc
             .sqr()?
             .sum_keepdim(1)?
@@ -325,5 +394,30 @@ impl SemanticCodec {
         let Some(emb) = sum else { return input_err("semantic codec has no quantizer") };
         ctx.tap("quantizer", &emb);
         Ok(emb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused search picks the tensor form's code on every row (deterministic inputs: no seed,
+    /// no near ties by construction) in the official size's shape (d 8, K 8192).
+    #[test]
+    fn fused_search_equals_the_tensor_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, d, k) = (300, 8, 8192);
+        let g = |i: usize, s: f64| ((i as f64 * s).sin() * 1.7 + (i as f64 * s * 0.37).cos()) as f32;
+        let unit = l2_normalize(&Tensor::from_vec((0..k * d).map(|i| g(i, 0.61)).collect::<Vec<_>>(), (k, d), &dev)?)?;
+        let enc = l2_normalize(&Tensor::from_vec((0..n * d).map(|i| g(i, 1.13)).collect::<Vec<_>>(), (n, d), &dev)?)?;
+        let sq = unit.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        let dist = enc.sqr()?.sum_keepdim(1)?.broadcast_sub(&(enc.matmul(&unit.t()?)? * 2.0)?)?.broadcast_add(&sq)?;
+        let want = dist.neg()?.argmax(1)?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+        let op = NearestCode { unit_t: unit.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, sq: sq.flatten_all()?.to_vec1::<f32>()?, d };
+        let got = enc.apply_op2_no_bwd(&enc.sqr()?.sum_keepdim(1)?, &op)?.to_vec1::<i64>()?;
+        assert_eq!(got, want);
+        assert!(enc.narrow(1, 0, 7)?.contiguous()?.apply_op2_no_bwd(&enc.sqr()?.sum_keepdim(1)?, &op).is_err());
+        Ok(())
     }
 }

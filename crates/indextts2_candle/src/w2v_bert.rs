@@ -273,7 +273,8 @@ impl ConvModule {
             y = y.broadcast_mul(keep)?;
         }
         let y = ctx.block(&format!("{n}.pointwise_conv1"), &y.transpose(1, 2)?, |y| pointwise(&self.pointwise_conv1, y))?;
-        let y = ctx.block(&format!("{n}.glu"), &y, |y| Ok(crate::vact::glu(y, 1)?))?;
+        // y is the transposed view of pointwise_conv1's [B, T, 2H]: GLU over that last dim, in place
+        let y = ctx.block(&format!("{n}.glu"), &y, |y| Ok(crate::vact::glu(&y.transpose(1, 2)?, 2)?.transpose(1, 2)?))?;
         let (pl, pr) = if self.symmetric { ((self.k - 1) / 2, (self.k - 1) / 2) } else { (self.k - 1, 0) };
         let yp = y.pad_with_zeros(2, pl, pr)?;
         let y = ctx.block(&format!("{n}.depthwise_conv"), &yp, |yp| {

@@ -90,6 +90,44 @@ pub fn affine(x: &Tensor, scale: &[f32], shift: &[f32], residual: Option<&Tensor
     })
 }
 
+/// The CAM layer's context on `[B, C, T]`: per row, the mean over T plus the mean of the row's
+/// segment of `seg` frames (the last one shorter: avg_pool1d with ceil_mode), each mean summed in
+/// f64 and rounded to f32 once, then added in f32 (the tensor form: two f32 means, one add).
+struct Context(usize);
+
+impl CustomOp1 for Context {
+    fn name(&self) -> &'static str {
+        "cam-context"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let t = *l.dims().last().ok_or_else(|| msg("cam context: scalar input"))?;
+        let seg = self.0.max(1);
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
+        let dst = SendPtr(out.as_mut_ptr());
+        let rows = if t == 0 { 0 } else { x.len() / t };
+        let row = |r: usize| {
+            let xr = &x[r * t..(r + 1) * t];
+            // SAFETY: row r of `out`'s capacity, written by this call only
+            let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * t), t) };
+            let mean = (xr.iter().map(|&v| v as f64).sum::<f64>() / t as f64) as f32;
+            for (xs, ys) in xr.chunks(seg).zip(y.chunks_mut(seg)) {
+                let m = (xs.iter().map(|&v| v as f64).sum::<f64>() / xs.len() as f64) as f32;
+                ys.iter_mut().for_each(|v| *v = mean + m);
+            }
+        };
+        (0..rows).into_par_iter().for_each(row);
+        // SAFETY: every row was written in full
+        unsafe { out.set_len(rows * t) };
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `x.mean(-1) + seg_pooling(x)` of CAM++ on f32 `[B, C, T]`, one pass per row.
+pub fn context(x: &Tensor, seg: usize) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Context(seg))?)
+}
+
 /// im2col of a `[B, C, T]` f32 input for a "same" k-tap conv of dilation d, as f64:
 /// `[B, k·C, T]`, rows ordered (j, c) like the weight laid out `[cout, (k, cin)]`.
 struct Cols1d {
@@ -233,6 +271,29 @@ pub fn conv2d(x: &Tensor, w: &[f32], cout: usize, k: usize, p: usize, s: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The context against its tensor form in f64 (utterance mean + per-segment means, the last
+    /// segment shorter): within 1 f32 ulp-ish (2e-7 relative to values about 1), T a multiple of the
+    /// segment and not.
+    #[test]
+    fn context_equals_mean_plus_segment_means() -> candle_core::Result<()> {
+        for t in [300, 317, 7] {
+            let x = Tensor::randn(1f32, 1.0, (2, 5, t), &candle_core::Device::Cpu)?;
+            let got = context(&x, 100).map_err(|e| candle_core::Error::Msg(e.to_string()))?.to_dtype(DType::F64)?;
+            let x64 = x.to_dtype(DType::F64)?;
+            let mut segs = Vec::new();
+            let mut s0 = 0;
+            while s0 < t {
+                let n = 100.min(t - s0);
+                segs.push(x64.narrow(2, s0, n)?.mean_keepdim(2)?.broadcast_as((2, 5, n))?);
+                s0 += n;
+            }
+            let want = x64.mean_keepdim(2)?.broadcast_add(&Tensor::cat(&segs, 2)?)?;
+            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-6, "t {t}: {diff}");
+        }
+        Ok(())
+    }
     use candle_core::Device;
 
     fn data(shape: &[usize], seed: u32) -> Tensor {

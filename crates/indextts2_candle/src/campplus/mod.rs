@@ -410,7 +410,12 @@ impl Cam {
     /// `{p}.relu`, `{p}.linear2`, `{p}.sigmoid`; the caller's `{p}` tap holds y · m.
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = ctx.block(&format!("{p}.linear_local"), x, |v| self.linear_local.forward(v))?;
-        let c = ctx.block(&format!("{p}.context"), x, |v| Ok(v.mean_keepdim(D::Minus1)?.broadcast_add(&self.seg_pooling(v)?)?))?;
+        let c = ctx.block(&format!("{p}.context"), x, |v| {
+            if fused::usable(v) {
+                return fused::context(v, self.seg_len);
+            }
+            Ok(v.mean_keepdim(D::Minus1)?.broadcast_add(&self.seg_pooling(v)?)?)
+        })?;
         let c = ctx.block(&format!("{p}.linear1"), &c, |v| pointwise(&self.linear1, v))?;
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
         let c = ctx.block(&format!("{p}.linear2"), &c, |v| pointwise(&self.linear2, v))?;
