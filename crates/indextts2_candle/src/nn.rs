@@ -137,6 +137,12 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) 
     if let Some(y) = crate::norm::layer_norm(x, w, b, eps)? {
         return Ok(y); // f32/f64 CPU: one op per row, in f64, rounded once
     }
+    layer_norm_tensor_form(x, w, b, eps)
+}
+
+/// LayerNorm as tensor ops (mean, centre, biased variance, ÷√(var + eps), affine): devices and
+/// dtypes `norm::layer_norm` does not serve, and its tests' reference.
+pub(crate) fn layer_norm_tensor_form(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

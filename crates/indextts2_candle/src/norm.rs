@@ -158,17 +158,7 @@ mod tests {
     use candle_core::{Device, D};
 
     fn tensor_layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let mut y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-        if let Some(w) = w {
-            y = y.broadcast_mul(w)?;
-        }
-        if let Some(b) = b {
-            y = y.broadcast_add(b)?;
-        }
-        Ok(y)
+        crate::nn::layer_norm_tensor_form(x, w, b, eps).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {

@@ -226,45 +226,53 @@ macro_rules! slice_loop {
     };
 }
 
-fn run_base(xs: &mut [f32], act: Act) {
-    slice_loop!(xs, act)
+/// `fn $name(isa, args…)`: the body compiled three times (baseline x86-64, AVX2 + FMA, AVX-512;
+/// LLVM vectorises each for its width) and run in the build `isa`, which the caller has checked
+/// with `Isa::available()`.
+macro_rules! isa_builds {
+    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            fn base($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $body
+            match isa {
+                Isa::Base => base($($arg),*),
+                // SAFETY: the caller passes a build `Isa::available()` found on this CPU
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!(),
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(xs: &mut [f32], act: Act) {
-    slice_loop!(xs, act)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(xs: &mut [f32], act: Act) {
-    slice_loop!(xs, act)
-}
+isa_builds!(fn act_in(xs: &mut [f32], act: Act) { slice_loop!(xs, act) });
 
 pub use crate::vsin::Isa;
 
 /// In place with one build of the loop; panics if the CPU lacks it.
 pub fn apply_slice_with(isa: Isa, act: Act, xs: &mut [f32]) {
     assert!(Isa::available().contains(&isa), "{isa:?} is not available on this CPU");
-    match isa {
-        Isa::Base => run_base(xs, act),
-        // SAFETY: only reached for builds `available()` found on this CPU
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { run_avx2(xs, act) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_avx512(xs, act) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!(),
-    }
+    act_in(isa, xs, act)
 }
 
 static BEST: OnceLock<Isa> = OnceLock::new();
 
+/// The widest build this CPU runs.
+fn best() -> Isa {
+    *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base))
+}
+
 /// In place, with the widest build the CPU runs.
 pub fn apply_slice(act: Act, xs: &mut [f32]) {
-    let isa = *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base));
-    apply_slice_with(isa, act, xs)
+    act_in(best(), xs, act)
 }
 
 struct ActOp(Act);
@@ -298,33 +306,12 @@ macro_rules! glu_loop {
         $y.iter_mut().zip($a.iter().zip($g)).for_each(|(y, (&a, &g))| *y = times_sigmoid32(a, g))
     };
 }
-fn glu_base(a: &[f32], g: &[f32], y: &mut [f32]) {
-    glu_loop!(a, g, y)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn glu_avx2(a: &[f32], g: &[f32], y: &mut [f32]) {
-    glu_loop!(a, g, y)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn glu_avx512(a: &[f32], g: &[f32], y: &mut [f32]) {
-    glu_loop!(a, g, y)
-}
+isa_builds!(fn glu_in(a: &[f32], g: &[f32], y: &mut [f32]) { glu_loop!(a, g, y) });
 
 /// y = a·sigmoid(g), elementwise, with the widest build the CPU runs.
 pub fn glu_slice(a: &[f32], g: &[f32], y: &mut [f32]) {
     assert!(a.len() == y.len() && g.len() == y.len(), "glu_slice: lengths {} {} {}", a.len(), g.len(), y.len());
-    match *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base)) {
-        Isa::Base => glu_base(a, g, y),
-        // SAFETY: BEST is a build `available()` found on this CPU
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { glu_avx2(a, g, y) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { glu_avx512(a, g, y) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!(),
-    }
+    glu_in(best(), a, g, y)
 }
 
 /// One attention score row in place: × scale, + mask, softmax. The max and the sum over eight
@@ -365,35 +352,14 @@ macro_rules! softmax_loop {
         $row.iter_mut().for_each(|x| *x /= sum);
     }};
 }
-fn softmax_base(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    softmax_loop!(row, scale, mask)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    softmax_loop!(row, scale, mask)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    softmax_loop!(row, scale, mask)
-}
+isa_builds!(fn softmax_in(row: &mut [f32], scale: f32, mask: Option<&[f32]>) { softmax_loop!(row, scale, mask) });
 
 /// `softmax(row·scale + mask)` in place, with the widest build the CPU runs.
 pub fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     if let Some(m) = mask {
         assert_eq!(m.len(), row.len(), "softmax_row: mask length");
     }
-    match *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base)) {
-        Isa::Base => softmax_base(row, scale, mask),
-        // SAFETY: BEST is a build `available()` found on this CPU
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { softmax_avx2(row, scale, mask) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax_avx512(row, scale, mask) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!(),
-    }
+    softmax_in(best(), row, scale, mask)
 }
 
 /// GLU over `dim` of a contiguous tensor: the first half of that dim times sigmoid of the second.
