@@ -18,6 +18,7 @@
 //! strides: [`tap_major`]) gives each tap a contiguous `[C_out, C_in]` matrix; any other layout
 //! works through its strides, slower at large C_in (gemm repacks a strided matrix).
 use crate::error::Result;
+use crate::nn::SendPtr;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 /// The same weight, its memory reordered tap-major (`[k, C_out, C_in]`) and viewed back as
@@ -47,7 +48,7 @@ pub fn tap_major(w: &Tensor) -> Result<Tensor> {
 pub(crate) fn gather_tap_major(v: &[f32], co: usize, ci: usize, k: usize, f: impl Fn(usize, f32) -> f32 + Sync, dev: &candle_core::Device) -> Result<Tensor> {
     use rayon::prelude::*;
     let mut out = vec![0f32; co * ci * k];
-    let dst = crate::nn::SendPtr(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| {
         let src = &v[o * ci * k..(o + 1) * ci * k];
         for j in 0..k {
@@ -147,7 +148,7 @@ impl GemmLinear {
         // output-column splits, a multiple of 16 wide, one per thread
         let nt = candle_core::utils::get_num_threads().max(1);
         let chunk = n.div_ceil(nt).div_ceil(16) * 16;
-        let dst = Ptr(out.as_mut_ptr());
+        let dst = SendPtr(out.as_mut_ptr());
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
             let (c0, cols) = (i * chunk, chunk.min(n - i * chunk));
             if let Some(bias) = bias {
@@ -318,8 +319,9 @@ impl Sdpa {
         let mask = mask.map(|m| m.0);
         let scale = T::from_f64(self.scale);
         let mut out = vec![T::default(); b * tq * h * d];
-        let dst = Ptr(out.as_mut_ptr());
+        let dst = SendPtr(out.as_mut_ptr());
         let blocks = tq.div_ceil(ROWS);
+        let (left, right) = self.rel.as_ref().map_or((0, 0), |r| (r.1, r.2));
         // on Candle's pool, not rayon's: its workers spin after the previous op, and a rayon job
         // started then shares the cores with them
         candle_core::utils::barrier_pool().execute_chunked(b * h * blocks, |units| {
@@ -343,7 +345,6 @@ impl Sdpa {
                     match rel {
                         None => T::softmax_row(row, scale, mrow),
                         Some((pd, p0)) => {
-                            let (left, right) = (self.rel.as_ref().map_or(0, |r| r.1), self.rel.as_ref().map_or(0, |r| r.2));
                             let np = left + right + 1;
                             let qi = r0 + i;
                             let prow = &pd[p0 + ((bi * h + hi) * tq + qi) * np..][..np];
@@ -412,19 +413,6 @@ struct GemmConv {
     dilation: usize,
 }
 
-/// A raw pointer handed to the threads; each writes its own disjoint output columns.
-#[derive(Clone, Copy)]
-pub(crate) struct Ptr<T>(pub(crate) *mut T);
-// SAFETY: units write disjoint ranges of one buffer that outlives the parallel loop.
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-impl<T> Ptr<T> {
-    // a method, so closures capture the wrapper (Sync), not its raw pointer field
-    pub(crate) fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 impl GemmConv {
     fn out_len(&self, l: usize, k: usize) -> usize {
         (l + 2 * self.padding - self.dilation * (k - 1) - 1) / self.stride + 1
@@ -467,7 +455,7 @@ impl GemmConv {
         let per_batch = if b >= nt { 1 } else { nt.div_ceil(b) };
         let chunk = lo.div_ceil(per_batch).div_ceil(16) * 16;
         let splits = lo.div_ceil(chunk);
-        let dst = Ptr(out.as_mut_ptr());
+        let dst = SendPtr(out.as_mut_ptr());
         (0..b * splits).into_par_iter().for_each(|u| {
             let (bi, t0) = (u / splits, (u % splits) * chunk);
             let n = chunk.min(lo - t0);

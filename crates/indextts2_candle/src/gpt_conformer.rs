@@ -203,7 +203,7 @@ pub struct ConformerEncoder {
     conv_w: Tensor,
     conv_b: Tensor,
     /// conv.0 as one f32 CPU pass (the weights copied out once at load)
-    conv_fused: Option<Subsample>,
+    conv_fused: Subsample,
     out: Linear,
     pe: Tensor, // [1, max_len, d]
     max_len: usize,
@@ -264,7 +264,7 @@ impl candle_core::CustomOp1 for Subsample {
         let (tp, fp) = ((t - 3) / 2 + 1, (f - 3) / 2 + 1);
         let avx2 = cfg!(target_arch = "x86_64") && crate::vsin::Isa::available().contains(&crate::vsin::Isa::Avx2);
         let mut out: Vec<f32> = Vec::with_capacity(b * tp * d * fp);
-        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
         let work = |rows: std::ops::Range<usize>| {
             for r in rows {
                 let (bi, ti) = (r / tp, r % tp);
@@ -304,6 +304,7 @@ impl ConformerEncoder {
         }
         let f = (idim - 1) / 2;
         let e = w.pp("embed");
+        let (conv_w, conv_b) = (e.pp("conv.0").get((d, 1, 3, 3), "weight")?, e.pp("conv.0").get(d, "bias")?);
         let layers = (0..cfg.num_blocks)
             .map(|i| Layer::load(&w.pp(format!("encoders.{i}")), cfg, kernel, faults))
             .collect::<Result<Vec<_>>>()?;
@@ -311,12 +312,9 @@ impl ConformerEncoder {
             name: w.prefix().to_string(),
             idim,
             d,
-            conv_w: e.pp("conv.0").get((d, 1, 3, 3), "weight")?,
-            conv_b: e.pp("conv.0").get(d, "bias")?,
-            conv_fused: Some(Subsample {
-                w: e.pp("conv.0").get((d, 1, 3, 3), "weight")?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                b: e.pp("conv.0").get(d, "bias")?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            }),
+            conv_fused: Subsample { w: conv_w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, b: conv_b.to_dtype(DType::F32)?.to_vec1::<f32>()? },
+            conv_w,
+            conv_b,
             out: Linear::load(&e.pp("out.0"), d * f, d, true)?,
             pe: e.pp("pos_enc").get((1, max_len, d), "pe")?,
             max_len,
@@ -332,11 +330,9 @@ impl ConformerEncoder {
         let mut pos = None;
         let x = ctx.nest(&n, xs, |c, xs| {
             let y = c.block(&format!("{n}.conv.0"), xs, |x| {
-                if let Some(op) = &self.conv_fused {
-                    if x.dtype() == DType::F32 && x.device().is_cpu() {
-                        // [B, T', d, F'] in memory, seen as [B, d, T', F']: the layout out.0 reads
-                        return Ok(x.contiguous()?.apply_op1_no_bwd(op)?.transpose(1, 2)?);
-                    }
+                if x.dtype() == DType::F32 && x.device().is_cpu() {
+                    // [B, T', d, F'] in memory, seen as [B, d, T', F']: the layout out.0 reads
+                    return Ok(x.contiguous()?.apply_op1_no_bwd(&self.conv_fused)?.transpose(1, 2)?);
                 }
                 let y = crate::nn::conv2d(&x.unsqueeze(1)?, &self.conv_w, 0, 2, 1, 1)?;
                 Ok(y.broadcast_add(&self.conv_b.reshape((1, self.d, 1, 1))?)?) // [B, d, T', F']

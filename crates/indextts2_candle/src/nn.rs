@@ -286,14 +286,15 @@ mod tests {
 }
 
 /// A raw output pointer shared by parallel tasks that write disjoint ranges of one buffer (the
-/// fused mel and CAMPPlus kernels); each user keeps its ranges disjoint.
-pub(crate) struct SendPtr(pub(crate) *mut f32);
+/// fused kernels: mel, CAMPPlus, dense, norms, activations); each user keeps its ranges disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: only disjoint ranges are written through it, one task per range, while the buffer lives.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
     // a method, so closures capture the wrapper (Sync), not its raw pointer field
-    pub(crate) fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }

@@ -84,7 +84,7 @@ impl RowNorm {
         let d = shape.dims().last().copied().unwrap_or(1).max(1);
         let rows = xs.len() / d;
         let mut out: Vec<T> = Vec::with_capacity(xs.len());
-        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
         // about 16k elements a unit: small tensors stay on this thread
         let per = (16_384 / d).max(1);
         let work = |range: std::ops::Range<usize>| {

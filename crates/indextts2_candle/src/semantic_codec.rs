@@ -152,7 +152,7 @@ struct Quantizer {
     unnormalised: bool,
     size: usize,
     /// the f32 CPU search as one pass per row
-    fused: Option<NearestCode>,
+    fused: NearestCode,
 }
 
 /// The nearest code of each row of enc `[N, d]` (with its Σe² `[N, 1]`) in one pass per row: the
@@ -179,7 +179,7 @@ impl candle_core::CustomOp2 for NearestCode {
             candle_core::bail!("nearest-code: enc {:?} / Σe² {:?} against a codebook of dim {}", el.dims(), ql.dims(), self.d)
         }
         let mut out = vec![0i64; n];
-        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
         let work = |rows: std::ops::Range<usize>| {
             let mut dots = vec![0f32; k];
             for r in rows {
@@ -229,11 +229,11 @@ impl Quantizer {
         let unnormalised = faults.on("codebook_unnormalised");
         let codebook_unit = if unnormalised { codebook.clone() } else { l2_normalize(&codebook)? };
         let codebook_sq = codebook_unit.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
-        let fused = Some(NearestCode {
+        let fused = NearestCode {
             unit_t: codebook_unit.to_dtype(DType::F32)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
             sq: codebook_sq.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
             d,
-        });
+        };
         Ok(Quantizer { name, in_project, out_project, codebook, codebook_unit, codebook_sq, unnormalised, size: cfg.codebook_size, fused })
     }
 
@@ -242,11 +242,9 @@ impl Quantizer {
         let (b, d, t) = z_e.dims3()?;
         let enc = z_e.transpose(1, 2)?.reshape((b * t, d))?;
         let enc = if self.unnormalised { enc } else { l2_normalize(&enc)? };
-        if let Some(fused) = &self.fused {
-            if enc.dtype() == DType::F32 && enc.device().is_cpu() {
-                let sq = enc.sqr()?.sum_keepdim(1)?;
-                return Ok(enc.contiguous()?.apply_op2_no_bwd(&sq, fused)?.reshape((b, t))?);
-            }
+        if enc.dtype() == DType::F32 && enc.device().is_cpu() {
+            let sq = enc.sqr()?.sum_keepdim(1)?;
+            return Ok(enc.contiguous()?.apply_op2_no_bwd(&sq, &self.fused)?.reshape((b, t))?);
         }
         let dist = enc
             .sqr()?

@@ -382,7 +382,7 @@ impl CustomOp1 for GluOp {
         let mut out: Vec<f32> = Vec::with_capacity(outer * half);
         const PAR: usize = 1 << 14;
         let per_outer = half.div_ceil(PAR).max(1);
-        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
         let work = |units: std::ops::Range<usize>| {
             for u in units {
                 let (o, lo) = (u / per_outer, (u % per_outer) * PAR);

@@ -86,7 +86,7 @@ impl candle_core::CustomOp1 for RopeOp {
         }
         let x0 = l.start_offset();
         let mut out: Vec<f32> = Vec::with_capacity(b * t * h * d);
-        let dst = crate::dense::Ptr(out.as_mut_ptr());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
         let (half, halves) = (self.half, self.halves);
         let work = |rows: std::ops::Range<usize>| {
             for r in rows {
@@ -296,8 +296,9 @@ mod tests {
         let dev = Device::Cpu;
         let (b, t, h, d) = (2, 37, 3, 8);
         let positions: Vec<i64> = (0..t as i64).collect();
-        let fused = Tensor::randn(0f32, 1.0, (b, t, 3 * h * d), &dev)?;
-        let q = fused.narrow(2, h * d, h * d)?.reshape((b, t, h, d))?;
+        let fused = Tensor::randn(0f32, 1.0, (b, t, 3 * h, d), &dev)?;
+        let q = fused.narrow(2, h, h)?; // strided [B, T, H, D] with a unit last stride
+        assert!(!q.is_contiguous() && q.layout().stride()[3] == 1);
         for halves in [false, true] {
             let rope = Rope::new(&positions, d, 10_000.0, halves, DType::F32, &dev)?;
             assert!(rope.fused.is_some());
