@@ -30,7 +30,7 @@ def _bigvgan(candle_only=False):
     c = lambda: candle.run(cm, "forward", {"mel": mel})  # noqa: E731
     if candle_only:
         return c, None, None
-    ref = fx.reference("cpu")
+    ref = fx.reference("cpu").remove_weight_norm()  # as infer_v2 runs it
     return c, (lambda: ref(t)), 86 * 256 / 22050
 
 

@@ -3,7 +3,7 @@
 * Candle: `Model(...)` construction (mmap the converted safetensors, copy/convert every tensor,
   the finiteness scan, the model's load-time transforms);
 * official: what infer_v2 does per model: build the modules, `torch.load` the official file
-  (`weights_only=True`), `load_state_dict(strict=True)`, `.eval()`;
+  (`weights_only=True`), `load_state_dict(strict=True)` (BigVGAN: `remove_weight_norm()`), `.eval()`;
 * floor: the checkpoint's bytes ÷ this machine's memcpy bandwidth, measured in the same run, into
   touched memory and into fresh memory (the kernel zeroes each new page on first touch, which a
   load into new buffers cannot avoid).
@@ -76,6 +76,8 @@ def official_load(spec, fx):
     own = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)
            and not any(fnmatch.fnmatchcase(k, p) for p in spec.other_kinds_keys)}
     m.load_state_dict(own, strict=True)
+    if spec.name == "bigvgan":
+        m.remove_weight_norm()  # infer_v2 folds the vocoder's weight norm after loading
     m.eval()
     dt = time.perf_counter() - t0
     del m, ck, sd, own

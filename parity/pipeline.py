@@ -61,6 +61,8 @@ def references(fxs: dict[str, Fixture], device: str = "cpu", dtype=None) -> dict
 
     dtype = dtype or torch.float32
     mods = {k: fx.reference(device, dtype) for k, fx in fxs.items()}
+    if "bigvgan" in mods:
+        mods["bigvgan"].remove_weight_norm()  # as infer_v2 runs the vocoder
     for k, build in WEIGHTLESS.items():
         mods[k] = build(P.CONFIGS[_size(fxs)][k])
     return mods

@@ -235,6 +235,14 @@ class BigVGAN(nn.Module):
         self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3, bias=self.use_bias_at_final))
         self.use_tanh_at_final = cfg.get("use_tanh_at_final", True)
 
+    def remove_weight_norm(self) -> "BigVGAN":
+        """Fold every weight-normed conv into a plain `weight`, as infer_v2 does after loading (its
+        forward then skips the per-call g·v/‖v‖): what the benchmarks time."""
+        for m in self.modules():
+            if hasattr(m, "weight_g"):
+                torch.nn.utils.remove_weight_norm(m)
+        return self
+
     def forward(self, mel: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
         """Taps, in completion order: conv_pre; per stage i: ups.i.0, each resblock's leaves and the block
         (resblocks.k), then `xs.i` = the stage mean (official `x = xs / num_kernels`, tapped on the last

@@ -110,8 +110,10 @@ def test_campplus_any_clip_length(n, start, fixtures, candle_models):
 
 
 def test_campplus_untapped_path_equals_tapped(candle_models):
-    """Without taps CAMPPlus fuses each BatchNorm with its ReLU (and the head blocks' residual sum):
-    the same f32 roundings as the tapped per-layer path, so the outputs are bit-identical."""
+    """Without taps CAMPPlus fuses each BatchNorm with its ReLU (and the head blocks' residual sum)
+    and runs each CAM gate on one column per segment: the same f32 roundings as the tapped
+    per-layer path (the gate's 1×1 convs form each column on its own), so the outputs are
+    bit-identical."""
     cm = candle_models("campplus")
     wav = load_wav("speech_16k.wav")[:, :24000]
     plain, _ = candle.run(cm, "fbank", {"wav": wav})

@@ -46,6 +46,19 @@ def test_semantic_codec_batch_rows_independent(fixtures, candle_models):
     np.testing.assert_array_equal(both["codes"], ref["codes"])
 
 
+def test_semantic_codec_untapped_path_equals_tapped(fixtures, candle_models):
+    """Without taps each ConvNeXt block adds its layer-scaled branch in one pass (x + h·γ) and
+    keeps the residual stream channels-last: the same f32 roundings as the tapped path, so codes
+    and embedding are bit-identical."""
+    fx = fixtures("semantic_codec")
+    cm = candle_models("semantic_codec")
+    inputs = make_features(fx.cfg, 5, frames=120)
+    plain, _ = candle.run(cm, "quantize", inputs)
+    tapped, taps = candle.run(cm, "quantize", inputs, taps=True)
+    assert taps and np.array_equal(plain["emb"], tapped["emb"])
+    np.testing.assert_array_equal(plain["codes"], tapped["codes"])
+
+
 @settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(frames=st.integers(1, 160), seed=st.integers(0, 2**16))

@@ -134,7 +134,6 @@ impl GemmLinear {
     where
         T: Copy + Default + Send + Sync + 'static + num_like::One,
     {
-        use rayon::prelude::*;
         let (n, k) = wl.shape().dims2()?;
         let m = xl.shape().elem_count() / k.max(1);
         let x = &x[xl.start_offset()..xl.start_offset() + m * k];
@@ -149,7 +148,7 @@ impl GemmLinear {
         let nt = candle_core::utils::get_num_threads().max(1);
         let chunk = n.div_ceil(nt).div_ceil(16) * 16;
         let dst = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        let split = |i: usize| {
             let (c0, cols) = (i * chunk, chunk.min(n - i * chunk));
             if let Some(bias) = bias {
                 for r in 0..m {
@@ -166,7 +165,8 @@ impl GemmLinear {
                     T::one(), T::one(), false, false, false, gemm::Parallelism::None,
                 );
             }
-        });
+        };
+        crate::nn::par_for(n.div_ceil(chunk), split);
         Ok((out, Shape::from(dims)))
     }
 }
@@ -429,7 +429,6 @@ impl GemmConv {
     where
         T: Copy + Default + Send + Sync + 'static + num_like::One,
     {
-        use rayon::prelude::*;
         let (b, cin, l) = xl.shape().dims3()?;
         let (cout, _, k) = wl.shape().dims3()?;
         let ws = wl.stride();
@@ -443,9 +442,11 @@ impl GemmConv {
             x
         } else {
             let mut v = vec![T::default(); b * cin * lp];
-            v.par_chunks_mut(lp)
-                .zip(x.par_chunks(l))
-                .for_each(|(d, s)| d[self.padding..self.padding + l].copy_from_slice(s));
+            let (dst, pad) = (SendPtr(v.as_mut_ptr()), self.padding);
+            crate::nn::par_for(b * cin, |r| {
+                // SAFETY: row r of `v`, written by this task only
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * lp + pad), l) }.copy_from_slice(&x[r * l..(r + 1) * l]);
+            });
             padded = v;
             &padded
         };
@@ -456,7 +457,7 @@ impl GemmConv {
         let chunk = lo.div_ceil(per_batch).div_ceil(16) * 16;
         let splits = lo.div_ceil(chunk);
         let dst = SendPtr(out.as_mut_ptr());
-        (0..b * splits).into_par_iter().for_each(|u| {
+        crate::nn::par_for(b * splits, |u| {
             let (bi, t0) = (u / splits, (u % splits) * chunk);
             let n = chunk.min(lo - t0);
             // SAFETY: unit u owns columns t0..t0+n of every output row of batch bi

@@ -7,7 +7,7 @@
 //! `stft`, `magnitude`, `mel_basis`, `log`); each stage reads its f32 input, the spectra are
 //! computed in f64 on the host and rounded to f32; the filterbank is rounded to f32 as librosa
 //! returns it. The model reads no weights: its checkpoint may hold no tensors at all.
-use crate::nn::SendPtr;
+use crate::nn::{par_for_init, SendPtr};
 use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::store::Weights;
@@ -15,7 +15,6 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
-use rayon::prelude::*;
 use std::f64::consts::PI;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -394,7 +393,7 @@ impl MelSpectrogram {
 
     /// Nothing tapped: pad → STFT → magnitude → mel bands → log in one host pass per frame (no
     /// padded copy, no `[B, bins, T, 2]` or `[B, bins, T]` tensor; edge frames read the padding
-    /// through its index map), frames split over the rayon pool; the same roundings as the tapped
+    /// through its index map), frames split over Candle's pool; the same roundings as the tapped
     /// stages, so the same values.
     fn forward_plain(&self, y: &Tensor) -> Result<Tensor> {
         if self.cfg.center {
@@ -428,7 +427,8 @@ impl MelSpectrogram {
                     *o = v as f64 * w;
                 }
             };
-            (0..frames.div_ceil(PER_UNIT)).into_par_iter().for_each_init(
+            par_for_init(
+                frames.div_ceil(PER_UNIT),
                 || (self.fft.buffers(), vec![0f32; n_fft / 2 + 1], vec![0f32; mels]),
                 |(buf, m, col), u| {
                     let range = u * PER_UNIT..((u + 1) * PER_UNIT).min(frames);

@@ -12,7 +12,6 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::store::Weights;
 use candle_core::{DType, Tensor};
-use rayon::prelude::*;
 use serde::Deserialize;
 use std::f64::consts::PI;
 
@@ -215,7 +214,11 @@ impl SincKernel {
         };
         const CHUNK: usize = 16384;
         if y.len() > CHUNK {
-            y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+            let (n, dst) = (y.len(), crate::nn::SendPtr(y.as_mut_ptr()));
+            crate::nn::par_for(n.div_ceil(CHUNK), |c| {
+                // SAFETY: chunk c of `y`, written by this task only
+                fill(c * CHUNK, unsafe { std::slice::from_raw_parts_mut(dst.get().add(c * CHUNK), CHUNK.min(n - c * CHUNK)) })
+            });
         } else {
             fill(0, y);
         }

@@ -57,6 +57,87 @@ struct ConvNeXt {
     pwconv1: Linear,
     pwconv2: Linear,
     gamma: Tensor,
+    /// CPU f32 weights: the block then runs channels-last (`[B, T, C]`, the layout of everything
+    /// from the norm on), with no transposing copies
+    host: Option<ConvNeXtHost>,
+}
+
+struct ConvNeXtHost {
+    dw_w: Vec<f32>, // [7, dim]
+    dw_b: Vec<f32>,
+    gamma: Vec<f32>,
+}
+
+/// ConvNeXt's depthwise conv (pad (k − 1)/2) plus bias on a channels-last f32 `[B, T, C]` input:
+/// per output `(Σ_j x[t + j − p]·w[j]) + b`, j ascending over the zero-padded input (the sums of
+/// the `[B, C, T]` form, bit for bit), vectorised over channels.
+struct DwConvTc<'a>(&'a ConvNeXtHost);
+
+impl candle_core::CustomOp1 for DwConvTc<'_> {
+    fn name(&self) -> &'static str {
+        "convnext-dwconv-channels-last"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(v), Some((o0, o1))) = (s, l.contiguous_offsets()) else { candle_core::bail!("convnext dwconv: contiguous f32 expected") };
+        let x = &v[o0..o1];
+        let (b, t, c) = l.shape().dims3()?;
+        let (w, bias) = (&self.0.dw_w, &self.0.dw_b);
+        if bias.len() != c || w.len() % c != 0 || w.len() / c % 2 == 0 {
+            candle_core::bail!("convnext dwconv: input {:?} against {} channels", l.dims(), bias.len())
+        }
+        let (k, p) = (w.len() / c, w.len() / c / 2);
+        let mut out: Vec<f32> = Vec::with_capacity(b * t * c);
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
+        crate::nn::par_for(b * t, |r| {
+            let (bi, ti) = (r / t, r % t);
+            // SAFETY: row r of `out`'s capacity, written by this task only
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * c), c) };
+            for j in 0..k {
+                let wj = &w[j * c..][..c];
+                match ((ti + j).checked_sub(p).filter(|&s| s < t), j) {
+                    (Some(s), 0) => o.iter_mut().zip(&x[(bi * t + s) * c..][..c]).zip(wj).for_each(|((o, &x), &w)| *o = x * w),
+                    (None, 0) => o.iter_mut().zip(wj).for_each(|(o, &w)| *o = 0.0 * w),
+                    (Some(s), _) => o.iter_mut().zip(&x[(bi * t + s) * c..][..c]).zip(wj).for_each(|((o, &x), &w)| *o = *o + x * w),
+                    (None, _) => o.iter_mut().zip(wj).for_each(|(o, &w)| *o = *o + 0.0 * w),
+                }
+            }
+            o.iter_mut().zip(bias).for_each(|(o, &b)| *o = *o + b);
+        });
+        // SAFETY: every row was written in full
+        unsafe { out.set_len(b * t * c) };
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `x + h·γ` on channels-last f32 `[B, T, C]` (γ per channel), one pass: the residual sum of the
+/// layer-scaled branch with the two roundings of the tensor form.
+struct ScaledResidual<'a>(&'a [f32]);
+
+impl candle_core::CustomOp2 for ScaledResidual<'_> {
+    fn name(&self) -> &'static str {
+        "convnext-scaled-residual"
+    }
+    fn cpu_fwd(&self, xs: &candle_core::CpuStorage, xl: &candle_core::Layout, hs: &candle_core::CpuStorage, hl: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(xv), candle_core::CpuStorage::F32(hv)) = (xs, hs) else { candle_core::bail!("convnext residual: f32 expected") };
+        let (Some((x0, x1)), Some((h0, h1))) = (xl.contiguous_offsets(), hl.contiguous_offsets()) else { candle_core::bail!("convnext residual: contiguous operands expected") };
+        let (x, h, g) = (&xv[x0..x1], &hv[h0..h1], self.0);
+        let c = g.len();
+        if xl.dims() != hl.dims() || xl.dims().last() != Some(&c) {
+            candle_core::bail!("convnext residual: x {:?}, h {:?}, γ of {c}", xl.dims(), hl.dims())
+        }
+        let rows = x.len() / c.max(1);
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
+        crate::nn::par_for(rows, |r| {
+            // SAFETY: row r of `out`'s capacity, written by this task only
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * c), c) };
+            let (xr, hr) = (&x[r * c..][..c], &h[r * c..][..c]);
+            o.iter_mut().zip(xr).zip(hr.iter().zip(g)).for_each(|((o, &x), (&h, &g))| *o = x + h * g);
+        });
+        // SAFETY: every row was written in full
+        unsafe { out.set_len(x.len()) };
+        Ok((candle_core::CpuStorage::F32(out), xl.shape().clone()))
+    }
 }
 
 impl ConvNeXt {
@@ -67,6 +148,16 @@ impl ConvNeXt {
             Some(b) => b.reshape((1, dim, 1))?,
             None => return input_err("dwconv without bias"),
         };
+        let gamma = w.get(dim, "gamma")?;
+        let host = if dw.w.device().is_cpu() && dw.w.dtype() == DType::F32 {
+            Some(ConvNeXtHost {
+                dw_w: dw.w.squeeze(1)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+                dw_b: dw_bias.flatten_all()?.to_vec1::<f32>()?,
+                gamma: gamma.to_vec1::<f32>()?,
+            })
+        } else {
+            None
+        };
         Ok(ConvNeXt {
             dw_w: dw.w.clone(),
             dw_taps,
@@ -74,7 +165,8 @@ impl ConvNeXt {
             norm: LayerNorm::load(&w.pp("norm"), dim, eps)?,
             pwconv1: Linear::load(&w.pp("pwconv1"), dim, inter, true)?,
             pwconv2: Linear::load(&w.pp("pwconv2"), inter, dim, true)?,
-            gamma: w.get(dim, "gamma")?,
+            gamma,
+            host,
         })
     }
     /// Depthwise k=7 conv (pad 3): `nn::depthwise_conv1d` (one pass per row) on f32/f64 CPU
@@ -93,17 +185,32 @@ impl ConvNeXt {
         Ok(y.broadcast_add(&self.dw_bias)?)
     }
     /// Leaf taps `<n>.{dwconv, norm, pwconv1, act, pwconv2, gamma}`, then `<n>` (the residual add).
+    /// `x` and the result are `[B, C, T]`; on CPU f32 they are transposed views of channels-last
+    /// memory, and taps too (the reference's shapes, the same values).
     fn forward(&self, x: &Tensor, ctx: &mut Ctx, n: &str, faults: &Faults) -> Result<Tensor> {
         let x = ctx.input(n, x)?;
-        let h = ctx.block(&format!("{n}.dwconv"), &x, |x| self.dwconv(x))?;
+        let host = self.host.as_ref().filter(|_| x.device().is_cpu() && x.dtype() == DType::F32);
+        let h = ctx.block(&format!("{n}.dwconv"), &x, |x| match host {
+            Some(hw) => Ok(x.transpose(1, 2)?.contiguous()?.apply_op1_no_bwd(&DwConvTc(hw))?.transpose(1, 2)?),
+            None => self.dwconv(x),
+        })?;
         let h = ctx.block(&format!("{n}.norm"), &h.transpose(1, 2)?, |h| self.norm.forward(h))?;
         let h = ctx.block(&format!("{n}.pwconv1"), &h, |h| self.pwconv1.forward(h))?;
         let h = ctx.block(&format!("{n}.act"), &h, |h| {
             Ok(if faults.on("gelu_tanh") { crate::vact::gelu_tanh(h)? } else { crate::vact::gelu_erf(h)? })
         })?;
         let h = ctx.block(&format!("{n}.pwconv2"), &h, |h| self.pwconv2.forward(h))?;
-        let h = ctx.block(&format!("{n}.gamma"), &h, |h| Ok(h.broadcast_mul(&self.gamma)?))?;
-        let y = (x + h.transpose(1, 2)?)?;
+        let y = match host {
+            // nothing records or injects: the block only profiles the fused x + h·γ
+            Some(hw) if ctx.is_plain() => ctx.block(&format!("{n}.gamma"), &h, |h| {
+                let x_tc = x.transpose(1, 2)?.contiguous()?;
+                Ok(x_tc.apply_op2_no_bwd(&h.contiguous()?, &ScaledResidual(&hw.gamma))?.transpose(1, 2)?)
+            })?,
+            _ => {
+                let h = ctx.block(&format!("{n}.gamma"), &h, |h| Ok(h.broadcast_mul(&self.gamma)?))?;
+                (x + h.transpose(1, 2)?)?
+            }
+        };
         ctx.tap(n, &y);
         Ok(y)
     }
@@ -399,6 +506,34 @@ impl SemanticCodec {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The channels-last depthwise conv and scaled residual give the bits of the `[B, C, T]` forms
+    /// (`nn::depthwise_conv1d` + bias, `x + h·γ`), edges and all-zero frames included.
+    #[test]
+    fn channels_last_block_ops_equal_the_tensor_forms() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, c, t) = (2, 12, 9);
+        let w = Tensor::randn(0f32, 1.0, (c, 1, 7), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, c, &dev)?;
+        let gamma = Tensor::randn(0f32, 0.1, c, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (b, c, t), &dev)?;
+        let x = Tensor::cat(&[x.narrow(2, 0, 4)?, x.narrow(2, 4, 2)?.zeros_like()?, x.narrow(2, 6, 3)?], 2)?;
+        let host = ConvNeXtHost {
+            dw_w: w.squeeze(1)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+            dw_b: bias.to_vec1::<f32>()?,
+            gamma: gamma.to_vec1::<f32>()?,
+        };
+        let want = crate::nn::depthwise_conv1d(&x, &w, 3, 3)?.expect("cpu f32").broadcast_add(&bias.reshape((1, c, 1))?)?;
+        let got = x.transpose(1, 2)?.contiguous()?.apply_op1_no_bwd(&DwConvTc(&host))?;
+        let bits = |v: &Tensor| -> Result<Vec<u32>> { Ok(v.flatten_all()?.to_vec1::<f32>()?.iter().map(|f| f.to_bits()).collect()) };
+        assert_eq!(bits(&got.transpose(1, 2)?.contiguous()?)?, bits(&want)?);
+        let h = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
+        let x_tc = x.transpose(1, 2)?.contiguous()?;
+        let want = (&x_tc + h.broadcast_mul(&gamma)?)?;
+        assert_eq!(bits(&x_tc.apply_op2_no_bwd(&h, &ScaledResidual(&host.gamma))?)?, bits(&want)?);
+        assert!(x.contiguous()?.apply_op1_no_bwd(&DwConvTc(&host)).is_err(), "channels-first input refused");
+        Ok(())
+    }
 
     /// The fused search picks the tensor form's code on every row (deterministic inputs: no seed,
     /// no near ties by construction) in the official size's shape (d 8, K 8192).

@@ -3,20 +3,23 @@
 //!
 //! Candle's CPU kernels call libm per element (`expf`, `tanhf`, `erff`): on a [500, 2048] tensor,
 //! 2 threads, quiet AVX2 EPYC (`examples/matmul_speed.rs`), its `gelu_erf` took 5.3 ms and its
-//! `gelu` (tanh form) 12.4 ms against torch's 0.46 and 1.66 ms; this module's: 1.54 and 0.85 ms
-//! (f64 lanes, the round before: 4.27 and 1.68).
+//! `gelu` (tanh form) 12.4 ms against torch's 0.46 and 1.66 ms; this module's: 0.72 and 0.85 ms
+//! (GELU-erf 1.46–1.58 ms on the same machine with the former two-branch, non-FMA form; f64
+//! lanes, the round before that: 4.27 and 1.68).
 //! - sigmoid, SiLU and both GELUs in f32 lanes: e^y (y ≤ 0 only: the forms below never need
 //!   more) by Cody-Waite reduction and a degree-7 Taylor polynomial, its last power of two applied
 //!   last so a subnormal result rounds once; x·sigmoid(v) = x/(1 + e^−|v|) or x·e^−|v|/(1 + e^−|v|)
-//!   by sign (GELU-tanh is x·sigmoid(2u), the same function as ½x(1 + tanh u)); GELU-erf from
-//!   erf's Taylor series below |x|/√2 = 0.5 and erfc(z) = e^{−z²}·t·Q(t) above (t = 2/(2 + z), Q
-//!   fitted against mpmath), z² = x²/2 carried exactly through an FMA residual, so the negative
-//!   tail keeps its relative accuracy where ½x(1 + erf) cancels.
+//!   by sign (GELU-tanh is x·sigmoid(2u), the same function as ½x(1 + tanh u)); GELU-erf by one
+//!   formula for every x, ½erfc(z) = e^{−z²}·t·Q(t) (z = |x|/√2, t = 2/(2 + |x|), Q fitted against
+//!   mpmath by `scripts/fit_erfcx.py`), then x·½erfc(z) below 0 and x − x·½erfc(z) above, its
+//!   e^y (a degree-6 minimax polynomial there) and Q with FMA (GELU-erf alone), z² = x²/2 carried
+//!   exactly through an FMA residual, so the negative tail keeps its relative accuracy where
+//!   ½x(1 + erf) cancels.
 //! - tanh in f64 lanes, rounded once (0.50 ulp; torch's is 0.51 and an f32 form would sit near
 //!   2.5): sign·(1 − e^−2|u|)/(1 + e^−2|u|), e^y by a degree-11 Taylor polynomial.
 //!
 //! Measured errors (`tests::accuracy_against_f64`): sigmoid 2.11 ulp, SiLU 2.61, tanh 0.50,
-//! GELU-tanh 2.75 per (1 + |v|), GELU-erf 5.37; torch's own f32 kernels: 2.47, 2.31, 0.51, and
+//! GELU-tanh 2.75 per (1 + |v|), GELU-erf 4.16; torch's own f32 kernels: 2.47, 2.31, 0.51, and
 //! thousands of ulps for both GELUs' negative tails. Only IEEE arithmetic, FMA where named,
 //! conversions and bit operations (Rust never contracts to FMA), so the scalar form and the
 //! baseline / AVX2 / AVX-512 builds give the same bits. Other dtypes and devices keep Candle's own
@@ -116,64 +119,87 @@ fn times_sigmoid32(x: f32, v: f32) -> f32 {
     }
 }
 
-/// erf(z)/z for z ≤ 0.5 as its Taylor series in z² to z¹² (truncation 7e-10 relative).
-const ERF_TAYLOR32: [f32; 7] = [
-    1.128_379_2,
-    -0.376_126_4,
-    0.112_837_92,
-    -0.026_866_17,
-    0.005_223_977_6,
-    -8.548_327e-4,
-    1.205_533_3e-4,
-];
-/// erfcx(z) = e^{z²}·erfc(z) = t·Q(t) with t = 2/(2 + z), for z ∈ [0.5, 10.61]: Q as a polynomial
-/// in u = ERFCX_A·t + ERFCX_B ∈ [−1, 1] (least squares on Chebyshev nodes against mpmath at 40
-/// digits, relative error 1e-10; evaluated in f32, about 4.6 ulp at worst, near z = 0.5).
-const ERFCX_A: f32 = 3.118_199_8;
-const ERFCX_B: f32 = -1.494_559_9;
-const ERFCX_Q32: [f32; 11] = [
-    0.496_806_74,
-    0.213_012_7,
-    0.056_510_374,
-    0.005_262_578,
-    -0.001_700_197_1,
-    -3.915_764e-4,
-    9.793_561e-5,
-    2.361_170_5e-5,
-    -8.926_781e-6,
-    -1.010_672_9e-6,
-    7.215_268e-7,
+/// Σ c_k s^k by Horner's rule with a fused multiply-add per step (GELU-erf only: the other
+/// activations keep `poly32`'s bits). `f32::mul_add` rounds once in every build: vfmadd in the
+/// AVX2 + FMA and AVX-512 builds, a call to libm's `fmaf` per step in the baseline one (same bits,
+/// but not vectorised: that build's GELU-erf takes 60–85 ms for 1 M values on one thread where
+/// it took 6.3 ms before and the AVX2 build takes 1.25; only CPUs without AVX2 + FMA run it).
+#[inline(always)]
+fn poly32_fma<const N: usize>(c: &[f32; N], s: f32) -> f32 {
+    let mut p = c[N - 1];
+    for k in (0..N - 1).rev() {
+        p = p.mul_add(s, c[k]);
+    }
+    p
+}
+
+/// e^r − 1 − r = r²·Σ c_k r^k for |r| ≤ 0.35 (ln 2/2 and the small l below): degree 6 in all,
+/// near-minimax in e^r's relative error (3.4e-9; `scripts/fit_erfcx.py`), for GELU-erf.
+const EXPM1_TAIL_MINIMAX: [f32; 5] = [0.499_999_94, 0.166_665_17, 0.041_668_285, 0.008_369_249, 0.001_382_046_6];
+
+/// e^{y + l} in f32 (about 1 ulp) for y ∈ [−111.1, 0] and |l| ≤ 2^−17, FMA throughout (GELU-erf
+/// only), as `exp32_nonpos`'s pair (m, s): m = e^{y + l}/s is normal (n₁ ≥ −80), s = 2^n₂. Over
+/// this range no clamp is needed; y is never NaN here.
+#[inline(always)]
+fn exp32_fma(y: f32, l: f32) -> (f32, f32) {
+    let t = y.mul_add(LOG2E32, ROUND32);
+    let n = t - ROUND32;
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND32.to_bits() as i32);
+    // y − n·LN2_HI32 is exact; l joins the reduced argument
+    let r = (-n).mul_add(LN2_LO32, (-n).mul_add(LN2_HI32, y)) + l;
+    let q = (r * r).mul_add(poly32_fma(&EXPM1_TAIL_MINIMAX, r), r);
+    let (n1, n2) = (ni >> 1, ni.wrapping_sub(ni >> 1));
+    let s1 = f32::from_bits((n1.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((n2.wrapping_add(127) as u32) << 23);
+    ((1.0 + q) * s1, s2)
+}
+
+/// ½erfcx(a/√2) = ½e^{a²/2}·erfc(a/√2) = t·Q(t − ERFCX_C) for a ∈ [0, 15], t = 2/(2 + a) ∈
+/// [2/17, 1], ERFCX_C the middle of that range: Q with f32 coefficients, near-minimax in relative
+/// error against mpmath at 40 digits (`scripts/fit_erfcx.py`: 2.7e-8 relative; degree 10, the
+/// lowest that keeps the accuracy test's bounds). The factor t carries erfcx's ~1/a fall, so Q is
+/// flat and the rounding of t − ERFCX_C (inexact below t = ERFCX_C/2) barely moves it.
+const ERFCX_C: f32 = 0.558_823_5;
+const ERFCX_HALF32: [f32; 11] = [
+    0.355_867_8,
+    0.336_658_9,
+    0.031_803_947,
+    -0.144_322_56,
+    0.024_437_692,
+    0.083_570_65,
+    -0.075_079_07,
+    -0.014_751_737,
+    0.082_791_22,
+    -0.031_148_11,
+    -0.040_095_437,
 ];
 
-/// ½x(1 + erf(x/√2)) in f32: erf from its series for |x|/√2 < 0.5; past it erfc = e^{−z²}·t·Q(t),
-/// with z² = x²/2 carried as an exact sum h/2 + l/2 (an FMA gives l), so the negative tail keeps
-/// its relative accuracy: ½erfc for x < 0, 1 − ½erfc above.
+/// ½x(1 + erf(x/√2)) in f32, one formula for every x: with a = |x| and z = a/√2,
+/// ½erfc(z) = e^{−z²}·t·Q(t) (t = 2/(2 + a)), −z² = −a²/2 carried as an exact sum y + l (an FMA
+/// gives l) into the exponential; x·½erfc(z) for x < 0, which keeps the negative tail's relative
+/// accuracy, and x − x·½erfc(z) above (no cancellation: ½erfc ≤ ½ there).
 #[inline(always)]
 fn gelu_erf32(x: f32) -> f32 {
-    let ax = x.abs();
-    let z = ax * std::f32::consts::FRAC_1_SQRT_2;
-    let erf_small = z * poly32(&ERF_TAYLOR32, z * z);
-    // past |x| = 15, x·½erfc(z) < 2^−150 (and e^{−x²/2} is 0 below): the clamp keeps t in the
-    // fit's range and x² finite
-    let a = ax.min(15.0);
-    let h = a * a;
-    let l = a.mul_add(a, -h);
-    let (m, s) = exp32_nonpos(-0.5 * h);
-    let t = 2.0 / (2.0 + a * std::f32::consts::FRAC_1_SQRT_2);
-    // ½erfc(z) = tail·s: e^{−z²} = m·s·(1 − l/2) to first order (l/2 ≤ 2^−17)
-    let tail = ((m - (m * 0.5) * l) * (t * poly32(&ERFCX_Q32, t * ERFCX_A + ERFCX_B))) * 0.5;
-    let small = z < 0.5;
-    if x < 0.0 {
-        if small {
-            x * (0.5 - 0.5 * erf_small)
-        } else {
-            // the negative tail: x·½erfc·2^n₂ with the power of two last (one rounding if subnormal)
-            (x.max(-200.0) * tail) * s
-        }
-    } else if small {
-        x * (0.5 + 0.5 * erf_small)
+    // past |x| = 14.9, x·½erfc(z) < 2^−150 (2^−161 there, 2^−157 with x at the clamp below,
+    // e^{−a²/2} still a normal m times s): the clamp keeps t in the fit's range and y ≥ −111.01 in
+    // `exp32_fma`'s; NaN becomes 14.9 here, and x's NaN reaches the result
+    let a = x.abs().min(14.9);
+    let b = -0.5 * a;
+    let y = a * b;
+    let l = a.mul_add(b, -y);
+    let (m, s) = exp32_fma(y, l);
+    let t = 2.0 / (2.0 + a);
+    // ½erfc(z) = tail·s; u = x·tail with x clamped to ±200 (finite at ±∞: the limits −0 and ∞,
+    // not NaN)
+    let tail = m * (t * poly32_fma(&ERFCX_HALF32, t - ERFCX_C));
+    let u = x.max(-200.0).min(200.0) * tail;
+    if x <= 0.0 {
+        // the negative tail: x·½erfc·2^n₂ with the power of two last (one rounding if subnormal;
+        // ±0 keeps its sign)
+        u * s
     } else {
-        x * (1.0 - tail * s)
+        // x − x·½erfc: x·½erfc ≤ x/2, so no cancellation
+        (-u).mul_add(s, x)
     }
 }
 
@@ -515,8 +541,8 @@ mod tests {
     }
 
     /// Measured on `grid` (every build gives the same bits): sigmoid 2.11 ulp, SiLU 2.61, tanh 0.50,
-    /// GELU-tanh 2.75 per (1 + |v|), GELU-erf 5.37 (at x = −2.5, in the erfc branch); subnormal
-    /// results within 0.50, 0.65, 0, 1.22 (relative, as above), 2.11 × 2^−149. torch 2.x's own f32 kernels on the same grid:
+    /// GELU-tanh 2.75 per (1 + |v|), GELU-erf 4.16 (at x = −5.86); subnormal
+    /// results within 0.50, 0.65, 0, 1.22 (relative, as above), 1.55 × 2^−149. torch 2.x's own f32 kernels on the same grid:
     /// sigmoid 2.47, SiLU 2.31, tanh 0.51, both GELUs thousands of ulps in the negative tail (its
     /// ½x(1 + erf) cancels). The bounds are those figures, rounded up.
     #[test]
@@ -527,7 +553,7 @@ mod tests {
             (Act::Silu, 2.7, 0.7),
             (Act::Tanh, 0.51, 0.0),
             (Act::GeluTanh, 2.8, 1.3),
-            (Act::GeluErf, 5.5, 2.2),
+            (Act::GeluErf, 4.2, 1.6),
         ] {
             let ((worst, at), (tiny, tiny_at)) = worst_errors(act, &xs);
             eprintln!("{act:?}: max {worst:.4} ulp at {at}; subnormal results {tiny:.3} × 2^-149 at {tiny_at}");
@@ -541,7 +567,15 @@ mod tests {
     #[test]
     fn glu_matches_f64_and_the_slice_kernel() -> candle_core::Result<()> {
         let d = candle_core::Device::Cpu;
-        let t = Tensor::randn(0f32, 4.0, (2, 64, 300), &d)?; // 2·32·300 outputs > 2·PAR: the parallel branch
+        // fixed inputs (xorshift, uniform in ±12): 2·32·300 outputs > 2·PAR, the parallel branch
+        let mut st = 0x9e37_79b9_7f4a_7c15u64;
+        let vals: Vec<f32> = (0..2 * 64 * 300)
+            .map(|_| {
+                (st ^= st << 13, st ^= st >> 7, st ^= st << 17);
+                (((st >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 24.0) as f32
+            })
+            .collect();
+        let t = Tensor::from_vec(vals, (2, 64, 300), &d)?;
         let v = t.to_vec3::<f32>()?;
         let y = glu(&t, 1)?.to_vec3::<f32>()?;
         let mut worst = 0.0f64;
@@ -558,7 +592,9 @@ mod tests {
                 }
             }
         }
-        assert!(worst <= 2.7, "glu: {worst} ulp");
+        // a·sigmoid(g): sigmoid's error plus the product's rounding; over 10⁸ such pairs the worst
+        // was 3.30 ulp (the 2.7 this test had was one unseeded draw's figure, exceeded 2 runs in 12)
+        assert!(worst <= 3.4, "glu: {worst} ulp");
         let last = glu(&t.transpose(1, 2)?, 2)?; // strided input, last dim
         assert_eq!(last.transpose(1, 2)?.to_vec3::<f32>()?, y);
         let t64 = t.to_dtype(DType::F64)?;
@@ -582,6 +618,8 @@ mod tests {
         assert_eq!(Act::Silu.apply(f32::INFINITY), f32::INFINITY);
         assert_eq!(Act::GeluTanh.apply(1e30), 1e30);
         assert_eq!(Act::GeluErf.apply(-30.0), 0.0);
+        assert_eq!(Act::GeluErf.apply(f32::NEG_INFINITY), 0.0);
+        assert_eq!(Act::GeluErf.apply(-0.0).to_bits(), (-0.0f32).to_bits());
     }
 
     #[test]

@@ -8,7 +8,6 @@ use crate::store::Weights;
 use crate::transforms::snake_param;
 use crate::vsin::{sin_slice, sin_tensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 /// `x + 1/(β + 1e-9) · sin²(αx)`; Snake has no β and uses α for both.
 pub struct Snake {
@@ -32,6 +31,7 @@ impl Snake {
 
 const RATIO: usize = 2;
 const K: usize = 12; // int(6 * ratio // 2) * 2
+const TAPS: usize = K / RATIO; // terms per polyphase branch (upsample phase, lowpass even / odd)
 
 /// Fault switches of the anti-alias filters (all false = the official behaviour).
 #[derive(Clone, Copy, Default)]
@@ -162,7 +162,7 @@ impl Elem for f64 {
 }
 
 /// UpSample1d → Snake(Beta) → LowPassFilter1d on contiguous `[B, C, T]`, one row per task on the
-/// rayon pool. Per output sample it computes the very expressions of the tensor path
+/// Candle's pool. Per output sample it computes the very expressions of the tensor path
 /// (`upsample`, `Snake::forward`, `lowpass`): the same coefficients, the same summation order, the
 /// `+ 0` of candle's affine, so the result is bit-identical (the unit test checks it).
 struct FusedActivation<'a> {
@@ -200,30 +200,33 @@ impl FusedActivation<'_> {
         };
         let mut out = vec![zero; x.len()]; // ↑2 then ↓2: the input's length
         let half = (t2 + dl + dr) / 2; // the padded lowpass row's even / odd phases
-        // Each sum runs as whole-row passes (one per term: acc[r] += xp[r + off]·coef), the loops
-        // LLVM vectorises; per element the terms, their order and the `+ 0` are those above.
-        out.par_chunks_mut(t).enumerate().for_each_init(
-            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr], vec![zero; t2], vec![zero; t], vec![zero; half], vec![zero; half], vec![zero; t]),
-            |(xp, yp, s, acc, ev, od, acc2), (row, o)| {
+        // Each polyphase sum runs over the row in one pass, its terms unrolled (the loops LLVM
+        // vectorises); per element the terms, their order and the `+ 0` are those above.
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
+        crate::nn::par_for_init(
+            x.len() / t.max(1),
+            || (vec![zero; t + 2 * p_len], vec![zero; t2 + dl + dr], vec![zero; t2], vec![zero; half], vec![zero; half]),
+            |(xp, yp, s, ev, od), row| {
+                // SAFETY: output row `row`, written by this task only
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(row * t), t) };
                 let xr = &x[row * t..(row + 1) * t];
                 let ch = row % c;
                 for (i, v) in xp.iter_mut().enumerate() {
                     *v = pad_read(xr, i as isize - p_len as isize, self.faults.up_zero_pad);
                 }
-                // ×2 upsample into the padded lowpass row, one phase at a time
-                for (ph, terms) in phases.iter().enumerate() {
-                    let (off, coef) = terms[0];
-                    for (a, &xv) in acc.iter_mut().zip(&xp[off..off + t]) {
-                        *a = xv * coef + zero;
+                // ×2 upsample into the padded lowpass row: both phases' TAPS terms in one pass
+                // (the sums stay in registers), each in the order above
+                let (o0, c0): ([usize; TAPS], [T; TAPS]) = (std::array::from_fn(|j| phases[0][j].0), std::array::from_fn(|j| phases[0][j].1));
+                let (o1, c1): ([usize; TAPS], [T; TAPS]) = (std::array::from_fn(|j| phases[1][j].0), std::array::from_fn(|j| phases[1][j].1));
+                for (r, pair) in yp[dl..dl + t2].chunks_exact_mut(RATIO).enumerate() {
+                    let (mut a, mut b) = (xp[r + o0[0]] * c0[0] + zero, xp[r + o1[0]] * c1[0] + zero);
+                    for j in 1..TAPS {
+                        a = a + (xp[r + o0[j]] * c0[j] + zero);
                     }
-                    for &(off, coef) in &terms[1..] {
-                        for (a, &xv) in acc.iter_mut().zip(&xp[off..off + t]) {
-                            *a = *a + (xv * coef + zero);
-                        }
+                    for j in 1..TAPS {
+                        b = b + (xp[r + o1[j]] * c1[j] + zero);
                     }
-                    for (r, &a) in acc.iter().enumerate() {
-                        yp[dl + r * RATIO + ph] = a;
-                    }
+                    (pair[0], pair[1]) = (a, b);
                 }
                 // the activation, with the sine over the whole row (one vectorised call in f32)
                 let y = &mut yp[dl..dl + t2];
@@ -248,18 +251,16 @@ impl FusedActivation<'_> {
                     ev[i] = pair[0];
                     od[i] = pair[1];
                 }
-                for (sum, phase, first) in [(&mut *acc, &*ev, 0usize), (&mut *acc2, &*od, 1)] {
-                    for (v, &yv) in sum.iter_mut().zip(&phase[..t]) {
-                        *v = yv * down[first] + zero;
+                // (both sums and their total in one pass, each sum's terms in tap order)
+                let (de, dd): ([T; TAPS], [T; TAPS]) = (std::array::from_fn(|j| down[2 * j]), std::array::from_fn(|j| down[2 * j + 1]));
+                for (i, v) in o.iter_mut().enumerate() {
+                    let (mut e, mut d) = (ev[i] * de[0] + zero, od[i] * dd[0] + zero);
+                    for j in 1..TAPS {
+                        e = e + (ev[i + j] * de[j] + zero);
                     }
-                    for k in (first + 2..K).step_by(2) {
-                        let (dk, sh) = (down[k], k / 2);
-                        for (v, &yv) in sum.iter_mut().zip(&phase[sh..sh + t]) {
-                            *v = *v + (yv * dk + zero);
-                        }
+                    for j in 1..TAPS {
+                        d = d + (od[i + j] * dd[j] + zero);
                     }
-                }
-                for ((v, &e), &d) in o.iter_mut().zip(acc.iter()).zip(acc2.iter()) {
                     *v = e + d;
                 }
             },

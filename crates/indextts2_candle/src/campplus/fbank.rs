@@ -7,7 +7,6 @@ use crate::ctx::{Ctx, Faults};
 use crate::error::{input_err, Result};
 use crate::mel::Rfft;
 use candle_core::{DType, Tensor};
-use rayon::prelude::*;
 
 /// The fbank fault switches (see `FAULTS` in `mod.rs`).
 #[derive(Clone, Copy, Default)]
@@ -107,7 +106,7 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
     };
     let eps = f32::EPSILON as f64; // torchaudio floors at float32's epsilon
     if ctx.is_plain() {
-        // nothing tapped: every stage per frame in one pass (frames on the rayon pool), each
+        // nothing tapped: every stage per frame in one pass (frames on Candle's pool), each
         // stage's output rounded to f32 as its tap is, so the same values
         let v = wav.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if v.iter().any(|s| !s.is_finite()) {
@@ -115,9 +114,13 @@ pub(super) fn kaldi_fbank_taps(wav: &Tensor, bins: usize, sr: f64, faults: &Fban
         }
         let r32 = |x: f64| x as f32 as f64;
         let mut out = vec![0f32; frames * bins];
-        out.par_chunks_mut(bins).enumerate().for_each_init(
+        let dst = crate::nn::SendPtr(out.as_mut_ptr());
+        crate::nn::par_for_init(
+            frames,
             || (fft.buffers(), vec![0f64; win], vec![0f64; nb], vec![0f64; bins]),
-            |(buf, a, p, m), (f, o)| {
+            |(buf, a, p, m), f| {
+                // SAFETY: frame f's output row, written by this task only
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(f * bins), bins) };
                 a.iter_mut().zip(&v[f * shift..f * shift + win]).for_each(|(a, s)| *a = *s as f64);
                 if !faults.no_remove_dc {
                     let mean = a.iter().sum::<f64>() / win as f64;

@@ -4,10 +4,9 @@
 //! elements go through its spin-barrier pool, which on a loaded 2-core machine waited most of the
 //! time (profile: 390 of 980 ms in the dense layers' BN + ReLU). The affine computes `x·s + b` in
 //! f32 with the same two roundings as the mul-then-add it replaces (no FMA), so taps are unchanged.
-use crate::nn::SendPtr;
+use crate::nn::{par_for, par_for_init, SendPtr};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 fn msg(s: &str) -> candle_core::Error {
     candle_core::Error::Msg(s.to_string())
@@ -93,7 +92,11 @@ pub fn affine(x: &Tensor, scale: &[f32], shift: &[f32], residual: Option<&Tensor
 /// The CAM layer's context on `[B, C, T]`: per row, the mean over T plus the mean of the row's
 /// segment of `seg` frames (the last one shorter: avg_pool1d with ceil_mode), each mean summed in
 /// f64 and rounded to f32 once, then added in f32 (the tensor form: two f32 means, one add).
-struct Context(usize);
+/// `per_segment`: one column per segment, `[B, C, ⌈T/seg⌉]` (the values the full form repeats).
+struct Context {
+    seg: usize,
+    per_segment: bool,
+}
 
 impl CustomOp1 for Context {
     fn name(&self) -> &'static str {
@@ -102,30 +105,123 @@ impl CustomOp1 for Context {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let t = *l.dims().last().ok_or_else(|| msg("cam context: scalar input"))?;
-        let seg = self.0.max(1);
-        let mut out: Vec<f32> = Vec::with_capacity(x.len());
-        let dst = SendPtr(out.as_mut_ptr());
+        let seg = self.seg.max(1);
         let rows = if t == 0 { 0 } else { x.len() / t };
+        // output columns per row, and frames per output column
+        let (cols, rep) = if self.per_segment { (t.div_ceil(seg), 1) } else { (t, seg) };
+        let mut out: Vec<f32> = Vec::with_capacity(rows * cols);
+        let dst = SendPtr(out.as_mut_ptr());
         let row = |r: usize| {
             let xr = &x[r * t..(r + 1) * t];
             // SAFETY: row r of `out`'s capacity, written by this call only
-            let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * t), t) };
+            let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * cols), cols) };
             let mean = (xr.iter().map(|&v| v as f64).sum::<f64>() / t as f64) as f32;
-            for (xs, ys) in xr.chunks(seg).zip(y.chunks_mut(seg)) {
+            for (xs, ys) in xr.chunks(seg).zip(y.chunks_mut(rep)) {
                 let m = (xs.iter().map(|&v| v as f64).sum::<f64>() / xs.len() as f64) as f32;
                 ys.iter_mut().for_each(|v| *v = mean + m);
             }
         };
-        (0..rows).into_par_iter().for_each(row);
+        par_for(rows, row);
         // SAFETY: every row was written in full
-        unsafe { out.set_len(rows * t) };
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        unsafe { out.set_len(rows * cols) };
+        let mut dims = l.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = cols;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
 /// `x.mean(-1) + seg_pooling(x)` of CAM++ on f32 `[B, C, T]`, one pass per row.
 pub fn context(x: &Tensor, seg: usize) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1_no_bwd(&Context(seg))?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Context { seg, per_segment: false })?)
+}
+
+/// [`context`] with one column per segment, `[B, C, ⌈T/seg⌉]`: the CAM layer's 1×1 convs and
+/// sigmoid then run on ⌈T/seg⌉ columns instead of T identical ones.
+pub fn context_per_segment(x: &Tensor, seg: usize) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Context { seg, per_segment: true })?)
+}
+
+/// `y · m` with `m` `[B, C, ⌈T/seg⌉]` repeated over each segment of `y` `[B, C, T]` (the same
+/// f32 products as `y * m_full`).
+struct SegmentMul(usize);
+
+impl CustomOp2 for SegmentMul {
+    fn name(&self) -> &'static str {
+        "cam-segment-mul"
+    }
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, ms: &CpuStorage, ml: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, m) = (f32_slice(ys, yl)?, f32_slice(ms, ml)?);
+        let (b, c, t) = yl.shape().dims3()?;
+        let seg = self.0.max(1);
+        let cols = t.div_ceil(seg);
+        if ml.dims() != [b, c, cols] {
+            return Err(msg(&format!("cam segment mul: gate {:?} for input {:?} (segments of {seg})", ml.dims(), yl.dims())));
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(y.len());
+        let dst = SendPtr(out.as_mut_ptr());
+        par_for(b * c, |r| {
+            // SAFETY: row r of `out`'s capacity, written by this call only
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * t), t) };
+            let mr = &m[r * cols..(r + 1) * cols];
+            for ((os, xs), &g) in o.chunks_mut(seg).zip(y[r * t..(r + 1) * t].chunks(seg)).zip(mr) {
+                os.iter_mut().zip(xs).for_each(|(o, &x)| *o = x * g);
+            }
+        });
+        // SAFETY: every row was written in full
+        unsafe { out.set_len(y.len()) };
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+pub fn segment_mul(y: &Tensor, m: &Tensor, seg: usize) -> Result<Tensor> {
+    Ok(y.contiguous()?.apply_op2_no_bwd(&m.contiguous()?, &SegmentMul(seg))?)
+}
+
+/// A 1×1 conv with bias on f32 `[B, cin, N]`, each output formed in f64 over cin in order and
+/// rounded once: a column's bits depend on that column alone (gemm's do not: its blocking follows
+/// N), so the CAM gate run on one column per segment equals the gate run on every frame.
+struct ColumnConv<'a> {
+    w: &'a [f32], // [cout, cin]
+    b: &'a [f32],
+}
+
+impl CustomOp1 for ColumnConv<'_> {
+    fn name(&self) -> &'static str {
+        "cam-column-conv"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (b, cin, n) = l.shape().dims3()?;
+        let cout = self.b.len();
+        if self.w.len() != cout * cin {
+            return Err(msg(&format!("cam column conv: weight of {} values for {cout} × {cin}", self.w.len())));
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(b * cout * n);
+        let dst = SendPtr(out.as_mut_ptr());
+        par_for_init(b * cout, Vec::new, |acc: &mut Vec<f64>, r| {
+            let (bi, o) = (r / cout, r % cout);
+            acc.clear();
+            acc.resize(n, self.b[o] as f64);
+            for (k, &w) in self.w[o * cin..(o + 1) * cin].iter().enumerate() {
+                let w = w as f64;
+                let xr = &x[(bi * cin + k) * n..(bi * cin + k + 1) * n];
+                acc.iter_mut().zip(xr).for_each(|(a, &v)| *a += w * v as f64);
+            }
+            // SAFETY: row r of `out`'s capacity, written by this call only
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n), n) };
+            row.iter_mut().zip(acc.iter()).for_each(|(y, &a)| *y = a as f32);
+        });
+        // SAFETY: every row was written in full
+        unsafe { out.set_len(b * cout * n) };
+        Ok((CpuStorage::F32(out), Shape::from((b, cout, n))))
+    }
+}
+
+/// `w · x + b` per column of f32 `[B, cin, N]` (`w` `[cout, cin]` row-major, `b` `[cout]`).
+pub fn column_conv(x: &Tensor, w: &[f32], b: &[f32]) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&ColumnConv { w, b })?)
 }
 
 /// im2col of a `[B, C, T]` f32 input for a "same" k-tap conv of dilation d, as f64:
@@ -179,7 +275,7 @@ const CONV_COLS: usize = 2048;
 
 /// Bias-free k×k conv, zero pad p, stride (s, 1), on `[B, C, H, W]` f32: per block of output rows,
 /// gather its im2col columns into a reused buffer and multiply by the weight `[cout, (kh, kw, c)]`
-/// straight into the output (single-threaded gemm per block; blocks run on the rayon pool). The
+/// straight into the output (single-threaded gemm per block; blocks run on Candle's pool). The
 /// values do not depend on the blocking (each output is one k·k·C dot product in gemm's order).
 struct Conv2dOp<'a> {
     w: &'a [f32],
@@ -258,7 +354,7 @@ impl CustomOp1 for Conv2dOp<'_> {
                 return Err(msg("campplus conv2d: epilogue channel mismatch"));
             }
         }
-        (0..b * blocks_per).into_par_iter().for_each_init(Vec::new, unit);
+        par_for_init(b * blocks_per, Vec::new, unit);
         Ok((CpuStorage::F32(out), Shape::from((b, cout, ho, wo))))
     }
 }
@@ -292,6 +388,51 @@ mod tests {
             let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
             assert!(diff < 1e-6, "t {t}: {diff}");
         }
+        Ok(())
+    }
+
+    /// The per-segment context is the full one's distinct columns, and the segment product is
+    /// `y * m` with `m` repeated over each segment, bit for bit (T a multiple of the segment and not).
+    #[test]
+    fn per_segment_context_and_product_equal_the_full_forms() -> candle_core::Result<()> {
+        let err = |e: crate::error::Error| candle_core::Error::Msg(e.to_string());
+        for t in [300, 317, 7] {
+            let x = Tensor::randn(1f32, 1.0, (2, 5, t), &candle_core::Device::Cpu)?;
+            let full = context(&x, 100).map_err(err)?;
+            let segs = context_per_segment(&x, 100).map_err(err)?;
+            let n = t.div_ceil(100);
+            assert_eq!(segs.dims(), [2, 5, n]);
+            let idx: Vec<u32> = (0..t as u32).map(|i| i / 100).collect();
+            let idx = Tensor::from_vec(idx, t, &candle_core::Device::Cpu)?;
+            let repeated = segs.index_select(&idx, 2)?;
+            assert_eq!(repeated.flatten_all()?.to_vec1::<f32>()?, full.flatten_all()?.to_vec1::<f32>()?, "t {t}");
+            let y = Tensor::randn(0f32, 1.0, (2, 5, t), &candle_core::Device::Cpu)?;
+            let got = segment_mul(&y, &segs, 100).map_err(err)?;
+            assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, (&y * &full)?.flatten_all()?.to_vec1::<f32>()?, "t {t}");
+            assert!(segment_mul(&y, &full, 100).is_err(), "a full-length gate is refused");
+        }
+        Ok(())
+    }
+    #[test]
+    fn column_conv_is_the_f64_product_and_per_column() -> candle_core::Result<()> {
+        let err = |e: crate::error::Error| candle_core::Error::Msg(e.to_string());
+        let dev = &candle_core::Device::Cpu;
+        let (cout, cin) = (6, 40);
+        let w = Tensor::randn(0f32, 0.3, (cout, cin), dev)?;
+        let b = Tensor::randn(0f32, 1.0, cout, dev)?;
+        let (wv, bv) = (w.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let x = Tensor::randn(0f32, 1.0, (2, cin, 37), dev)?;
+        let got = column_conv(&x, &wv, &bv).map_err(err)?;
+        let x64 = x.to_dtype(DType::F64)?;
+        let want = w.to_dtype(DType::F64)?.broadcast_left(2)?.matmul(&x64)?.broadcast_add(&b.to_dtype(DType::F64)?.reshape((1, cout, 1))?)?;
+        let want = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let got_v = got.flatten_all()?.to_vec1::<f32>()?;
+        // f64 sums in another order may round to the neighbouring f32
+        assert!(got_v.iter().zip(&want).all(|(g, w)| (g - w).abs() <= f32::EPSILON * w.abs()));
+        // any column subset gives the same bits as in the full product
+        let part = column_conv(&x.narrow(2, 5, 3)?, &wv, &bv).map_err(err)?;
+        assert_eq!(part.flatten_all()?.to_vec1::<f32>()?, got.narrow(2, 5, 3)?.flatten_all()?.to_vec1::<f32>()?);
+        assert!(column_conv(&x, &wv[1..], &bv).is_err(), "a weight of the wrong size is refused");
         Ok(())
     }
     use candle_core::Device;

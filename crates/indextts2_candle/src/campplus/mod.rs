@@ -225,11 +225,15 @@ impl Nonlinear {
 }
 
 /// Bias-free 1×1 Conv1d (plus optional bias) as one matmul `[cout, cin] · [B, cin, T]`: Candle's
-/// conv1d adds an im2col copy and a transposing copy of the output.
+/// conv1d adds an im2col copy and a transposing copy of the output. On CPU f32/f64,
+/// `dense::conv1d` (gemm into the bias rows on Candle's pool; Candle's matmul runs on rayon's).
 fn pointwise(c: &Conv1d, x: &Tensor) -> Result<Tensor> {
     let (cout, _, k) = c.w.dims3()?;
     if k != 1 || c.stride != 1 || c.padding != 0 || c.groups != 1 {
         return c.forward(x);
+    }
+    if let Some(y) = crate::dense::conv1d(x, &c.w, c.b.as_ref(), 0, 1, 1)? {
+        return Ok(y);
     }
     let b = x.dim(0)?;
     let y = c.w.squeeze(2)?.broadcast_left(b)?.matmul(&x.contiguous()?)?;
@@ -369,15 +373,19 @@ impl DilatedConv {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
-        if fused::usable(x) {
-            let cols = fused::im2col1d_f64(x, self.k, self.dilation)?;
-            return Ok(self.w.broadcast_left(b)?.matmul(&cols)?.to_dtype(x.dtype())?);
+        let cols = if fused::usable(x) {
+            fused::im2col1d_f64(x, self.k, self.dilation)?
+        } else {
+            let p = (self.k - 1) / 2 * self.dilation;
+            let xp = x.to_dtype(DType::F64)?.pad_with_zeros(2, p, p)?;
+            let cols = (0..self.k).map(|j| xp.narrow(2, j * self.dilation, t)).collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&cols, 1)?.reshape((b, self.k * c, t))?.contiguous()?
+        };
+        // on the CPU `dense::conv1d` with one tap: the product as gemm on Candle's pool
+        if let Some(y) = crate::dense::conv1d(&cols, &self.w.unsqueeze(2)?, None, 0, 1, 1)? {
+            return Ok(y.to_dtype(x.dtype())?);
         }
-        let p = (self.k - 1) / 2 * self.dilation;
-        let xp = x.to_dtype(DType::F64)?.pad_with_zeros(2, p, p)?;
-        let cols = (0..self.k).map(|j| xp.narrow(2, j * self.dilation, t)).collect::<candle_core::Result<Vec<_>>>()?;
-        let cols = Tensor::cat(&cols, 1)?.reshape((b, self.k * c, t))?;
-        Ok(self.w.broadcast_left(b)?.matmul(&cols.contiguous()?)?.to_dtype(x.dtype())?)
+        Ok(self.w.broadcast_left(b)?.matmul(&cols)?.to_dtype(x.dtype())?)
     }
 }
 
@@ -385,10 +393,36 @@ struct Cam {
     linear_local: DilatedConv,
     linear1: Conv1d,
     linear2: Conv1d,
+    /// linear1's and linear2's weight ([cout, cin]) and bias on the host, for the CPU f32 gate
+    gate_host: Option<[(Vec<f32>, Vec<f32>); 2]>,
     seg_len: usize,
 }
 
 impl Cam {
+    fn load(c: &Weights, cout: usize, bn_ch: usize, k: usize, dil: usize, seg_len: usize) -> Result<Cam> {
+        let linear1 = Conv1d::load(&c.pp("linear1"), (bn_ch / 2, bn_ch, 1), true, 0, 1, 1)?;
+        let linear2 = Conv1d::load(&c.pp("linear2"), (cout, bn_ch / 2, 1), true, 0, 1, 1)?;
+        let host = |l: &Conv1d| -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+            let Some(b) = &l.b else { return Ok(None) };
+            if !l.w.device().is_cpu() || l.w.dtype() != DType::F32 {
+                return Ok(None);
+            }
+            Ok(Some((l.w.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?)))
+        };
+        let gate_host = match (host(&linear1)?, host(&linear2)?) {
+            (Some(a), Some(b)) => Some([a, b]),
+            _ => None,
+        };
+        Ok(Cam { linear_local: DilatedConv::load(&c.pp("linear_local"), cout, bn_ch, k, dil)?, linear1, linear2, gate_host, seg_len })
+    }
+    /// linear1 (`i` = 0) or linear2 (1) of the gate; on CPU f32 each column formed on its own
+    /// ([`fused::column_conv`]), so the per-segment and per-frame gates give the same bits.
+    fn gate_conv(&self, i: usize, v: &Tensor) -> Result<Tensor> {
+        match (&self.gate_host, fused::usable(v)) {
+            (Some(h), true) => fused::column_conv(v, &h[i].0, &h[i].1),
+            _ => pointwise(if i == 0 { &self.linear1 } else { &self.linear2 }, v),
+        }
+    }
     /// Mean of each `seg_len` segment (the last one over the frames it has), repeated over it.
     fn seg_pooling(&self, x: &Tensor) -> Result<Tensor> {
         let t = x.dim(D::Minus1)?;
@@ -410,15 +444,25 @@ impl Cam {
     /// `{p}.relu`, `{p}.linear2`, `{p}.sigmoid`; the caller's `{p}` tap holds y · m.
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = ctx.block(&format!("{p}.linear_local"), x, |v| self.linear_local.forward(v))?;
+        if ctx.is_plain() && fused::usable(x) {
+            // the context is constant over each segment: the gate's 1×1 convs and sigmoid run on
+            // one column per segment (the blocks only profile here: nothing records or injects)
+            let c = ctx.block(&format!("{p}.context"), x, |v| fused::context_per_segment(v, self.seg_len))?;
+            let c = ctx.block(&format!("{p}.linear1"), &c, |v| self.gate_conv(0, v))?;
+            let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
+            let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.gate_conv(1, v))?;
+            let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(crate::vact::sigmoid(v)?))?;
+            return fused::segment_mul(&y, &m, self.seg_len);
+        }
         let c = ctx.block(&format!("{p}.context"), x, |v| {
             if fused::usable(v) {
                 return fused::context(v, self.seg_len);
             }
             Ok(v.mean_keepdim(D::Minus1)?.broadcast_add(&self.seg_pooling(v)?)?)
         })?;
-        let c = ctx.block(&format!("{p}.linear1"), &c, |v| pointwise(&self.linear1, v))?;
+        let c = ctx.block(&format!("{p}.linear1"), &c, |v| self.gate_conv(0, v))?;
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
-        let c = ctx.block(&format!("{p}.linear2"), &c, |v| pointwise(&self.linear2, v))?;
+        let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.gate_conv(1, v))?;
         let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(crate::vact::sigmoid(v)?))?;
         Ok((y * m)?)
     }
@@ -439,12 +483,7 @@ impl DenseTdnnLayer {
             nonlinear1: Nonlinear::load(&w.pp("nonlinear1"), kinds, cin, f)?,
             linear1: Conv1d::load(&w.pp("linear1"), (bn_ch, cin, 1), false, 0, 1, 1)?,
             nonlinear2: Nonlinear::load(&w.pp("nonlinear2"), kinds, bn_ch, f)?,
-            cam: Cam {
-                linear_local: DilatedConv::load(&c.pp("linear_local"), cout, bn_ch, k, dil)?,
-                linear1: Conv1d::load(&c.pp("linear1"), (bn_ch / 2, bn_ch, 1), true, 0, 1, 1)?,
-                linear2: Conv1d::load(&c.pp("linear2"), (cout, bn_ch / 2, 1), true, 0, 1, 1)?,
-                seg_len,
-            },
+            cam: Cam::load(&c, cout, bn_ch, k, dil, seg_len)?,
         })
     }
     /// Dense connectivity: the `{p}` tap is `[x, layer(x)]` along channels.
