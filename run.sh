@@ -35,7 +35,15 @@ case "${1:-}" in
     shift
     setup
     cargo test --release -q -p indextts2_candle
-    exec "$PY" -m pytest "$@"
+    # The suite on every core (pytest-xdist) unless the caller picks: `-n`/`--numprocesses`/`--dist`
+    # given, xdist switched off (`-p no:xdist`), or a benchmark run (xdist disables timing).
+    par=(-n auto)
+    for a in "$@"; do
+      case "$a" in
+        -n|-n*|--numprocesses*|--dist*|no:xdist|--benchmark*) par=() ;;
+      esac
+    done
+    exec "$PY" -m pytest "${par[@]}" "$@"
     ;;
   *)
     echo "usage: ./run.sh report [--out DIR] [--checkpoints DIR] | ./run.sh test [pytest args]" >&2
