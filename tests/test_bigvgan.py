@@ -67,6 +67,22 @@ def test_bigvgan_any_mel_length(frames, seed, fixtures, candle_models):
     assert c.ok, c.line()
 
 
+def test_bigvgan_batch_of_two(fixtures, candle_models):
+    """Two mels in one batch: each row within the float32 noise rule of the reference's batched run.
+    Candle's own batched CPU conv_transpose1d was wrong for batch > 1 (off by up to ~20 in its unit
+    test); the upsamplers run as `dense::PolyphaseTranspose` (or per batch row) instead."""
+    fx = fixtures("bigvgan")
+    inputs = {"mel": np.concatenate([CASE.make_inputs(fx.cfg, s)["mel"] for s in (3, 4)], axis=0)}
+    assert inputs["mel"].shape[0] == 2
+    ref64, _ = run_reference(fx, CASE, inputs, dtype=torch.float64)
+    ref32, _ = run_reference(fx, CASE, inputs)
+    got, _ = candle.run(candle_models("bigvgan"), "forward", inputs)
+    assert got["wav"].shape == ref32["wav"].shape
+    for i in range(2):
+        c = compare_noise(f"output:wav[{i}]", ref64["wav"][i], ref32["wav"][i], got["wav"][i], rule("bigvgan", "output:wav", "cpu", "float32"))
+        assert c.ok, c.line()
+
+
 def _official_bigvgan():
     """The official class (indextts/s2mel/modules/bigvgan, the IndexTTS2 vocoder). Its module imports
     librosa and scipy for training utilities the generator never calls: stubbed when absent."""

@@ -109,6 +109,51 @@ pub fn conv1d(
     }))
 }
 
+/// A ConvTranspose1d (`groups = 1`, dilation 1) whose kernel `k` is a multiple of its stride `u`,
+/// on the CPU as one gemm conv over its `u` polyphase branches. Output `n·u + r` of the unpadded
+/// transposed conv is `Σ_i Σ_s x[i, n − s] · W[i, o, s·u + r]` (s < k/u), a plain conv with
+/// `k/u` taps over the input padded by `k/u − 1`: the weight is regrouped once at load into
+/// `[u·C_out, C_in, k/u]` (row `r·C_out + o`, taps reversed), the branches are interleaved, the
+/// `padding` outputs per side cropped and the bias added after the sum, as torch does. Candle's
+/// CPU conv_transpose1d (a matmul + col2im on its own pool) took 65–120 ms of BigVGAN's ≈1.5 s.
+pub struct PolyphaseTranspose {
+    w: Tensor,
+    cout: usize,
+    stride: usize,
+}
+
+impl PolyphaseTranspose {
+    /// `w` `[C_in, C_out, k]`; `None` where this form does not apply (not CPU f32/f64, or `k` not
+    /// a multiple of `stride`): the caller keeps Candle's conv_transpose1d.
+    pub fn new(w: &Tensor, stride: usize) -> Result<Option<PolyphaseTranspose>> {
+        let (cin, cout, k) = w.dims3()?;
+        if !w.device().is_cpu() || !matches!(w.dtype(), DType::F32 | DType::F64) || stride == 0 || k == 0 || k % stride != 0 {
+            return Ok(None);
+        }
+        let q = k / stride;
+        let rev = Tensor::new((0..q as u32).rev().collect::<Vec<_>>(), w.device())?;
+        // [Cin, Cout, q, u] → taps reversed → [u, Cout, Cin, q]
+        let w = w.reshape((cin, cout, q, stride))?.index_select(&rev, 2)?.permute((3, 1, 0, 2))?.contiguous()?;
+        let w = tap_major(&w.reshape((stride * cout, cin, q))?)?;
+        Ok(Some(PolyphaseTranspose { w, cout, stride }))
+    }
+
+    /// `x` `[B, C_in, L]` → `[B, C_out, (L + k/u − 1)·u − 2·padding]`, plus `b` `[C_out]`.
+    pub fn forward(&self, x: &Tensor, b: &Tensor, padding: usize) -> Result<Tensor> {
+        let q = self.w.dim(2)?;
+        let Some(z) = conv1d(x, &self.w, None, q - 1, 1, 1)? else {
+            return crate::error::input_err("polyphase conv_transpose1d: a CPU f32/f64 input of the weight's dtype expected");
+        };
+        let (bsz, _, n) = z.dims3()?;
+        let full = n * self.stride;
+        if full < 2 * padding + 1 {
+            return crate::error::input_err(format!("conv_transpose1d: {} input frames give no output", x.dim(2)?));
+        }
+        let y = z.reshape((bsz, self.stride, self.cout, n))?.permute((0, 2, 3, 1))?.contiguous()?.reshape((bsz, self.cout, full))?;
+        Ok(y.narrow(2, padding, full - 2 * padding)?.broadcast_add(&b.reshape((1, self.cout, 1))?)?)
+    }
+}
+
 /// `x·Wᵀ + b` for a contiguous f32/f64 CPU `x` `[.., k]` and `w` `[n, k]`; `None` elsewhere (the
 /// caller keeps Candle's matmul).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
@@ -563,6 +608,42 @@ impl candle_core::CustomOp3 for GemmConv {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Against Candle's conv_transpose1d (unpadded, cropped) + bias in f64, one batch element at a
+    /// time (its CPU col2im path is wrong for batch > 1: up to 20 off on these inputs), for
+    /// BigVGAN's (stride, kernel) pairs and others, batch 1 and 2; f32 within rounding of f64.
+    #[test]
+    fn polyphase_transpose_matches_candle_conv_transpose1d() -> Result<()> {
+        let d = Device::Cpu;
+        for (b, cin, cout, l, k, u) in [(1, 6, 3, 9, 8, 4), (2, 6, 3, 9, 8, 4), (2, 4, 5, 17, 4, 2), (1, 3, 2, 1, 6, 3), (2, 5, 4, 12, 3, 1), (1, 2, 3, 7, 10, 5)] {
+            let x = Tensor::randn(0f64, 1.0, (b, cin, l), &d)?;
+            let w = Tensor::randn(0f64, 1.0, (cin, cout, k), &d)?;
+            let bias = Tensor::randn(0f64, 1.0, cout, &d)?;
+            let p = (k - u) / 2;
+            let mut want = Vec::new();
+            for i in 0..b {
+                let full = x.narrow(0, i, 1)?.conv_transpose1d(&w, 0, 0, u, 1, 1)?;
+                let n = full.dim(2)?;
+                want.push(full.narrow(2, p, n - 2 * p)?.broadcast_add(&bias.reshape((1, cout, 1))?)?);
+            }
+            let want = Tensor::cat(&want, 0)?;
+            let got = PolyphaseTranspose::new(&w, u)?.unwrap().forward(&x, &bias, p)?;
+            assert_eq!(got.dims(), want.dims());
+            let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "f64 ({b}, {cin}, {cout}, {l}, {k}, {u}): {diff}");
+            let (x32, w32, b32) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
+            let got32 = PolyphaseTranspose::new(&w32, u)?.unwrap().forward(&x32, &b32, p)?.to_dtype(DType::F64)?;
+            let diff = (&got32 - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-5, "f32 ({b}, {cin}, {cout}, {l}, {k}, {u}): {diff}");
+        }
+        // not a multiple of the stride, or not CPU f32/f64: the caller keeps Candle's op
+        assert!(PolyphaseTranspose::new(&Tensor::zeros((2, 3, 5), DType::F32, &d)?, 2)?.is_none());
+        assert!(PolyphaseTranspose::new(&Tensor::zeros((2, 3, 4), DType::F16, &d)?, 2)?.is_none());
+        // too short for its crop: an error, not a panic
+        let pt = PolyphaseTranspose::new(&Tensor::ones((1, 1, 4), DType::F32, &d)?, 2)?.unwrap();
+        assert!(pt.forward(&Tensor::ones((1, 1, 1), DType::F32, &d)?, &Tensor::zeros(1, DType::F32, &d)?, 3).is_err());
+        Ok(())
+    }
 
     /// Against Candle's conv1d + bias in f64 (equal to rounding), for every stride / dilation /
     /// padding mix the models use, batch > threads and batch < threads, and both weight layouts.

@@ -217,18 +217,40 @@ fn wn_conv1d(w: &Weights, shape: (usize, usize, usize), bias: bool, padding: usi
 }
 
 struct ConvTranspose1d {
-    w: Tensor, // [Cin, Cout, k]
+    kernel: TransposeKernel,
     b: Tensor,
     stride: usize,
     padding: usize,
 }
 
+enum TransposeKernel {
+    /// CPU f32/f64: the gemm form (its own regrouped copy of the weight)
+    Polyphase(crate::dense::PolyphaseTranspose),
+    /// elsewhere: Candle's conv_transpose1d on the stored `[Cin, Cout, k]` weight
+    Candle(Tensor),
+}
+
 impl ConvTranspose1d {
+    fn new(w: Tensor, b: Tensor, stride: usize, padding: usize) -> Result<ConvTranspose1d> {
+        let kernel = match crate::dense::PolyphaseTranspose::new(&w, stride)? {
+            Some(p) => TransposeKernel::Polyphase(p),
+            None => TransposeKernel::Candle(w),
+        };
+        Ok(ConvTranspose1d { kernel, b, stride, padding })
+    }
+
     /// Padding of a transposed conv only drops `padding` outputs per side: run it unpadded and
     /// crop, since Candle's CPU kernel for padding ≠ 0 is a slow direct loop (its col2im path,
     /// a matmul, needs padding 0). The same products are summed, so only the rounding order differs.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose1d(&self.w, 0, 0, self.stride, 1, 1)?;
+        let w = match &self.kernel {
+            TransposeKernel::Polyphase(p) => return p.forward(x, &self.b, self.padding),
+            TransposeKernel::Candle(w) => w,
+        };
+        // one batch element at a time: Candle's batched CPU conv_transpose1d (col2im) is wrong for
+        // batch > 1 (`dense::tests::polyphase_transpose_matches_candle_conv_transpose1d`)
+        let ys = (0..x.dim(0)?).map(|i| x.narrow(0, i, 1)?.conv_transpose1d(w, 0, 0, self.stride, 1, 1)).collect::<candle_core::Result<Vec<_>>>()?;
+        let y = Tensor::cat(&ys, 0)?;
         let n = y.dim(2)?;
         if n < 2 * self.padding + 1 {
             return crate::error::input_err(format!("BigVGAN upsampler: {} input frames give no output", x.dim(2)?));
@@ -270,7 +292,7 @@ impl BigVgan {
                 let idx = Tensor::arange(0u32, k as u32, w.device())?.affine(-1.0, (k - 1) as f64)?;
                 weight = weight.index_select(&idx, 2)?;
             }
-            ups.push(ConvTranspose1d { w: weight, b: uw.get(cout, "bias")?, stride: u, padding: (k - u) / 2 });
+            ups.push(ConvTranspose1d::new(weight, uw.get(cout, "bias")?, u, (k - u) / 2)?);
             for (j, (&rk, d)) in cfg.resblock_kernel_sizes.iter().zip(&cfg.resblock_dilation_sizes).enumerate() {
                 let idx = i * cfg.resblock_kernel_sizes.len() + j;
                 resblocks.push(AmpBlock::load(&w.pp(format!("resblocks.{idx}")), cfg.resblock, cout, rk, d, &opts)?);
