@@ -444,17 +444,14 @@ impl Cam {
     /// `{p}.relu`, `{p}.linear2`, `{p}.sigmoid`; the caller's `{p}` tap holds y · m.
     fn forward(&self, p: &str, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = ctx.block(&format!("{p}.linear_local"), x, |v| self.linear_local.forward(v))?;
-        if ctx.is_plain() && fused::usable(x) {
-            // the context is constant over each segment: the gate's 1×1 convs and sigmoid run on
-            // one column per segment (the blocks only profile here: nothing records or injects)
-            let c = ctx.block(&format!("{p}.context"), x, |v| fused::context_per_segment(v, self.seg_len))?;
-            let c = ctx.block(&format!("{p}.linear1"), &c, |v| self.gate_conv(0, v))?;
-            let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
-            let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.gate_conv(1, v))?;
-            let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(crate::vact::sigmoid(v)?))?;
-            return fused::segment_mul(&y, &m, self.seg_len);
-        }
+        // Nothing tapped: the context is constant over each segment, so the gate's 1×1 convs and
+        // sigmoid run on one column per segment (the blocks then only profile: nothing records
+        // or injects a per-segment tensor).
+        let per_segment = ctx.is_plain() && fused::usable(x);
         let c = ctx.block(&format!("{p}.context"), x, |v| {
+            if per_segment {
+                return fused::context_per_segment(v, self.seg_len);
+            }
             if fused::usable(v) {
                 return fused::context(v, self.seg_len);
             }
@@ -464,6 +461,9 @@ impl Cam {
         let c = ctx.block(&format!("{p}.relu"), &c, |v| Ok(v.relu()?))?;
         let c = ctx.block(&format!("{p}.linear2"), &c, |v| self.gate_conv(1, v))?;
         let m = ctx.block(&format!("{p}.sigmoid"), &c, |v| Ok(crate::vact::sigmoid(v)?))?;
+        if per_segment {
+            return fused::segment_mul(&y, &m, self.seg_len);
+        }
         Ok((y * m)?)
     }
 }
