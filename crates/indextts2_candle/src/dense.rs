@@ -131,6 +131,9 @@ impl PolyphaseTranspose {
             return Ok(None);
         }
         let q = k / stride;
+        if w.dtype() == DType::F32 {
+            return Ok(Some(PolyphaseTranspose { w: regroup_f32(w, stride)?, cout, stride }));
+        }
         let rev = Tensor::new((0..q as u32).rev().collect::<Vec<_>>(), w.device())?;
         // [Cin, Cout, q, u] → taps reversed → [u, Cout, Cin, q]
         let w = w.reshape((cin, cout, q, stride))?.index_select(&rev, 2)?.permute((3, 1, 0, 2))?.contiguous()?;
@@ -152,6 +155,41 @@ impl PolyphaseTranspose {
         let y = z.reshape((bsz, self.stride, self.cout, n))?.permute((0, 2, 3, 1))?.contiguous()?.reshape((bsz, self.cout, full))?;
         Ok(y.narrow(2, padding, full - 2 * padding)?.broadcast_add(&b.reshape((1, self.cout, 1))?)?)
     }
+}
+
+/// [`PolyphaseTranspose::new`]'s regrouping of an f32 `[C_in, C_out, k]` weight in one parallel
+/// pass (the tensor form's index_select, 4-D permute copy and tap-major copy, with the same
+/// result): tap-major row `(t, r·C_out + o)` holds `w[i, o, (q − 1 − t)·u + r]` over i.
+fn regroup_f32(w: &Tensor, u: usize) -> Result<Tensor> {
+    let (cin, cout, k) = w.dims3()?;
+    let q = k / u;
+    let src = w.contiguous()?.flatten_all()?;
+    let (st, l) = src.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*st else {
+        return crate::error::input_err("polyphase conv_transpose1d: an f32 CPU weight expected");
+    };
+    let v = &v[l.start_offset()..l.start_offset() + cin * cout * k];
+    let mut out = vec![0f32; cin * cout * k];
+    let dst = SendPtr(out.as_mut_ptr());
+    // tiles of 16 output × 64 input channels: a few hundred pages per tile (the TLB holds them)
+    const OB: usize = 16;
+    const IB: usize = 64;
+    crate::nn::par_for(cout.div_ceil(OB), |ob| {
+        let os = ob * OB..((ob + 1) * OB).min(cout);
+        for i0 in (0..cin).step_by(IB) {
+            for o in os.clone() {
+                for i in i0..(i0 + IB).min(cin) {
+                    let taps = &v[(i * cout + o) * k..(i * cout + o + 1) * k];
+                    for (kk, &x) in taps.iter().enumerate() {
+                        let (t, r) = (q - 1 - kk / u, kk % u);
+                        // SAFETY: output channels `os` alone write rows (t, r·C_out + o), o ∈ os
+                        unsafe { *dst.get().add(((t * u + r) * cout + o) * cin + i) = x };
+                    }
+                }
+            }
+        }
+    });
+    Ok(Tensor::from_vec(out, (q, u * cout, cin), w.device())?.permute((1, 2, 0))?)
 }
 
 /// `x·Wᵀ + b` for a contiguous f32/f64 CPU `x` `[.., k]` and `w` `[n, k]`; `None` elsewhere (the

@@ -267,6 +267,34 @@ impl Store {
         Ok(Some(t))
     }
 
+    /// CPU fast path of a weight-norm fold, `g_key` `[co, 1, …]` and `v_key` `shape` both stored f32
+    /// for an f32 model: [`crate::fastload::fold_weight_norm`] from the mapped bytes (`tap_major`: a
+    /// 3-D conv weight in [`crate::dense::tap_major`]'s layout). `None`: not this path (other device,
+    /// dtype or shape, or a non-finite value); the caller loads both tensors, folds them and words
+    /// any error.
+    pub fn fold_weight_norm(&self, g_key: &str, v_key: &str, shape: &Shape, dtype: DType, tap_major: bool) -> Result<Option<Tensor>> {
+        let dims = shape.dims();
+        if !self.device.is_cpu() || dtype != DType::F32 || dims.is_empty() || !cfg!(target_endian = "little") {
+            return Ok(None);
+        }
+        let (Some(gi), Some(vi)) = (self.infos.get(g_key), self.infos.get(v_key)) else { return Ok(None) };
+        let mut g_dims = vec![1usize; dims.len()];
+        g_dims[0] = dims[0];
+        if gi.dtype != StDtype::F32 || vi.dtype != StDtype::F32 || gi.shape != g_dims || vi.shape != dims {
+            return Ok(None);
+        }
+        let (co, ci, k, tm) = match dims {
+            [co, ci, k] if tap_major && *k > 1 => (*co, *ci, *k, true),
+            [co, rest @ ..] => (*co, rest.iter().product(), 1, false),
+            [] => return Ok(None),
+        };
+        let ((gi, gb), (vi, vb)) = (self.bytes(g_key)?, self.bytes(v_key)?);
+        let Some(t) = crate::fastload::fold_weight_norm(gb, vb, co, ci, k, tm)? else { return Ok(None) };
+        self.done(g_key, gi);
+        self.done(v_key, vi);
+        Ok(Some(if tm { t } else { t.reshape(shape)? }))
+    }
+
     /// An integer tensor (index buffers such as `input_pos`, BatchNorm `num_batches_tracked`).
     pub fn get_int(&self, key: &str, shape: &Shape) -> Result<Tensor> {
         if let Some(i) = self.infos.get(key) {
@@ -353,6 +381,11 @@ impl Weights {
     }
     pub fn get_int<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.store.get_int(&self.key(name), &shape.into())
+    }
+    /// `weight_g`/`weight_v` folded (`g · v / ‖v‖`) straight from the file where
+    /// [`Store::fold_weight_norm`] serves the pair; `None` elsewhere.
+    pub fn fold_weight_norm<S: Into<Shape>>(&self, v_shape: S, tap_major: bool) -> Result<Option<Tensor>> {
+        self.store.fold_weight_norm(&self.key("weight_g"), &self.key("weight_v"), &v_shape.into(), self.dtype, tap_major)
     }
     /// A weight stored `[rows, cols]`, returned as its transpose `[cols, rows]` (contiguous).
     pub fn get_t(&self, rows: usize, cols: usize, name: &str) -> Result<Tensor> {

@@ -52,7 +52,7 @@ fn fold_f64(g: &Tensor, v: &Tensor, tap_major: bool) -> Result<Tensor> {
     let scales: Vec<f64> = vs
         .par_chunks(cols.max(1))
         .zip(gs.par_iter())
-        .map(|(row, &g)| g as f64 / row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt())
+        .map(|(row, &g)| g as f64 / crate::fastload::sum_sq_f64(row).sqrt())
         .collect();
     if tap_major {
         return crate::dense::gather_tap_major(vs, rows, v.dim(1)?, v.dim(2)?, |o, x| (x as f64 * scales[o]) as f32, v.device());

@@ -198,6 +198,9 @@ fn wn_weight(w: &Weights, shape: &[usize], skip_fold: bool, tap_major: bool) -> 
     if skip_fold || (!w.contains("weight_v") && w.contains("weight")) {
         return load_weight_norm(w, shape, skip_fold);
     }
+    if let Some(t) = w.fold_weight_norm(shape, tap_major)? {
+        return Ok(t); // CPU f32: folded straight from the file, one pass into new memory
+    }
     let mut g_dims = vec![1usize; shape.len()];
     g_dims[0] = shape[0];
     let g = w.get(g_dims, "weight_g")?;
