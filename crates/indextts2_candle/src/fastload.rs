@@ -111,10 +111,10 @@ fn run<T: WithDType + Send + Sync>(
 }
 
 /// torch's weight norm (dim 0), `w = g · v / ‖v‖`, straight from the file's little-endian f32 bytes
-/// of `g` `[co]` and `v` `[co, ci, k]`: per output channel the f64 sum of squares of its row, then
-/// `(v · g/‖v‖)` in f64 rounded once to f32 (the same arithmetic as
-/// [`crate::transforms::weight_norm_fold_f64`]), the row read a second time while it is in cache and
-/// written into one fresh buffer: `[co, ci·k]` rows, or with `tap_major` the layout of
+/// of `g` `[co]` and `v` `[co, ci, k]`: per output channel its row decoded once into scratch, the
+/// f64 sum of squares, then `(v · g/‖v‖)` in f64 rounded once to f32 (the same arithmetic as
+/// [`crate::transforms::weight_norm_fold_f64`]), written into one fresh buffer: `[co, ci·k]`
+/// rows, or with `tap_major` the layout of
 /// [`crate::dense::tap_major`] (returned as its `[co, ci, k]` view). The load makes one pass into new
 /// memory instead of a copy of `v` and then a folded copy. `None` if `g` or `v` holds a non-finite
 /// value (the caller's general path words the error).
