@@ -292,7 +292,8 @@ impl BigVgan {
             let uw = w.pp(format!("ups.{i}.0"));
             let mut weight = wn_weight(&uw, &[cin, cout, k], skip, false)?;
             if i == 0 && faults.on("ups_kernel_flipped") {
-                let idx = Tensor::arange(0u32, k as u32, w.device())?.affine(-1.0, (k - 1) as f64)?;
+                // (a u32 `affine(-1, k − 1)` is no flip: −1 saturates to 0 in u32, giving k − 1 everywhere)
+                let idx = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
                 weight = weight.index_select(&idx, 2)?;
             }
             ups.push(ConvTranspose1d::new(weight, uw.get(cout, "bias")?, u, (k - u) / 2)?);
