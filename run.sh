@@ -36,11 +36,13 @@ case "${1:-}" in
     setup
     cargo test --release -q -p indextts2_candle
     # The suite on every core (pytest-xdist) unless the caller picks: `-n`/`--numprocesses`/`--dist`
-    # given, xdist switched off (`-p no:xdist`), or a benchmark run (xdist disables timing).
+    # given, xdist switched off (`-p no:xdist`), a benchmark run (xdist disables timing), or the
+    # official-size tier (one worker peaks at 13 GB on BigVGAN's file, 20 GB on test_models: two at
+    # once were OOM-killed on the 24 GB CI-class machine).
     par=(-n auto)
     for a in "$@"; do
       case "$a" in
-        -n|-n*|--numprocesses*|--dist*|no:xdist|--benchmark*) par=() ;;
+        -n|-n*|--numprocesses*|--dist*|no:xdist|--benchmark*|--full-size) par=() ;;
       esac
     done
     exec "$PY" -m pytest "${par[@]}" "$@"
