@@ -186,7 +186,6 @@ NOT_WEIGHTS = {
     ("dense.rs", "let mut out = vec![0f32; co * ci * k];"): "output buffer of the tap-major copy of a loaded weight (every value written)",
     ("dense.rs", "let mut out = vec![0f32; cin * cout * k];"): "output buffer of the polyphase regrouping of a loaded transposed-conv weight (every value written)",
     ("fastload.rs", "|| vec![0f32; row],"): "per-task scratch row of the weight-norm fold, decoded from the file before use",
-    ("transforms.rs", "let mut w = vec![0f32; vs.len()];"): "output buffer of the f64 weight-norm fold of a loaded g, v (every value written)",
     ("campplus/fbank.rs", "vec![0f32; frames * bins]"): "output buffer of the fused fbank (every frame written)",
     ("campplus/fbank.rs", "vec![0f64; win], vec![0f64; nb], vec![0f64; bins]"): "per-thread frame / spectrum / mel scratch of the fused fbank",
     ("campplus/fused.rs", "vec![0f32; x.len()]"): "output buffer of the fused BatchNorm kernel",

@@ -39,13 +39,12 @@ pub fn tap_major(w: &Tensor) -> Result<Tensor> {
     let (st, l) = src.storage_and_layout();
     let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*st else { return Ok(w.permute((2, 0, 1))?.contiguous()?.permute((1, 2, 0))?) };
     let v = &v[l.start_offset()..l.start_offset() + co * ci * k];
-    gather_tap_major(v, co, ci, k, |_, x| x, w.device())
+    gather_tap_major(v, co, ci, k, w.device())
 }
 
-/// `f(o, v[o, i, j])` for an f32 `[co, ci, k]` buffer, written tap-major and viewed as
-/// `[co, ci, k]`: one parallel pass per output channel o (contiguous reads, k rows (j, o) written).
-/// `tap_major` copies (`f` = identity); the weight-norm fold scales each channel on the way.
-pub(crate) fn gather_tap_major(v: &[f32], co: usize, ci: usize, k: usize, f: impl Fn(usize, f32) -> f32 + Sync, dev: &candle_core::Device) -> Result<Tensor> {
+/// An f32 `[co, ci, k]` buffer written tap-major and viewed as `[co, ci, k]`: one parallel pass
+/// per output channel o (contiguous reads, k rows (j, o) written).
+fn gather_tap_major(v: &[f32], co: usize, ci: usize, k: usize, dev: &candle_core::Device) -> Result<Tensor> {
     use rayon::prelude::*;
     let mut out = vec![0f32; co * ci * k];
     let dst = SendPtr(out.as_mut_ptr());
@@ -55,7 +54,7 @@ pub(crate) fn gather_tap_major(v: &[f32], co: usize, ci: usize, k: usize, f: imp
             // SAFETY: channel o alone writes rows (j, o), j < k, of the k·co·ci buffer
             let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * co + o) * ci), ci) };
             for (i, x) in row.iter_mut().enumerate() {
-                *x = f(o, src[i * k + j]);
+                *x = src[i * k + j];
             }
         }
     });

@@ -15,9 +15,9 @@ pub fn weight_norm_fold(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(flat.broadcast_mul(&g.broadcast_div(&norm)?)?.reshape(v.shape())?)
 }
 
-/// `weight_norm_fold` computed in f64 and rounded once to `v`'s dtype. On CPU f32 one parallel pass
-/// per output channel (the row's f64 sum of squares, then `v · (g / ‖v‖)`), instead of widening
-/// both tensors and five tensor passes.
+/// `weight_norm_fold` computed in f64 and rounded once to `v`'s dtype. On CPU f32 it is the load's
+/// one-pass fold ([`crate::fastload::fold_weight_norm`]) over the tensors' memory, instead of
+/// widening both tensors and five tensor passes.
 pub fn weight_norm_fold_f64(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     fold_f64(g, v, false)
 }
@@ -31,39 +31,33 @@ pub fn weight_norm_fold_f64_tap_major(g: &Tensor, v: &Tensor) -> Result<Tensor> 
 
 fn fold_f64(g: &Tensor, v: &Tensor, tap_major: bool) -> Result<Tensor> {
     use candle_core::DType;
-    use rayon::prelude::*;
     let tap_major = tap_major && v.rank() == 3 && v.dim(2)? > 1;
-    if !(v.device().is_cpu() && v.dtype() == DType::F32 && g.dtype() == DType::F32) {
-        let w = weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?;
-        return if tap_major { crate::dense::tap_major(&w) } else { Ok(w) };
-    }
-    let rows = v.dim(0)?;
-    let gs = g.flatten_all()?.to_vec1::<f32>()?;
-    if gs.len() != rows || rows == 0 {
-        return crate::error::input_err(format!("weight norm: g has {} values for {rows} rows", gs.len()));
-    }
-    let src = v.contiguous()?.flatten_all()?;
-    let (st, l) = src.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vs)) = &*st else {
-        return crate::error::input_err("weight norm: f32 CPU storage expected");
-    };
-    let vs = &vs[l.start_offset()..l.start_offset() + v.elem_count()];
-    let cols = vs.len() / rows;
-    let scales: Vec<f64> = vs
-        .par_chunks(cols.max(1))
-        .zip(gs.par_iter())
-        .map(|(row, &g)| g as f64 / crate::fastload::sum_sq_f64(row).sqrt())
-        .collect();
-    if tap_major {
-        return crate::dense::gather_tap_major(vs, rows, v.dim(1)?, v.dim(2)?, |o, x| (x as f64 * scales[o]) as f32, v.device());
-    }
-    let mut w = vec![0f32; vs.len()];
-    w.par_chunks_mut(cols.max(1)).zip(vs.par_chunks(cols.max(1))).zip(scales.par_iter()).for_each(|((out, row), &scale)| {
-        for (x, &y) in out.iter_mut().zip(row) {
-            *x = (y as f64 * scale) as f32;
+    let f32_cpu = v.device().is_cpu() && v.dtype() == DType::F32 && g.dtype() == DType::F32 && cfg!(target_endian = "little");
+    if f32_cpu && v.rank() > 0 {
+        let rows = v.dim(0)?;
+        let gs = g.flatten_all()?.to_vec1::<f32>()?;
+        if gs.len() != rows || rows == 0 {
+            return crate::error::input_err(format!("weight norm: g has {} values for {rows} rows", gs.len()));
         }
-    });
-    Ok(Tensor::from_vec(w, v.shape(), v.device())?)
+        let src = v.contiguous()?.flatten_all()?;
+        let (st, l) = src.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vs)) = &*st else {
+            return crate::error::input_err("weight norm: f32 CPU storage expected");
+        };
+        let vs = &vs[l.start_offset()..l.start_offset() + v.elem_count()];
+        // SAFETY: f32 buffers viewed as their little-endian bytes (same memory, 4 bytes per value)
+        let (gb, vb) = unsafe {
+            (std::slice::from_raw_parts(gs.as_ptr() as *const u8, gs.len() * 4), std::slice::from_raw_parts(vs.as_ptr() as *const u8, vs.len() * 4))
+        };
+        // the load's own fold (straight from the file's bytes there); `None`: a non-finite value,
+        // which the tensor form below carries through as torch does
+        let (ci, k) = if tap_major { (v.dim(1)?, v.dim(2)?) } else { (vs.len() / rows, 1) };
+        if let Some(w) = crate::fastload::fold_weight_norm(gb, vb, rows, ci, k, tap_major)? {
+            return if tap_major { Ok(w) } else { Ok(w.reshape(v.shape())?) };
+        }
+    }
+    let w = weight_norm_fold(&g.to_dtype(DType::F64)?, &v.to_dtype(DType::F64)?)?.to_dtype(v.dtype())?;
+    if tap_major { crate::dense::tap_major(&w) } else { Ok(w) }
 }
 
 /// Loads a weight-normed parameter: `weight_g` + `weight_v` folded, or an already fused `weight`
