@@ -427,23 +427,31 @@ def test_pipeline_rust_bad_input(pipe, rust_pipe):
 
 
 # ---- benchmarks (pytest --benchmark-only -k pipeline) -------------------------------------------------
-def _bench_pipe(request):
+def _bench_pipe(request, decoding: str = "greedy"):
     size = "full" if request.config.getoption("--full-size") else "tiny"
     ckpt = request.config.getoption("--checkpoints")
     fxs = PP.fixtures("full" if ckpt else size, ckpt)
-    return fxs, P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
+    if decoding == "greedy":
+        return fxs, P.make_inputs(P.CONFIGS[PP._size(fxs)], 0)
+    # a synthetic GPT rarely samples its stop token within 20 codes (infer_v2 then fails): the
+    # stop-biased GPT and the size's measured 3-beam case of test_pipeline_sampled
+    fxs = PP.sampled_fixtures(fxs)
+    return fxs, P.make_inputs(P.CONFIGS[PP._size(fxs)], PP.sampled_cases(fxs).beam3_seed, decoding="sampled")
 
 
 @pytest.mark.benchmark(group="pipeline-rtf")
 @pytest.mark.parametrize("side", ["candle", "torch"])
-def test_bench_pipeline_rtf(side, benchmark, request):
-    """End-to-end real-time factor (seconds of compute per second of audio), CPU, one segment of 20
-    codes. Tiny configs unless --full-size (tiny figures show the composition's overhead only; RTF
-    claims need --full-size or --checkpoints)."""
+@pytest.mark.parametrize("decoding", ["greedy", "sampled"])
+def test_bench_pipeline_rtf(decoding, side, benchmark, request):
+    """End-to-end real-time factor (seconds of compute per second of audio), CPU, one segment of at
+    most 20 codes: greedy codes, or infer_v2's sampled decoding (its defaults: 3 beams, top_k 30,
+    top_p 0.8, temperature 0.8) on the same given draws on both sides, with the stop-biased GPT. Tiny configs unless
+    --full-size (tiny figures show the composition's overhead only; RTF claims need --full-size or
+    --checkpoints)."""
     from parity import candle
     from parity.bench import measure
 
-    fxs, inputs = _bench_pipe(request)
+    fxs, inputs = _bench_pipe(request, decoding)
     if side == "candle":
         m = PP.rust_pipeline(fxs, "cpu")
         ins = PP.synth_inputs(inputs)
@@ -452,7 +460,7 @@ def test_bench_pipeline_rtf(side, benchmark, request):
         mods = PP.references(fxs, "cpu")
         fn = lambda: P.run(mods, inputs)[1]["wav"]  # noqa: E731
     audio_s = np.asarray(fn()).size / 22050  # also the warm-up
-    measure(benchmark, fn, rounds=3, warmup=False, audio_s=audio_s, size=PP._size(fxs))
+    measure(benchmark, fn, rounds=3, warmup=False, audio_s=audio_s, size=PP._size(fxs), decoding=decoding)
     benchmark.extra_info["rtf"] = benchmark.stats.stats.mean / audio_s
 
 
