@@ -214,7 +214,7 @@ struct GemmLinear;
 impl GemmLinear {
     fn run<T>(x: &[T], xl: &Layout, w: &[T], wl: &Layout, bias: Option<&[T]>) -> candle_core::Result<(Vec<T>, Shape)>
     where
-        T: Copy + Default + Send + Sync + 'static + num_like::One,
+        T: Copy + Default + Send + Sync + 'static + num_like::One + FewRows,
     {
         let (n, k) = wl.shape().dims2()?;
         let m = xl.shape().elem_count() / k.max(1);
@@ -230,8 +230,14 @@ impl GemmLinear {
         let nt = candle_core::utils::get_num_threads().max(1);
         let chunk = n.div_ceil(nt).div_ceil(16) * 16;
         let dst = SendPtr(out.as_mut_ptr());
+        let few = T::few_rows(m);
         let split = |i: usize| {
             let (c0, cols) = (i * chunk, chunk.min(n - i * chunk));
+            if few {
+                // SAFETY: split i owns columns c0..c0+cols of every output row
+                unsafe { T::rows_dot(x, m, k, &w[c0 * k..(c0 + cols) * k], cols, dst.get().add(c0), n, bias.map(|b| &b[c0..c0 + cols])) };
+                return;
+            }
             if let Some(bias) = bias {
                 for r in 0..m {
                     // SAFETY: split i owns columns c0..c0+cols of every output row
@@ -251,6 +257,88 @@ impl GemmLinear {
         crate::nn::par_for(n.div_ceil(chunk), split);
         Ok((out, Shape::from(dims)))
     }
+}
+
+/// A product with few rows (`m` ≤ [`FEW_ROWS`]: a decode step over beams): every weight row read
+/// once from memory and dotted with the `m` input rows from L1. gemm packs the whole weight for
+/// each such call, which made infer_v2's 3-beam decode step 3.5× as slow as the 1-row one.
+trait FewRows: Sized {
+    fn few_rows(_m: usize) -> bool {
+        false
+    }
+    /// `out[r·n + j] = (bias[j] +) x[r]·w[j]`, r < m, j < cols (`w`: `cols` rows of `k`).
+    /// SAFETY: `out` must be valid for writes at r·n + j for every such r, j.
+    unsafe fn rows_dot(_x: &[Self], _m: usize, _k: usize, _w: &[Self], _cols: usize, _out: *mut Self, _n: usize, _bias: Option<&[Self]>) {
+        unreachable!("few_rows is false")
+    }
+}
+
+impl FewRows for f64 {}
+
+/// The most input rows [`FewRows`] takes; above, gemm's packed kernels win.
+pub const FEW_ROWS: usize = 8;
+/// Accumulator lanes per row: independent sums LLVM vectorises at every width.
+const LANES: usize = 16;
+
+impl FewRows for f32 {
+    fn few_rows(m: usize) -> bool {
+        (2..=FEW_ROWS).contains(&m)
+    }
+    unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: *mut f32, n: usize, bias: Option<&[f32]>) {
+        #[inline(always)]
+        fn body(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
+            for j in 0..cols {
+                let wr = &w[j * k..(j + 1) * k];
+                for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
+                    let mut acc = [0f32; LANES];
+                    for (a, b) in xr.chunks_exact(LANES).zip(wr.chunks_exact(LANES)) {
+                        for l in 0..LANES {
+                            acc[l] += a[l] * b[l];
+                        }
+                    }
+                    let tail = k / LANES * LANES;
+                    for (l, (a, b)) in xr[tail..].iter().zip(&wr[tail..]).enumerate() {
+                        acc[l] += a * b;
+                    }
+                    // pairwise: 16 → 8 → 4 → 2 → 1
+                    let mut h = LANES;
+                    while h > 1 {
+                        h /= 2;
+                        for l in 0..h {
+                            acc[l] += acc[l + h];
+                        }
+                    }
+                    let y = bias.map_or(0.0, |b| b[j]) + acc[0];
+                    // SAFETY: the caller's contract (row r, column j of its split)
+                    unsafe { *out.get().add(r * n + j) = y };
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
+            body(x, m, k, w, cols, out, n, bias)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
+            body(x, m, k, w, cols, out, n, bias)
+        }
+        let out = SendPtr(out);
+        // the same arithmetic in every build (no FMA contraction): only the vector width differs
+        match best_isa() {
+            #[cfg(target_arch = "x86_64")]
+            crate::vsin::Isa::Avx512 => unsafe { avx512(x, m, k, w, cols, out, n, bias) },
+            #[cfg(target_arch = "x86_64")]
+            crate::vsin::Isa::Avx2 => unsafe { avx2(x, m, k, w, cols, out, n, bias) },
+            _ => body(x, m, k, w, cols, out, n, bias),
+        }
+    }
+}
+
+fn best_isa() -> crate::vsin::Isa {
+    static BEST: std::sync::OnceLock<crate::vsin::Isa> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| *crate::vsin::Isa::available().last().unwrap_or(&crate::vsin::Isa::Base))
 }
 
 impl candle_core::CustomOp2 for GemmLinear {
@@ -725,8 +813,8 @@ mod tests {
         Ok(())
     }
 
-    /// Against Candle's matmul + bias: f64 equal to rounding, f32 bit for bit (the same gemm
-    /// accumulation, the bias added to the finished sum), ranks 1–3, widths that do not split evenly.
+    /// Against Candle's matmul + bias in f64 (the same gemm accumulation, the bias added to the
+    /// finished sum): equal to rounding, ranks 1–3, widths that do not split evenly.
     #[test]
     fn linear_matches_candle_matmul() -> Result<()> {
         let d = Device::Cpu;
@@ -744,6 +832,35 @@ mod tests {
             assert!(diff < 1e-12, "{lead:?} {k} {n}: {diff}");
             let nb = (linear(&x2, &w, None)?.unwrap() - x2.broadcast_matmul(&w.t()?)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
             assert!(nb < 1e-12);
+        }
+        Ok(())
+    }
+
+    /// The few-rows f32 product (2–8 rows: a beam decode step) against the f64 product: every
+    /// output within the error bound of its summation order, (k/LANES + 5)·ε·Σ|xᵢwᵢ| + ε·|y| (the
+    /// lanes' sequential sums, four pairwise levels, the bias). Widths with a tail (k % 16 ≠ 0),
+    /// splits that do not divide evenly, with and without bias; 9 rows take gemm.
+    #[test]
+    fn few_rows_linear_within_its_summation_bound() -> Result<()> {
+        let d = Device::Cpu;
+        for (m, k, n) in [(2usize, 16usize, 33usize), (3, 1280, 70), (5, 37, 129), (8, 300, 17), (9, 64, 40)] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &d)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &d)?;
+            let b = Tensor::randn(0f32, 1.0, n, &d)?;
+            let (x64, w64, b64) = (x.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+            let exact = x64.broadcast_matmul(&w64.t()?)?;
+            let mag = x64.abs()?.broadcast_matmul(&w64.abs()?.t()?)?;
+            let eps = f32::EPSILON as f64;
+            for bias in [None, Some(&b)] {
+                let got = linear(&x, &w, bias)?.unwrap().to_dtype(DType::F64)?;
+                let want = match bias {
+                    Some(_) => exact.broadcast_add(&b64)?,
+                    None => exact.clone(),
+                };
+                let bound = ((mag.clone() * ((k / LANES + 5) as f64 * eps))? + (want.abs()? * eps)?)?;
+                let over = ((&got - &want)?.abs()? - bound)?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+                assert!(over <= 0.0, "m {m} k {k} n {n} bias {}: {over:e} over the bound", bias.is_some());
+            }
         }
         Ok(())
     }
@@ -862,3 +979,4 @@ mod tests {
         Ok(())
     }
 }
+
