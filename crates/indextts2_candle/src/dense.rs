@@ -259,9 +259,10 @@ impl GemmLinear {
     }
 }
 
-/// A product with few rows (`m` ≤ [`FEW_ROWS`]: a decode step over beams): every weight row read
-/// once from memory and dotted with the `m` input rows from L1. gemm packs the whole weight for
-/// each such call, which made infer_v2's 3-beam decode step 3.5× as slow as the 1-row one.
+/// A product with few rows (`m` ≤ [`FEW_ROWS`]: a decode step over beams, a short clip's frames):
+/// every weight row read once from memory and dotted with the `m` input rows from L1. gemm packs
+/// the whole weight for each such call, which made infer_v2's 3-beam decode step 3.5× as slow as
+/// the 1-row one.
 trait FewRows: Sized {
     fn few_rows(_m: usize) -> bool {
         false
@@ -275,8 +276,12 @@ trait FewRows: Sized {
 
 impl FewRows for f64 {}
 
-/// The most input rows [`FewRows`] takes; above, gemm's packed kernels win.
-pub const FEW_ROWS: usize = 8;
+/// The most input rows [`FewRows`] takes. Measured on streamed f32 weights (2 threads, AVX-512,
+/// ms for gemm → these dots) at 24 rows: [4096, 1024] 3.73 → 2.15, [1024, 4096] 3.68 → 1.89,
+/// [1280, 5120] 5.87 → 3.10, but [3840, 1280] 1.78 → 2.57; at 32-48 rows gemm is level or ahead.
+/// 24 takes w2v-bert's frames of a 0.5 s clip (0.39 → 0.21 s a call; torch 0.20). Two rows per
+/// pass over a weight row were slower in the 3-beam decode (2.25 against 1.60 s).
+pub const FEW_ROWS: usize = 24;
 /// Accumulator lanes per row: independent sums LLVM vectorises at every width.
 const LANES: usize = 16;
 
@@ -836,14 +841,14 @@ mod tests {
         Ok(())
     }
 
-    /// The few-rows f32 product (2–8 rows: a beam decode step) against the f64 product: every
+    /// The few-rows f32 product (2–24 rows: a beam decode step) against the f64 product: every
     /// output within the error bound of its summation order, (k/LANES + 5)·ε·Σ|xᵢwᵢ| + ε·|y| (the
     /// lanes' sequential sums, four pairwise levels, the bias). Widths with a tail (k % 16 ≠ 0),
-    /// splits that do not divide evenly, with and without bias; 9 rows take gemm.
+    /// splits that do not divide evenly, with and without bias; 25 rows take gemm.
     #[test]
     fn few_rows_linear_within_its_summation_bound() -> Result<()> {
         let d = Device::Cpu;
-        for (m, k, n) in [(2usize, 16usize, 33usize), (3, 1280, 70), (5, 37, 129), (8, 300, 17), (9, 64, 40)] {
+        for (m, k, n) in [(2usize, 16usize, 33usize), (3, 1280, 70), (5, 37, 129), (8, 300, 17), (24, 64, 40), (25, 64, 9)] {
             let x = Tensor::randn(0f32, 1.0, (1, m, k), &d)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &d)?;
             let b = Tensor::randn(0f32, 1.0, n, &d)?;
