@@ -60,11 +60,18 @@ fn fold_f64(g: &Tensor, v: &Tensor, tap_major: bool) -> Result<Tensor> {
     if tap_major { crate::dense::tap_major(&w) } else { Ok(w) }
 }
 
-/// Loads a weight-normed parameter: `weight_g` + `weight_v` folded, or an already fused `weight`
-/// (BigVGAN's `from_pretrained` accepts both). `skip_fold` is the fault switch that uses `v` as is.
+/// Loads a weight-normed parameter: `weight_g` + `weight_v` folded in f64 and rounded once
+/// ([`weight_norm_fold_f64`]; on CPU f32 straight from the file's bytes, one pass into new memory),
+/// or an already fused `weight` (BigVGAN's `from_pretrained` accepts both). `skip_fold` is the
+/// fault switch that uses `v` as is.
 pub fn load_weight_norm<S: Into<Shape>>(w: &Weights, v_shape: S, skip_fold: bool) -> Result<Tensor> {
     let v_shape: Shape = v_shape.into();
     if w.contains("weight_v") || !w.contains("weight") {
+        if !skip_fold {
+            if let Some(t) = w.fold_weight_norm(v_shape.clone(), false)? {
+                return Ok(t);
+            }
+        }
         let mut g_dims = vec![1usize; v_shape.rank()];
         g_dims[0] = v_shape.dims()[0];
         let g = w.get(g_dims, "weight_g")?;
@@ -72,7 +79,7 @@ pub fn load_weight_norm<S: Into<Shape>>(w: &Weights, v_shape: S, skip_fold: bool
         if skip_fold {
             return Ok(v);
         }
-        weight_norm_fold(&g, &v)
+        weight_norm_fold_f64(&g, &v)
     } else {
         w.get(v_shape, "weight")
     }
