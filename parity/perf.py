@@ -17,24 +17,36 @@ import platform
 
 
 def cpu_model() -> str:
+    """The CPU's name with its family, model and widest vector unit: a VM may name only the vendor
+    line ("AMD EPYC"), and the ratios differ between its generations (AVX2 or AVX-512)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if ":" in line:
+                    k, v = (x.strip() for x in line.split(":", 1))
+                    info.setdefault(k, v)
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    if "model name" not in info:
+        return platform.processor() or "unknown"
+    flags = info.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else None)
+    extra = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
+    return info["model name"] + (f" ({', '.join(extra + ([isa] if isa else []))})" if extra or isa else "")
 
 
 def _from_pytest_benchmark(d: dict) -> list[dict]:
     groups: dict = {}
     for b in d.get("benchmarks", []):
-        side = "candle" if "[candle" in b["name"] else ("torch" if "[torch]" in b["name"] or b["name"].endswith("torch]") else None)
-        if side is None:
+        # the side is one of the test's parameters (`[candle]`, `[greedy-candle]`, `[candle_mmap]`);
+        # the others name the row within the group (`pipeline-rtf/greedy`)
+        params = b["name"].split("[", 1)[1].rstrip("]").split("-") if "[" in b["name"] else []
+        sides = [p for p in params if p.split("_")[0] in ("candle", "torch")]
+        if len(sides) != 1:
             continue
-        key = (b.get("group") or b["name"]) + "".join(f"/{p}" for p in b["name"].split("[", 1)[1].rstrip("]").split("-")
-                                                      if p not in ("candle", "torch"))
+        side = sides[0].split("_")[0]
+        key = (b.get("group") or b["name"]) + "".join(f"/{p}" for p in params if p not in sides)
         g = groups.setdefault(key, {"stage": key, "source": "pytest-benchmark"})
         g[f"{side}_s"] = b["stats"]["mean"]
         info = b.get("extra_info") or {}

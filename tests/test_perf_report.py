@@ -21,7 +21,14 @@ def test_perf_section_from_benchmark_json(tmp_path):
         {"group": "bigvgan", "name": "test_bench_bigvgan[candle]", "stats": {"mean": 0.5},
          "extra_info": {"threads": 2, "audio_s": 1.0}},
         {"group": "bigvgan", "name": "test_bench_bigvgan[torch]", "stats": {"mean": 2.0},
-         "extra_info": {"threads": 2, "audio_s": 1.0}}]})
+         "extra_info": {"threads": 2, "audio_s": 1.0}},
+        # a parametrised benchmark: the side is one parameter, the others name the row
+        {"group": "pipeline-rtf", "name": "test_bench_pipeline_rtf[sampled-candle]", "stats": {"mean": 3.0},
+         "extra_info": {"threads": 2, "audio_s": 0.5}},
+        {"group": "pipeline-rtf", "name": "test_bench_pipeline_rtf[sampled-torch]", "stats": {"mean": 6.0},
+         "extra_info": {"threads": 2, "audio_s": 0.5}},
+        {"group": "pipeline-load", "name": "test_bench_pipeline_load[candle_mmap]", "stats": {"mean": 1.0}, "extra_info": {}},
+        {"group": "pipeline-load", "name": "test_bench_pipeline_load[torch_load]", "stats": {"mean": 4.0}, "extra_info": {}}]})
     ab = _write(tmp_path, "ab.json", [{"name": "dit_estimator", "candle_s": [3.0, 2.0], "torch_s": [4.0, 4.0],
                                        "ratios": [0.75, 0.5], "ratio_median": 0.625, "ratio_of_min": 0.5, "threads": 2}])
     ld = _write(tmp_path, "load.json", [{"name": "gpt", "checkpoint_bytes": 2e9, "candle_s": [1.0], "official_s": [4.0],
@@ -34,6 +41,9 @@ def test_perf_section_from_benchmark_json(tmp_path):
     stages = {s["stage"]: s for s in d["stages"]}
     assert stages["bigvgan"]["ratio"] == pytest.approx(0.25) and stages["bigvgan"]["rtf_candle"] == pytest.approx(0.5)
     assert stages["dit_estimator"]["ratio"] == pytest.approx(0.625)
+    assert stages["pipeline-rtf/sampled"]["ratio"] == pytest.approx(0.5)
+    assert stages["pipeline-rtf/sampled"]["rtf_torch"] == pytest.approx(12.0)
+    assert stages["pipeline-load"]["ratio"] == pytest.approx(0.25)
     assert d["threads"] == [2] and d["cpu"] == perf.cpu_model() and d["cpu"]
     text = "\n".join(md)
     assert "| bigvgan | 0.500 | 2.000 | 0.25 |" in text and "| gpt | 2.00 | 1.00 | 4.00 |" in text
