@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 # model stages: the two sides alternated round by round (parity.ab)
 "$PY" -m parity.ab bigvgan dit_estimator dit_cfm25 gpt_spk_cond gpt_forward_latent gpt_greedy17 w2v_bert_17 \
   semantic_codec campplus mel --rounds "$rounds" --json "$out/ab.json"
-# resample and the whole pipeline (one segment, greedy codes): pytest-benchmark, one side per test
+# resample and the whole pipeline (one segment, greedy and sampled codes): pytest-benchmark, one side per test
 "$PY" -m pytest -q -p no:cacheprovider --benchmark-only --full-size -k "bench_resample or bench_pipeline_rtf" \
   --benchmark-json="$out/bench.json"
 # load to ready (Candle, official, memcpy floors) and peak RSS of Candle-only processes
