@@ -331,7 +331,7 @@ impl FewRows for f32 {
         }
         let out = SendPtr(out);
         // the same arithmetic in every build (no FMA contraction): only the vector width differs
-        match best_isa() {
+        match crate::vsin::Isa::best() {
             #[cfg(target_arch = "x86_64")]
             crate::vsin::Isa::Avx512 => unsafe { avx512(x, m, k, w, cols, out, n, bias) },
             #[cfg(target_arch = "x86_64")]
@@ -339,11 +339,6 @@ impl FewRows for f32 {
             _ => body(x, m, k, w, cols, out, n, bias),
         }
     }
-}
-
-fn best_isa() -> crate::vsin::Isa {
-    static BEST: std::sync::OnceLock<crate::vsin::Isa> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| *crate::vsin::Isa::available().last().unwrap_or(&crate::vsin::Isa::Base))
 }
 
 impl candle_core::CustomOp2 for GemmLinear {
@@ -984,4 +979,3 @@ mod tests {
         Ok(())
     }
 }
-

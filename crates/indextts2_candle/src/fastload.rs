@@ -106,13 +106,11 @@ fn run<T: WithDType + Send + Sync>(
                             scratch.extend(src.chunks_exact(width).map(&dec));
                         }
                         let ok = scratch.iter().fold(true, |a, &x| a & finite(x));
-                        for c0 in (0..cols).step_by(16) {
-                            for c in c0..(c0 + 16).min(cols) {
-                                // SAFETY: output row c, columns r0..r0+rn: this band's alone
-                                let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(c * rows + r0), rn) };
-                                for (r, x) in o.iter_mut().enumerate() {
-                                    *x = scratch[r * cols + c];
-                                }
+                        for c in 0..cols {
+                            // SAFETY: output row c, columns r0..r0+rn: this band's alone
+                            let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(c * rows + r0), rn) };
+                            for (r, x) in o.iter_mut().enumerate() {
+                                *x = scratch[r * cols + c];
                             }
                         }
                         ok
@@ -300,4 +298,3 @@ mod tests {
         assert!(fill(&bytes_f32(&big), Conv::F32ToBf16, None, 4).unwrap().is_some());
     }
 }
-

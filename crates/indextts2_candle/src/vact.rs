@@ -25,7 +25,6 @@
 //! baseline / AVX2 / AVX-512 builds give the same bits. Other dtypes and devices keep Candle's own
 //! ops.
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use std::sync::OnceLock;
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 // ln 2 = LN2_HI + LN2_LO; LN2_HI has 21 trailing zero bits, so n·LN2_HI is exact for |n| < 2^11
@@ -292,16 +291,10 @@ pub fn apply_slice_with(isa: Isa, act: Act, xs: &mut [f32]) {
     act_in(isa, xs, act)
 }
 
-static BEST: OnceLock<Isa> = OnceLock::new();
-
-/// The widest build this CPU runs.
-fn best() -> Isa {
-    *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base))
-}
 
 /// In place, with the widest build the CPU runs.
 pub fn apply_slice(act: Act, xs: &mut [f32]) {
-    act_in(best(), xs, act)
+    act_in(Isa::best(), xs, act)
 }
 
 struct ActOp(Act);
@@ -340,7 +333,7 @@ isa_builds!(fn glu_in(a: &[f32], g: &[f32], y: &mut [f32]) { glu_loop!(a, g, y) 
 /// y = a·sigmoid(g), elementwise, with the widest build the CPU runs.
 pub fn glu_slice(a: &[f32], g: &[f32], y: &mut [f32]) {
     assert!(a.len() == y.len() && g.len() == y.len(), "glu_slice: lengths {} {} {}", a.len(), g.len(), y.len());
-    glu_in(best(), a, g, y)
+    glu_in(Isa::best(), a, g, y)
 }
 
 /// One attention score row in place: × scale, + mask, softmax. The max and the sum over eight
@@ -388,7 +381,7 @@ pub fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     if let Some(m) = mask {
         assert_eq!(m.len(), row.len(), "softmax_row: mask length");
     }
-    softmax_in(best(), row, scale, mask)
+    softmax_in(Isa::best(), row, scale, mask)
 }
 
 /// GLU over `dim` of a contiguous tensor: the first half of that dim times sigmoid of the second.

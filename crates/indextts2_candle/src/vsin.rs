@@ -146,12 +146,17 @@ impl Isa {
     }
 }
 
-static BEST: OnceLock<Isa> = OnceLock::new();
+impl Isa {
+    /// The widest build this CPU runs (found once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base))
+    }
+}
 
 /// In place: each element x → sin(x), as [`sinf`] computes it, with the widest build the CPU runs.
 pub fn sin_slice(xs: &mut [f32]) {
-    let isa = *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Base));
-    isa.run(xs)
+    Isa::best().run(xs)
 }
 
 /// `t.sin()`, with [`sin_slice`] for f32 CPU tensors (other dtypes and devices: candle's `sin`).
