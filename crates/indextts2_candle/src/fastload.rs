@@ -2,7 +2,12 @@
 //! (f32 ↔ f16/bf16 exactly as Candle's `to_dtype` does: `half`'s round-to-nearest-even) and, for
 //! GPT-2's `Conv1D`, transposed on the way, with the finiteness scan fused into the copy while the
 //! chunk is in cache. One pass over the bytes instead of copy + convert + transpose + scan.
-use crate::error::Result;
+//!
+//! The bytes come from memory or are read from the file with `pread` ([`Src`]): a read lets the
+//! kernel copy from its page cache into the new buffer, where a copy out of a mapping first maps
+//! every 4 KB page of the file into this process (GPT's 3.5 GB: 0.2 s of page-table work).
+use crate::error::{Error, Result};
+use crate::vsin::Isa;
 use candle_core::{Device, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -20,32 +25,92 @@ pub enum Conv {
     Bf16ToF32,
 }
 
-/// Elements per task: 64 KB of f32, so the scan reads what the copy just wrote from L2.
-const CHUNK: usize = 1 << 14;
+/// A tensor's bytes: in memory, or `len` bytes at `offset` of a file, read on demand.
+#[derive(Clone, Copy)]
+pub enum Src<'a> {
+    Mem(&'a [u8]),
+    File { file: &'a std::fs::File, offset: u64, len: usize },
+}
+
+impl<'a> From<&'a [u8]> for Src<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Src::Mem(b)
+    }
+}
+
+impl Src<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Src::Mem(b) => b.len(),
+            Src::File { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes `at..at + dst.len()` into `dst`.
+    fn read(&self, at: usize, dst: &mut [u8]) -> Result<()> {
+        debug_assert!(at + dst.len() <= self.len());
+        match self {
+            Src::Mem(b) => dst.copy_from_slice(&b[at..at + dst.len()]),
+            #[cfg(unix)]
+            Src::File { file, offset, .. } => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(dst, offset + at as u64)
+                    .map_err(|e| Error::Checkpoint(format!("cannot read {} bytes at {}: {e}", dst.len(), offset + at as u64)))?
+            }
+            #[cfg(not(unix))]
+            Src::File { file, offset, .. } => {
+                use std::os::windows::fs::FileExt;
+                let mut done = 0;
+                while done < dst.len() {
+                    let k = file.seek_read(&mut dst[done..], offset + (at + done) as u64).map_err(|e| Error::Checkpoint(format!("cannot read: {e}")))?;
+                    if k == 0 {
+                        return Err(Error::Checkpoint("unexpected end of file".into()));
+                    }
+                    done += k;
+                }
+            }
+        }
+        Ok(())
+    }
+    /// `dst` (uninitialised) filled with bytes `at..`.
+    fn read_uninit<T>(&self, at: usize, dst: &mut [MaybeUninit<T>]) -> Result<()> {
+        // SAFETY: viewed as bytes only to be written over; u8 has no invalid values and `read`
+        // writes every byte or fails (the buffer is then never read).
+        let d = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst)) };
+        self.read(at, d)
+    }
+}
+
+/// Elements per task: 1 MB of f32. Large enough that a read's fixed cost is small, small enough
+/// that the scan reads what the copy just wrote from L2.
+const CHUNK: usize = 1 << 18;
 /// Input rows per transpose task: a band of GPT-2's widest weight (5120 columns) is 640 KB of
 /// scratch, which stays in L2.
 const RB: usize = 32;
 
-/// `bytes` (little-endian, `n` elements) as a 1-D tensor in the target dtype of `conv`, or the
+/// `src` (little-endian, `n` elements) as a 1-D tensor in the target dtype of `conv`, or the
 /// transposed `[cols·rows]` buffer of a stored `[rows, cols]` matrix when `transpose` is given.
 /// `None` if a value is not finite after the conversion (the caller words the error).
-pub fn fill(bytes: &[u8], conv: Conv, transpose: Option<(usize, usize)>, n: usize) -> Result<Option<Tensor>> {
+pub fn fill<'a>(src: impl Into<Src<'a>>, conv: Conv, transpose: Option<(usize, usize)>, n: usize) -> Result<Option<Tensor>> {
+    let src = src.into();
     let le32 = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     match conv {
-        Conv::F32ToF32 => run::<f32>(bytes, 4, n, transpose, true, le32, |x| x.is_finite()),
-        Conv::F32ToF16 => run::<f16>(bytes, 4, n, transpose, false, move |b| f16::from_f32(le32(b)), |x| x.is_finite()),
-        Conv::F32ToBf16 => run::<bf16>(bytes, 4, n, transpose, false, move |b| bf16::from_f32(le32(b)), |x| x.is_finite()),
-        Conv::F16ToF16 => run::<f16>(bytes, 2, n, transpose, true, move |b| f16::from_bits(le16(b)), |x| x.is_finite()),
-        Conv::F16ToF32 => run::<f32>(bytes, 2, n, transpose, false, move |b| f16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
-        Conv::Bf16ToBf16 => run::<bf16>(bytes, 2, n, transpose, true, move |b| bf16::from_bits(le16(b)), |x| x.is_finite()),
-        Conv::Bf16ToF32 => run::<f32>(bytes, 2, n, transpose, false, move |b| bf16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
+        Conv::F32ToF32 => run::<f32>(src, 4, n, transpose, true, le32, |x| x.is_finite()),
+        Conv::F32ToF16 => run::<f16>(src, 4, n, transpose, false, move |b| f16::from_f32(le32(b)), |x| x.is_finite()),
+        Conv::F32ToBf16 => run::<bf16>(src, 4, n, transpose, false, move |b| bf16::from_f32(le32(b)), |x| x.is_finite()),
+        Conv::F16ToF16 => run::<f16>(src, 2, n, transpose, true, move |b| f16::from_bits(le16(b)), |x| x.is_finite()),
+        Conv::F16ToF32 => run::<f32>(src, 2, n, transpose, false, move |b| f16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
+        Conv::Bf16ToBf16 => run::<bf16>(src, 2, n, transpose, true, move |b| bf16::from_bits(le16(b)), |x| x.is_finite()),
+        Conv::Bf16ToF32 => run::<f32>(src, 2, n, transpose, false, move |b| bf16::from_bits(le16(b)).to_f32(), |x| x.is_finite()),
     }
 }
 
 /// `same`: the stored and the target representation are one (a byte copy on little-endian).
 fn run<T: WithDType + Send + Sync>(
-    bytes: &[u8],
+    src: Src<'_>,
     width: usize,
     n: usize,
     transpose: Option<(usize, usize)>,
@@ -53,35 +118,35 @@ fn run<T: WithDType + Send + Sync>(
     dec: impl Fn(&[u8]) -> T + Sync,
     finite: impl Fn(T) -> bool + Sync,
 ) -> Result<Option<Tensor>> {
-    debug_assert_eq!(bytes.len(), n * width);
+    debug_assert_eq!(src.len(), n * width);
+    let same = same && cfg!(target_endian = "little");
+    debug_assert!(!same || std::mem::size_of::<T>() == width);
     let mut v: Vec<T> = Vec::with_capacity(n);
     advise_huge(&mut v);
     let dst = &mut v.spare_capacity_mut()[..n];
+    // A task's bytes into `d` as values: straight in when `same`, else through the byte scratch.
+    let load = |at: usize, d: &mut [MaybeUninit<T>], bytes: &mut Vec<u8>| -> Result<()> {
+        if same {
+            return src.read_uninit(at * width, d);
+        }
+        bytes.resize(d.len() * width, 0);
+        src.read(at * width, bytes)?;
+        for (o, b) in d.iter_mut().zip(bytes.chunks_exact(width)) {
+            o.write(dec(b));
+        }
+        Ok(())
+    };
     let ok = match transpose {
         None => dst
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .map(|(i, d)| {
-                let src = &bytes[i * CHUNK * width..(i * CHUNK + d.len()) * width];
-                if same && cfg!(target_endian = "little") {
-                    // SAFETY: `d` has room for d.len() elements of `width` bytes (= size_of::<T>()
-                    // when `same`), and a mapped file never overlaps the fresh buffer.
-                    debug_assert_eq!(std::mem::size_of::<T>(), width);
-                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), d.as_mut_ptr() as *mut u8, src.len()) };
-                    // SAFETY: every element of `d` was written just above.
-                    let d = unsafe { &*(d as *const [MaybeUninit<T>] as *const [T]) };
-                    d.iter().all(|&x| finite(x))
-                } else {
-                    let mut ok = true;
-                    for (o, b) in d.iter_mut().zip(src.chunks_exact(width)) {
-                        let x = dec(b);
-                        ok &= finite(x);
-                        o.write(x);
-                    }
-                    ok
-                }
+            .map_init(Vec::new, |bytes, (i, d)| -> Result<bool> {
+                load(i * CHUNK, d, bytes)?;
+                // SAFETY: every element of `d` was written just above.
+                let d = unsafe { &*(d as *const [MaybeUninit<T>] as *const [T]) };
+                Ok(d.iter().fold(true, |a, &x| a & finite(x)))
             })
-            .reduce(|| true, |a, b| a && b),
+            .try_reduce(|| true, |a, b| Ok(a && b))?,
         Some((rows, cols)) => {
             // A band of RB input rows (= RB output columns) per task: the band's bytes read once,
             // sequentially, into an L2 scratch (decoded, the scan there), then written out as RB
@@ -91,21 +156,21 @@ fn run<T: WithDType + Send + Sync>(
             (0..rows.div_ceil(RB))
                 .into_par_iter()
                 .map_init(
-                    || Vec::<T>::with_capacity(RB * cols),
-                    |scratch, band| {
+                    || (Vec::<T>::with_capacity(RB * cols), Vec::new()),
+                    |(scratch, bytes), band| -> Result<bool> {
                         let (r0, rn) = (band * RB, RB.min(rows - band * RB));
-                        let src = &bytes[r0 * cols * width..(r0 + rn) * cols * width];
                         scratch.clear();
-                        if same && cfg!(target_endian = "little") {
-                            // SAFETY: room for rn·cols elements of `width` (= size_of::<T>()) bytes
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(src.as_ptr(), scratch.as_mut_ptr() as *mut u8, src.len());
-                                scratch.set_len(rn * cols);
-                            }
-                        } else {
-                            scratch.extend(src.chunks_exact(width).map(&dec));
-                        }
+                        load(r0 * cols, &mut scratch.spare_capacity_mut()[..rn * cols], bytes)?;
+                        // SAFETY: `load` wrote rn·cols elements (it fails otherwise)
+                        unsafe { scratch.set_len(rn * cols) };
                         let ok = scratch.iter().fold(true, |a, &x| a & finite(x));
+                        #[cfg(target_arch = "x86_64")]
+                        if std::mem::size_of::<T>() == 4 && Isa::best() != Isa::Base {
+                            // SAFETY: AVX is present (every non-base build has it); 4-byte values
+                            // are moved as f32 bits; output rows c, columns r0..r0+rn: this band's.
+                            unsafe { transpose_band_avx(scratch.as_ptr() as *const f32, rn, cols, out.get() as *mut f32, rows, r0) };
+                            return Ok(ok);
+                        }
                         for c in 0..cols {
                             // SAFETY: output row c, columns r0..r0+rn: this band's alone
                             let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(c * rows + r0), rn) };
@@ -113,18 +178,74 @@ fn run<T: WithDType + Send + Sync>(
                                 *x = scratch[r * cols + c];
                             }
                         }
-                        ok
+                        Ok(ok)
                     },
                 )
-                .reduce(|| true, |a, b| a && b)
+                .try_reduce(|| true, |a, b| Ok(a && b))?
         }
     };
-    // SAFETY: both branches write every one of the n elements (the chunks tile the buffer).
+    // SAFETY: both branches wrote every one of the n elements (the chunks tile the buffer); a
+    // failed read returned above.
     unsafe { v.set_len(n) };
     if !ok {
         return Ok(None);
     }
     Ok(Some(Tensor::from_vec(v, n, &Device::Cpu)?))
+}
+
+/// `out[c·rows + r0 + r] = band[r·cols + c]` for `r < rn`, `c < cols`: 8×8 blocks transposed in
+/// registers (8 loads, 24 shuffles, 8 stores of 32 bytes), the edges one value at a time. The
+/// scalar form stored one value per instruction and was the GPT load's largest user-space cost.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_band_avx(band: *const f32, rn: usize, cols: usize, out: *mut f32, rows: usize, r0: usize) {
+    use std::arch::x86_64::*;
+    let (rb, cb) = (rn / 8 * 8, cols / 8 * 8);
+    // 8 output rows' runs of this band, transposed here first, then streamed out row by row
+    let mut tile = [[0f32; RB]; 8];
+    for c in (0..cb).step_by(8) {
+        for r in (0..rb).step_by(8) {
+            let l = |i: usize| _mm256_loadu_ps(band.add((r + i) * cols + c));
+            let (a0, a1) = (_mm256_unpacklo_ps(l(0), l(1)), _mm256_unpackhi_ps(l(0), l(1)));
+            let (a2, a3) = (_mm256_unpacklo_ps(l(2), l(3)), _mm256_unpackhi_ps(l(2), l(3)));
+            let (a4, a5) = (_mm256_unpacklo_ps(l(4), l(5)), _mm256_unpackhi_ps(l(4), l(5)));
+            let (a6, a7) = (_mm256_unpacklo_ps(l(6), l(7)), _mm256_unpackhi_ps(l(6), l(7)));
+            let (b0, b1) = (_mm256_shuffle_ps::<0x44>(a0, a2), _mm256_shuffle_ps::<0xEE>(a0, a2));
+            let (b2, b3) = (_mm256_shuffle_ps::<0x44>(a1, a3), _mm256_shuffle_ps::<0xEE>(a1, a3));
+            let (b4, b5) = (_mm256_shuffle_ps::<0x44>(a4, a6), _mm256_shuffle_ps::<0xEE>(a4, a6));
+            let (b6, b7) = (_mm256_shuffle_ps::<0x44>(a5, a7), _mm256_shuffle_ps::<0xEE>(a5, a7));
+            let mut s = |j: usize, v| _mm256_storeu_ps(tile[j].as_mut_ptr().add(r), v);
+            s(0, _mm256_permute2f128_ps::<0x20>(b0, b4));
+            s(1, _mm256_permute2f128_ps::<0x20>(b1, b5));
+            s(2, _mm256_permute2f128_ps::<0x20>(b2, b6));
+            s(3, _mm256_permute2f128_ps::<0x20>(b3, b7));
+            s(4, _mm256_permute2f128_ps::<0x31>(b0, b4));
+            s(5, _mm256_permute2f128_ps::<0x31>(b1, b5));
+            s(6, _mm256_permute2f128_ps::<0x31>(b2, b6));
+            s(7, _mm256_permute2f128_ps::<0x31>(b3, b7));
+        }
+        for (j, t) in tile.iter_mut().enumerate() {
+            for (r, x) in t.iter_mut().enumerate().take(rn).skip(rb) {
+                *x = *band.add(r * cols + c + j);
+            }
+            let o = out.add((c + j) * rows + r0);
+            if o as usize % 16 == 0 && rn % 4 == 0 {
+                // streamed past the caches: the fresh page's lines are not read back first
+                for q in (0..rn).step_by(4) {
+                    _mm_stream_ps(o.add(q), _mm_loadu_ps(t.as_ptr().add(q)));
+                }
+            } else {
+                std::ptr::copy_nonoverlapping(t.as_ptr(), o, rn);
+            }
+        }
+    }
+    for j in cb..cols {
+        for r in 0..rn {
+            *out.add(j * rows + r0 + r) = *band.add(r * cols + j);
+        }
+    }
+    // the streamed stores ordered before this task's completion is published
+    _mm_sfence();
 }
 
 /// torch's weight norm (dim 0), `w = g · v / ‖v‖`, straight from the file's little-endian f32 bytes
@@ -135,10 +256,20 @@ fn run<T: WithDType + Send + Sync>(
 /// [`crate::dense::tap_major`] (returned as its `[co, ci, k]` view). The load makes one pass into new
 /// memory instead of a copy of `v` and then a folded copy. `None` if `g` or `v` holds a non-finite
 /// value (the caller's general path words the error).
-pub fn fold_weight_norm(g: &[u8], v: &[u8], co: usize, ci: usize, k: usize, tap_major: bool) -> Result<Option<Tensor>> {
+pub fn fold_weight_norm<'a>(
+    g: impl Into<Src<'a>>,
+    v: impl Into<Src<'a>>,
+    co: usize,
+    ci: usize,
+    k: usize,
+    tap_major: bool,
+) -> Result<Option<Tensor>> {
+    let (g, v) = (g.into(), v.into());
     let row = ci * k;
     debug_assert!(g.len() == co * 4 && v.len() == co * row * 4);
     let le32 = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut gb = vec![0u8; co * 4];
+    g.read(0, &mut gb)?;
     let n = co * row;
     let mut out: Vec<f32> = Vec::with_capacity(n);
     advise_huge(&mut out);
@@ -147,12 +278,14 @@ pub fn fold_weight_norm(g: &[u8], v: &[u8], co: usize, ci: usize, k: usize, tap_
         .into_par_iter()
         .map_init(
             || vec![0f32; row],
-            |vr, o| {
-                // the row decoded once into scratch (≤ 68 KB at BigVGAN's width: it stays in L2)
-                for (x, b) in vr.iter_mut().zip(v[o * row * 4..(o + 1) * row * 4].chunks_exact(4)) {
-                    *x = le32(b);
+            |vr, o| -> Result<bool> {
+                // the row read once into scratch (≤ 68 KB at BigVGAN's width: it stays in L2)
+                // SAFETY: the f32 scratch viewed as its bytes, to be overwritten by the read
+                v.read(o * row * 4, unsafe { std::slice::from_raw_parts_mut(vr.as_mut_ptr() as *mut u8, row * 4) })?;
+                if cfg!(target_endian = "big") {
+                    vr.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
                 }
-                let gv = le32(&g[o * 4..o * 4 + 4]);
+                let gv = le32(&gb[o * 4..o * 4 + 4]);
                 let ok = gv.is_finite() && vr.iter().fold(true, |a, x| a & x.is_finite());
                 let scale = gv as f64 / sum_sq_f64(vr).sqrt();
                 let w = |x: f32| (x as f64 * scale) as f32;
@@ -171,11 +304,12 @@ pub fn fold_weight_norm(g: &[u8], v: &[u8], co: usize, ci: usize, k: usize, tap_
                         *x = w(y);
                     }
                 }
-                ok
+                Ok(ok)
             },
         )
-        .reduce(|| true, |a, b| a && b);
-    // SAFETY: the channels' rows tile the buffer; every element was written above.
+        .try_reduce(|| true, |a, b| Ok(a && b))?;
+    // SAFETY: the channels' rows tile the buffer; every element was written above (a failed read
+    // returned).
     unsafe { out.set_len(n) };
     if !ok {
         return Ok(None);
@@ -238,20 +372,20 @@ mod tests {
     fn equals_candle_copy_convert_and_transpose() {
         // sizes around the chunk and band edges; values that round differently in f16/bf16
         for (r, c) in [(1, 1), (3, 130), (129, 65), (200, 64), (7, CHUNK / 7 + 3)] {
-            let v: Vec<f32> = (0..r * c).map(|i| (i as f32 * 0.731 - 50.0) * 1.0001).collect();
+            let v: Vec<f32> = (0..r * c).map(|i| ((i % 10007) as f32 * 0.731 - 50.0) * 1.0001).collect();
             let b = bytes_f32(&v);
             let want = Tensor::from_vec(v.clone(), (r, c), &Device::Cpu).unwrap();
             for (conv, dt) in [(Conv::F32ToF32, DType::F32), (Conv::F32ToF16, DType::F16), (Conv::F32ToBf16, DType::BF16)] {
                 let w = want.to_dtype(dt).unwrap();
-                let got = fill(&b, conv, None, r * c).unwrap().unwrap().reshape((r, c)).unwrap();
-                let gt = fill(&b, conv, Some((r, c)), r * c).unwrap().unwrap().reshape((c, r)).unwrap();
+                let got = fill(&b[..], conv, None, r * c).unwrap().unwrap().reshape((r, c)).unwrap();
+                let gt = fill(&b[..], conv, Some((r, c)), r * c).unwrap().unwrap().reshape((c, r)).unwrap();
                 let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(f(&got), f(&w), "{conv:?} {r}x{c}");
                 assert_eq!(f(&gt), f(&w.t().unwrap().contiguous().unwrap()), "{conv:?} transposed {r}x{c}");
             }
             let h = want.to_dtype(DType::F16).unwrap().flatten_all().unwrap().to_vec1::<f16>().unwrap();
             let hb: Vec<u8> = h.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
-            let back = fill(&hb, Conv::F16ToF32, None, r * c).unwrap().unwrap();
+            let back = fill(&hb[..], Conv::F16ToF32, None, r * c).unwrap().unwrap();
             assert_eq!(back.to_vec1::<f32>().unwrap(), h.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
         }
     }
@@ -269,7 +403,7 @@ mod tests {
             let want = weight_norm_fold(&f64_(&gt), &f64_(&vt)).unwrap().to_dtype(DType::F32).unwrap();
             let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for tap_major in [false, true] {
-                let got = fold_weight_norm(&bytes_f32(&g), &bytes_f32(&v), co, ci, k, tap_major).unwrap().unwrap();
+                let got = fold_weight_norm(&bytes_f32(&g)[..], &bytes_f32(&v)[..], co, ci, k, tap_major).unwrap().unwrap();
                 assert_eq!(got.dims(), [co, ci, k]);
                 let strides: &[usize] = if tap_major && k > 1 { &[ci, 1, co * ci] } else { &[ci * k, k, 1] };
                 assert_eq!(got.layout().stride(), strides, "{co}x{ci}x{k} tap_major {tap_major}");
@@ -280,21 +414,56 @@ mod tests {
             }
             let mut bad = v.clone();
             bad[co * ci * k - 1] = f32::INFINITY;
-            assert!(fold_weight_norm(&bytes_f32(&g), &bytes_f32(&bad), co, ci, k, true).unwrap().is_none());
+            assert!(fold_weight_norm(&bytes_f32(&g)[..], &bytes_f32(&bad)[..], co, ci, k, true).unwrap().is_none());
             let mut bad_g = g.clone();
             bad_g[0] = f32::NAN;
-            assert!(fold_weight_norm(&bytes_f32(&bad_g), &bytes_f32(&v), co, ci, k, false).unwrap().is_none());
+            assert!(fold_weight_norm(&bytes_f32(&bad_g)[..], &bytes_f32(&v)[..], co, ci, k, false).unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn file_reads_equal_memory() {
+        use std::io::Write;
+        // a header's worth of other bytes first, so every read is at an offset
+        let (r, c, pre) = (37, 2 * RB + 5, 13usize);
+        let v: Vec<f32> = (0..r * c).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.3e-3).collect();
+        let g: Vec<f32> = (0..r).map(|o| 0.5 + o as f32 * 0.37).collect();
+        let (vb, gb) = (bytes_f32(&v), bytes_f32(&g));
+        let path = std::env::temp_dir().join(format!("fastload-{}.bin", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![7u8; pre]).unwrap();
+        f.write_all(&vb).unwrap();
+        f.write_all(&gb).unwrap();
+        drop(f);
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let vf = Src::File { file: &file, offset: pre as u64, len: vb.len() };
+        let gf = Src::File { file: &file, offset: (pre + vb.len()) as u64, len: gb.len() };
+        let all = |t: Tensor| t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        for conv in [Conv::F32ToF32, Conv::F32ToF16, Conv::F32ToBf16] {
+            for tr in [None, Some((r, c))] {
+                let (a, b) = (fill(vf, conv, tr, r * c).unwrap().unwrap(), fill(&vb[..], conv, tr, r * c).unwrap().unwrap());
+                assert_eq!(all(a), all(b), "{conv:?} {tr:?}");
+            }
+        }
+        for tm in [false, true] {
+            let a = fold_weight_norm(gf, vf, r, c / 5, 5, tm).unwrap().unwrap();
+            let b = fold_weight_norm(&gb[..], &vb[..], r, c / 5, 5, tm).unwrap().unwrap();
+            assert_eq!(all(a.flatten_all().unwrap()), all(b.flatten_all().unwrap()));
+        }
+        // a range past the end of the file is an error, not a short tensor
+        let past = Src::File { file: &file, offset: (pre + gb.len() + 4) as u64, len: vb.len() };
+        assert!(fill(past, Conv::F32ToF32, None, r * c).is_err());
     }
 
     #[test]
     fn non_finite_is_reported() {
         let mut v = vec![1f32; 3 * CHUNK];
         v[2 * CHUNK + 5] = f32::NAN;
-        assert!(fill(&bytes_f32(&v), Conv::F32ToF32, None, v.len()).unwrap().is_none());
-        assert!(fill(&bytes_f32(&v), Conv::F32ToF32, Some((3, CHUNK)), v.len()).unwrap().is_none());
+        assert!(fill(&bytes_f32(&v)[..], Conv::F32ToF32, None, v.len()).unwrap().is_none());
+        assert!(fill(&bytes_f32(&v)[..], Conv::F32ToF32, Some((3, CHUNK)), v.len()).unwrap().is_none());
         let big = vec![70000f32; 4]; // finite in f32, Inf in f16
-        assert!(fill(&bytes_f32(&big), Conv::F32ToF16, None, 4).unwrap().is_none());
-        assert!(fill(&bytes_f32(&big), Conv::F32ToBf16, None, 4).unwrap().is_some());
+        assert!(fill(&bytes_f32(&big)[..], Conv::F32ToF16, None, 4).unwrap().is_none());
+        assert!(fill(&bytes_f32(&big)[..], Conv::F32ToBf16, None, 4).unwrap().is_some());
     }
 }

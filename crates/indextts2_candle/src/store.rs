@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 pub struct Store {
     path: String,
+    file: std::fs::File,
     mmap: memmap2::Mmap,
     data_start: usize,
     infos: BTreeMap<String, TensorInfo>,
@@ -71,6 +72,7 @@ impl Store {
             .collect();
         Ok(Arc::new(Store {
             path: path_s,
+            file,
             mmap,
             data_start: 8 + n,
             infos,
@@ -121,6 +123,18 @@ impl Store {
                                     st_dtype_name(info.dtype)));
         }
         Ok((info, bytes))
+    }
+
+    /// The key's bytes as the fast path's source: read from the file with `pread` (the kernel
+    /// copies from its page cache into the new buffer; the mapping's range is never touched), or
+    /// the mapped bytes where there is no positional read.
+    fn src(&self, key: &str) -> Result<(&TensorInfo, crate::fastload::Src<'_>)> {
+        let (info, bytes) = self.bytes(key)?;
+        if cfg!(unix) {
+            let offset = (self.data_start + info.data_offsets.0) as u64;
+            return Ok((info, crate::fastload::Src::File { file: &self.file, offset, len: bytes.len() }));
+        }
+        Ok((info, bytes.into()))
     }
 
     /// After the key's bytes are copied: record the request and drop the bytes' pages from this
@@ -249,7 +263,7 @@ impl Store {
             (StDtype::BF16, DType::F32) => Conv::Bf16ToF32,
             _ => return Ok(None),
         };
-        let (info, bytes) = self.bytes(key)?;
+        let (info, bytes) = self.src(key)?;
         let dims = if transpose {
             match shape.dims() {
                 [r, c] => Some((*r, *c)),
@@ -268,7 +282,7 @@ impl Store {
     }
 
     /// CPU fast path of a weight-norm fold, `g_key` `[co, 1, …]` and `v_key` `shape` both stored f32
-    /// for an f32 model: [`crate::fastload::fold_weight_norm`] from the mapped bytes (`tap_major`: a
+    /// for an f32 model: [`crate::fastload::fold_weight_norm`] from the file's bytes (`tap_major`: a
     /// 3-D conv weight in [`crate::dense::tap_major`]'s layout). `None`: not this path (other device,
     /// dtype or shape, or a non-finite value); the caller loads both tensors, folds them and words
     /// any error.
@@ -288,7 +302,7 @@ impl Store {
             [co, rest @ ..] => (*co, rest.iter().product(), 1, false),
             [] => return Ok(None),
         };
-        let ((gi, gb), (vi, vb)) = (self.bytes(g_key)?, self.bytes(v_key)?);
+        let ((gi, gb), (vi, vb)) = (self.src(g_key)?, self.src(v_key)?);
         let Some(t) = crate::fastload::fold_weight_norm(gb, vb, co, ci, k, tm)? else { return Ok(None) };
         self.done(g_key, gi);
         self.done(v_key, vi);
