@@ -136,6 +136,14 @@ fn run<T: WithDType + Send + Sync>(
         }
         Ok(())
     };
+    // the finiteness scan; f32 with the widest vector build (f16/bf16 are the rarer loads)
+    let scan = |d: &[T]| -> bool {
+        if T::DTYPE == candle_core::DType::F32 {
+            // SAFETY: T is f32 (its DTYPE says so)
+            return all_finite_f32(unsafe { &*(d as *const [T] as *const [f32]) });
+        }
+        d.iter().fold(true, |a, &x| a & finite(x))
+    };
     let ok = match transpose {
         None => dst
             .par_chunks_mut(CHUNK)
@@ -144,7 +152,7 @@ fn run<T: WithDType + Send + Sync>(
                 load(i * CHUNK, d, bytes)?;
                 // SAFETY: every element of `d` was written just above.
                 let d = unsafe { &*(d as *const [MaybeUninit<T>] as *const [T]) };
-                Ok(d.iter().fold(true, |a, &x| a & finite(x)))
+                Ok(scan(d))
             })
             .try_reduce(|| true, |a, b| Ok(a && b))?,
         Some((rows, cols)) => {
@@ -163,7 +171,7 @@ fn run<T: WithDType + Send + Sync>(
                         load(r0 * cols, &mut scratch.spare_capacity_mut()[..rn * cols], bytes)?;
                         // SAFETY: `load` wrote rn·cols elements (it fails otherwise)
                         unsafe { scratch.set_len(rn * cols) };
-                        let ok = scratch.iter().fold(true, |a, &x| a & finite(x));
+                        let ok = scan(scratch);
                         #[cfg(target_arch = "x86_64")]
                         if std::mem::size_of::<T>() == 4 && Isa::best() != Isa::Base {
                             // SAFETY: AVX is present (every non-base build has it); 4-byte values
@@ -285,24 +293,18 @@ pub fn fold_weight_norm<'a>(
                 if cfg!(target_endian = "big") {
                     vr.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
                 }
-                let gv = le32(&gb[o * 4..o * 4 + 4]);
-                let ok = gv.is_finite() && vr.iter().fold(true, |a, x| a & x.is_finite());
-                let scale = gv as f64 / sum_sq_f64(vr).sqrt();
-                let w = |x: f32| (x as f64 * scale) as f32;
+                let ok = fold_row(vr, le32(&gb[o * 4..o * 4 + 4]));
                 if tap_major {
                     for j in 0..k {
                         // SAFETY: channel o alone writes rows (j, o), j < k, of the k·co·ci buffer
                         let r = unsafe { std::slice::from_raw_parts_mut(dst.get().add((j * co + o) * ci), ci) };
-                        for (i, x) in r.iter_mut().enumerate() {
-                            *x = w(vr[i * k + j]);
+                        for (x, &y) in r.iter_mut().zip(vr.iter().skip(j).step_by(k)) {
+                            *x = y;
                         }
                     }
                 } else {
                     // SAFETY: channel o alone writes its row o of the co·row buffer
-                    let r = unsafe { std::slice::from_raw_parts_mut(dst.get().add(o * row), row) };
-                    for (x, &y) in r.iter_mut().zip(vr.iter()) {
-                        *x = w(y);
-                    }
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(o * row), row) }.copy_from_slice(vr);
                 }
                 Ok(ok)
             },
@@ -321,10 +323,74 @@ pub fn fold_weight_norm<'a>(
     }))
 }
 
+/// Whether every value is finite, with the widest vector build (the same answer on each).
+fn all_finite_f32(x: &[f32]) -> bool {
+    #[inline(always)]
+    fn body(x: &[f32]) -> bool {
+        x.iter().fold(true, |a, v| a & v.is_finite())
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32]) -> bool {
+            body(x)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32]) -> bool {
+            body(x)
+        }
+        match Isa::best() {
+            // SAFETY: builds `Isa::best()` found on this CPU
+            Isa::Avx512 => return unsafe { avx512(x) },
+            Isa::Avx2 => return unsafe { avx2(x) },
+            Isa::Base => {}
+        }
+    }
+    body(x)
+}
+
+/// One channel of the fold, in place: `v · g/‖v‖` (f64, rounded once); whether `g` and the row
+/// are finite. Built for the widest vector unit at hand: every build does the same operations in
+/// the same order (no FMA), so the bits do not depend on the CPU.
+fn fold_row(vr: &mut [f32], g: f32) -> bool {
+    fold_row_with(Isa::best(), vr, g)
+}
+
+/// [`fold_row`] with the given build (one the CPU runs).
+fn fold_row_with(isa: Isa, vr: &mut [f32], g: f32) -> bool {
+    #[inline(always)]
+    fn body(vr: &mut [f32], g: f32) -> bool {
+        let ok = g.is_finite() && vr.iter().fold(true, |a, x| a & x.is_finite());
+        let scale = g as f64 / sum_sq_f64(vr).sqrt();
+        vr.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32);
+        ok
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(vr: &mut [f32], g: f32) -> bool {
+            body(vr, g)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(vr: &mut [f32], g: f32) -> bool {
+            body(vr, g)
+        }
+        debug_assert!(Isa::available().contains(&isa));
+        match isa {
+            // SAFETY: builds `Isa::available()` found on this CPU (the callers' contract)
+            Isa::Avx512 => return unsafe { avx512(vr, g) },
+            Isa::Avx2 => return unsafe { avx2(vr, g) },
+            Isa::Base => {}
+        }
+    }
+    body(vr, g)
+}
+
 /// Σ x² in f64 over eight interleaved partial sums (lane l takes every eighth value from l, the
 /// lanes added in order at the end): independent chains the compiler vectorises, where one
 /// sequential f64 chain is bound by the adder's latency (the weight-norm fold of BigVGAN's 450 MB
 /// spent most of its load there).
+#[inline(always)]
 pub(crate) fn sum_sq_f64(x: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let mut it = x.chunks_exact(8);
@@ -454,6 +520,20 @@ mod tests {
         // a range past the end of the file is an error, not a short tensor
         let past = Src::File { file: &file, offset: (pre + gb.len() + 4) as u64, len: vb.len() };
         assert!(fill(past, Conv::F32ToF32, None, r * c).is_err());
+    }
+
+    #[test]
+    fn fold_row_has_the_same_bits_on_every_build() {
+        for n in [1, 7, 8, 9, 33, 1536 * 7 + 3] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.37e-3).collect();
+            let mut want = v.clone();
+            assert!(fold_row_with(Isa::Base, &mut want, 0.731));
+            for isa in Isa::available() {
+                let mut got = v.clone();
+                assert!(fold_row_with(isa, &mut got, 0.731));
+                assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{isa:?} n={n}");
+            }
+        }
     }
 
     #[test]
