@@ -276,12 +276,13 @@ trait FewRows: Sized {
 
 impl FewRows for f64 {}
 
-/// The most input rows [`FewRows`] takes. Measured on streamed f32 weights (2 threads, AVX-512,
-/// ms for gemm → these dots) at 24 rows: [4096, 1024] 3.73 → 2.15, [1024, 4096] 3.68 → 1.89,
-/// [1280, 5120] 5.87 → 3.10, but [3840, 1280] 1.78 → 2.57; at 32-48 rows gemm is level or ahead.
-/// 24 takes w2v-bert's frames of a 0.5 s clip (0.39 → 0.21 s a call; torch 0.20). Two rows per
-/// pass over a weight row were slower in the 3-beam decode (2.25 against 1.60 s).
-pub const FEW_ROWS: usize = 24;
+/// The most input rows [`FewRows`] takes. First measured on streamed f32 weights with one weight
+/// row per pass (2 threads, AVX-512, ms for gemm → these dots) at 24 rows: [4096, 1024] 3.73 →
+/// 2.15, [1024, 4096] 3.68 → 1.89, [1280, 5120] 5.87 → 3.10, but [3840, 1280] 1.78 → 2.57. With
+/// four weight rows per pass (candle only, min of 3; gemm → dots): w2v-bert 406 → 196 ms at 32
+/// frames, 438 → 288 at 48, 482 → 375 at 64; the codec's quantize 14.5 → 11.7 ms at 32, but
+/// 19.2 → 20.6 at 64; GPT's teacher-forced pass (about 54 rows) 0.34 → 0.36 s. Hence 32.
+pub const FEW_ROWS: usize = 32;
 /// Accumulator lanes per row: independent sums LLVM vectorises at every width.
 const LANES: usize = 16;
 
@@ -292,31 +293,53 @@ impl FewRows for f32 {
     unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: *mut f32, n: usize, bias: Option<&[f32]>) {
         #[inline(always)]
         fn body(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
-            for j in 0..cols {
-                let wr = &w[j * k..(j + 1) * k];
-                for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
-                    let mut acc = [0f32; LANES];
-                    for (a, b) in xr.chunks_exact(LANES).zip(wr.chunks_exact(LANES)) {
-                        for l in 0..LANES {
-                            acc[l] += a[l] * b[l];
-                        }
+            // WR weight rows per pass over an input row: each load of x serves WR products (x
+            // of a wide layer at 24 rows is L2-resident, not L1). Every output keeps its own
+            // lanes and order, so the bits are those of one row at a time. Measured at 24 rows
+            // (2 threads, AVX-512): codec quantize 11.9 → 8.6 ms, w2v-bert 208 → 151 ms, the
+            // 3-beam decode 1.60 → 1.39 s. The chunks are taken as arrays so the compiler knows
+            // their bounds: indexing the rows' slices in the loop did not vectorise (7× slower),
+            // nor did WR = 8 written with pointers.
+            const WR: usize = 4;
+            let tail = k / LANES * LANES;
+            // pairwise: 16 → 8 → 4 → 2 → 1
+            let reduce = |acc: &mut [f32; LANES]| {
+                let mut h = LANES;
+                while h > 1 {
+                    h /= 2;
+                    for l in 0..h {
+                        acc[l] += acc[l + h];
                     }
-                    let tail = k / LANES * LANES;
-                    for (l, (a, b)) in xr[tail..].iter().zip(&wr[tail..]).enumerate() {
-                        acc[l] += a * b;
-                    }
-                    // pairwise: 16 → 8 → 4 → 2 → 1
-                    let mut h = LANES;
-                    while h > 1 {
-                        h /= 2;
-                        for l in 0..h {
-                            acc[l] += acc[l + h];
-                        }
-                    }
-                    let y = bias.map_or(0.0, |b| b[j]) + acc[0];
-                    // SAFETY: the caller's contract (row r, column j of its split)
-                    unsafe { *out.get().add(r * n + j) = y };
                 }
+                acc[0]
+            };
+            let mut j = 0;
+            while j < cols {
+                let jn = WR.min(cols - j);
+                let wr: [&[f32]; WR] = std::array::from_fn(|q| &w[(j + q.min(jn - 1)) * k..(j + q.min(jn - 1) + 1) * k]);
+                for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
+                    let mut acc = [[0f32; LANES]; WR];
+                    let it = xr.chunks_exact(LANES).zip(wr[0].chunks_exact(LANES)).zip(wr[1].chunks_exact(LANES));
+                    for (((a, b0), b1), (b2, b3)) in it.zip(wr[2].chunks_exact(LANES).zip(wr[3].chunks_exact(LANES))) {
+                        let (a, b0, b1, b2, b3): (&[f32; LANES], &[f32; LANES], &[f32; LANES], &[f32; LANES], &[f32; LANES]) =
+                            (a.try_into().unwrap(), b0.try_into().unwrap(), b1.try_into().unwrap(), b2.try_into().unwrap(), b3.try_into().unwrap());
+                        for l in 0..LANES {
+                            acc[0][l] += a[l] * b0[l];
+                            acc[1][l] += a[l] * b1[l];
+                            acc[2][l] += a[l] * b2[l];
+                            acc[3][l] += a[l] * b3[l];
+                        }
+                    }
+                    for q in 0..jn {
+                        for (l, (a, b)) in xr[tail..].iter().zip(&wr[q][tail..]).enumerate() {
+                            acc[q][l] += a * b;
+                        }
+                        let y = bias.map_or(0.0, |b| b[j + q]) + reduce(&mut acc[q]);
+                        // SAFETY: the caller's contract (row r, column j + q of its split)
+                        unsafe { *out.get().add(r * n + j + q) = y };
+                    }
+                }
+                j += jn;
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -843,7 +866,7 @@ mod tests {
     #[test]
     fn few_rows_linear_within_its_summation_bound() -> Result<()> {
         let d = Device::Cpu;
-        for (m, k, n) in [(2usize, 16usize, 33usize), (3, 1280, 70), (5, 37, 129), (8, 300, 17), (24, 64, 40), (25, 64, 9)] {
+        for (m, k, n) in [(2usize, 16usize, 33usize), (3, 1280, 70), (5, 37, 129), (8, 300, 17), (24, 64, 40), (32, 300, 7), (33, 64, 9)] {
             let x = Tensor::randn(0f32, 1.0, (1, m, k), &d)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &d)?;
             let b = Tensor::randn(0f32, 1.0, n, &d)?;
@@ -860,6 +883,28 @@ mod tests {
                 let bound = ((mag.clone() * ((k / LANES + 5) as f64 * eps))? + (want.abs()? * eps)?)?;
                 let over = ((&got - &want)?.abs()? - bound)?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
                 assert!(over <= 0.0, "m {m} k {k} n {n} bias {}: {over:e} over the bound", bias.is_some());
+                if m <= FEW_ROWS {
+                    // and exactly the documented order, one output at a time: LANES sums, pairwise
+                    let (xv, wv) = (x.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?.to_vec1::<f32>()?);
+                    let bv = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+                    let got = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    for (i, g) in got.iter().enumerate() {
+                        let (r, j) = (i / n, i % n);
+                        let mut acc = [0f32; LANES];
+                        for c in 0..k {
+                            acc[c % LANES] += xv[r * k + c] * wv[j * k + c];
+                        }
+                        let mut h = LANES;
+                        while h > 1 {
+                            h /= 2;
+                            for l in 0..h {
+                                acc[l] += acc[l + h];
+                            }
+                        }
+                        let y = bv.as_ref().map_or(0.0, |b| b[j]) + acc[0];
+                        assert_eq!(g.to_bits(), y.to_bits(), "m {m} k {k} n {n}: output ({r}, {j})");
+                    }
+                }
             }
         }
         Ok(())
