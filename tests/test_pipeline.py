@@ -467,7 +467,8 @@ def test_bench_pipeline_rtf(decoding, side, benchmark, request):
 @pytest.mark.benchmark(group="pipeline-load")
 @pytest.mark.parametrize("side", ["candle_mmap", "torch_load"])
 def test_bench_pipeline_load(side, benchmark, request):
-    """Whole-stack load: the Rust pipeline from its one safetensors (mmap) vs torch.load of the
+    """Whole-stack load: the Rust pipeline from its one safetensors (header mapped, tensors read
+    into their buffers; the id `candle_mmap` is kept for the trend lines) vs torch.load of the
     official files (what the official code loads before it can build a module)."""
     import torch
 

@@ -1,4 +1,6 @@
-//! Strict checkpoint store: a memory-mapped safetensors file that records every key it hands out.
+//! Strict checkpoint store: a safetensors file that records every key it hands out. The header and
+//! the general path read the memory-mapped file; the CPU fast path reads each tensor's bytes with
+//! `pread` straight into its new buffer (see [`crate::fastload`]).
 //!
 //! There is deliberately no way to obtain a tensor that is not in the file: a missing key is an
 //! error naming the key and the file, a shape or dtype mismatch is an error naming both, and a
@@ -137,6 +139,11 @@ impl Store {
         Ok((info, bytes.into()))
     }
 
+    /// A failed read of `key`'s bytes, worded with the key and the file.
+    fn read_err(&self, key: &str, e: Error) -> Error {
+        Error::Checkpoint(format!("`{key}` in {}: {e}", self.path))
+    }
+
     /// After the key's bytes are copied: record the request and drop the bytes' pages from this
     /// process's resident set (they stay in the page cache; a second read of the key refaults
     /// them), so peak memory is the weights once, not the weights plus the touched file.
@@ -272,7 +279,8 @@ impl Store {
         } else {
             None
         };
-        let Some(t) = fill(bytes, conv, dims, shape.elem_count())? else { return Ok(None) };
+        let t = fill(bytes, conv, dims, shape.elem_count()).map_err(|e| self.read_err(key, e))?;
+        let Some(t) = t else { return Ok(None) };
         let t = match dims {
             Some((r, c)) => t.reshape((c, r))?,
             None => t.reshape(shape)?,
@@ -303,7 +311,8 @@ impl Store {
             [] => return Ok(None),
         };
         let ((gi, gb), (vi, vb)) = (self.src(g_key)?, self.src(v_key)?);
-        let Some(t) = crate::fastload::fold_weight_norm(gb, vb, co, ci, k, tm)? else { return Ok(None) };
+        let t = crate::fastload::fold_weight_norm(gb, vb, co, ci, k, tm).map_err(|e| self.read_err(v_key, e))?;
+        let Some(t) = t else { return Ok(None) };
         self.done(g_key, gi);
         self.done(v_key, vi);
         Ok(Some(if tm { t } else { t.reshape(shape)? }))
