@@ -291,77 +291,114 @@ impl FewRows for f32 {
         (2..=FEW_ROWS).contains(&m)
     }
     unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: *mut f32, n: usize, bias: Option<&[f32]>) {
-        #[inline(always)]
-        fn body(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
-            // WR weight rows per pass over an input row: each load of x serves WR products (x
-            // of a wide layer at 24 rows is L2-resident, not L1). Every output keeps its own
-            // lanes and order, so the bits are those of one row at a time. Measured at 24 rows
-            // (2 threads, AVX-512): codec quantize 11.9 → 8.6 ms, w2v-bert 208 → 151 ms, the
-            // 3-beam decode 1.60 → 1.39 s. The chunks are taken as arrays so the compiler knows
-            // their bounds: indexing the rows' slices in the loop did not vectorise (7× slower),
-            // nor did WR = 8 written with pointers.
-            const WR: usize = 4;
-            let tail = k / LANES * LANES;
-            // pairwise: 16 → 8 → 4 → 2 → 1
-            let reduce = |acc: &mut [f32; LANES]| {
-                let mut h = LANES;
-                while h > 1 {
-                    h /= 2;
-                    for l in 0..h {
-                        acc[l] += acc[l + h];
-                    }
-                }
-                acc[0]
-            };
-            let mut j = 0;
-            while j < cols {
-                let jn = WR.min(cols - j);
-                let wr: [&[f32]; WR] = std::array::from_fn(|q| &w[(j + q.min(jn - 1)) * k..(j + q.min(jn - 1) + 1) * k]);
-                for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
-                    let mut acc = [[0f32; LANES]; WR];
-                    let it = xr.chunks_exact(LANES).zip(wr[0].chunks_exact(LANES)).zip(wr[1].chunks_exact(LANES));
-                    for (((a, b0), b1), (b2, b3)) in it.zip(wr[2].chunks_exact(LANES).zip(wr[3].chunks_exact(LANES))) {
-                        let (a, b0, b1, b2, b3): (&[f32; LANES], &[f32; LANES], &[f32; LANES], &[f32; LANES], &[f32; LANES]) =
-                            (a.try_into().unwrap(), b0.try_into().unwrap(), b1.try_into().unwrap(), b2.try_into().unwrap(), b3.try_into().unwrap());
-                        for l in 0..LANES {
-                            acc[0][l] += a[l] * b0[l];
-                            acc[1][l] += a[l] * b1[l];
-                            acc[2][l] += a[l] * b2[l];
-                            acc[3][l] += a[l] * b3[l];
-                        }
-                    }
-                    for q in 0..jn {
-                        for (l, (a, b)) in xr[tail..].iter().zip(&wr[q][tail..]).enumerate() {
-                            acc[q][l] += a * b;
-                        }
-                        let y = bias.map_or(0.0, |b| b[j + q]) + reduce(&mut acc[q]);
-                        // SAFETY: the caller's contract (row r, column j + q of its split)
-                        unsafe { *out.get().add(r * n + j + q) = y };
-                    }
-                }
-                j += jn;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
-            body(x, m, k, w, cols, out, n, bias)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(x: &[f32], m: usize, k: usize, w: &[f32], cols: usize, out: SendPtr<f32>, n: usize, bias: Option<&[f32]>) {
-            body(x, m, k, w, cols, out, n, bias)
-        }
+        // WR weight rows per pass over an input row: each load of x serves WR products (x of a
+        // wide layer at 24 rows is L2-resident, not L1). Every output keeps its own lanes and
+        // order, so the bits are those of one row at a time. Measured at 24 rows (2 threads,
+        // AVX-512): codec quantize 11.9 → 8.6 ms, w2v-bert 208 → 151 ms, the 3-beam decode 1.60
+        // → 1.39 s. The pass is written with intrinsics: the compiler's vectorisation of the
+        // portable form came and went with unrelated edits (one build ran 2.4× slower).
+        let pass: fn(&[f32], [&[f32]; WR], usize) -> [[f32; LANES]; WR] = match crate::vsin::Isa::best() {
+            // SAFETY (both): builds `Isa::best()` found on this CPU
+            #[cfg(target_arch = "x86_64")]
+            crate::vsin::Isa::Avx512 => |x, w, c| unsafe { pass_avx512(x, w, c) },
+            #[cfg(target_arch = "x86_64")]
+            crate::vsin::Isa::Avx2 => |x, w, c| unsafe { pass_avx2(x, w, c) },
+            _ => pass_base,
+        };
         let out = SendPtr(out);
-        // the same arithmetic in every build (no FMA contraction): only the vector width differs
-        match crate::vsin::Isa::best() {
-            #[cfg(target_arch = "x86_64")]
-            crate::vsin::Isa::Avx512 => unsafe { avx512(x, m, k, w, cols, out, n, bias) },
-            #[cfg(target_arch = "x86_64")]
-            crate::vsin::Isa::Avx2 => unsafe { avx2(x, m, k, w, cols, out, n, bias) },
-            _ => body(x, m, k, w, cols, out, n, bias),
+        let (chunks, tail) = (k / LANES, k / LANES * LANES);
+        // pairwise: 16 → 8 → 4 → 2 → 1
+        let reduce = |acc: &mut [f32; LANES]| {
+            let mut h = LANES;
+            while h > 1 {
+                h /= 2;
+                for l in 0..h {
+                    acc[l] += acc[l + h];
+                }
+            }
+            acc[0]
+        };
+        let mut j = 0;
+        while j < cols {
+            let jn = WR.min(cols - j);
+            // a short last group repeats its last row (computed, not written)
+            let wr: [&[f32]; WR] = std::array::from_fn(|q| &w[(j + q.min(jn - 1)) * k..(j + q.min(jn - 1) + 1) * k]);
+            for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
+                let mut acc = pass(xr, wr, chunks);
+                for q in 0..jn {
+                    for (l, (a, b)) in xr[tail..].iter().zip(&wr[q][tail..]).enumerate() {
+                        acc[q][l] += a * b;
+                    }
+                    let y = bias.map_or(0.0, |b| b[j + q]) + reduce(&mut acc[q]);
+                    // SAFETY: the caller's contract (row r, column j + q of its split)
+                    unsafe { *out.get().add(r * n + j + q) = y };
+                }
+            }
+            j += jn;
         }
     }
+}
+
+/// Weight rows per pass of [`FewRows`] for f32.
+const WR: usize = 4;
+// the AVX2 pass holds a row's LANES in two registers of 8
+const _: () = assert!(LANES == 16);
+
+/// `acc[q][l] = Σ_c x[c·LANES + l] · w[q][c·LANES + l]` over the first `chunks` chunks, each lane
+/// summed in order, the product rounded before the add (no FMA): what every build computes.
+fn pass_base(x: &[f32], w: [&[f32]; WR], chunks: usize) -> [[f32; LANES]; WR] {
+    let mut acc = [[0f32; LANES]; WR];
+    for c in 0..chunks {
+        for (q, wq) in w.iter().enumerate() {
+            for l in 0..LANES {
+                acc[q][l] += x[c * LANES + l] * wq[c * LANES + l];
+            }
+        }
+    }
+    acc
+}
+
+/// [`pass_base`] in AVX-512: one register of 16 lanes per weight row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pass_avx512(x: &[f32], w: [&[f32]; WR], chunks: usize) -> [[f32; LANES]; WR] {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= chunks * LANES && w.iter().all(|r| r.len() >= chunks * LANES));
+    let mut acc = [_mm512_setzero_ps(); WR];
+    for c in 0..chunks {
+        let a = _mm512_loadu_ps(x.as_ptr().add(c * LANES));
+        for q in 0..WR {
+            acc[q] = _mm512_add_ps(acc[q], _mm512_mul_ps(a, _mm512_loadu_ps(w[q].as_ptr().add(c * LANES))));
+        }
+    }
+    let mut out = [[0f32; LANES]; WR];
+    for q in 0..WR {
+        _mm512_storeu_ps(out[q].as_mut_ptr(), acc[q]);
+    }
+    out
+}
+
+/// [`pass_base`] in AVX2: two registers of 8 lanes per weight row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pass_avx2(x: &[f32], w: [&[f32]; WR], chunks: usize) -> [[f32; LANES]; WR] {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= chunks * LANES && w.iter().all(|r| r.len() >= chunks * LANES));
+    let mut acc = [[_mm256_setzero_ps(); 2]; WR];
+    for c in 0..chunks {
+        let (a0, a1) = (_mm256_loadu_ps(x.as_ptr().add(c * LANES)), _mm256_loadu_ps(x.as_ptr().add(c * LANES + 8)));
+        for q in 0..WR {
+            let p = w[q].as_ptr().add(c * LANES);
+            acc[q][0] = _mm256_add_ps(acc[q][0], _mm256_mul_ps(a0, _mm256_loadu_ps(p)));
+            acc[q][1] = _mm256_add_ps(acc[q][1], _mm256_mul_ps(a1, _mm256_loadu_ps(p.add(8))));
+        }
+    }
+    let mut out = [[0f32; LANES]; WR];
+    for q in 0..WR {
+        _mm256_storeu_ps(out[q].as_mut_ptr(), acc[q][0]);
+        _mm256_storeu_ps(out[q].as_mut_ptr().add(8), acc[q][1]);
+    }
+    out
 }
 
 impl candle_core::CustomOp2 for GemmLinear {
@@ -908,6 +945,27 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn few_rows_pass_has_the_same_bits_on_every_build() {
+        let k = 37 * LANES;
+        let v = |s: usize| (0..k).map(|i| (((i * 7919 + s * 104729) % 2003) as f32 - 1001.0) * 1.7e-3).collect::<Vec<f32>>();
+        let (x, rows) = (v(0), [v(1), v(2), v(3), v(4)]);
+        let w: [&[f32]; WR] = std::array::from_fn(|q| &rows[q][..]);
+        let want = pass_base(&x, w, k / LANES);
+        let bits = |a: [[f32; LANES]; WR]| a.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in crate::vsin::Isa::available() {
+            // SAFETY: builds `available()` found on this CPU
+            let got = match isa {
+                #[cfg(target_arch = "x86_64")]
+                crate::vsin::Isa::Avx512 => unsafe { pass_avx512(&x, w, k / LANES) },
+                #[cfg(target_arch = "x86_64")]
+                crate::vsin::Isa::Avx2 => unsafe { pass_avx2(&x, w, k / LANES) },
+                _ => pass_base(&x, w, k / LANES),
+            };
+            assert_eq!(bits(got), bits(want), "{isa:?}");
+        }
     }
 
     /// Against the tensor form (transpose, matmul, scale, mask, softmax, matmul) in f64: no mask, a
