@@ -283,7 +283,7 @@ impl FewRows for f64 {}
 /// frames, 438 → 288 at 48, 482 → 375 at 64; the codec's quantize 14.5 → 11.7 ms at 32, but
 /// 19.2 → 20.6 at 64; GPT's teacher-forced pass (about 54 rows) 0.34 → 0.36 s. Hence 32.
 pub const FEW_ROWS: usize = 32;
-/// Accumulator lanes per row: independent sums LLVM vectorises at every width.
+/// Accumulator lanes per row: one AVX-512 register, two AVX2 registers, or 16 scalar sums.
 const LANES: usize = 16;
 
 impl FewRows for f32 {

@@ -59,18 +59,9 @@ impl Src<'_> {
                 file.read_exact_at(dst, offset + at as u64)
                     .map_err(|e| Error::Checkpoint(format!("cannot read {} bytes at {}: {e}", dst.len(), offset + at as u64)))?
             }
+            // the store hands out mapped bytes where there is no positional read
             #[cfg(not(unix))]
-            Src::File { file, offset, .. } => {
-                use std::os::windows::fs::FileExt;
-                let mut done = 0;
-                while done < dst.len() {
-                    let k = file.seek_read(&mut dst[done..], offset + (at + done) as u64).map_err(|e| Error::Checkpoint(format!("cannot read: {e}")))?;
-                    if k == 0 {
-                        return Err(Error::Checkpoint("unexpected end of file".into()));
-                    }
-                    done += k;
-                }
-            }
+            Src::File { .. } => return Err(Error::Checkpoint("positional file reads are unix-only".into())),
         }
         Ok(())
     }
@@ -202,8 +193,10 @@ fn run<T: WithDType + Send + Sync>(
 }
 
 /// `out[c·rows + r0 + r] = band[r·cols + c]` for `r < rn`, `c < cols`: 8×8 blocks transposed in
-/// registers (8 loads, 24 shuffles, 8 stores of 32 bytes), the edges one value at a time. The
-/// scalar form stored one value per instruction and was the GPT load's largest user-space cost.
+/// registers (8 loads, 24 shuffles) into an L1 tile of 8 output rows, the edges one value at a
+/// time; each output row's run then goes out with non-temporal stores where it is 16-byte
+/// aligned. The scalar form stored one value per instruction and was the GPT load's largest
+/// user-space cost.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn transpose_band_avx(band: *const f32, rn: usize, cols: usize, out: *mut f32, rows: usize, r0: usize) {
