@@ -250,7 +250,7 @@ unsafe fn transpose_band_avx(band: *const f32, rn: usize, cols: usize, out: *mut
 }
 
 /// torch's weight norm (dim 0), `w = g · v / ‖v‖`, straight from the file's little-endian f32 bytes
-/// of `g` `[co]` and `v` `[co, ci, k]`: per output channel its row decoded once into scratch, the
+/// of `g` `[co]` and `v` `[co, ci, k]`: per output channel its row read once into scratch, the
 /// f64 sum of squares, then `(v · g/‖v‖)` in f64 rounded once to f32 (the same arithmetic as
 /// [`crate::transforms::weight_norm_fold_f64`]), written into one fresh buffer: `[co, ci·k]`
 /// rows, or with `tap_major` the layout of

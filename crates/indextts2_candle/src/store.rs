@@ -144,17 +144,8 @@ impl Store {
         Error::Checkpoint(format!("`{key}` in {}: {e}", self.path))
     }
 
-    /// After the key's bytes are copied: record the request and drop the bytes' pages from this
-    /// process's resident set (they stay in the page cache; a second read of the key refaults
-    /// them), so peak memory is the weights once, not the weights plus the touched file.
+    /// After the key's bytes are copied: record the request.
     fn done(&self, key: &str, info: &TensorInfo) {
-        let (s, e) = info.data_offsets;
-        #[cfg(unix)]
-        if e > s {
-            // SAFETY: a read-only file mapping; MADV_DONTNEED only unmaps pages, which a later
-            // access reads back from the unchanged file. No reference into them outlives the copy.
-            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.data_start + s, e - s) };
-        }
         self.requested
             .lock()
             .expect("store lock")
@@ -168,6 +159,16 @@ impl Store {
         let t = view
             .load(&self.device)
             .map_err(|e| Error::Checkpoint(format!("`{key}` in {}: cannot load: {e}", self.path)))?;
+        // Copied out of the mapping: drop those pages from this process's resident set (they stay
+        // in the page cache; a second read of the key refaults them), so peak memory is the
+        // weights once, not the weights plus the touched file. (The fast path's reads never map them.)
+        let (s, e) = info.data_offsets;
+        #[cfg(unix)]
+        if e > s {
+            // SAFETY: a read-only file mapping; MADV_DONTNEED only unmaps pages, which a later
+            // access reads back from the unchanged file. No reference into them outlives the copy.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.data_start + s, e - s) };
+        }
         self.done(key, info);
         Ok(t)
     }
