@@ -173,16 +173,18 @@ fn regroup_f32(w: &Tensor, u: usize) -> Result<Tensor> {
     // tiles of 16 output × 64 input channels: a few hundred pages per tile (the TLB holds them)
     const OB: usize = 16;
     const IB: usize = 64;
+    // tap kk of (i, o) lands at row[kk] + o·C_in + i: the division by u once per tap, not per value
+    let row: Vec<usize> = (0..k).map(|kk| ((q - 1 - kk / u) * u + kk % u) * cout * cin).collect();
     crate::nn::par_for(cout.div_ceil(OB), |ob| {
         let os = ob * OB..((ob + 1) * OB).min(cout);
         for i0 in (0..cin).step_by(IB) {
             for o in os.clone() {
                 for i in i0..(i0 + IB).min(cin) {
                     let taps = &v[(i * cout + o) * k..(i * cout + o + 1) * k];
-                    for (kk, &x) in taps.iter().enumerate() {
-                        let (t, r) = (q - 1 - kk / u, kk % u);
+                    let at = o * cin + i;
+                    for (&x, &r) in taps.iter().zip(&row) {
                         // SAFETY: output channels `os` alone write rows (t, r·C_out + o), o ∈ os
-                        unsafe { *dst.get().add(((t * u + r) * cout + o) * cin + i) = x };
+                        unsafe { *dst.get().add(r + at) = x };
                     }
                 }
             }
