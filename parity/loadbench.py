@@ -8,12 +8,15 @@
   touched memory and into fresh memory (the kernel zeroes each new page on first touch, which a
   load into new buffers cannot avoid).
 
-The sides alternate round by round (a shared machine's load hits both). `--rss` instead runs one
+The sides alternate round by round (a shared machine's load hits both). In one process a load
+reuses memory the previous one freed, so `--first N` also times N first loads, each side in a
+fresh process (the page cache warm): the figure of a program that loads once, where every page
+of new memory is faulted in. `--rss` instead runs one
 Candle-only child process per model (load + one forward at the benchmark's input) and reports its
 peak RSS (VmHWM) against the weights' bytes; `--rss pipeline` is one whole Candle-only synthesis
 (every official-size model, one segment) with its load time and RTF.
 
-    python -m parity.loadbench gpt bigvgan dit --rounds 3 [--json F]
+    python -m parity.loadbench gpt bigvgan dit --rounds 3 [--first 3] [--json F]
     python -m parity.loadbench --rss gpt bigvgan dit pipeline
 """
 from __future__ import annotations
@@ -92,7 +95,34 @@ def candle_load(fx):
     return dt
 
 
-def load_figures(name: str, rounds: int) -> dict:
+def _first_child(side: str, name: str) -> None:
+    """One fresh process, one load (`side` candle or official), after reading both files once."""
+    from parity import fixtures
+    from parity.registry import MODELS
+
+    spec = MODELS[name]
+    fx = fixtures.get(spec, "full", None)
+    for p in (fx.safetensors_path, fx.official_path):
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    print(json.dumps(candle_load(fx) if side == "candle" else official_load(spec, fx)))
+
+
+def first_loads(name: str, rounds: int) -> tuple[list, list]:
+    """`rounds` first loads per side, each in its own process, the sides alternating."""
+    def one(side):
+        out = subprocess.run([sys.executable, "-m", "parity.loadbench", "--first-child", side, name],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cs, os_ = [], []
+    for _ in range(rounds):
+        cs.append(one("candle")), os_.append(one("official"))
+    return cs, os_
+
+
+def load_figures(name: str, rounds: int, first: int = 0) -> dict:
     import torch
 
     from parity import fixtures
@@ -111,7 +141,13 @@ def load_figures(name: str, rounds: int) -> dict:
     bw, fresh = memcpy_gbps(), memcpy_gbps(fresh=True)
     floor, fresh_floor = nbytes / (bw * 1e9), nbytes / (fresh * 1e9)
     c, o = statistics.median(cs), statistics.median(os_)
-    return {"name": name, "checkpoint_bytes": nbytes, "candle_s": cs, "official_s": os_, "memcpy_gbps": bw,
+    extra = {}
+    if first:
+        fc, fo = first_loads(name, first)
+        extra = {"candle_first_s": fc, "official_first_s": fo,
+                 "first_candle_over_official": statistics.median(fc) / statistics.median(fo),
+                 "first_candle_over_fresh_floor": statistics.median(fc) / fresh_floor}
+    return {**extra, "name": name, "checkpoint_bytes": nbytes, "candle_s": cs, "official_s": os_, "memcpy_gbps": bw,
             "floor_s": floor, "memcpy_fresh_gbps": fresh, "fresh_floor_s": fresh_floor,
             "candle_over_official": c / o, "candle_over_floor": c / floor, "candle_over_fresh_floor": c / fresh_floor,
             "threads": torch.get_num_threads()}
@@ -190,9 +226,15 @@ def main(argv=None) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rss", action="store_true")
+    p.add_argument("--first", type=int, default=0, metavar="N",
+                   help="also N first loads per side, each in a fresh process")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--first-child", help=argparse.SUPPRESS)
     p.add_argument("--json")
     a = p.parse_args(argv)
+    if a.first_child:
+        _first_child(a.first_child, a.models[0])
+        return 0
     if a.rss_child:
         _rss_child(a.models[0])
         return 0
@@ -207,11 +249,17 @@ def main(argv=None) -> int:
         else:
             if n not in CONTAINERS:
                 raise SystemExit(f"load figures: {n} has no official .pth load path here (known: {sorted(CONTAINERS)})")
-            r = load_figures(n, a.rounds)
-            print(f"{n:<16} candle {' '.join(f'{x:.2f}' for x in r['candle_s'])} s | official "
-                  f"{' '.join(f'{x:.2f}' for x in r['official_s'])} s | floor {r['floor_s']:.2f} s "
+            r = load_figures(n, a.rounds, a.first)
+            if a.first:
+                print(f"{n:<16} first load in a fresh process: candle "
+                      f"{' '.join(f'{x:.3f}' for x in r['candle_first_s'])} s | official "
+                      f"{' '.join(f'{x:.3f}' for x in r['official_first_s'])} s | candle/official "
+                      f"{r['first_candle_over_official']:.2f}, candle/fresh floor "
+                      f"{r['first_candle_over_fresh_floor']:.2f}", flush=True)
+            print(f"{n:<16} candle {' '.join(f'{x:.3f}' for x in r['candle_s'])} s | official "
+                  f"{' '.join(f'{x:.3f}' for x in r['official_s'])} s | floor {r['floor_s']:.3f} s "
                   f"({r['checkpoint_bytes'] / 1e9:.2f} GB at {r['memcpy_gbps']:.1f} GB/s), into fresh memory "
-                  f"{r['fresh_floor_s']:.2f} s ({r['memcpy_fresh_gbps']:.1f} GB/s) | candle/official "
+                  f"{r['fresh_floor_s']:.3f} s ({r['memcpy_fresh_gbps']:.1f} GB/s) | candle/official "
                   f"{r['candle_over_official']:.2f}, candle/floor {r['candle_over_floor']:.2f}, "
                   f"candle/fresh floor {r['candle_over_fresh_floor']:.2f}", flush=True)
         res.append(r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import platform
 
 
@@ -115,11 +116,13 @@ def section(out: str, paths: list[str]) -> tuple[dict, list[str]]:
           f"CPU: `{d['cpu']}`; threads: {d['threads'] or 'n/a'}; from {', '.join(f'`{os.path.basename(p)}`' for p in paths)}", ""]
     if d["stages"]:
         _plot(d["stages"], os.path.join(out, "perf.png"), d["cpu"])
-        md += ["| stage | Candle s (best) | PyTorch s (best) | Candle ÷ PyTorch | RTF Candle | RTF PyTorch | source |", "|---|---|---|---|---|---|---|"]
+        md += ["| stage | Candle s | PyTorch s | Candle ÷ PyTorch | RTF Candle | RTF PyTorch | source |", "|---|---|---|---|---|---|---|"]
         for s in d["stages"]:
             rtf = (f"{s['rtf_candle']:.3f} | {s['rtf_torch']:.3f}" if "rtf_candle" in s else "- | -")
             md.append(f"| {s['stage']} | {s['candle_s']:.3f} | {s['torch_s']:.3f} | {s['ratio']:.2f} | {rtf} | {s['source']} |")
-        md += ["", "![Candle ÷ PyTorch per stage](perf.png)", ""]
+        md += ["", "Times: the mean of the rounds (pytest-benchmark), or the best round with the median of the "
+               "per-round ratios (parity.ab, the sides alternating call by call).", "",
+               "![Candle ÷ PyTorch per stage](perf.png)", ""]
     if d["load"]:
         md += ["Load to ready (median of alternated rounds):", "",
                "| model | checkpoint GB | Candle s | official s | memcpy floor s | into fresh memory s | Candle ÷ official "
@@ -134,6 +137,14 @@ def section(out: str, paths: list[str]) -> tuple[dict, list[str]]:
                       f"({r['memcpy_gbps']:.1f} GB/s) | {fresh[0]} | {r['candle_over_official']:.2f} "
                       f"| {r['candle_over_floor']:.1f} | {fresh[1]} |")
         md.append("")
+        first = [r for r in d["load"] if "candle_first_s" in r]
+        if first:
+            md += ["First load in a fresh process (`--first`; median; every page of new memory faulted in):", "",
+                   "| model | Candle s | official s | Candle ÷ official | Candle ÷ fresh floor |", "|---|---|---|---|---|"]
+            for r in first:
+                c, o = statistics.median(r["candle_first_s"]), statistics.median(r["official_first_s"])
+                md.append(f"| {r['name']} | {c:.3f} | {o:.3f} | {c / o:.2f} | {c / r['fresh_floor_s']:.1f} |")
+            md.append("")
     if d["peak_rss"]:
         md += ["Peak RSS of a Candle-only process (load + one forward):", "",
                "| model | peak RSS GB | interpreter baseline GB | weights GB | ratio | ratio above baseline |", "|---|---|---|---|---|---|"]

@@ -34,7 +34,12 @@ def test_perf_section_from_benchmark_json(tmp_path):
     ld = _write(tmp_path, "load.json", [{"name": "gpt", "checkpoint_bytes": 2e9, "candle_s": [1.0], "official_s": [4.0],
                                          "memcpy_gbps": 10.0, "floor_s": 0.2, "candle_over_official": 0.25,
                                          "candle_over_floor": 5.0, "memcpy_fresh_gbps": 5.0, "fresh_floor_s": 0.4,
-                                         "candle_over_fresh_floor": 2.5, "threads": 2}])
+                                         "candle_over_fresh_floor": 2.5, "threads": 2},
+                                        {"name": "dit", "checkpoint_bytes": 4e8, "candle_s": [0.05], "official_s": [0.3],
+                                         "memcpy_gbps": 20.0, "floor_s": 0.02, "candle_over_official": 0.17,
+                                         "candle_over_floor": 2.5, "memcpy_fresh_gbps": 10.0, "fresh_floor_s": 0.04,
+                                         "candle_over_fresh_floor": 1.25, "threads": 2,
+                                         "candle_first_s": [0.12, 0.1, 0.11], "official_first_s": [0.5, 0.6, 0.55]}])
     rss = _write(tmp_path, "rss.json", [{"name": "gpt", "peak_rss_bytes": 3e9, "baseline_rss_bytes": 5e8,
                                          "weights_bytes": 2e9, "ratio": 1.5, "ratio_above_baseline": 1.25}])
     d, md = perf.section(str(tmp_path), [pb, ab, ld, rss])
@@ -49,6 +54,8 @@ def test_perf_section_from_benchmark_json(tmp_path):
     assert "| bigvgan | 0.500 | 2.000 | 0.25 |" in text and "| gpt | 2.00 | 1.00 | 4.00 |" in text
     assert "| 0.200 (10.0 GB/s) | 0.400 (5.0 GB/s) | 0.25 | 5.0 | 2.5 |" in text
     assert "| gpt | 3.00 | 0.50 | 2.00 | 1.50 | 1.25 |" in text
+    # the fresh-process loads of the one model that has them, as medians
+    assert "| dit | 0.110 | 0.550 | 0.20 | 2.8 |" in text and "| gpt | 1.000 |" not in text
     assert os.path.getsize(tmp_path / "perf.png") > 0
 
 
