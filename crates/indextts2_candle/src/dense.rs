@@ -170,25 +170,35 @@ fn regroup_f32(w: &Tensor, u: usize) -> Result<Tensor> {
     let v = &v[l.start_offset()..l.start_offset() + cin * cout * k];
     let mut out = vec![0f32; cin * cout * k];
     let dst = SendPtr(out.as_mut_ptr());
-    // tiles of 16 output × 64 input channels: a few hundred pages per tile (the TLB holds them)
-    const OB: usize = 16;
-    const IB: usize = 64;
     // tap kk of (i, o) lands at row[kk] + o·C_in + i: the division by u once per tap, not per value
     let row: Vec<usize> = (0..k).map(|kk| ((q - 1 - kk / u) * u + kk % u) * cout * cin).collect();
+    // tiles of OB output × IB input channels gathered in L1 (tap, channel, IB inputs), then each
+    // run of IB inputs streamed out: scattered stores straight into the fresh buffer waited on its
+    // lines being read in first
+    const OB: usize = 16;
+    const IB: usize = 32;
     crate::nn::par_for(cout.div_ceil(OB), |ob| {
         let os = ob * OB..((ob + 1) * OB).min(cout);
+        let mut tile = vec![0f32; k * OB * IB];
         for i0 in (0..cin).step_by(IB) {
-            for o in os.clone() {
-                for i in i0..(i0 + IB).min(cin) {
-                    let taps = &v[(i * cout + o) * k..(i * cout + o + 1) * k];
-                    let at = o * cin + i;
-                    for (&x, &r) in taps.iter().zip(&row) {
-                        // SAFETY: output channels `os` alone write rows (t, r·C_out + o), o ∈ os
-                        unsafe { *dst.get().add(r + at) = x };
+            let ib = IB.min(cin - i0);
+            for (ol, o) in os.clone().enumerate() {
+                for il in 0..ib {
+                    let i = i0 + il;
+                    for (kk, &x) in v[(i * cout + o) * k..(i * cout + o + 1) * k].iter().enumerate() {
+                        tile[(kk * OB + ol) * IB + il] = x;
                     }
                 }
             }
+            for (kk, &r) in row.iter().enumerate() {
+                for (ol, o) in os.clone().enumerate() {
+                    let t = &tile[(kk * OB + ol) * IB..][..ib];
+                    // SAFETY: output channels `os` alone write rows (t, r·C_out + o), o ∈ os
+                    unsafe { crate::fastload::stream_out(t, dst.get().add(r + o * cin + i0)) };
+                }
+            }
         }
+        crate::fastload::stream_fence();
     });
     Ok(Tensor::from_vec(out, (q, u * cout, cin), w.device())?.permute((1, 2, 0))?)
 }
@@ -802,7 +812,8 @@ mod tests {
     #[test]
     fn polyphase_transpose_matches_candle_conv_transpose1d() -> Result<()> {
         let d = Device::Cpu;
-        for (b, cin, cout, l, k, u) in [(1, 6, 3, 9, 8, 4), (2, 6, 3, 9, 8, 4), (2, 4, 5, 17, 4, 2), (1, 3, 2, 1, 6, 3), (2, 5, 4, 12, 3, 1), (1, 2, 3, 7, 10, 5)] {
+        // (1, 70, 20, 5, 8, 4): the f32 regroup's tiles, 32 + 32 + 6 inputs × 16 + 4 outputs
+        for (b, cin, cout, l, k, u) in [(1, 6, 3, 9, 8, 4), (2, 6, 3, 9, 8, 4), (2, 4, 5, 17, 4, 2), (1, 3, 2, 1, 6, 3), (2, 5, 4, 12, 3, 1), (1, 2, 3, 7, 10, 5), (1, 70, 20, 5, 8, 4)] {
             let x = Tensor::randn(0f64, 1.0, (b, cin, l), &d)?;
             let w = Tensor::randn(0f64, 1.0, (cin, cout, k), &d)?;
             let bias = Tensor::randn(0f64, 1.0, cout, &d)?;
@@ -819,7 +830,12 @@ mod tests {
             let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
             assert!(diff < 1e-12, "f64 ({b}, {cin}, {cout}, {l}, {k}, {u}): {diff}");
             let (x32, w32, b32) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
-            let got32 = PolyphaseTranspose::new(&w32, u)?.unwrap().forward(&x32, &b32, p)?.to_dtype(DType::F64)?;
+            // the f32 regroup moves values only: the f64 tensor form's weight, exactly
+            let (p64, p32) = (PolyphaseTranspose::new(&w, u)?.unwrap(), PolyphaseTranspose::new(&w32, u)?.unwrap());
+            assert_eq!(p32.w.layout().stride(), p64.w.layout().stride());
+            let flat = |t: &Tensor| t.contiguous().unwrap().flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(flat(&p32.w), flat(&p64.w), "regroup ({cin}, {cout}, {k}, {u})");
+            let got32 = p32.forward(&x32, &b32, p)?.to_dtype(DType::F64)?;
             let diff = (&got32 - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
             assert!(diff < 1e-5, "f32 ({b}, {cin}, {cout}, {l}, {k}, {u}): {diff}");
         }

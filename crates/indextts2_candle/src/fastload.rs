@@ -247,18 +247,29 @@ unsafe fn transpose_band_avx(band: *const f32, rn: usize, cols: usize, out: *mut
 ///
 /// # Safety
 /// `o..o + src.len()` is writable and is not read or written by anyone else meanwhile.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn stream_out(src: &[f32], o: *mut f32) {
-    use std::arch::x86_64::*;
+pub(crate) unsafe fn stream_out(src: &[f32], o: *mut f32) {
     let n = src.len();
+    #[cfg(target_arch = "x86_64")]
     if o as usize % 16 == 0 && n % 4 == 0 {
+        use std::arch::x86_64::*;
         for q in (0..n).step_by(4) {
             _mm_stream_ps(o.add(q), _mm_loadu_ps(src.as_ptr().add(q)));
         }
-    } else {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), o, n);
+        return;
     }
+    std::ptr::copy_nonoverlapping(src.as_ptr(), o, n);
+}
+
+/// Orders this thread's streamed stores ([`stream_out`]) before whatever it does next (the end
+/// of its task, which publishes them).
+#[inline(always)]
+pub(crate) fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// `out[j·stride + c] = row[c·k + j]` for `c < ci`, `j < k`: one channel's `[ci, k]` weight
@@ -286,7 +297,7 @@ unsafe fn scatter_taps(row: &[f32], ci: usize, k: usize, out: *mut f32, stride: 
                 stream_out(&t[..cb], out.add(j * stride + c0));
             }
         }
-        std::arch::x86_64::_mm_sfence();
+        stream_fence();
         return;
     }
     for (c, taps) in row.chunks_exact(k).enumerate() {
