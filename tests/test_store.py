@@ -185,7 +185,8 @@ def test_every_read_key_is_required(model, tmp_path, fixtures, candle_models):
 NOT_WEIGHTS = {
     ("dense.rs", "let mut out = vec![0f32; co * ci * k];"): "output buffer of the tap-major copy of a loaded weight (every value written)",
     ("dense.rs", "let mut out = vec![0f32; cin * cout * k];"): "output buffer of the polyphase regrouping of a loaded transposed-conv weight (every value written)",
-    ("fastload.rs", "|| vec![0f32; row],"): "per-task scratch row of the weight-norm fold, read from the file before use",
+    ("fastload.rs", "|| vec![0f32; per * row],"): "per-task scratch block of the weight-norm fold, read from the file before use",
+    ("dense.rs", "let mut tile = vec![0f32; k * OB * IB];"): "per-task L1 tile of the polyphase regrouping (filled from the loaded weight before use)",
     ("fastload.rs", "let mut gb = vec![0u8; co * 4];"): "buffer of the weight-norm fold's g bytes, filled by the file read before use",
     ("campplus/fbank.rs", "vec![0f32; frames * bins]"): "output buffer of the fused fbank (every frame written)",
     ("campplus/fbank.rs", "vec![0f64; win], vec![0f64; nb], vec![0f64; bins]"): "per-thread frame / spectrum / mel scratch of the fused fbank",
