@@ -77,6 +77,15 @@ impl Src<'_> {
 /// Elements per task: 1 MB of f32. Large enough that a read's fixed cost is small, small enough
 /// that the scan reads what the copy just wrote from L2.
 const CHUNK: usize = 1 << 18;
+/// Elements per task for an `n`-element tensor: [`CHUNK`], or less so that a tensor of a few MB
+/// (most of DiT's) still makes two tasks per thread instead of leaving a core idle; never under
+/// 64 KB a read.
+fn chunk_for(n: usize) -> usize {
+    const MIN: usize = 1 << 14;
+    let per = n.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(MIN);
+    per.clamp(MIN, CHUNK)
+}
+
 /// Input rows per transpose task: a band of GPT-2's widest weight (5120 columns) is 640 KB of
 /// scratch, which stays in L2.
 const RB: usize = 32;
@@ -137,10 +146,10 @@ fn run<T: WithDType + Send + Sync>(
     };
     let ok = match transpose {
         None => dst
-            .par_chunks_mut(CHUNK)
+            .par_chunks_mut(chunk_for(n))
             .enumerate()
             .map_init(Vec::new, |bytes, (i, d)| -> Result<bool> {
-                load(i * CHUNK, d, bytes)?;
+                load(i * chunk_for(n), d, bytes)?;
                 // SAFETY: every element of `d` was written just above.
                 let d = unsafe { &*(d as *const [MaybeUninit<T>] as *const [T]) };
                 Ok(scan(d))
