@@ -317,8 +317,8 @@ unsafe fn scatter_taps(row: &[f32], ci: usize, k: usize, out: *mut f32, stride: 
 }
 
 /// torch's weight norm (dim 0), `w = g · v / ‖v‖`, straight from the file's little-endian f32 bytes
-/// of `g` `[co]` and `v` `[co, ci, k]`: per output channel its row read once into scratch, the
-/// f64 sum of squares, then `(v · g/‖v‖)` in f64 rounded once to f32 (the same arithmetic as
+/// of `g` `[co]` and `v` `[co, ci, k]`: the rows read once into scratch (≈ 256 KB of channels a
+/// read), then per output channel the f64 sum of squares, then `(v · g/‖v‖)` in f64 rounded once to f32 (the same arithmetic as
 /// [`crate::transforms::weight_norm_fold_f64`]), written into one fresh buffer: `[co, ci·k]`
 /// rows, or with `tap_major` the layout of
 /// [`crate::dense::tap_major`] (returned as its `[co, ci, k]` view). The load makes one pass into new
