@@ -109,16 +109,17 @@ def _first_child(side: str, name: str) -> None:
     print(json.dumps(candle_load(fx) if side == "candle" else official_load(spec, fx)))
 
 
+def _child(*args: str):
+    """This module run as a child process; the JSON of its last output line."""
+    out = subprocess.run([sys.executable, "-m", "parity.loadbench", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def first_loads(name: str, rounds: int) -> tuple[list, list]:
     """`rounds` first loads per side, each in its own process, the sides alternating."""
-    def one(side):
-        out = subprocess.run([sys.executable, "-m", "parity.loadbench", "--first-child", side, name],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
     cs, os_ = [], []
     for _ in range(rounds):
-        cs.append(one("candle")), os_.append(one("official"))
+        cs.append(_child("--first-child", "candle", name)), os_.append(_child("--first-child", "official", name))
     return cs, os_
 
 
@@ -213,9 +214,7 @@ def _rss_child(name: str) -> None:
 
 
 def rss_figures(name: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "parity.loadbench", "--rss-child", name], capture_output=True,
-                         text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _child("--rss-child", name)
     r["ratio"] = r["peak_rss_bytes"] / r["weights_bytes"]
     r["ratio_above_baseline"] = (r["peak_rss_bytes"] - r["baseline_rss_bytes"]) / r["weights_bytes"]
     return r

@@ -129,8 +129,7 @@ def section(out: str, paths: list[str]) -> tuple[dict, list[str]]:
                "| Candle ÷ floor | Candle ÷ fresh floor |",
                "|---|---|---|---|---|---|---|---|---|"]
         for r in d["load"]:
-            c = sorted(r["candle_s"])[len(r["candle_s"]) // 2]
-            o = sorted(r["official_s"])[len(r["official_s"]) // 2]
+            c, o = statistics.median(r["candle_s"]), statistics.median(r["official_s"])
             fresh = (f"{r['fresh_floor_s']:.3f} ({r['memcpy_fresh_gbps']:.1f} GB/s)", f"{r['candle_over_fresh_floor']:.1f}") \
                 if "fresh_floor_s" in r else ("-", "-")  # JSON of an older run
             md.append(f"| {r['name']} | {r['checkpoint_bytes'] / 1e9:.2f} | {c:.2f} | {o:.2f} | {r['floor_s']:.3f} "

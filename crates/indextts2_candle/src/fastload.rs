@@ -247,7 +247,7 @@ unsafe fn transpose_band_avx(band: *const f32, rn: usize, cols: usize, out: *mut
         }
     }
     // the streamed stores ordered before this task's completion is published
-    _mm_sfence();
+    stream_fence();
 }
 
 /// `src` copied to `o`, streamed past the caches where `o` is 16-byte aligned: the lines of a
